@@ -1,1 +1,85 @@
-fn main(){}
+//! The `rzstack` binary: `rzstack serve` runs a management node.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "rzstack", version, about = "A ZStack-compatible cloud management platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the management node (the ZStack v1 REST API under /zstack/v1).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "RZSTACK_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Database URL: sqlite:///path/to/file.db or postgres://user:pass@host:port/db
+        /// (default: <data-dir>/rzstack.db).
+        #[arg(long, env = "RZSTACK_DATABASE_URL")]
+        database: Option<String>,
+        /// Directory for the embedded database and node state.
+        #[arg(long, env = "RZSTACK_DATA_DIR", default_value = "./rzstack-data")]
+        data_dir: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "RZSTACK_LOG_JSON")]
+        log_json: bool,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RZSTACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("signal received, shutting down");
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen, database, data_dir, log_json } => {
+            init_logs(log_json);
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let config = rzstack_server::Config { listen, database, data_dir };
+            match rt.block_on(rzstack_server::serve(config, shutdown_signal())) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "management node failed");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

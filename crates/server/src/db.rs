@@ -1,0 +1,253 @@
+//! Persistence: one sqlx `Any` pool that is SQLite (the embedded default) or PostgreSQL.
+//! All SQL is written once in the dialect both accept (`$n` placeholders, `TEXT`,
+//! `BIGINT`, `DOUBLE PRECISION`, `ON CONFLICT`, `RETURNING`). Booleans are `BIGINT` 0/1.
+//!
+//! SQLite allows one writer at a time; write transactions therefore take a process-wide
+//! lock first, so they queue instead of failing with `SQLITE_BUSY` on upgrade.
+
+use crate::error::{Error, Result};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub kind: DbKind,
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// A bindable SQL value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    S(String),
+    I(i64),
+    F(f64),
+    Null,
+}
+
+impl From<&str> for Val {
+    fn from(s: &str) -> Self {
+        Val::S(s.to_string())
+    }
+}
+impl From<String> for Val {
+    fn from(s: String) -> Self {
+        Val::S(s)
+    }
+}
+impl From<i64> for Val {
+    fn from(i: i64) -> Self {
+        Val::I(i)
+    }
+}
+impl From<bool> for Val {
+    fn from(b: bool) -> Self {
+        Val::I(b as i64)
+    }
+}
+impl From<f64> for Val {
+    fn from(f: f64) -> Self {
+        Val::F(f)
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(o: Option<T>) -> Self {
+        o.map(Into::into).unwrap_or(Val::Null)
+    }
+}
+
+pub type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
+
+/// Bind one value to a query.
+pub fn bind<'q>(q: AnyQuery<'q>, v: &Val) -> AnyQuery<'q> {
+    match v {
+        Val::S(s) => q.bind(s.clone()),
+        Val::I(i) => q.bind(*i),
+        Val::F(f) => q.bind(*f),
+        Val::Null => q.bind(None::<String>),
+    }
+}
+
+/// Build a query with all values bound in order.
+pub fn query_with<'q>(sql: &'q str, vals: &[Val]) -> AnyQuery<'q> {
+    vals.iter().fold(sqlx::query(sql), bind)
+}
+
+/// A write transaction; holds the SQLite writer lock for its lifetime.
+pub struct WriteTx {
+    pub tx: Transaction<'static, Any>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn execute(&mut self, sql: &str, vals: &[Val]) -> Result<u64> {
+        let r = query_with(sql, vals).execute(&mut *self.tx).await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn fetch_optional(&mut self, sql: &str, vals: &[Val]) -> Result<Option<AnyRow>> {
+        Ok(query_with(sql, vals).fetch_optional(&mut *self.tx).await?)
+    }
+
+    pub async fn fetch_all(&mut self, sql: &str, vals: &[Val]) -> Result<Vec<AnyRow>> {
+        Ok(query_with(sql, vals).fetch_all(&mut *self.tx).await?)
+    }
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+
+impl Db {
+    /// Connect to `url` (`sqlite://...` or `postgres://...`), creating the SQLite file and
+    /// its directory when missing.
+    pub async fn connect(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let (kind, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let file = path.split('?').next().unwrap_or("");
+            if !file.is_empty() && file != ":memory:" {
+                if let Some(dir) = std::path::Path::new(file).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            Error::Internal(format!("cannot create {}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+            }
+            let url = if path.contains('?') {
+                format!("sqlite://{path}")
+            } else {
+                format!("sqlite://{path}?mode=rwc")
+            };
+            (DbKind::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (DbKind::Postgres, url.to_string())
+        } else {
+            return Err(Error::Internal(format!(
+                "unsupported database url {url:?}: use sqlite:///path/to/file.db or postgres://user:pass@host:port/db"
+            )));
+        };
+        let opts = AnyPoolOptions::new()
+            .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+            .min_connections(1)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA busy_timeout=30000").await?;
+                        conn.execute("PRAGMA synchronous=NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys=ON").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts.connect(&url).await?;
+        let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let db = Db { pool, kind, write_lock };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS rzstack_migration (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
+            &[],
+        )
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .fetch_optional(
+                    "SELECT version FROM rzstack_migration WHERE version = $1",
+                    &[Val::I(*version)],
+                )
+                .await?
+                .is_some();
+            if done {
+                continue;
+            }
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                let stmt: String = stmt
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if stmt.trim().is_empty() {
+                    continue;
+                }
+                tx.execute(&stmt, &[])
+                    .await
+                    .map_err(|e| Error::Migrate(format!("migration {version}: {e}: {stmt}")))?;
+            }
+            tx.execute(
+                "INSERT INTO rzstack_migration (version, applied) VALUES ($1, $2)",
+                &[Val::I(*version), Val::I(crate::util::now_ms())],
+            )
+            .await?;
+            tracing::info!(version, "applied migration");
+        }
+        tx.commit().await
+    }
+
+    /// Begin a write transaction (queued behind other writers on SQLite).
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let guard = match &self.write_lock {
+            Some(l) => Some(l.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// One statement in its own write transaction.
+    pub async fn execute(&self, sql: &str, vals: &[Val]) -> Result<u64> {
+        let _guard = match &self.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let r = query_with(sql, vals).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
+    /// A write statement that returns rows (`... RETURNING`).
+    pub async fn execute_returning(&self, sql: &str, vals: &[Val]) -> Result<Option<AnyRow>> {
+        let _guard = match &self.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        Ok(query_with(sql, vals).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn fetch_optional(&self, sql: &str, vals: &[Val]) -> Result<Option<AnyRow>> {
+        Ok(query_with(sql, vals).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn fetch_all(&self, sql: &str, vals: &[Val]) -> Result<Vec<AnyRow>> {
+        Ok(query_with(sql, vals).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// True when a database error is a unique-constraint violation.
+pub fn is_unique_violation(e: &Error) -> bool {
+    match e {
+        Error::Db(sqlx::Error::Database(d)) => d.is_unique_violation(),
+        _ => false,
+    }
+}

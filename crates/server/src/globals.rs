@@ -1,0 +1,115 @@
+//! Global configurations (upstream `GlobalConfigVO`): every knob the project uses, with its
+//! upstream category, name and default. Values live in the database; reads come from an
+//! in-memory copy refreshed on update.
+
+use crate::db::{Db, Val};
+use crate::error::Result;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDef {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+pub const SESSION_TIMEOUT: ConfigDef = ConfigDef {
+    category: "identity",
+    name: "session.timeout",
+    default: "7200",
+    description: "The session timeout in seconds",
+};
+pub const SESSION_MAX_CONCURRENT: ConfigDef = ConfigDef {
+    category: "identity",
+    name: "session.maxConcurrent",
+    default: "500",
+    description: "The max concurrent sessions of an account or user",
+};
+pub const SESSION_CLEANUP_INTERVAL: ConfigDef = ConfigDef {
+    category: "identity",
+    name: "session.cleanup.interval",
+    default: "3600",
+    description: "Interval in seconds to clean up expired sessions",
+};
+pub const API_TIMEOUT: ConfigDef = ConfigDef {
+    category: "apiTimeout",
+    name: "apiTimeout",
+    default: "1800000",
+    description: "Default API timeout in milliseconds",
+};
+pub const COMPLETED_API_EXPIRED_PERIOD: ConfigDef = ConfigDef {
+    category: "rest",
+    name: "completedApi.expiredPeriod",
+    default: "10800",
+    description: "Seconds a finished API job result is kept",
+};
+pub const EXPIRED_API_SCAN_INTERVAL: ConfigDef = ConfigDef {
+    category: "rest",
+    name: "expiredApi.scanInterval",
+    default: "3600",
+    description: "Interval in seconds to purge expired API job results",
+};
+
+/// Every global config rzstack knows.
+pub const ALL: &[ConfigDef] = &[
+    SESSION_TIMEOUT,
+    SESSION_MAX_CONCURRENT,
+    SESSION_CLEANUP_INTERVAL,
+    API_TIMEOUT,
+    COMPLETED_API_EXPIRED_PERIOD,
+    EXPIRED_API_SCAN_INTERVAL,
+];
+
+#[derive(Default)]
+pub struct Globals {
+    values: RwLock<HashMap<(String, String), String>>,
+}
+
+impl Globals {
+    pub async fn load(db: &Db) -> Result<Globals> {
+        let g = Globals::default();
+        g.reload(db).await?;
+        Ok(g)
+    }
+
+    pub async fn reload(&self, db: &Db) -> Result<()> {
+        let rows = db.fetch_all("SELECT category, name, value FROM global_config", &[]).await?;
+        let mut map = HashMap::new();
+        for r in rows {
+            map.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?), r.try_get::<String, _>(2)?);
+        }
+        match self.values.write() {
+            Ok(mut v) => *v = map,
+            Err(p) => *p.into_inner() = map,
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, def: &ConfigDef) -> String {
+        let v = match self.values.read() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        v.get(&(def.category.to_string(), def.name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| def.default.to_string())
+    }
+
+    pub fn get_i64(&self, def: &ConfigDef) -> i64 {
+        self.get(def).parse().unwrap_or_else(|_| def.default.parse().unwrap_or(0))
+    }
+
+    /// Persist a new value and refresh the in-memory copy.
+    pub async fn set(&self, db: &Db, def: &ConfigDef, value: &str) -> Result<()> {
+        db.execute(
+            "INSERT INTO global_config (category, name, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (category, name) DO UPDATE SET value = excluded.value",
+            &[Val::from(def.category), Val::from(def.name), Val::from(value)],
+        )
+        .await?;
+        self.reload(db).await
+    }
+}

@@ -1,0 +1,295 @@
+//! Accounts and sessions (upstream identity): the initial `admin` account, login by account,
+//! session validation with sliding expiry, logout, renew, and the account query.
+
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
+use crate::db::{Db, Val};
+use crate::error::{Error, Result};
+use crate::globals;
+use crate::params::Param;
+use crate::query::{field, FType, ResourceDef};
+use crate::util::{new_uuid, now_ms};
+use crate::App;
+use rzstack_api::codes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+/// Upstream's fixed uuid of the initial admin account.
+pub const ADMIN_UUID: &str = "36c27e8ff05c4780bf6d2fa65700f22e";
+/// SHA-512 of "password", the initial admin password as clients send it.
+pub const ADMIN_PASSWORD_SHA512: &str = "b109f3bbbc244eb82441917ed06d618b9008dd09b3befd1b5e07394c706a8bb980b1d7785e5976ec049b46df5f1326af5a2ea6d103fd07c95385ffab0cacbc86";
+
+/// A checked session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub uuid: String,
+    pub account_uuid: String,
+    pub user_uuid: String,
+}
+
+pub static ACCOUNT: ResourceDef = ResourceDef {
+    inventory: "AccountInventory",
+    vo: "AccountVO",
+    class: "org.zstack.header.identity.AccountInventory",
+    table: "account",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("description", "description", FType::Str),
+        field("type", "type", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("AccountVO"),
+};
+
+/// Create the initial admin account on first start.
+pub async fn ensure_admin(db: &Db) -> Result<()> {
+    let now = now_ms();
+    db.execute(
+        "INSERT INTO account (uuid, name, password, type, description, create_date, last_op_date) \
+         VALUES ($1, 'admin', $2, 'SystemAdmin', NULL, $3, $3) ON CONFLICT (uuid) DO NOTHING",
+        &[Val::from(ADMIN_UUID), Val::from(ADMIN_PASSWORD_SHA512), Val::I(now)],
+    )
+    .await?;
+    Ok(())
+}
+
+fn session_invalid() -> Error {
+    Error::code(codes::ID_1001, "Session expired")
+}
+
+/// Check a session and slide its expiry (upstream renews on every authenticated call).
+/// The row is only rewritten when at least a minute of its lifetime has been used, so a busy
+/// client does not turn every read into a write.
+pub async fn check(app: &App, session_uuid: Option<&str>) -> Result<SessionInfo> {
+    let Some(uuid) = session_uuid else {
+        return Err(session_invalid());
+    };
+    let now = now_ms();
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT account_uuid, user_uuid, expired_date FROM session WHERE uuid = $1",
+            &[Val::from(uuid)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(session_invalid());
+    };
+    let expired: i64 = row.try_get(2)?;
+    if expired <= now {
+        return Err(session_invalid());
+    }
+    let timeout_ms = app.globals.get_i64(&globals::SESSION_TIMEOUT) * 1000;
+    if expired < now + timeout_ms - 60_000 {
+        app.db
+            .execute(
+                "UPDATE session SET expired_date = $1 WHERE uuid = $2 AND expired_date > $3",
+                &[Val::I(now + timeout_ms), Val::from(uuid), Val::I(now)],
+            )
+            .await?;
+    }
+    Ok(SessionInfo {
+        uuid: uuid.to_string(),
+        account_uuid: row.try_get(0)?,
+        user_uuid: row.try_get(1)?,
+    })
+}
+
+fn session_inventory(uuid: &str, account: &str, user: &str, expired: i64, created: i64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("uuid".into(), uuid.into());
+    m.insert("accountUuid".into(), account.into());
+    m.insert("userUuid".into(), user.into());
+    m.insert("expiredDate".into(), rzstack_api::date::format_millis(expired).into());
+    m.insert("createDate".into(), rzstack_api::date::format_millis(created).into());
+    m.insert("noSessionEvaluation".into(), false.into());
+    m
+}
+
+fn session_reply(inv: Map<String, Value>) -> Reply {
+    let mut r = Reply::fields([("inventory", Value::Object(inv))]);
+    r.schema.insert("inventory".into(), "org.zstack.header.identity.SessionInventory".into());
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogInByAccount {
+    account_name: String,
+    password: String,
+}
+
+async fn log_in_by_account(app: App, msg: Msg) -> Result<Reply> {
+    let req: LogInByAccount = msg.parse()?;
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT uuid FROM account WHERE name = $1 AND password = $2",
+            &[Val::from(req.account_name.as_str()), Val::from(req.password.as_str())],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(Error::code(codes::ID_1000, "wrong account name or password"));
+    };
+    let account: String = row.try_get(0)?;
+    let now = now_ms();
+    let max = app.globals.get_i64(&globals::SESSION_MAX_CONCURRENT);
+    let live: i64 = app
+        .db
+        .fetch_optional(
+            "SELECT COUNT(*) FROM session WHERE user_uuid = $1 AND expired_date > $2",
+            &[Val::from(account.as_str()), Val::I(now)],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(0);
+    if live >= max {
+        return Err(Error::code(
+            codes::ID_1006,
+            format!("Login sessions hit limit of max allowed concurrent login sessions, max allowed: {max}"),
+        ));
+    }
+    let uuid = new_uuid();
+    let expired = now + app.globals.get_i64(&globals::SESSION_TIMEOUT) * 1000;
+    app.db
+        .execute(
+            "INSERT INTO session (uuid, account_uuid, user_uuid, expired_date, create_date) VALUES ($1, $2, $2, $3, $4)",
+            &[Val::from(uuid.as_str()), Val::from(account.as_str()), Val::I(expired), Val::I(now)],
+        )
+        .await?;
+    Ok(session_reply(session_inventory(&uuid, &account, &account, expired, now)))
+}
+
+async fn validate_session(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("sessionUuid").unwrap_or_default().to_string();
+    let valid = app
+        .db
+        .fetch_optional(
+            "SELECT 1 FROM session WHERE uuid = $1 AND expired_date > $2",
+            &[Val::from(uuid), Val::I(now_ms())],
+        )
+        .await?
+        .is_some();
+    Ok(Reply::fields([("valid", Value::Bool(valid))]))
+}
+
+async fn log_out(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("sessionUuid").unwrap_or_default().to_string();
+    app.db.execute("DELETE FROM session WHERE uuid = $1", &[Val::from(uuid)]).await?;
+    Ok(Reply::empty())
+}
+
+async fn renew_session(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("sessionUuid").unwrap_or_default().to_string();
+    let duration_s = msg
+        .fields
+        .get("duration")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| app.globals.get_i64(&globals::SESSION_TIMEOUT));
+    let now = now_ms();
+    let row = app
+        .db
+        .execute_returning(
+            "UPDATE session SET expired_date = $1 WHERE uuid = $2 AND expired_date > $3 \
+             RETURNING account_uuid, user_uuid, expired_date, create_date",
+            &[Val::I(now + duration_s * 1000), Val::from(uuid.as_str()), Val::I(now)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(session_invalid());
+    };
+    let inv = session_inventory(
+        &uuid,
+        &row.try_get::<String, _>(0)?,
+        &row.try_get::<String, _>(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    );
+    Ok(session_reply(inv))
+}
+
+/// Remove expired sessions (upstream's periodic cleanup).
+pub async fn purge_expired(db: &Db) -> Result<u64> {
+    db.execute("DELETE FROM session WHERE expired_date <= $1", &[Val::I(now_ms())]).await
+}
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "LogInByAccount",
+        method: Method::Put,
+        path: "/accounts/login",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Sync,
+        auth: false,
+        create: false,
+        params: &[
+            Param::str("accountName").required(),
+            Param::str("password").required().no_trim(),
+            Param::str("accountType"),
+            Param::str("captchaUuid"),
+            Param::str("verifyCode"),
+            Param::map("clientInfo"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(log_in_by_account(a, m))),
+    },
+    ApiDef {
+        name: "ValidateSession",
+        method: Method::Get,
+        path: "/accounts/sessions/{sessionUuid}/valid",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Sync,
+        auth: false,
+        create: false,
+        params: &[Param::str("sessionUuid").required()],
+        tags: &[],
+        handler: Some(|a, m| boxed(validate_session(a, m))),
+    },
+    ApiDef {
+        name: "LogOut",
+        method: Method::Delete,
+        path: "/accounts/sessions/{sessionUuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Sync,
+        auth: false,
+        create: false,
+        params: &[Param::str("sessionUuid"), Param::map("clientInfo")],
+        tags: &[],
+        handler: Some(|a, m| boxed(log_out(a, m))),
+    },
+    ApiDef {
+        name: "RenewSession",
+        method: Method::Put,
+        path: "/accounts/sessions/{sessionUuid}/renew",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[Param::str("sessionUuid").required(), Param::int("duration").range(60, 31536000)],
+        tags: &[],
+        handler: Some(|a, m| boxed(renew_session(a, m))),
+    },
+    ApiDef {
+        name: "QueryAccount",
+        method: Method::Get,
+        path: "/accounts",
+        optional_paths: &["/accounts/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&ACCOUNT),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+];

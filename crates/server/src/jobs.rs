@@ -1,0 +1,230 @@
+//! Durable API jobs (upstream `AsyncRestVO`): an async API is written to the `api_job` table
+//! before its 202 goes out, run in the background, and its result stored for polling and
+//! sent to the caller's web hook. Jobs left `processing` by a crash are resumed at the next
+//! start (handlers are idempotent: a job's resource uuids are fixed when it is accepted) and
+//! failed after three attempts, so no accepted job stays 202 forever.
+
+use crate::api::{ApiDef, Msg, Reply};
+use crate::db::{is_unique_violation, Val};
+use crate::error::{Error, Result};
+use crate::util::now_ms;
+use crate::{globals, pipeline, App};
+use futures::FutureExt;
+use rzstack_api::{codes, ErrorCode};
+use serde_json::{json, Map, Value};
+use sqlx::Row;
+use std::time::Duration;
+
+/// How many times a job is started before a crash loop gives up on it.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+pub enum AcceptError {
+    Duplicate,
+    Other(Error),
+}
+
+/// Persist a new job. Fails with `Duplicate` when the uuid was used before.
+pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>) -> Result<(), AcceptError> {
+    let request = serde_json::to_string(msg).map_err(|e| AcceptError::Other(Error::Internal(e.to_string())))?;
+    let r = app
+        .db
+        .execute(
+            "INSERT INTO api_job (uuid, api, request, state, webhook, timeout_ms, attempts, mn_uuid, create_date) \
+             VALUES ($1, $2, $3, 'processing', $4, $5, 1, $6, $7)",
+            &[
+                Val::from(msg.job_uuid.as_str()),
+                Val::from(msg.api.as_str()),
+                Val::S(request),
+                Val::from(webhook.map(str::to_string)),
+                Val::I(timeout_ms as i64),
+                Val::from(app.mn_uuid.as_str()),
+                Val::I(now_ms()),
+            ],
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(AcceptError::Duplicate),
+        Err(e) => Err(AcceptError::Other(e)),
+    }
+}
+
+/// Run an accepted job in the background until it is done.
+pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook: Option<String>) {
+    let guard = app.running.enter();
+    tokio::spawn(async move {
+        let job = msg.job_uuid.clone();
+        let span = tracing::info_span!("job", job = %job, api = api.name);
+        let _e = span.enter();
+        drop(_e);
+        let started = std::time::Instant::now();
+        let fut = std::panic::AssertUnwindSafe(pipeline::process(&app, api, msg)).catch_unwind();
+        let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_panic)) => Err(Error::Internal(format!("the API {} panicked", api.name))),
+            Err(_) => Err(Error::code(
+                codes::SYS_1001,
+                format!("API[{}] timeout after {timeout_ms} ms", api.name),
+            )),
+        };
+        match &result {
+            Ok(_) => tracing::info!(job = %job, api = api.name, ms = started.elapsed().as_millis() as u64, "job done"),
+            Err(e) => tracing::info!(job = %job, api = api.name, error = %e, "job failed"),
+        }
+        finish(&app, &job, result, webhook).await;
+        drop(guard);
+    });
+}
+
+async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<String>) {
+    let (success, body, schema) = match result {
+        Ok(r) => (true, Value::Object(r.body), Value::Object(r.schema)),
+        Err(e) => (false, json!({ "error": e.to_error_code() }), Value::Object(Map::new())),
+    };
+    let body_text = body.to_string();
+    let vals = [
+        Val::I(success as i64),
+        Val::S(body_text.clone()),
+        Val::S(schema.to_string()),
+        Val::I(now_ms()),
+        Val::from(job),
+    ];
+    // The result must reach the table; retry briefly on transient database errors.
+    for attempt in 0..10u64 {
+        match app
+            .db
+            .execute(
+                "UPDATE api_job SET state = 'done', success = $1, result = $2, schema_map = $3, finish_date = $4 \
+                 WHERE uuid = $5",
+                &vals,
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(job, error = %e, attempt, "cannot store job result");
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    if let Some(url) = webhook {
+        let http = app.http.clone();
+        let job = job.to_string();
+        tokio::spawn(async move { call_web_hook(http, url, job, success, body_text).await });
+    }
+}
+
+/// POST the job's result to its web hook: 15 tries, 2 s apart, as upstream.
+async fn call_web_hook(http: reqwest::Client, url: String, job: String, success: bool, body: String) {
+    for attempt in 1..=15 {
+        let r = http
+            .post(&url)
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("X-Job-UUID", &job)
+            .header("X-Job-Success", if success { "true" } else { "false" })
+            .body(body.clone())
+            .send()
+            .await;
+        match r {
+            Ok(resp) if resp.status().is_success() => return,
+            Ok(resp) => tracing::warn!(%url, job, attempt, status = resp.status().as_u16(), "web hook refused"),
+            Err(e) => tracing::warn!(%url, job, attempt, error = %e, "web hook failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The answer to `GET /api-jobs/{uuid}`: (status, body).
+pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, Value)>> {
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT state, success, result, schema_map FROM api_job WHERE uuid = $1",
+            &[Val::from(uuid)],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let state: String = row.try_get(0)?;
+    if state != "done" {
+        return Ok(Some((202, json!({}))));
+    }
+    let success: i64 = row.try_get::<Option<i64>, _>(1)?.unwrap_or(0);
+    let text: String = row.try_get::<Option<String>, _>(2)?.unwrap_or_else(|| "{}".into());
+    let mut body: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({}));
+    if success != 0 && want_schema {
+        let schema: Option<String> = row.try_get(3)?;
+        if let (Some(s), Value::Object(b)) = (schema, &mut body) {
+            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&s) {
+                if !m.is_empty() {
+                    b.insert("schema".into(), Value::Object(m));
+                }
+            }
+        }
+    }
+    Ok(Some((if success != 0 { 200 } else { 503 }, body)))
+}
+
+/// Resume the jobs this node left unfinished (a crash or a kill), or fail those that have
+/// already been tried [`MAX_ATTEMPTS`] times. Also take over jobs of nodes whose heart beat
+/// stopped long ago.
+pub async fn recover(app: &App) -> Result<usize> {
+    let stale = now_ms() - 60_000;
+    let rows = app
+        .db
+        .fetch_all(
+            "SELECT j.uuid, j.request, j.timeout_ms, j.webhook, j.attempts FROM api_job j \
+             WHERE j.state = 'processing' AND (j.mn_uuid = $1 OR NOT EXISTS \
+             (SELECT 1 FROM management_node m WHERE m.uuid = j.mn_uuid AND m.heart_beat > $2))",
+            &[Val::from(app.mn_uuid.as_str()), Val::I(stale)],
+        )
+        .await?;
+    let mut n = 0;
+    for row in rows {
+        let uuid: String = row.try_get(0)?;
+        let request: String = row.try_get(1)?;
+        let timeout_ms: i64 = row.try_get(2)?;
+        let webhook: Option<String> = row.try_get(3)?;
+        let attempts: i64 = row.try_get(4)?;
+        let claimed = app
+            .db
+            .execute(
+                "UPDATE api_job SET attempts = attempts + 1, mn_uuid = $1 WHERE uuid = $2 AND state = 'processing' AND attempts = $3",
+                &[Val::from(app.mn_uuid.as_str()), Val::from(uuid.as_str()), Val::I(attempts)],
+            )
+            .await?;
+        if claimed == 0 {
+            continue;
+        }
+        n += 1;
+        let msg: Option<Msg> = serde_json::from_str(&request).ok();
+        let api = msg.as_ref().and_then(|m| app.routes.api(&m.api));
+        match (msg, api) {
+            (Some(msg), Some(api)) if attempts < MAX_ATTEMPTS => {
+                tracing::warn!(job = %uuid, api = api.name, attempt = attempts + 1, "resuming job after restart");
+                spawn(app.clone(), api, msg, timeout_ms.max(0) as u64, webhook);
+            }
+            _ => {
+                tracing::error!(job = %uuid, attempts, "failing job that did not finish");
+                let err = Error::Api(ErrorCode::new(
+                    codes::SYS_1000,
+                    format!(
+                        "the management node stopped while job[uuid:{uuid}] was running and the job did not finish after {attempts} attempts"
+                    ),
+                ));
+                finish(app, &uuid, Err(err), webhook).await;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Delete finished jobs older than `rest.completedApi.expiredPeriod`.
+pub async fn purge_expired(app: &App) -> Result<u64> {
+    let period = app.globals.get_i64(&globals::COMPLETED_API_EXPIRED_PERIOD) * 1000;
+    app.db
+        .execute(
+            "DELETE FROM api_job WHERE state = 'done' AND finish_date < $1",
+            &[Val::I(now_ms() - period)],
+        )
+        .await
+}

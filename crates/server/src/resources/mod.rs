@@ -1,0 +1,27 @@
+//! Resource services. Each module holds one resource's `ResourceDef`, its API table and its
+//! business rules.
+
+pub mod zone;
+
+use crate::db::{Val, WriteTx};
+use crate::error::Result;
+use crate::util::now_ms;
+
+/// Record the owner account of a new resource (upstream `AccountResourceRefVO`), in the
+/// transaction that creates it.
+pub async fn own(tx: &mut WriteTx, resource_uuid: &str, resource_type: &str, account_uuid: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO account_resource_ref (resource_uuid, resource_type, account_uuid, create_date) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (resource_uuid) DO NOTHING",
+        &[Val::from(resource_uuid), Val::from(resource_type), Val::from(account_uuid), Val::I(now_ms())],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forget the owner of a deleted resource, in the deleting transaction.
+pub async fn disown(tx: &mut WriteTx, resource_uuid: &str) -> Result<()> {
+    tx.execute("DELETE FROM account_resource_ref WHERE resource_uuid = $1", &[Val::from(resource_uuid)])
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Zones (upstream `ZoneVO`): create, update, change state, delete, query.
+
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
+use crate::db::Val;
+use crate::error::{Error, Result};
+use crate::params::Param;
+use crate::query::{self, field, FType, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use serde::Deserialize;
+
+pub static ZONE: ResourceDef = ResourceDef {
+    inventory: "ZoneInventory",
+    vo: "ZoneVO",
+    class: "org.zstack.header.zone.ZoneInventory",
+    table: "zone",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("description", "description", FType::Str),
+        field("state", "state", FType::Str),
+        field("type", "type", FType::Str),
+        field("isDefault", "is_default", FType::Bool),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("ZoneVO"),
+};
+
+async fn reply(app: &App, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, &ZONE, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(&ZONE, inv)),
+        None => Err(Error::not_found(format!("zone[uuid:{uuid}] is not found"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateZone {
+    name: String,
+    description: Option<String>,
+    #[serde(default)]
+    is_default: bool,
+}
+
+async fn create_zone(app: App, msg: Msg) -> Result<Reply> {
+    let req: CreateZone = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    // Replays of the same job find their zone already made.
+    if tx.fetch_optional("SELECT 1 FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?.is_none() {
+        if req.is_default {
+            tx.execute("UPDATE zone SET is_default = 0, last_op_date = $1 WHERE is_default = 1", &[Val::I(now)])
+                .await?;
+        }
+        tx.execute(
+            "INSERT INTO zone (uuid, name, description, state, type, is_default, create_date, last_op_date) \
+             VALUES ($1, $2, $3, 'Enabled', 'zstack', $4, $5, $5)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(req.is_default),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, ZONE.vo, msg.account_uuid()).await?;
+    }
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateZone {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+    is_default: Option<bool>,
+}
+
+async fn update_zone(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdateZone = msg.parse()?;
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    if req.is_default == Some(true) {
+        tx.execute(
+            "UPDATE zone SET is_default = 0, last_op_date = $1 WHERE is_default = 1 AND uuid != $2",
+            &[Val::I(now), Val::from(req.uuid.as_str())],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE zone SET name = COALESCE($1, name), description = COALESCE($2, description), \
+         is_default = COALESCE($3, is_default), last_op_date = $4 WHERE uuid = $5",
+        &[
+            Val::from(req.name),
+            Val::from(req.description),
+            Val::from(req.is_default),
+            Val::I(now),
+            Val::from(req.uuid.as_str()),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    reply(&app, &req.uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeZoneState {
+    uuid: String,
+    state_event: String,
+}
+
+async fn change_zone_state(app: App, msg: Msg) -> Result<Reply> {
+    let req: ChangeZoneState = msg.parse()?;
+    let state = if req.state_event.eq_ignore_ascii_case("enable") { "Enabled" } else { "Disabled" };
+    app.db
+        .execute(
+            "UPDATE zone SET state = $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+        )
+        .await?;
+    reply(&app, &req.uuid).await
+}
+
+async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    tx.execute("DELETE FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    super::disown(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+const NAME_REGEX: &str = r"^[^\s].*[^\s]$|^[^\s]$";
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "CreateZone",
+        method: Method::Post,
+        path: "/zones",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("name").required().max(255).regex(NAME_REGEX),
+            Param::str("description").max(2048),
+            Param::bool("isDefault"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(create_zone(a, m))),
+    },
+    ApiDef {
+        name: "QueryZone",
+        method: Method::Get,
+        path: "/zones",
+        optional_paths: &["/zones/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&ZONE),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "UpdateZone",
+        method: Method::Put,
+        path: "/zones/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&ZONE),
+            Param::str("name").max(255).regex(NAME_REGEX),
+            Param::str("description").max(2048),
+            Param::bool("isDefault"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update_zone(a, m))),
+    },
+    ApiDef {
+        name: "ChangeZoneState",
+        method: Method::Put,
+        path: "/zones/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&ZONE),
+            Param::str("stateEvent").required().values(&["enable", "disable"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(change_zone_state(a, m))),
+    },
+    ApiDef {
+        name: "DeleteZone",
+        method: Method::Delete,
+        path: "/zones/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&ZONE).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete_zone(a, m))),
+    },
+];
