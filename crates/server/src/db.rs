@@ -108,7 +108,15 @@ impl WriteTx {
     }
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+/// Schema migrations, applied in order once each. One file per area so that areas can grow
+/// independently; a released migration is never edited, only followed by a new one.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_foundation.sql")),
+    (2, include_str!("migrations/0002_compute.sql")),
+    (3, include_str!("migrations/0003_storage.sql")),
+    (4, include_str!("migrations/0004_network.sql")),
+    (5, include_str!("migrations/0005_config.sql")),
+];
 
 impl Db {
     /// Connect to `url` (`sqlite://...` or `postgres://...`), creating the SQLite file and

@@ -249,6 +249,23 @@ async fn run_query(
 
 /// Every API this node serves.
 pub fn all_apis() -> Vec<&'static ApiDef> {
-    let tables: &[&'static [ApiDef]] = &[identity::APIS, crate::mn::APIS, crate::resources::zone::APIS];
+    use crate::resources::*;
+    let tables: &[&'static [ApiDef]] = &[
+        identity::APIS,
+        crate::mn::APIS,
+        zone::APIS,
+        cluster::APIS,
+        host::APIS,
+        primary_storage::APIS,
+        backup_storage::APIS,
+        image::APIS,
+        volume::APIS,
+        l2::APIS,
+        l3::APIS,
+        offering::APIS,
+        ssh_key::APIS,
+        tag::APIS,
+        global_config::APIS,
+    ];
     tables.iter().flat_map(|t| t.iter()).collect()
 }

@@ -1,6 +1,18 @@
 //! Resource services. Each module holds one resource's `ResourceDef`, its API table and its
 //! business rules.
 
+pub mod backup_storage;
+pub mod cluster;
+pub mod global_config;
+pub mod host;
+pub mod image;
+pub mod l2;
+pub mod l3;
+pub mod offering;
+pub mod primary_storage;
+pub mod ssh_key;
+pub mod tag;
+pub mod volume;
 pub mod zone;
 
 use crate::db::{Val, WriteTx};

@@ -1,0 +1,5 @@
+//! (to be written)
+
+use crate::api::ApiDef;
+
+pub static APIS: &[ApiDef] = &[];
