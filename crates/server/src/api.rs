@@ -116,6 +116,9 @@ pub struct Msg {
     pub session_uuid: Option<String>,
     #[serde(skip)]
     pub session: Option<SessionInfo>,
+    /// True when the job is run again after a management-node restart.
+    #[serde(skip)]
+    pub replay: bool,
 }
 
 impl Msg {

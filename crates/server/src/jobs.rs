@@ -57,6 +57,10 @@ pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook:
         let span = tracing::info_span!("job", job = %job, api = api.name);
         let _e = span.enter();
         drop(_e);
+        // Test-only hook: keep jobs in the running state for a while (crash/poll tests).
+        if let Some(ms) = std::env::var("RZSTACK_TEST_JOB_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let started = std::time::Instant::now();
         let fut = std::panic::AssertUnwindSafe(pipeline::process(&app, api, msg)).catch_unwind();
         let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await {
@@ -199,7 +203,8 @@ pub async fn recover(app: &App) -> Result<usize> {
         let msg: Option<Msg> = serde_json::from_str(&request).ok();
         let api = msg.as_ref().and_then(|m| app.routes.api(&m.api));
         match (msg, api) {
-            (Some(msg), Some(api)) if attempts < MAX_ATTEMPTS => {
+            (Some(mut msg), Some(api)) if attempts < MAX_ATTEMPTS => {
+                msg.replay = true;
                 tracing::warn!(job = %uuid, api = api.name, attempt = attempts + 1, "resuming job after restart");
                 spawn(app.clone(), api, msg, timeout_ms.max(0) as u64, webhook);
             }

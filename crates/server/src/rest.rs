@@ -150,6 +150,7 @@ async fn handle_inner(
         assigned_uuid: None,
         session_uuid,
         session: None,
+        replay: false,
     };
 
     if !api.is_async() {

@@ -16,7 +16,9 @@ pub mod volume;
 pub mod zone;
 
 use crate::db::{Val, WriteTx};
-use crate::error::Result;
+use crate::api::Msg;
+use crate::error::{Error, Result};
+use crate::query::ResourceDef;
 use crate::util::now_ms;
 
 /// Record the owner account of a new resource (upstream `AccountResourceRefVO`), in the
@@ -29,6 +31,24 @@ pub async fn own(tx: &mut WriteTx, resource_uuid: &str, resource_type: &str, acc
     )
     .await?;
     Ok(())
+}
+
+/// Whether a create API must still insert its resource `uuid` into `def`'s table.
+/// `Ok(false)`: the row exists because this job already ran before a restart (a replay), so the
+/// handler just answers with it. A row that exists otherwise means the caller reused a
+/// `resourceUuid`: refused.
+pub async fn is_new(tx: &mut WriteTx, def: &ResourceDef, uuid: &str, msg: &Msg) -> Result<bool> {
+    let sql = format!("SELECT 1 FROM {} WHERE uuid = $1", def.table);
+    if tx.fetch_optional(&sql, &[Val::from(uuid)]).await?.is_none() {
+        return Ok(true);
+    }
+    if msg.replay {
+        return Ok(false);
+    }
+    Err(Error::argerr(format!(
+        "resourceUuid[{uuid}] is already used by another resource[type:{}]",
+        def.vo
+    )))
 }
 
 /// Forget the owner of a deleted resource, in the deleting transaction.

@@ -51,8 +51,7 @@ async fn create_zone(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.resource_uuid();
     let now = now_ms();
     let mut tx = app.db.begin_write().await?;
-    // Replays of the same job find their zone already made.
-    if tx.fetch_optional("SELECT 1 FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?.is_none() {
+    if super::is_new(&mut tx, &ZONE, &uuid, &msg).await? {
         if req.is_default {
             tx.execute("UPDATE zone SET is_default = 0, last_op_date = $1 WHERE is_default = 1", &[Val::I(now)])
                 .await?;
