@@ -23,9 +23,29 @@ pub enum AcceptError {
     Other(Error),
 }
 
+/// Jobs accepted or running in this process. The periodic takeover in [`recover`] must not
+/// start these a second time (they are `processing` rows with this node's uuid too).
+static IN_PROCESS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn in_process() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a job from [`IN_PROCESS`] when its task ends (also on panic).
+struct InProcess(String);
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        in_process().remove(&self.0);
+    }
+}
+
 /// Persist a new job. Fails with `Duplicate` when the uuid was used before.
 pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>) -> Result<(), AcceptError> {
     let request = serde_json::to_string(msg).map_err(|e| AcceptError::Other(Error::Internal(e.to_string())))?;
+    // Marked before the row exists, so a concurrent takeover never sees it unmarked.
+    let fresh = in_process().insert(msg.job_uuid.clone());
     let r = app
         .db
         .execute(
@@ -42,6 +62,9 @@ pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>
             ],
         )
         .await;
+    if r.is_err() && fresh {
+        in_process().remove(&msg.job_uuid);
+    }
     match r {
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(AcceptError::Duplicate),
@@ -52,7 +75,10 @@ pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>
 /// Run an accepted job in the background until it is done.
 pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook: Option<String>) {
     let guard = app.running.enter();
+    in_process().insert(msg.job_uuid.clone());
+    let mark = InProcess(msg.job_uuid.clone());
     tokio::spawn(async move {
+        let _mark = mark;
         let job = msg.job_uuid.clone();
         let span = tracing::info_span!("job", job = %job, api = api.name);
         let _e = span.enter();
@@ -189,6 +215,9 @@ pub async fn recover(app: &App) -> Result<usize> {
         let timeout_ms: i64 = row.try_get(2)?;
         let webhook: Option<String> = row.try_get(3)?;
         let attempts: i64 = row.try_get(4)?;
+        if in_process().contains(&uuid) {
+            continue; // running here right now, not left over
+        }
         let claimed = app
             .db
             .execute(

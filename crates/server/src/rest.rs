@@ -57,6 +57,8 @@ async fn handle_inner(
     let Some(path) = raw_path.strip_prefix("/zstack/v1").or_else(|| raw_path.strip_prefix("/v1")) else {
         return Err(RestError::not_found(format!("no api mapping to {raw_path}")));
     };
+    // Upstream prints the decoded URL below the `/zstack` context path.
+    let shown = format!("/v1{path}");
     if let Some(job) = path.strip_prefix("/api-jobs/") {
         if method != axum::http::Method::GET {
             return Err(RestError::method_not_allowed("only GET method is allowed for querying job status"));
@@ -64,7 +66,10 @@ async fn handle_inner(
         return poll_job(app, job.trim_matches('/'), headers).await;
     }
     let Some(m) = Method::parse(method.as_str()) else {
-        return Err(RestError::method_not_allowed(format!("method {method} is not allowed")));
+        return Err(RestError::method_not_allowed(format!(
+            "The method[{method}] is not allowed for the path[{}]",
+            uri.path()
+        )));
     };
     let pairs: Vec<(String, String)> = uri
         .query()
@@ -84,15 +89,16 @@ async fn handle_inner(
 
     let (api, vars) = match app.routes.find(m, path, &|k| body_json.contains_key(k)) {
         Matched::Api(api, vars) => (api, vars),
-        Matched::NoMapping => return Err(RestError::not_found(format!("no api mapping to {raw_path}"))),
+        Matched::NoMapping => return Err(RestError::not_found(format!("no api mapping to {shown}"))),
         Matched::NoAction => {
             return Err(RestError::bad_request(format!(
-                "the body doesn't contain action mapping to the URL[{raw_path}]"
+                "the body doesn't contain action mapping to the URL[{shown}]"
             )))
         }
         Matched::MethodNotAllowed => {
             return Err(RestError::method_not_allowed(format!(
-                "The API[{raw_path}] doesn't support HTTP method[{method}]"
+                "The method[{method}] is not allowed for the path[{}]",
+                uri.path()
             )))
         }
     };

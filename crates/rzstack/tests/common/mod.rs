@@ -140,6 +140,25 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Write a global config value straight into the database (SQLite file or PostgreSQL).
+    /// The server reads `global_config` at start: call `restart()` afterwards.
+    pub async fn write_global_config(&self, category: &str, name: &str, value: &str) {
+        use sqlx::Connection;
+        let sql = "INSERT INTO global_config (category, name, value) VALUES ($1, $2, $3) \
+                   ON CONFLICT (category, name) DO UPDATE SET value = excluded.value";
+        match &self.database {
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(url).await.expect("connect to postgres");
+                sqlx::query(sql).bind(category).bind(name).bind(value).execute(&mut c).await.expect("write config");
+            }
+            None => {
+                let url = format!("sqlite://{}", self.data_dir.path().join("rzstack.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open sqlite");
+                sqlx::query(sql).bind(category).bind(name).bind(value).execute(&mut c).await.expect("write config");
+            }
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
