@@ -160,8 +160,9 @@ impl Routes {
                     .find(|p| p.api.method == Method::Put && action_keys(&p.api.action_name()));
                 match found {
                     Some(p) => p,
-                    None if group.patterns.iter().any(|p| p.api.method == Method::Put) => return Matched::NoAction,
-                    None => return Matched::MethodNotAllowed,
+                    // Upstream answers a PUT without a matching action key the same way
+                    // whether or not the path has PUT APIs at all.
+                    None => return Matched::NoAction,
                 }
             }
             m => match group.patterns.iter().find(|p| p.api.method == m) {
