@@ -20,6 +20,18 @@ pub enum FType {
     Float,
     /// epoch milliseconds in the database, upstream date text on the wire
     Date,
+    /// A list of strings from a reference table (e.g. `attachedClusterUuids`): the field's
+    /// column is the parent's key column; the values are `value` of the `table` rows whose
+    /// `fk` equals it.
+    Refs(&'static Refs),
+}
+
+/// Where the values of an [`FType::Refs`] field live.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refs {
+    pub table: &'static str,
+    pub fk: &'static str,
+    pub value: &'static str,
 }
 
 #[derive(Debug)]
@@ -218,7 +230,7 @@ fn convert(def: &ResourceDef, f: &Field, v: &str) -> Result<Val> {
         ))
     };
     Ok(match f.ty {
-        FType::Str => Val::S(v.to_string()),
+        FType::Str | FType::Refs(_) => Val::S(v.to_string()),
         FType::Int => Val::I(v.trim().parse().map_err(|_| bad())?),
         FType::Float => Val::F(v.trim().parse().map_err(|_| bad())?),
         FType::Bool => match v.trim().to_ascii_lowercase().as_str() {
@@ -265,6 +277,15 @@ impl SqlBuilder<'_> {
         let Some(f) = def.field(name) else {
             return Err(no_field(def, name));
         };
+        if let FType::Refs(r) = f.ty {
+            let a = format!("r{depth}");
+            let vf = Field { name: f.name, col: r.value, ty: FType::Str };
+            let inner = self.leaf(def, &a, &vf, c)?;
+            return Ok(format!(
+                "{alias}.{} IN (SELECT {a}.{} FROM {} {a} WHERE {inner})",
+                f.col, r.fk, r.table
+            ));
+        }
         self.leaf(def, alias, f, c)
     }
 
@@ -359,7 +380,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
 
     let order = match &qp.sort {
         Some((name, asc)) => {
-            let f = def.field(name).ok_or_else(|| no_field(def, name))?;
+            let f = def.field(name).filter(|f| !matches!(f.ty, FType::Refs(_))).ok_or_else(|| no_field(def, name))?;
             format!(" ORDER BY t.{} {}", f.col, if *asc { "ASC" } else { "DESC" })
         }
         None => format!(" ORDER BY {}", def.order),
@@ -394,6 +415,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
     for (i, k) in kids.iter().enumerate() {
         attach_children(db, k, &keys[i], &mut out).await?;
     }
+    fill_refs(db, &cols, &mut out).await?;
     Ok(QueryResult { inventories: Some(out), total })
 }
 
@@ -467,8 +489,41 @@ fn load_where_in<'a>(
         for (i, k) in def.children.iter().enumerate() {
             attach_children(db, k, &sub[i], &mut objs).await?;
         }
+        fill_refs(db, &cols, &mut objs).await?;
         Ok(out.into_iter().zip(objs).collect())
     })
+}
+
+/// Replace the key of every [`FType::Refs`] field of `rows` by its list of values.
+async fn fill_refs(db: &Db, cols: &[&'static Field], rows: &mut [Map<String, Value>]) -> Result<()> {
+    for f in cols {
+        let FType::Refs(r) = f.ty else { continue };
+        let mut keys: Vec<String> = rows.iter().filter_map(|m| m.get(f.name)?.as_str().map(String::from)).collect();
+        keys.sort();
+        keys.dedup();
+        let mut by_key: HashMap<String, Vec<Value>> = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let phs: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {fk}, {v} FROM {t} WHERE {fk} IN ({}) ORDER BY {fk}, {v}",
+                phs.join(", "),
+                fk = r.fk,
+                v = r.value,
+                t = r.table
+            );
+            let vals: Vec<Val> = chunk.iter().map(|k| Val::S(k.clone())).collect();
+            for row in query_with(&sql, &vals).fetch_all(&db.pool).await? {
+                let k: String = row.try_get(0)?;
+                let v: String = row.try_get(1)?;
+                by_key.entry(k).or_default().push(Value::String(v));
+            }
+        }
+        for m in rows.iter_mut() {
+            let k = m.get(f.name).and_then(Value::as_str).unwrap_or_default().to_string();
+            m.insert(f.name.to_string(), Value::Array(by_key.get(&k).cloned().unwrap_or_default()));
+        }
+    }
+    Ok(())
 }
 
 /// One database row → an inventory object (null columns omitted, as Gson does).
@@ -476,7 +531,7 @@ pub fn row_to_json(row: &AnyRow, cols: &[&'static Field]) -> Result<Map<String, 
     let mut m = Map::with_capacity(cols.len());
     for (i, f) in cols.iter().enumerate() {
         let v = match f.ty {
-            FType::Str => row.try_get::<Option<String>, _>(i)?.map(Value::String),
+            FType::Str | FType::Refs(_) => row.try_get::<Option<String>, _>(i)?.map(Value::String),
             FType::Int => row.try_get::<Option<i64>, _>(i)?.map(Value::from),
             FType::Bool => row.try_get::<Option<i64>, _>(i)?.map(|b| Value::Bool(b != 0)),
             FType::Float => row.try_get::<Option<f64>, _>(i)?.map(Value::from),

@@ -1,5 +1,463 @@
-//! (to be written)
+//! Backup storage (upstream `BackupStorageVO`): SFTP, ImageStore and simulator types; add,
+//! update, change state, delete, query, attach to / detach from zones.
+//!
+//! Until a host agent exists, an SFTP or ImageStore backup storage must live on this
+//! machine (hostname localhost, a loopback address, this machine's name or one of its
+//! addresses): its url is a local directory, created when the storage is added, and its
+//! capacity is read from the file system that holds it.
 
-use crate::api::ApiDef;
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::db::Val;
+use crate::error::{Error, Result};
+use crate::params::Param;
+use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+use std::time::Duration;
 
-pub static APIS: &[ApiDef] = &[];
+pub const SFTP: &str = "SftpBackupStorage";
+pub const IMAGE_STORE: &str = "ImageStoreBackupStorage";
+pub const SIMULATOR: &str = "SimulatorBackupStorage";
+
+static ZONE_REFS: Refs = Refs { table: "backup_storage_zone_ref", fk: "backup_storage_uuid", value: "zone_uuid" };
+
+fn class_of(row: &Map<String, Value>) -> &'static str {
+    match row.get("type").and_then(Value::as_str) {
+        Some(SFTP) => "org.zstack.storage.backup.sftp.SftpBackupStorageInventory",
+        Some(IMAGE_STORE) => "org.zstack.storage.backup.imagestore.ImageStoreBackupStorageInventory",
+        _ => "org.zstack.header.storage.backup.BackupStorageInventory",
+    }
+}
+
+pub static BACKUP_STORAGE: ResourceDef = ResourceDef {
+    inventory: "BackupStorageInventory",
+    vo: "BackupStorageVO",
+    class: "org.zstack.header.storage.backup.BackupStorageInventory",
+    table: "backup_storage",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("url", "url", FType::Str),
+        field("description", "description", FType::Str),
+        field("totalCapacity", "total_capacity", FType::Int),
+        field("availableCapacity", "available_capacity", FType::Int),
+        field("type", "type", FType::Str),
+        field("state", "state", FType::Str),
+        field("status", "status", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("attachedZoneUuids", "uuid", FType::Refs(&ZONE_REFS)),
+        field("hostname", "hostname", FType::Str),
+        field("username", "username", FType::Str),
+        field("sshPort", "ssh_port", FType::Int),
+    ],
+    children: &[],
+    class_of: Some(class_of),
+    order: "t.create_date, t.uuid",
+    tag_type: Some("BackupStorageVO"),
+};
+
+async fn reply(app: &App, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, &BACKUP_STORAGE, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(&BACKUP_STORAGE, inv)),
+        None => Err(Error::not_found(format!("backup storage[uuid:{uuid}] is not found"))),
+    }
+}
+
+fn is_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Whether `host` names this machine: a loopback address, or an address some local
+/// interface holds (binding to it succeeds), directly or after name resolution.
+pub async fn is_this_machine(host: &str) -> bool {
+    let local = |ip: std::net::IpAddr| ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok();
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return local(ip);
+    }
+    let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, 0))).await;
+    match lookup {
+        Ok(Ok(addrs)) => {
+            let ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+            !ips.is_empty() && ips.into_iter().all(local)
+        }
+        _ => false,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddBackupStorage {
+    name: String,
+    description: Option<String>,
+    url: String,
+    hostname: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ssh_port: Option<i64>,
+    total_capacity: Option<i64>,
+    available_capacity: Option<i64>,
+}
+
+async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
+    let req: AddBackupStorage = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    {
+        let mut tx = app.db.begin_write().await?;
+        if !super::is_new(&mut tx, &BACKUP_STORAGE, &uuid, &msg).await? {
+            drop(tx);
+            return reply(&app, &uuid).await;
+        }
+    }
+    let url = req.url.clone();
+    let (total, available, hostname, ssh_port) = if ty == SIMULATOR {
+        let total = req.total_capacity.unwrap_or(0);
+        let available = req.available_capacity.unwrap_or(0);
+        if total < 0 || available < 0 {
+            return Err(Error::argerr("the capacity of a simulator backup storage cannot be negative"));
+        }
+        (total, available, None, None)
+    } else {
+        let host = req.hostname.clone().unwrap_or_default();
+        if host.parse::<std::net::Ipv4Addr>().is_err() && !is_hostname(&host) {
+            return Err(Error::argerr(format!("hostname[{host}] is neither an IPv4 address nor a valid hostname")));
+        }
+        let dup = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM backup_storage WHERE type = $1 AND hostname = $2",
+                &[Val::from(ty), Val::from(host.as_str())],
+            )
+            .await?;
+        if dup.is_some() {
+            let kind = if ty == SFTP { "sftp" } else { "image store" };
+            return Err(Error::operr(format!(
+                "duplicate backup storage. There has been a {kind} backup storage[hostname:{host}] existing"
+            )));
+        }
+        if url.starts_with("/proc") || url.starts_with("/dev") || url.starts_with("/sys") {
+            return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
+        }
+        if !url.starts_with('/') {
+            return Err(Error::argerr(format!("the url[{url}] is not an absolute path starting with '/'")));
+        }
+        if !is_this_machine(&host).await {
+            return Err(Error::operr(format!(
+                "cannot add the backup storage on host[{host}]: backup storage on other machines needs the host agent, \
+                 which this management node does not have yet; use hostname localhost (a directory on the management node)"
+            )));
+        }
+        super::primary_storage::make_dir(&url)?;
+        let (total, avail) = super::primary_storage::fs_capacity(&url)?;
+        (total, avail, Some(host), Some(req.ssh_port.unwrap_or(22)))
+    };
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    tx.execute(
+        "INSERT INTO backup_storage (uuid, name, url, description, total_capacity, available_capacity, type, state, status, \
+         hostname, username, password, ssh_port, create_date, last_op_date) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Enabled', 'Connected', $8, $9, $10, $11, $12, $12) ON CONFLICT (uuid) DO NOTHING",
+        &[
+            Val::from(uuid.as_str()),
+            Val::from(req.name),
+            Val::from(url),
+            Val::from(req.description),
+            Val::I(total),
+            Val::I(available),
+            Val::from(ty),
+            Val::from(hostname),
+            Val::from(if ty == SIMULATOR { None } else { req.username }),
+            Val::from(if ty == SIMULATOR { None } else { req.password }),
+            Val::from(ssh_port),
+            Val::I(now),
+        ],
+    )
+    .await?;
+    super::own(&mut tx, &uuid, BACKUP_STORAGE.vo, msg.account_uuid()).await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateBackupStorage {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+}
+
+async fn update(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdateBackupStorage = msg.parse()?;
+    app.db
+        .execute(
+            "UPDATE backup_storage SET name = COALESCE($1, name), description = COALESCE($2, description), last_op_date = $3 \
+             WHERE uuid = $4",
+            &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+        )
+        .await?;
+    reply(&app, &req.uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeState {
+    uuid: String,
+    state_event: String,
+}
+
+async fn change_state(app: App, msg: Msg) -> Result<Reply> {
+    let req: ChangeState = msg.parse()?;
+    let state = if req.state_event.eq_ignore_ascii_case("enable") { "Enabled" } else { "Disabled" };
+    app.db
+        .execute(
+            "UPDATE backup_storage SET state = $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+        )
+        .await?;
+    reply(&app, &req.uuid).await
+}
+
+async fn delete(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let busy = app
+        .db
+        .fetch_optional(
+            "SELECT image_uuid FROM image_backup_storage_ref WHERE backup_storage_uuid = $1 AND status = 'Downloading'",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+    if let Some(r) = busy {
+        let image: String = r.try_get(0)?;
+        return Err(Error::operr(format!(
+            "backup storage[uuid:{uuid}] cannot be deleted while image[uuid:{image}] is being downloaded to it"
+        )));
+    }
+    let mut tx = app.db.begin_write().await?;
+    tx.execute("DELETE FROM backup_storage_zone_ref WHERE backup_storage_uuid = $1", &[Val::from(uuid.as_str())])
+        .await?;
+    tx.execute("DELETE FROM image_backup_storage_ref WHERE backup_storage_uuid = $1", &[Val::from(uuid.as_str())])
+        .await?;
+    // Images left on no backup storage go with it (upstream cascades them); their files
+    // stay in the storage directory, which deleting a backup storage never wipes.
+    let orphans = tx
+        .fetch_all("SELECT uuid FROM image WHERE uuid NOT IN (SELECT image_uuid FROM image_backup_storage_ref)", &[])
+        .await?;
+    for r in orphans {
+        let img: String = r.try_get(0)?;
+        tx.execute("DELETE FROM image WHERE uuid = $1", &[Val::from(img.as_str())]).await?;
+        super::disown(&mut tx, &img).await?;
+    }
+    tx.execute("DELETE FROM backup_storage WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    super::disown(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ZoneBs {
+    zone_uuid: String,
+    backup_storage_uuid: String,
+}
+
+async fn attach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ZoneBs = msg.parse()?;
+    let (z, b) = (req.zone_uuid.as_str(), req.backup_storage_uuid.as_str());
+    let r = app
+        .db
+        .execute(
+            "INSERT INTO backup_storage_zone_ref (backup_storage_uuid, zone_uuid, create_date) VALUES ($1, $2, $3) \
+             ON CONFLICT (backup_storage_uuid, zone_uuid) DO NOTHING",
+            &[Val::from(b), Val::from(z), Val::I(now_ms())],
+        )
+        .await?;
+    if r == 0 {
+        return Err(Error::operr(format!("backup storage[uuid:{b}] has been attached to zone[uuid:{z}]")));
+    }
+    reply(&app, b).await
+}
+
+async fn detach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ZoneBs = msg.parse()?;
+    let (z, b) = (req.zone_uuid.as_str(), req.backup_storage_uuid.as_str());
+    let n = app
+        .db
+        .execute(
+            "DELETE FROM backup_storage_zone_ref WHERE backup_storage_uuid = $1 AND zone_uuid = $2",
+            &[Val::from(b), Val::from(z)],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::operr(format!("backup storage[uuid:{b}] has not been attached to zone[uuid:{z}]")));
+    }
+    reply(&app, b).await
+}
+
+const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
+
+const REMOTE_PARAMS: &[Param] = &[
+    Param::str("url").required().max(2048).no_empty_string(),
+    Param::str("name").required().max(255),
+    Param::str("description").max(2048),
+    Param::str("type"),
+    Param::bool("importImages"),
+    Param::str("hostname").required().max(255).no_empty_string(),
+    Param::str("username").required().max(255),
+    Param::str("password").required().max(255),
+    Param::int("sshPort").range(1, 65535),
+];
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "AddSftpBackupStorage",
+        method: Method::Post,
+        path: "/backup-storage/sftp",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: REMOTE_PARAMS,
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, SFTP))),
+    },
+    ApiDef {
+        name: "AddImageStoreBackupStorage",
+        method: Method::Post,
+        path: "/backup-storage/image-store",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: REMOTE_PARAMS,
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, IMAGE_STORE))),
+    },
+    ApiDef {
+        name: "AddSimulatorBackupStorage",
+        method: Method::Post,
+        path: "/backup-storage/simulators",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("url").required().max(2048).no_empty_string(),
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+            Param::str("type"),
+            Param::bool("importImages"),
+            Param::int("totalCapacity"),
+            Param::int("availableCapacity"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, SIMULATOR))),
+    },
+    ApiDef {
+        name: "QueryBackupStorage",
+        method: Method::Get,
+        path: "/backup-storage",
+        optional_paths: &["/backup-storage/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&BACKUP_STORAGE),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "UpdateBackupStorage",
+        method: Method::Put,
+        path: "/backup-storage/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&BACKUP_STORAGE),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update(a, m))),
+    },
+    ApiDef {
+        name: "ChangeBackupStorageState",
+        method: Method::Put,
+        path: "/backup-storage/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&BACKUP_STORAGE),
+            Param::str("stateEvent").required().values(&["enable", "disable"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(change_state(a, m))),
+    },
+    ApiDef {
+        name: "DeleteBackupStorage",
+        method: Method::Delete,
+        path: "/backup-storage/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&BACKUP_STORAGE).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete(a, m))),
+    },
+    ApiDef {
+        name: "AttachBackupStorageToZone",
+        method: Method::Post,
+        path: "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("zoneUuid").required().resource(&super::zone::ZONE),
+            Param::str("backupStorageUuid").required().resource(&BACKUP_STORAGE),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(attach(a, m))),
+    },
+    ApiDef {
+        name: "DetachBackupStorageFromZone",
+        method: Method::Delete,
+        path: "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("backupStorageUuid").required().resource(&BACKUP_STORAGE),
+            Param::str("zoneUuid").required().resource(&super::zone::ZONE),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(detach(a, m))),
+    },
+];

@@ -1,5 +1,561 @@
-//! (to be written)
+//! Primary storage (upstream `PrimaryStorageVO`): LocalStorage, NFS and simulator types;
+//! add, update, change state, delete, query, attach to / detach from clusters.
+//!
+//! LocalStorage on this machine is a real directory: it is created when the storage is added
+//! and its capacity is read from the file system that holds it. NFS storage cannot be
+//! measured without mounting it (a host does that), so it is recorded Connected with zero
+//! capacity until the host agent exists.
 
-use crate::api::ApiDef;
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::db::Val;
+use crate::error::{Error, Result};
+use crate::params::Param;
+use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use serde::Deserialize;
+use sqlx::Row;
 
-pub static APIS: &[ApiDef] = &[];
+pub const LOCAL_STORAGE: &str = "LocalStorage";
+pub const NFS: &str = "NFS";
+pub const SIMULATOR: &str = "SimulatorPrimaryStorage";
+
+static CLUSTER_REFS: Refs =
+    Refs { table: "primary_storage_cluster_ref", fk: "primary_storage_uuid", value: "cluster_uuid" };
+
+pub static PRIMARY_STORAGE: ResourceDef = ResourceDef {
+    inventory: "PrimaryStorageInventory",
+    vo: "PrimaryStorageVO",
+    class: "org.zstack.header.storage.primary.PrimaryStorageInventory",
+    table: "primary_storage",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("zoneUuid", "zone_uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("url", "url", FType::Str),
+        field("description", "description", FType::Str),
+        field("totalCapacity", "total_capacity", FType::Int),
+        field("availableCapacity", "available_capacity", FType::Int),
+        field("totalPhysicalCapacity", "total_physical_capacity", FType::Int),
+        field("availablePhysicalCapacity", "available_physical_capacity", FType::Int),
+        field("systemUsedCapacity", "system_used_capacity", FType::Int),
+        field("type", "type", FType::Str),
+        field("state", "state", FType::Str),
+        field("status", "status", FType::Str),
+        field("mountPath", "mount_path", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("attachedClusterUuids", "uuid", FType::Refs(&CLUSTER_REFS)),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("PrimaryStorageVO"),
+};
+
+/// Total and available bytes of the file system holding `path` (statvfs).
+pub fn fs_capacity(path: &str) -> Result<(i64, i64)> {
+    let c = std::ffi::CString::new(path).map_err(|_| Error::argerr(format!("invalid path[{path}]")))?;
+    // SAFETY: statvfs only writes into the zeroed struct we own; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::code(rzstack_api::codes::SYS_1016, format!("cannot read the capacity of {path}: {e}")));
+    }
+    let frsize = if st.f_frsize > 0 { st.f_frsize as u64 } else { st.f_bsize as u64 };
+    let total = (st.f_blocks as u64).saturating_mul(frsize);
+    let avail = (st.f_bavail as u64).saturating_mul(frsize);
+    Ok((total.min(i64::MAX as u64) as i64, avail.min(i64::MAX as u64) as i64))
+}
+
+/// Create a storage directory (and parents) on this machine.
+pub fn make_dir(path: &str) -> Result<()> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::code(rzstack_api::codes::SYS_1016, format!("cannot create the directory {path}: {e}")))
+}
+
+fn forbidden_folder(path: &str) -> bool {
+    path.starts_with("/dev") || path.starts_with("/proc") || path.starts_with("/sys")
+}
+
+async fn reply(app: &App, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, &PRIMARY_STORAGE, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(&PRIMARY_STORAGE, inv)),
+        None => Err(Error::not_found(format!("primary storage[uuid:{uuid}] is not found"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddPrimaryStorage {
+    name: String,
+    description: Option<String>,
+    url: String,
+    zone_uuid: String,
+    total_capacity: Option<i64>,
+    available_capacity: Option<i64>,
+    total_physical_capacity: Option<i64>,
+    available_physical_capacity: Option<i64>,
+}
+
+struct Capacity {
+    total: i64,
+    available: i64,
+    total_physical: i64,
+    available_physical: i64,
+}
+
+async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
+    let req: AddPrimaryStorage = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    {
+        let mut tx = app.db.begin_write().await?;
+        if !super::is_new(&mut tx, &PRIMARY_STORAGE, &uuid, &msg).await? {
+            drop(tx);
+            return reply(&app, &uuid).await;
+        }
+    }
+    let url = req.url.clone();
+    let (cap, mount_path) = match ty {
+        LOCAL_STORAGE => {
+            if !url.starts_with('/') {
+                return Err(Error::argerr(format!("the url[{url}] is not an absolute path starting with '/'")));
+            }
+            if forbidden_folder(&url) {
+                return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
+            }
+            make_dir(&url)?;
+            let (total, avail) = fs_capacity(&url)?;
+            (Capacity { total, available: avail, total_physical: total, available_physical: avail }, Some(url.clone()))
+        }
+        NFS => {
+            let dup = app
+                .db
+                .fetch_optional(
+                    "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
+                    &[Val::from(NFS), Val::from(url.as_str()), Val::from(req.zone_uuid.as_str())],
+                )
+                .await?;
+            if dup.is_some() {
+                return Err(Error::argerr(format!(
+                    "there has been a nfs primary storage having url as {url} in zone[uuid:{}]",
+                    req.zone_uuid
+                )));
+            }
+            let parts: Vec<&str> = url.split(':').collect();
+            if parts.len() == 2 && forbidden_folder(parts[1]) {
+                return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
+            }
+            if parts.len() != 2 || parts[0].is_empty() || !parts[1].starts_with('/') {
+                return Err(Error::argerr(format!("the url[{url}] is not a NFS export of the form host:/path")));
+            }
+            // Measured when a host mounts it; until then the capacity is unknown (zero).
+            (
+                Capacity { total: 0, available: 0, total_physical: 0, available_physical: 0 },
+                Some(format!("/opt/zstack/nfsprimarystorage/prim-{uuid}")),
+            )
+        }
+        _ => {
+            let total = req.total_capacity.unwrap_or(100_000_000);
+            let available = req.available_capacity.unwrap_or(10_000_000);
+            let total_physical = req.total_physical_capacity.unwrap_or(10_000_000);
+            let available_physical = req.available_physical_capacity.unwrap_or(10_000_000);
+            if total < 0 || available < 0 || total_physical < 0 || available_physical < 0 {
+                return Err(Error::argerr("the capacity of a simulator primary storage cannot be negative"));
+            }
+            (Capacity { total, available, total_physical, available_physical }, None)
+        }
+    };
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    tx.execute(
+        "INSERT INTO primary_storage (uuid, zone_uuid, name, url, description, total_capacity, available_capacity, \
+         total_physical_capacity, available_physical_capacity, system_used_capacity, type, state, status, mount_path, \
+         create_date, last_op_date) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'Enabled', 'Connected', $12, $13, $13) \
+         ON CONFLICT (uuid) DO NOTHING",
+        &[
+            Val::from(uuid.as_str()),
+            Val::from(req.zone_uuid),
+            Val::from(req.name),
+            Val::from(url),
+            Val::from(req.description),
+            Val::I(cap.total),
+            Val::I(cap.available),
+            Val::I(cap.total_physical),
+            Val::I(cap.available_physical),
+            Val::I((cap.total_physical - cap.available_physical).max(0)),
+            Val::from(ty),
+            Val::from(mount_path),
+            Val::I(now),
+        ],
+    )
+    .await?;
+    super::own(&mut tx, &uuid, PRIMARY_STORAGE.vo, msg.account_uuid()).await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdatePrimaryStorage {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+    url: Option<String>,
+}
+
+async fn update(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdatePrimaryStorage = msg.parse()?;
+    if let Some(url) = &req.url {
+        let row = app
+            .db
+            .fetch_optional(
+                "SELECT type, url, zone_uuid FROM primary_storage WHERE uuid = $1",
+                &[Val::from(req.uuid.as_str())],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found(format!("primary storage[uuid:{}] is not found", req.uuid)))?;
+        let ty: String = row.try_get(0)?;
+        let old: String = row.try_get(1)?;
+        let zone: String = row.try_get(2)?;
+        if ty == NFS && *url != old {
+            let dup = app
+                .db
+                .fetch_optional(
+                    "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
+                    &[Val::from(NFS), Val::from(url.as_str()), Val::from(zone.as_str())],
+                )
+                .await?;
+            if dup.is_some() {
+                return Err(Error::argerr(format!(
+                    "there has been a nfs primary storage having url as {url} in zone[uuid:{zone}]"
+                )));
+            }
+        }
+        if ty == LOCAL_STORAGE && *url != old {
+            return Err(Error::operr(format!(
+                "the url of the local primary storage[uuid:{}] cannot be changed while it holds data; \
+                 changing it is not supported yet",
+                req.uuid
+            )));
+        }
+    }
+    app.db
+        .execute(
+            "UPDATE primary_storage SET name = COALESCE($1, name), description = COALESCE($2, description), \
+             url = COALESCE($3, url), last_op_date = $4 WHERE uuid = $5",
+            &[
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(req.url),
+                Val::I(now_ms()),
+                Val::from(req.uuid.as_str()),
+            ],
+        )
+        .await?;
+    reply(&app, &req.uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeState {
+    uuid: String,
+    state_event: String,
+}
+
+async fn change_state(app: App, msg: Msg) -> Result<Reply> {
+    let req: ChangeState = msg.parse()?;
+    let state = match req.state_event.to_ascii_lowercase().as_str() {
+        "enable" => "Enabled",
+        "disable" => "Disabled",
+        "maintain" => "Maintenance",
+        _ => "Deleting",
+    };
+    app.db
+        .execute(
+            "UPDATE primary_storage SET state = $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+        )
+        .await?;
+    reply(&app, &req.uuid).await
+}
+
+async fn delete(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    let clusters = tx
+        .fetch_all(
+            "SELECT cluster_uuid FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 ORDER BY cluster_uuid",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+    if !clusters.is_empty() {
+        let list: Vec<String> = clusters.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect();
+        return Err(Error::operr(format!(
+            "primary storage[uuid:{uuid}] cannot be deleted for still being attached to cluster[uuid:{}].",
+            list.join(", ")
+        )));
+    }
+    let volumes = tx
+        .fetch_optional(
+            "SELECT uuid FROM volume WHERE primary_storage_uuid = $1 AND status != 'Deleted'",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+    if let Some(v) = volumes {
+        let vol: String = v.try_get(0)?;
+        return Err(Error::operr(format!(
+            "primary storage[uuid:{uuid}] cannot be deleted because volume[uuid:{vol}] is still on it"
+        )));
+    }
+    // Deleted volumes and snapshots go with their storage (upstream cascades them).
+    tx.execute("DELETE FROM volume_snapshot WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    tx.execute("DELETE FROM volume WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    tx.execute("DELETE FROM primary_storage WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    super::disown(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+fn cluster_not_found(uuid: &str) -> Error {
+    Error::not_found(format!("invalid field[clusterUuid], resource[uuid:{uuid}, type:ClusterVO] not found"))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterPs {
+    cluster_uuid: String,
+    primary_storage_uuid: String,
+}
+
+async fn attach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ClusterPs = msg.parse()?;
+    let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
+    let mut tx = app.db.begin_write().await?;
+    let cluster_zone: Option<String> =
+        match tx.fetch_optional("SELECT zone_uuid FROM cluster WHERE uuid = $1", &[Val::from(c)]).await? {
+            Some(r) => r.try_get(0)?,
+            None => return Err(cluster_not_found(c)),
+        };
+    let ps = tx
+        .fetch_optional("SELECT zone_uuid, url FROM primary_storage WHERE uuid = $1", &[Val::from(p)])
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "invalid field[primaryStorageUuid], resource[uuid:{p}, type:PrimaryStorageVO] not found"
+            ))
+        })?;
+    let ps_zone: String = ps.try_get(0)?;
+    let url: String = ps.try_get(1)?;
+    if tx
+        .fetch_optional(
+            "SELECT 1 FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 AND cluster_uuid = $2",
+            &[Val::from(p), Val::from(c)],
+        )
+        .await?
+        .is_some()
+    {
+        return Err(Error::operr(format!("primary storage[uuid:{p}] has been attached to cluster[uuid:{c}]")));
+    }
+    if cluster_zone.as_deref() != Some(ps_zone.as_str()) {
+        return Err(Error::argerr(format!("primary storage[uuid:{p}] and cluster[uuid:{c}] are not in the same zone")));
+    }
+    let occupied = tx
+        .fetch_optional(
+            "SELECT 1 FROM primary_storage ps WHERE ps.url = $1 AND ps.uuid IN \
+             (SELECT r.primary_storage_uuid FROM primary_storage_cluster_ref r WHERE r.cluster_uuid = $2)",
+            &[Val::from(url.as_str()), Val::from(c)],
+        )
+        .await?;
+    if occupied.is_some() {
+        return Err(Error::argerr(format!("url[{url}] has been occupied, it cannot be duplicate in same cluster")));
+    }
+    tx.execute(
+        "INSERT INTO primary_storage_cluster_ref (primary_storage_uuid, cluster_uuid, create_date) VALUES ($1, $2, $3)",
+        &[Val::from(p), Val::from(c), Val::I(now_ms())],
+    )
+    .await?;
+    tx.commit().await?;
+    reply(&app, p).await
+}
+
+async fn detach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ClusterPs = msg.parse()?;
+    let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
+    if app.db.fetch_optional("SELECT 1 FROM cluster WHERE uuid = $1", &[Val::from(c)]).await?.is_none() {
+        return Err(cluster_not_found(c));
+    }
+    let n = app
+        .db
+        .execute(
+            "DELETE FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 AND cluster_uuid = $2",
+            &[Val::from(p), Val::from(c)],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
+    }
+    reply(&app, p).await
+}
+
+const ADD_PARAMS_COMMON: [Param; 4] = [
+    Param::str("url").required().max(2048),
+    Param::str("name").required().max(255),
+    Param::str("description").max(2048),
+    Param::str("zoneUuid").required().resource(&super::zone::ZONE),
+];
+
+const ADD_SIMULATOR_PARAMS: [Param; 9] = [
+    ADD_PARAMS_COMMON[0],
+    ADD_PARAMS_COMMON[1],
+    ADD_PARAMS_COMMON[2],
+    Param::str("type"),
+    ADD_PARAMS_COMMON[3],
+    Param::int("totalCapacity"),
+    Param::int("availableCapacity"),
+    Param::int("totalPhysicalCapacity"),
+    Param::int("availablePhysicalCapacity"),
+];
+
+const ADD_PARAMS: [Param; 5] =
+    [ADD_PARAMS_COMMON[0], ADD_PARAMS_COMMON[1], ADD_PARAMS_COMMON[2], Param::str("type"), ADD_PARAMS_COMMON[3]];
+
+const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "AddLocalPrimaryStorage",
+        method: Method::Post,
+        path: "/primary-storage/local-storage",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &ADD_PARAMS,
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, LOCAL_STORAGE))),
+    },
+    ApiDef {
+        name: "AddNfsPrimaryStorage",
+        method: Method::Post,
+        path: "/primary-storage/nfs",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &ADD_PARAMS,
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, NFS))),
+    },
+    ApiDef {
+        name: "AddSimulatorPrimaryStorage",
+        method: Method::Post,
+        path: "/primary-storage/simulators",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &ADD_SIMULATOR_PARAMS,
+        tags: &[],
+        handler: Some(|a, m| boxed(add(a, m, SIMULATOR))),
+    },
+    ApiDef {
+        name: "QueryPrimaryStorage",
+        method: Method::Get,
+        path: "/primary-storage",
+        optional_paths: &["/primary-storage/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&PRIMARY_STORAGE),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "UpdatePrimaryStorage",
+        method: Method::Put,
+        path: "/primary-storage/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&PRIMARY_STORAGE),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+            Param::str("url").max(2048),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update(a, m))),
+    },
+    ApiDef {
+        name: "ChangePrimaryStorageState",
+        method: Method::Put,
+        path: "/primary-storage/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&PRIMARY_STORAGE),
+            Param::str("stateEvent").required().values(&["enable", "disable", "maintain", "deleting"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(change_state(a, m))),
+    },
+    ApiDef {
+        name: "DeletePrimaryStorage",
+        method: Method::Delete,
+        path: "/primary-storage/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&PRIMARY_STORAGE).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete(a, m))),
+    },
+    ApiDef {
+        name: "AttachPrimaryStorageToCluster",
+        method: Method::Post,
+        path: "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("clusterUuid").required(),
+            Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(attach(a, m))),
+    },
+    ApiDef {
+        name: "DetachPrimaryStorageFromCluster",
+        method: Method::Delete,
+        path: "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
+            Param::str("clusterUuid").required(),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(detach(a, m))),
+    },
+];

@@ -1,5 +1,481 @@
-//! (to be written)
+//! Data volumes (upstream `VolumeVO`) and volume snapshots (`VolumeSnapshotVO`).
+//!
+//! For now these are accounted records: a data volume without a primary storage is
+//! `NotInstantiated` (as upstream, until it is attached to a VM); with a primary storage its
+//! size is reserved on that storage atomically and it is `Ready`. Deleting a volume marks it
+//! `Deleted` (deletion policy Delay); expunging it removes it and gives the capacity back.
+//! Real qcow2 files come with the host agent.
 
-use crate::api::ApiDef;
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
+use crate::db::Val;
+use crate::error::{Error, Result};
+use crate::params::Param;
+use crate::query::{self, field, FType, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use serde::Deserialize;
+use sqlx::Row;
 
-pub static APIS: &[ApiDef] = &[];
+use super::primary_storage::PRIMARY_STORAGE;
+
+pub static VOLUME: ResourceDef = ResourceDef {
+    inventory: "VolumeInventory",
+    vo: "VolumeVO",
+    class: "org.zstack.header.volume.VolumeInventory",
+    table: "volume",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("description", "description", FType::Str),
+        field("primaryStorageUuid", "primary_storage_uuid", FType::Str),
+        field("vmInstanceUuid", "vm_instance_uuid", FType::Str),
+        field("diskOfferingUuid", "disk_offering_uuid", FType::Str),
+        field("rootImageUuid", "root_image_uuid", FType::Str),
+        field("installPath", "install_path", FType::Str),
+        field("type", "type", FType::Str),
+        field("format", "format", FType::Str),
+        field("size", "size", FType::Int),
+        field("actualSize", "actual_size", FType::Int),
+        field("deviceId", "device_id", FType::Int),
+        field("state", "state", FType::Str),
+        field("status", "status", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("isShareable", "is_shareable", FType::Bool),
+        field("volumeQos", "volume_qos", FType::Str),
+        field("lastDetachDate", "last_detach_date", FType::Date),
+        field("lastVmInstanceUuid", "last_vm_instance_uuid", FType::Str),
+        field("lastAttachDate", "last_attach_date", FType::Date),
+        field("protocol", "protocol", FType::Str),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("VolumeVO"),
+};
+
+pub static VOLUME_SNAPSHOT: ResourceDef = ResourceDef {
+    inventory: "VolumeSnapshotInventory",
+    vo: "VolumeSnapshotVO",
+    class: "org.zstack.header.storage.snapshot.VolumeSnapshotInventory",
+    table: "volume_snapshot",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("description", "description", FType::Str),
+        field("type", "type", FType::Str),
+        field("volumeUuid", "volume_uuid", FType::Str),
+        field("treeUuid", "tree_uuid", FType::Str),
+        field("parentUuid", "parent_uuid", FType::Str),
+        field("primaryStorageUuid", "primary_storage_uuid", FType::Str),
+        field("primaryStorageInstallPath", "primary_storage_install_path", FType::Str),
+        field("volumeType", "volume_type", FType::Str),
+        field("format", "format", FType::Str),
+        field("latest", "latest", FType::Bool),
+        field("size", "size", FType::Int),
+        field("distance", "distance", FType::Int),
+        field("state", "state", FType::Str),
+        field("status", "status", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("groupUuid", "group_uuid", FType::Str),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("VolumeSnapshotVO"),
+};
+
+async fn reply(app: &App, def: &'static ResourceDef, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, def, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(def, inv)),
+        None => Err(Error::not_found(format!("{}[uuid:{uuid}] is not found", def.vo))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateDataVolume {
+    name: String,
+    description: Option<String>,
+    disk_offering_uuid: Option<String>,
+    disk_size: Option<i64>,
+    primary_storage_uuid: Option<String>,
+}
+
+async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
+    let req: CreateDataVolume = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    {
+        let mut tx = app.db.begin_write().await?;
+        if !super::is_new(&mut tx, &VOLUME, &uuid, &msg).await? {
+            drop(tx);
+            return reply(&app, &VOLUME, &uuid).await;
+        }
+    }
+    let size = match &req.disk_offering_uuid {
+        Some(o) => {
+            let row = app
+                .db
+                .fetch_optional("SELECT disk_size FROM disk_offering WHERE uuid = $1", &[Val::from(o.as_str())])
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "invalid field[diskOfferingUuid], resource[uuid:{o}, type:DiskOfferingVO] not found"
+                    ))
+                })?;
+            row.try_get::<i64, _>(0)?
+        }
+        None => {
+            let s = req.disk_size.unwrap_or(0);
+            if s < 0 {
+                return Err(Error::argerr("unexpected disk size settings"));
+            }
+            s
+        }
+    };
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    let (status, format) = match &req.primary_storage_uuid {
+        Some(ps) => {
+            let n = tx
+                .execute(
+                    "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                     WHERE uuid = $3 AND available_capacity >= $1 AND state = 'Enabled' AND status = 'Connected'",
+                    &[Val::I(size), Val::I(now), Val::from(ps.as_str())],
+                )
+                .await?;
+            if n == 0 {
+                return Err(Error::operr(format!(
+                    "cannot find available primary storage[state: Enabled, status: Connected, available capacity {size} bytes]: \
+                     the primary storage[uuid:{ps}] is not Enabled and Connected, or has less capacity available"
+                )));
+            }
+            ("Ready", Some("qcow2"))
+        }
+        None => ("NotInstantiated", None),
+    };
+    let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
+    tx.execute(
+        "INSERT INTO volume (uuid, name, description, primary_storage_uuid, disk_offering_uuid, type, format, size, actual_size, \
+         state, status, create_date, last_op_date, is_shareable, reserved_size) \
+         VALUES ($1, $2, $3, $4, $5, 'Data', $6, $7, 0, 'Enabled', $8, $9, $9, 0, $10)",
+        &[
+            Val::from(uuid.as_str()),
+            Val::from(req.name),
+            Val::from(req.description),
+            Val::from(req.primary_storage_uuid),
+            Val::from(req.disk_offering_uuid),
+            Val::from(format),
+            Val::I(size),
+            Val::from(status),
+            Val::I(now),
+            Val::I(reserved),
+        ],
+    )
+    .await?;
+    super::own(&mut tx, &uuid, VOLUME.vo, msg.account_uuid()).await?;
+    tx.commit().await?;
+    reply(&app, &VOLUME, &uuid).await
+}
+
+async fn delete_data_volume(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let row = app
+        .db
+        .fetch_optional("SELECT type, status FROM volume WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+        .ok_or_else(|| Error::not_found(format!("volume[uuid:{uuid}] is not found")))?;
+    let ty: String = row.try_get(0)?;
+    let status: String = row.try_get(1)?;
+    if ty != "Data" {
+        return Err(Error::argerr(format!("volume[uuid:{uuid}, type:{ty}] can't be deleted")));
+    }
+    if status == "Deleted" {
+        return Err(Error::operr(format!("volume[uuid:{uuid}] is already in status of deleted")));
+    }
+    app.db
+        .execute(
+            "UPDATE volume SET status = 'Deleted', last_op_date = $1 WHERE uuid = $2 AND status != 'Deleted'",
+            &[Val::I(now_ms()), Val::from(uuid.as_str())],
+        )
+        .await?;
+    Ok(Reply::empty())
+}
+
+async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    let row = tx
+        .fetch_optional(
+            "SELECT name, status, primary_storage_uuid, reserved_size FROM volume WHERE uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+    let Some(row) = row else {
+        // Already expunged (a replay): nothing to do.
+        return Ok(Reply::empty());
+    };
+    let name: String = row.try_get(0)?;
+    let status: String = row.try_get(1)?;
+    let ps: Option<String> = row.try_get(2)?;
+    let reserved: i64 = row.try_get(3)?;
+    if status != "Deleted" {
+        return Err(Error::operr(format!("the volume[uuid:{uuid}, name:{name}] is not deleted yet, can't expunge it")));
+    }
+    tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    if let Some(ps) = ps {
+        tx.execute(
+            "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::I(reserved), Val::I(now_ms()), Val::from(ps.as_str())],
+        )
+        .await?;
+    }
+    super::disown(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSnapshot {
+    volume_uuid: String,
+    name: String,
+    description: Option<String>,
+}
+
+async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
+    let req: CreateSnapshot = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    let mut tx = app.db.begin_write().await?;
+    if !super::is_new(&mut tx, &VOLUME_SNAPSHOT, &uuid, &msg).await? {
+        drop(tx);
+        return reply(&app, &VOLUME_SNAPSHOT, &uuid).await;
+    }
+    let v = req.volume_uuid.as_str();
+    let vol = tx
+        .fetch_optional(
+            "SELECT status, type, state, primary_storage_uuid, format FROM volume WHERE uuid = $1",
+            &[Val::from(v)],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("invalid field[volumeUuid], resource[uuid:{v}, type:VolumeVO] not found"))
+        })?;
+    let status: String = vol.try_get(0)?;
+    let ty: String = vol.try_get(1)?;
+    let state: String = vol.try_get(2)?;
+    let ps: Option<String> = vol.try_get(3)?;
+    let format: Option<String> = vol.try_get(4)?;
+    if status != "Ready" {
+        return Err(Error::operr(format!(
+            "volume[uuid:{v}] is not in status Ready, current is {status}, can't create snapshot"
+        )));
+    }
+    if ty != "Root" && ty != "Data" {
+        return Err(Error::operr(format!("volume[uuid:{v}, type:{ty}], can't create snapshot")));
+    }
+    if state != "Enabled" {
+        return Err(Error::operr(format!(
+            "volume[uuid:{v}] is not in state Enabled, current is {state}, can't create snapshot"
+        )));
+    }
+    let parent = tx
+        .fetch_optional(
+            "SELECT uuid, tree_uuid, distance FROM volume_snapshot WHERE volume_uuid = $1 AND latest = 1",
+            &[Val::from(v)],
+        )
+        .await?;
+    let (parent_uuid, tree, distance) = match parent {
+        Some(p) => {
+            let pu: String = p.try_get(0)?;
+            let t: String = p.try_get(1)?;
+            let d: i64 = p.try_get(2)?;
+            (Some(pu), t, d + 1)
+        }
+        None => (None, crate::util::new_uuid(), 0),
+    };
+    let now = now_ms();
+    tx.execute(
+        "UPDATE volume_snapshot SET latest = 0, last_op_date = $1 WHERE volume_uuid = $2 AND latest = 1",
+        &[Val::I(now), Val::from(v)],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO volume_snapshot (uuid, name, description, type, volume_uuid, tree_uuid, parent_uuid, primary_storage_uuid, \
+         volume_type, format, latest, size, distance, state, status, create_date, last_op_date) \
+         VALUES ($1, $2, $3, 'Hypervisor', $4, $5, $6, $7, $8, $9, 1, 0, $10, 'Enabled', 'Ready', $11, $11)",
+        &[
+            Val::from(uuid.as_str()),
+            Val::from(req.name),
+            Val::from(req.description),
+            Val::from(v),
+            Val::from(tree),
+            Val::from(parent_uuid),
+            Val::from(ps),
+            Val::from(ty),
+            Val::from(format),
+            Val::I(distance),
+            Val::I(now),
+        ],
+    )
+    .await?;
+    super::own(&mut tx, &uuid, VOLUME_SNAPSHOT.vo, msg.account_uuid()).await?;
+    tx.commit().await?;
+    reply(&app, &VOLUME_SNAPSHOT, &uuid).await
+}
+
+async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    let Some(row) = tx
+        .fetch_optional("SELECT parent_uuid, latest FROM volume_snapshot WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+    else {
+        return Ok(Reply::empty());
+    };
+    let parent: Option<String> = row.try_get(0)?;
+    // The snapshot goes with its descendants (they depend on it).
+    let mut doomed = vec![uuid.clone()];
+    let mut i = 0;
+    let mut latest_gone = row.try_get::<i64, _>(1)? != 0;
+    while i < doomed.len() {
+        let kids = tx
+            .fetch_all(
+                "SELECT uuid, latest FROM volume_snapshot WHERE parent_uuid = $1",
+                &[Val::from(doomed[i].as_str())],
+            )
+            .await?;
+        for k in kids {
+            doomed.push(k.try_get(0)?);
+            latest_gone |= k.try_get::<i64, _>(1)? != 0;
+        }
+        i += 1;
+    }
+    for d in &doomed {
+        tx.execute("DELETE FROM volume_snapshot WHERE uuid = $1", &[Val::from(d.as_str())]).await?;
+        super::disown(&mut tx, d).await?;
+    }
+    if let (true, Some(p)) = (latest_gone, parent) {
+        tx.execute(
+            "UPDATE volume_snapshot SET latest = 1, last_op_date = $1 WHERE uuid = $2",
+            &[Val::I(now_ms()), Val::from(p.as_str())],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "CreateDataVolume",
+        method: Method::Post,
+        path: "/volumes/data",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: 3 * HOURS },
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+            Param::str("diskOfferingUuid"),
+            Param::int("diskSize"),
+            Param::str("primaryStorageUuid").resource(&PRIMARY_STORAGE),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(create_data_volume(a, m))),
+    },
+    ApiDef {
+        name: "QueryVolume",
+        method: Method::Get,
+        path: "/volumes",
+        optional_paths: &["/volumes/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&VOLUME),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "DeleteDataVolume",
+        method: Method::Delete,
+        path: "/volumes/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VOLUME).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete_data_volume(a, m))),
+    },
+    ApiDef {
+        name: "ExpungeDataVolume",
+        method: Method::Put,
+        path: "/volumes/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[Param::str("uuid").required().resource(&VOLUME).success_if_missing()],
+        tags: &[],
+        handler: Some(|a, m| boxed(expunge_data_volume(a, m))),
+    },
+    ApiDef {
+        name: "CreateVolumeSnapshot",
+        method: Method::Post,
+        path: "/volumes/{volumeUuid}/volume-snapshots",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: 3 * HOURS },
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("volumeUuid").required().resource(&VOLUME),
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(create_snapshot(a, m))),
+    },
+    ApiDef {
+        name: "QueryVolumeSnapshot",
+        method: Method::Get,
+        path: "/volume-snapshots",
+        optional_paths: &["/volume-snapshots/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&VOLUME_SNAPSHOT),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "DeleteVolumeSnapshot",
+        method: Method::Delete,
+        path: "/volume-snapshots/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Async { timeout_ms: 6 * HOURS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VOLUME_SNAPSHOT).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete_snapshot(a, m))),
+    },
+];
