@@ -608,3 +608,55 @@ async fn volumes_capacity_and_snapshots() {
     let q = srv.get(&format!("/volumes/{nu}")).await;
     assert_eq!(q.body["schema"]["inventories[0]"], "org.zstack.header.volume.VolumeInventory");
 }
+
+#[tokio::test]
+async fn images_download_over_http() {
+    let srv = Server::start().await;
+    let dir = visible_tempdir();
+    let bs_url = dir.path().join("bs").display().to_string();
+    let bs = add_local_bs(&srv, "bs", &bs_url).await;
+    let bu = s(&bs["uuid"]).to_string();
+    let qcow = dir.path().join("h.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "32M"]);
+    let bytes = std::fs::read(&qcow).unwrap();
+    let md5 = md5_of(&qcow);
+
+    // A small HTTP server on loopback serving the image.
+    let body = bytes.clone();
+    let app =
+        axum::Router::new().route("/images/h.qcow2", axum::routing::get(move || std::future::ready(body.clone())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let r = srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "web", "url": format!("http://{addr}/images/h.qcow2"), "format": "qcow2", "backupStorageUuids": [bu]}})),
+        )
+        .await;
+    let img = &r["inventory"];
+    assert_eq!(img["status"], "Ready");
+    assert_eq!(img["size"], 32 * 1024 * 1024);
+    assert_eq!(img["actualSize"], bytes.len() as i64);
+    assert_eq!(img["md5Sum"], md5.as_str());
+    let install = s(&img["backupStorageRefs"][0]["installPath"]).to_string();
+    assert!(install.ends_with("/h.template"), "{install}");
+    assert_eq!(std::fs::read(&install).unwrap(), bytes, "the downloaded copy is identical");
+
+    // a missing file on the server: the job fails and leaves nothing
+    let before = files_under(Path::new(&bs_url)).len();
+    let e = srv
+        .fails(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "gone", "url": format!("http://{addr}/images/none.qcow2"), "format": "qcow2", "backupStorageUuids": [bu]}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1015", "the server answered HTTP 404");
+    assert_eq!(files_under(Path::new(&bs_url)).len(), before);
+    assert_eq!(srv.query("/images").await.len(), 1);
+}
