@@ -31,7 +31,12 @@ pub enum Val {
     S(String),
     I(i64),
     F(f64),
+    /// A NULL typed as text.
     Null,
+    /// A NULL typed as an integer (PostgreSQL needs NULLs typed for e.g. `COALESCE`).
+    NullI,
+    /// A NULL typed as a float.
+    NullF,
 }
 
 impl From<&str> for Val {
@@ -59,9 +64,29 @@ impl From<f64> for Val {
         Val::F(f)
     }
 }
-impl<T: Into<Val>> From<Option<T>> for Val {
-    fn from(o: Option<T>) -> Self {
-        o.map(Into::into).unwrap_or(Val::Null)
+impl From<Option<String>> for Val {
+    fn from(o: Option<String>) -> Self {
+        o.map(Val::S).unwrap_or(Val::Null)
+    }
+}
+impl From<Option<&str>> for Val {
+    fn from(o: Option<&str>) -> Self {
+        o.map(Val::from).unwrap_or(Val::Null)
+    }
+}
+impl From<Option<i64>> for Val {
+    fn from(o: Option<i64>) -> Self {
+        o.map(Val::I).unwrap_or(Val::NullI)
+    }
+}
+impl From<Option<bool>> for Val {
+    fn from(o: Option<bool>) -> Self {
+        o.map(Val::from).unwrap_or(Val::NullI)
+    }
+}
+impl From<Option<f64>> for Val {
+    fn from(o: Option<f64>) -> Self {
+        o.map(Val::F).unwrap_or(Val::NullF)
     }
 }
 
@@ -74,6 +99,8 @@ pub fn bind<'q>(q: AnyQuery<'q>, v: &Val) -> AnyQuery<'q> {
         Val::I(i) => q.bind(*i),
         Val::F(f) => q.bind(*f),
         Val::Null => q.bind(None::<String>),
+        Val::NullI => q.bind(None::<i64>),
+        Val::NullF => q.bind(None::<f64>),
     }
 }
 
@@ -171,6 +198,10 @@ impl Db {
 
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        if self.kind == DbKind::Postgres {
+            // Several management nodes may start at once on one database: one migrates at a time.
+            tx.execute("SELECT pg_advisory_xact_lock(7707070)", &[]).await?;
+        }
         tx.execute(
             "CREATE TABLE IF NOT EXISTS rzstack_migration (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
             &[],
