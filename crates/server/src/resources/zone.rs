@@ -132,6 +132,7 @@ async fn change_zone_state(app: App, msg: Msg) -> Result<Reply> {
 async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
+    super::cluster::delete_for_zone(&mut tx, &uuid).await?;
     tx.execute("DELETE FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
