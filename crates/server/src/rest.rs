@@ -159,6 +159,17 @@ async fn handle_inner(
         replay: false,
     };
 
+    // Upstream checks the job uuid header on every API, sync ones included.
+    msg.job_uuid = match header(headers, "x-job-uuid") {
+        Some(j) if j.len() == 32 => j.to_string(),
+        Some(_) => {
+            return Err(RestError::bad_request(
+                "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped",
+            ))
+        }
+        None => crate::util::new_uuid(),
+    };
+
     if !api.is_async() {
         return Ok(match pipeline::process(app, api, msg).await {
             Ok(reply) => {
@@ -172,16 +183,7 @@ async fn handle_inner(
         });
     }
 
-    // Async: validate job headers, persist the job, answer 202.
-    msg.job_uuid = match header(headers, "x-job-uuid") {
-        Some(j) if j.len() == 32 => j.to_string(),
-        Some(_) => {
-            return Err(RestError::bad_request(
-                "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped",
-            ))
-        }
-        None => crate::util::new_uuid(),
-    };
+    // Async: persist the job, answer 202.
     let timeout_ms = match header(headers, "x-api-timeout") {
         Some(t) => match t.trim().parse::<u64>() {
             Ok(s) if s > 0 => s.saturating_mul(1000),
