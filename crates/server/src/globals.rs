@@ -53,6 +53,25 @@ pub const EXPIRED_API_SCAN_INTERVAL: ConfigDef = ConfigDef {
     description: "Interval in seconds to purge expired API job results",
 };
 
+pub const HOST_CPU_OVER_PROVISIONING_RATIO: ConfigDef = ConfigDef {
+    category: "host",
+    name: "cpu.overProvisioning.ratio",
+    default: "10",
+    description: "The over provisioning ratio for CPU number",
+};
+pub const KVM_RESERVED_MEMORY: ConfigDef = ConfigDef {
+    category: "kvm",
+    name: "reservedMemory",
+    default: "1G",
+    description: "The memory capacity reserved on all KVM hosts for the agent and other host applications",
+};
+pub const KVM_RESERVED_CPU: ConfigDef = ConfigDef {
+    category: "kvm",
+    name: "reservedCpu",
+    default: "512",
+    description: "The CPU capacity reserved on all KVM hosts for the agent and other host applications",
+};
+
 /// Every global config rzstack knows.
 pub const ALL: &[ConfigDef] = &[
     SESSION_TIMEOUT,
@@ -61,6 +80,9 @@ pub const ALL: &[ConfigDef] = &[
     API_TIMEOUT,
     COMPLETED_API_EXPIRED_PERIOD,
     EXPIRED_API_SCAN_INTERVAL,
+    HOST_CPU_OVER_PROVISIONING_RATIO,
+    KVM_RESERVED_MEMORY,
+    KVM_RESERVED_CPU,
 ];
 
 #[derive(Default)]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod db;
 pub mod error;
 pub mod globals;
+pub mod hostagent;
 pub mod identity;
 pub mod jobs;
 pub mod mn;
@@ -124,6 +125,7 @@ fn node_uuid(data_dir: &std::path::Path) -> Result<String> {
 pub async fn build(config: Config) -> Result<App> {
     let db = Db::connect(&config.database_url()).await?;
     identity::ensure_admin(&db).await?;
+    resources::global_config::ensure(&db).await?;
     let globals = globals::Globals::load(&db).await?;
     let routes = routes::Routes::new(&rest::all_apis());
     let http = reqwest::Client::builder()

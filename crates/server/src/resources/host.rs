@@ -1,19 +1,907 @@
-//! Hosts (upstream `HostVO` + `HostCapacityVO`).
+//! Hosts (upstream `HostVO` + `HostCapacityVO`, `KVMHostVO`, `SimulatorHostVO`): add (KVM
+//! through its agent, simulator), update, change state, reconnect, delete, query, and the
+//! CPU/memory capacity report.
+//!
+//! Capacity follows upstream: `totalCpu = cpuNum × host.cpu.overProvisioning.ratio`,
+//! `availableCpu/availableMemory = total − used by VMs`. The per-host reserved memory
+//! (`kvm.reservedMemory` for KVM hosts, nothing for simulator hosts) is not taken out of the
+//! host's own numbers: it is subtracted where capacity is judged, by GetCpuMemoryCapacity and
+//! by [`reserve`] (the one-statement allocation the VM code uses).
 
-use crate::api::ApiDef;
-use crate::db::{Val, WriteTx};
-use crate::error::Result;
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
+use crate::db::{is_unique_violation, Val, WriteTx};
+use crate::error::{Error, Result};
+use crate::globals;
+use crate::hostagent::{
+    AgentError, ConnectCmd, HostAgent, HostFacts, KvmAgentClient, SimulatorAgent, PROTOCOL_VERSION,
+};
+use crate::params::Param;
+use crate::query::{self, field, FType, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use rzstack_api::codes::{self, Code};
+use rzstack_api::ErrorCode;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 use sqlx::Row;
 
-pub static APIS: &[ApiDef] = &[];
+pub const HOST_1002: Code = Code { code: "HOST.1002", description: "Unable to reconnect host" };
+pub const HOST_1003: Code = Code { code: "HOST.1003", description: "An error happened when connecting to host" };
+
+fn host_class(row: &Map<String, Value>) -> &'static str {
+    match row.get("hypervisorType").and_then(Value::as_str) {
+        Some("KVM") => "org.zstack.kvm.KVMHostInventory",
+        Some("Simulator") => "org.zstack.header.simulator.SimulatorHostInventory",
+        _ => "org.zstack.header.host.HostInventory",
+    }
+}
+
+pub static HOST: ResourceDef = ResourceDef {
+    inventory: "HostInventory",
+    vo: "HostVO",
+    class: "org.zstack.header.host.HostInventory",
+    table: "host",
+    fields: &[
+        field("zoneUuid", "zone_uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("uuid", "uuid", FType::Str),
+        field("clusterUuid", "cluster_uuid", FType::Str),
+        field("description", "description", FType::Str),
+        field("managementIp", "management_ip", FType::Str),
+        field("hypervisorType", "hypervisor_type", FType::Str),
+        field("state", "state", FType::Str),
+        field("status", "status", FType::Str),
+        field("totalCpuCapacity", "total_cpu", FType::Int),
+        field("availableCpuCapacity", "available_cpu", FType::Int),
+        field("cpuSockets", "cpu_sockets", FType::Int),
+        field("totalMemoryCapacity", "total_memory", FType::Int),
+        field("availableMemoryCapacity", "available_memory", FType::Int),
+        field("cpuNum", "cpu_num", FType::Int),
+        field("architecture", "architecture", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        // KVMHostInventory
+        field("username", "username", FType::Str),
+        field("sshPort", "ssh_port", FType::Int),
+        field("osDistribution", "os_distribution", FType::Str),
+        field("osRelease", "os_release", FType::Str),
+        field("osVersion", "os_version", FType::Str),
+        // SimulatorHostInventory
+        field("memoryCapacity", "memory_capacity", FType::Int),
+        field("cpuCapacity", "cpu_capacity", FType::Int),
+    ],
+    children: &[],
+    class_of: Some(host_class),
+    order: "t.create_date, t.uuid",
+    tag_type: Some("HostVO"),
+};
+
+async fn reply(app: &App, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, &HOST, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(&HOST, inv)),
+        None => Err(Error::not_found(format!("host[uuid:{uuid}] is not found, it may have been deleted"))),
+    }
+}
+
+/// Upstream `NetworkUtils.isIpv4Address || isHostname`.
+fn valid_management_ip(s: &str) -> bool {
+    if s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    if s.is_empty() || s.len() > 253 || s.split('.').all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+fn duplicate_ip(ip: &str) -> Error {
+    Error::argerr(format!("there has been a host having managementIp[{ip}]"))
+}
+
+/// The CPU over-provisioning ratio in force.
+fn cpu_ratio(app: &App) -> i64 {
+    app.globals.get_i64(&globals::HOST_CPU_OVER_PROVISIONING_RATIO).max(1)
+}
+
+/// Memory kept back on hosts of `hypervisor_type` (upstream: kvm.reservedMemory for KVM,
+/// nothing for simulator hosts).
+pub fn reserved_memory(app: &App, hypervisor_type: &str) -> i64 {
+    if hypervisor_type != "KVM" {
+        return 0;
+    }
+    super::global_config::parse_size(&app.globals.get(&globals::KVM_RESERVED_MEMORY)).unwrap_or(1 << 30)
+}
+
+struct ClusterInfo {
+    zone_uuid: String,
+    hypervisor_type: String,
+    architecture: Option<String>,
+}
+
+async fn cluster_info(app: &App, uuid: &str) -> Result<ClusterInfo> {
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT zone_uuid, hypervisor_type, architecture FROM cluster WHERE uuid = $1",
+            &[Val::from(uuid)],
+        )
+        .await?
+        .ok_or_else(|| Error::argerr(format!("cluster[uuid:{uuid}] is not existing")))?;
+    Ok(ClusterInfo { zone_uuid: row.try_get(0)?, hypervisor_type: row.try_get(1)?, architecture: row.try_get(2)? })
+}
+
+fn connect_error(uuid: &str, ip: &str, url: &str, e: &AgentError) -> Error {
+    let cause = ErrorCode::new(
+        codes::SYS_1006,
+        format!("unable to connect to kvm host[uuid:{uuid}, ip:{ip}, url:{url}], because {e}"),
+    );
+    Error::Api(
+        ErrorCode::new(HOST_1003, format!("connection error for KVM host[uuid:{uuid}, ip:{ip}], because {e}"))
+            .with_cause(cause),
+    )
+}
+
+/// Connect through `agent`; HOST.1003 naming the host and the reason on failure.
+async fn connect(app: &App, agent: &dyn HostAgent, uuid: &str, ip: &str) -> Result<HostFacts> {
+    let cmd = ConnectCmd {
+        version: PROTOCOL_VERSION,
+        host_uuid: uuid.to_string(),
+        management_node_uuid: app.mn_uuid.clone(),
+    };
+    agent.connect(&cmd).await.map_err(|e| connect_error(uuid, ip, &agent.url(), &e))
+}
+
+/// What differs between AddKVMHost and AddSimulatorHost.
+enum NewHost {
+    Kvm { username: String, password: String, ssh_port: i64 },
+    Simulator { cpu_capacity: i64, memory_capacity: i64 },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddHost {
+    name: String,
+    description: Option<String>,
+    management_ip: String,
+    cluster_uuid: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddKvm {
+    username: String,
+    password: String,
+    ssh_port: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddSimulator {
+    cpu_capacity: Option<i64>,
+    memory_capacity: Option<i64>,
+}
+
+/// Upstream's default capacities of a simulator host.
+const SIMULATOR_DEFAULT_CAPACITY: i64 = 1_000_000_000;
+
+async fn add_kvm_host(app: App, msg: Msg) -> Result<Reply> {
+    let k: AddKvm = msg.parse()?;
+    let kind = NewHost::Kvm { username: k.username, password: k.password, ssh_port: k.ssh_port.unwrap_or(22) };
+    add_host(app, msg, kind).await
+}
+
+async fn add_simulator_host(app: App, msg: Msg) -> Result<Reply> {
+    let s: AddSimulator = msg.parse()?;
+    let kind = NewHost::Simulator {
+        cpu_capacity: s.cpu_capacity.unwrap_or(SIMULATOR_DEFAULT_CAPACITY),
+        memory_capacity: s.memory_capacity.unwrap_or(SIMULATOR_DEFAULT_CAPACITY),
+    };
+    add_host(app, msg, kind).await
+}
+
+/// Add a host: checks, connect to its agent (no row exists until it answers, so a failed add
+/// leaves nothing), then one transaction inserting the host with its capacity (and giving
+/// the cluster its architecture if it had none).
+async fn add_host(app: App, msg: Msg, kind: NewHost) -> Result<Reply> {
+    let req: AddHost = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    let ip = req.management_ip.clone();
+    if msg.replay
+        && app.db.fetch_optional("SELECT 1 FROM host WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?.is_some()
+    {
+        return reply(&app, &uuid).await;
+    }
+    if !valid_management_ip(&ip) {
+        return Err(Error::argerr(format!("managementIp[{ip}] is neither an IPv4 address nor a valid hostname")));
+    }
+    let existing: Option<String> = app
+        .db
+        .fetch_optional("SELECT hypervisor_type FROM host WHERE management_ip = $1", &[Val::from(ip.as_str())])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    if let Some(hv) = existing {
+        if hv == "KVM" && matches!(kind, NewHost::Kvm { .. }) {
+            return Err(Error::argerr(format!("there has been a kvm host having management ip[{ip}]")));
+        }
+        return Err(duplicate_ip(&ip));
+    }
+    let cluster = cluster_info(&app, &req.cluster_uuid).await?;
+    let expected = match kind {
+        NewHost::Kvm { .. } => "KVM",
+        NewHost::Simulator { .. } => "Simulator",
+    };
+    if cluster.hypervisor_type != expected {
+        return Err(Error::argerr(format!(
+            "cannot add a {expected} host to cluster[uuid:{}] whose hypervisorType is {}",
+            req.cluster_uuid, cluster.hypervisor_type
+        )));
+    }
+
+    let facts = match &kind {
+        NewHost::Kvm { .. } => connect(&app, &KvmAgentClient::new(&ip), &uuid, &ip).await?,
+        NewHost::Simulator { cpu_capacity, memory_capacity } => {
+            let agent = SimulatorAgent {
+                cpu_capacity: *cpu_capacity,
+                memory_capacity: *memory_capacity,
+                architecture: cluster.architecture.clone().unwrap_or_else(|| "x86_64".to_string()),
+            };
+            connect(&app, &agent, &uuid, &ip).await?
+        }
+    };
+    if let Some(arch) = &cluster.architecture {
+        if *arch != facts.architecture {
+            return Err(Error::operr(format!(
+                "cluster[uuid:{}]'s architecture is {arch}, not match the host[name:{}, ip:{ip}] architecture {}",
+                req.cluster_uuid, req.name, facts.architecture
+            )));
+        }
+    }
+
+    let total_cpu = facts.cpu_num * cpu_ratio(&app);
+    let now = now_ms();
+    let (username, password, ssh_port, cpu_cap, mem_cap) = match kind {
+        NewHost::Kvm { username, password, ssh_port } => (Some(username), Some(password), Some(ssh_port), None, None),
+        NewHost::Simulator { cpu_capacity, memory_capacity } => {
+            (None, None, None, Some(cpu_capacity), Some(memory_capacity))
+        }
+    };
+    let mut tx = app.db.begin_write().await?;
+    if super::is_new(&mut tx, &HOST, &uuid, &msg).await? {
+        let inserted = tx
+            .execute(
+                "INSERT INTO host (uuid, zone_uuid, cluster_uuid, name, description, management_ip, hypervisor_type, \
+                 state, status, total_cpu, available_cpu, cpu_sockets, total_memory, available_memory, \
+                 total_physical_memory, available_physical_memory, cpu_num, architecture, cpu_model_name, \
+                 hypervisor_version, accelerator, agent_version, username, password, ssh_port, os_distribution, \
+                 os_release, os_version, cpu_capacity, memory_capacity, create_date, last_op_date) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'Enabled', 'Connected', $8, $8, $9, $10, $10, $10, $10, $11, \
+                 $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $25)",
+                &[
+                    Val::from(uuid.as_str()),
+                    Val::from(cluster.zone_uuid.as_str()),
+                    Val::from(req.cluster_uuid.as_str()),
+                    Val::from(req.name.as_str()),
+                    Val::from(req.description),
+                    Val::from(ip.as_str()),
+                    Val::from(expected),
+                    Val::I(total_cpu),
+                    Val::I(facts.cpu_sockets),
+                    Val::I(facts.memory_bytes),
+                    Val::I(facts.cpu_num),
+                    Val::from(facts.architecture.as_str()),
+                    Val::from(facts.cpu_model_name),
+                    Val::from(facts.hypervisor_version),
+                    Val::from(facts.accelerator),
+                    Val::I(PROTOCOL_VERSION as i64),
+                    Val::from(username),
+                    Val::from(password),
+                    Val::from(ssh_port),
+                    Val::from(facts.os_distribution),
+                    Val::from(facts.os_release),
+                    Val::from(facts.os_version),
+                    Val::from(cpu_cap),
+                    Val::from(mem_cap),
+                    Val::I(now),
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(duplicate_ip(&ip)),
+            Err(e) => return Err(e),
+        }
+        // The first host decides a cluster's architecture; a concurrent add of another
+        // architecture loses here.
+        tx.execute(
+            "UPDATE cluster SET architecture = $1, last_op_date = $2 WHERE uuid = $3 AND architecture IS NULL",
+            &[Val::from(facts.architecture.as_str()), Val::I(now), Val::from(req.cluster_uuid.as_str())],
+        )
+        .await?;
+        let arch: Option<String> = tx
+            .fetch_optional("SELECT architecture FROM cluster WHERE uuid = $1", &[Val::from(req.cluster_uuid.as_str())])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten();
+        if arch.as_deref() != Some(facts.architecture.as_str()) {
+            return Err(Error::operr(format!(
+                "cluster[uuid:{}]'s architecture is {}, not match the host[name:{}, ip:{ip}] architecture {}",
+                req.cluster_uuid,
+                arch.unwrap_or_default(),
+                req.name,
+                facts.architecture
+            )));
+        }
+        super::own(&mut tx, &uuid, HOST.vo, msg.account_uuid()).await?;
+    }
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+/// The row's agent: the simulator from its stored capacities, else the KVM agent client.
+struct Agentish {
+    hypervisor_type: String,
+    ip: String,
+    cpu_capacity: Option<i64>,
+    memory_capacity: Option<i64>,
+    architecture: Option<String>,
+}
+
+async fn load_agentish(app: &App, uuid: &str) -> Result<Agentish> {
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT hypervisor_type, management_ip, cpu_capacity, memory_capacity, architecture FROM host WHERE uuid = $1",
+            &[Val::from(uuid)],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("host[uuid:{uuid}] is not found, it may have been deleted")))?;
+    Ok(Agentish {
+        hypervisor_type: row.try_get(0)?,
+        ip: row.try_get(1)?,
+        cpu_capacity: row.try_get(2)?,
+        memory_capacity: row.try_get(3)?,
+        architecture: row.try_get(4)?,
+    })
+}
+
+/// Connect again to a host and record its status (Connected, or Disconnected with the error).
+/// On success the totals follow the facts, keeping what VMs use.
+async fn reconnect(app: &App, uuid: &str) -> Result<()> {
+    let a = load_agentish(app, uuid).await?;
+    app.db
+        .execute(
+            "UPDATE host SET status = 'Connecting', last_op_date = $1 WHERE uuid = $2",
+            &[Val::I(now_ms()), Val::from(uuid)],
+        )
+        .await?;
+    let facts = if a.hypervisor_type == "Simulator" {
+        let agent = SimulatorAgent {
+            cpu_capacity: a.cpu_capacity.unwrap_or(SIMULATOR_DEFAULT_CAPACITY),
+            memory_capacity: a.memory_capacity.unwrap_or(SIMULATOR_DEFAULT_CAPACITY),
+            architecture: a.architecture.clone().unwrap_or_else(|| "x86_64".into()),
+        };
+        connect(app, &agent, uuid, &a.ip).await
+    } else {
+        connect(app, &KvmAgentClient::new(&a.ip), uuid, &a.ip).await
+    };
+    let now = now_ms();
+    match facts {
+        Ok(f) => {
+            let total_cpu = f.cpu_num * cpu_ratio(app);
+            app.db
+                .execute(
+                    "UPDATE host SET status = 'Connected', \
+                     available_cpu = available_cpu + ($1 - total_cpu), total_cpu = $1, cpu_num = $2, cpu_sockets = $3, \
+                     available_memory = available_memory + ($4 - total_memory), total_memory = $4, \
+                     available_physical_memory = available_physical_memory + ($4 - total_physical_memory), \
+                     total_physical_memory = $4, cpu_model_name = $5, hypervisor_version = $6, accelerator = $7, \
+                     last_op_date = $8 WHERE uuid = $9",
+                    &[
+                        Val::I(total_cpu),
+                        Val::I(f.cpu_num),
+                        Val::I(f.cpu_sockets),
+                        Val::I(f.memory_bytes),
+                        Val::from(f.cpu_model_name),
+                        Val::from(f.hypervisor_version),
+                        Val::from(f.accelerator),
+                        Val::I(now),
+                        Val::from(uuid),
+                    ],
+                )
+                .await?;
+            Ok(())
+        }
+        Err(e) => {
+            app.db
+                .execute(
+                    "UPDATE host SET status = 'Disconnected', last_op_date = $1 WHERE uuid = $2",
+                    &[Val::I(now), Val::from(uuid)],
+                )
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn reconnect_host(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    if let Err(e) = reconnect(&app, &uuid).await {
+        let inner = e.to_error_code();
+        return Err(Error::Api(ErrorCode::new(HOST_1002, inner.details().to_string()).with_cause(inner)));
+    }
+    reply(&app, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateHost {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+    management_ip: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ssh_port: Option<i64>,
+}
+
+async fn update_host(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdateHost = msg.parse()?;
+    if let Some(ip) = &req.management_ip {
+        let taken = app
+            .db
+            .fetch_optional("SELECT 1 FROM host WHERE management_ip = $1", &[Val::from(ip.as_str())])
+            .await?
+            .is_some();
+        if taken {
+            return Err(duplicate_ip(ip));
+        }
+    }
+    let r = app
+        .db
+        .execute(
+            "UPDATE host SET name = COALESCE($1, name), description = COALESCE($2, description), \
+             management_ip = COALESCE($3, management_ip), username = COALESCE($4, username), \
+             password = COALESCE($5, password), ssh_port = COALESCE($6, ssh_port), last_op_date = $7 WHERE uuid = $8",
+            &[
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(req.management_ip.clone()),
+                Val::from(req.username),
+                Val::from(req.password),
+                Val::from(req.ssh_port),
+                Val::I(now_ms()),
+                Val::from(req.uuid.as_str()),
+            ],
+        )
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(duplicate_ip(req.management_ip.as_deref().unwrap_or(""))),
+        Err(e) => return Err(e),
+    }
+    reply(&app, &req.uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeHostState {
+    uuid: String,
+    state_event: String,
+}
+
+/// Upstream's host state machine (`HostState`): the next state for an event, if any.
+fn next_state(current: &str, event: &str) -> Option<&'static str> {
+    match (current, event) {
+        (_, "enable") => Some("Enabled"),
+        (_, "disable") => Some("Disabled"),
+        ("Enabled" | "Disabled" | "PreMaintenance", "preMaintain") => Some("PreMaintenance"),
+        ("PreMaintenance", "maintain") => Some("Maintenance"),
+        _ => None,
+    }
+}
+
+async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
+    let req: ChangeHostState = msg.parse()?;
+    let event = req.state_event.to_ascii_lowercase();
+    let row = app
+        .db
+        .fetch_optional("SELECT state, status FROM host WHERE uuid = $1", &[Val::from(req.uuid.as_str())])
+        .await?
+        .ok_or_else(|| Error::not_found(format!("host[uuid:{}] is not found", req.uuid)))?;
+    let (state, status): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    let set = |s: &'static str| {
+        let app = app.clone();
+        let uuid = req.uuid.clone();
+        async move {
+            app.db
+                .execute(
+                    "UPDATE host SET state = $1, last_op_date = $2 WHERE uuid = $3",
+                    &[Val::from(s), Val::I(now_ms()), Val::from(uuid.as_str())],
+                )
+                .await
+        }
+    };
+    if event == "maintain" {
+        if status != "Connected" {
+            return Err(Error::operr(format!(
+                "can not maintain host[uuid:{}, status:{status}]which is not Connected",
+                req.uuid
+            )));
+        }
+        // maintain = preMaintain (migrate VMs away) then maintain.
+        let Some(pre) = next_state(&state, "preMaintain") else {
+            return Err(Error::code(
+                codes::SYS_1005,
+                format!("cannot find next state for current state[{state}] on transaction event[preMaintain]"),
+            ));
+        };
+        set(pre).await?;
+        set("Maintenance").await?;
+    } else {
+        let next = next_state(&state, &event).unwrap_or("Enabled");
+        set(next).await?;
+        let leaving_maintenance = matches!(state.as_str(), "Maintenance" | "PreMaintenance") && next != "Maintenance";
+        if leaving_maintenance {
+            // Out of maintenance: reconnect; a failure only shows in the host's status.
+            if let Err(e) = reconnect(&app, &req.uuid).await {
+                tracing::warn!(host = %req.uuid, error = %e, "reconnect after maintenance failed");
+            }
+        }
+    }
+    reply(&app, &req.uuid).await
+}
+
+async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    delete_one(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
+    tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
+    super::disown(tx, uuid).await
+}
 
 /// The cluster deletion cascade: delete every host of `cluster_uuid`, inside `tx`.
 pub async fn delete_for_cluster(tx: &mut WriteTx, cluster_uuid: &str) -> Result<()> {
     let rows = tx.fetch_all("SELECT uuid FROM host WHERE cluster_uuid = $1", &[Val::from(cluster_uuid)]).await?;
     for r in rows {
         let uuid: String = r.try_get(0)?;
-        tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
-        super::disown(tx, &uuid).await?;
+        delete_one(tx, &uuid).await?;
     }
     Ok(())
+}
+
+/// A new CPU over-provisioning ratio: every host's total CPU becomes `cpuNum × ratio`, its
+/// available CPU moves by the same amount (what VMs use stays used).
+pub async fn apply_cpu_ratio(tx: &mut WriteTx, ratio: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE host SET available_cpu = available_cpu + (cpu_num * $1 - total_cpu), total_cpu = cpu_num * $1",
+        &[Val::I(ratio)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Take `cpu` and `memory` from a host in one statement, keeping the reserved memory free.
+/// `Ok(false)` when the host is not Enabled+Connected or lacks the capacity.
+pub async fn reserve(app: &App, tx: &mut WriteTx, host_uuid: &str, cpu: i64, memory: i64) -> Result<bool> {
+    let n = tx
+        .execute(
+            "UPDATE host SET available_cpu = available_cpu - $1, available_memory = available_memory - $2 \
+             WHERE uuid = $3 AND state = 'Enabled' AND status = 'Connected' AND available_cpu >= $1 \
+             AND available_memory - (CASE WHEN hypervisor_type = 'KVM' THEN $4 ELSE 0 END) >= $2",
+            &[Val::I(cpu), Val::I(memory), Val::from(host_uuid), Val::I(reserved_memory(app, "KVM"))],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Give back what [`reserve`] took.
+pub async fn release(tx: &mut WriteTx, host_uuid: &str, cpu: i64, memory: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE host SET \
+         available_cpu = CASE WHEN available_cpu + $1 > total_cpu THEN total_cpu ELSE available_cpu + $1 END, \
+         available_memory = CASE WHEN available_memory + $2 > total_memory THEN total_memory \
+         ELSE available_memory + $2 END WHERE uuid = $3",
+        &[Val::I(cpu), Val::I(memory), Val::from(host_uuid)],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetCpuMemoryCapacity {
+    zone_uuids: Option<Vec<String>>,
+    cluster_uuids: Option<Vec<String>>,
+    host_uuids: Option<Vec<String>>,
+    hypervisor_type: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// Upstream GetCpuMemoryCapacity: sums over Enabled+Connected hosts, grouped by the first
+/// non-empty of hostUuids / clusterUuids / zoneUuids (all = every zone), each group's
+/// reserved memory taken out of its available memory.
+async fn get_cpu_memory_capacity(app: App, msg: Msg) -> Result<Reply> {
+    let mut req: GetCpuMemoryCapacity = msg.parse()?;
+    let nonempty = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    if !nonempty(&req.zone_uuids) && !nonempty(&req.cluster_uuids) && !nonempty(&req.host_uuids) && !req.all {
+        return Err(Error::argerr(
+            "zoneUuids, clusterUuids, hostUuids must at least have one be none-empty list, or all is set to true",
+        ));
+    }
+    if req.all && !nonempty(&req.zone_uuids) {
+        let rows = app.db.fetch_all("SELECT uuid FROM zone", &[]).await?;
+        req.zone_uuids = Some(rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?);
+        req.hypervisor_type = None;
+    }
+    let (col, uuids, resource_type) = if nonempty(&req.host_uuids) {
+        ("uuid", req.host_uuids.unwrap_or_default(), "HostVO")
+    } else if nonempty(&req.cluster_uuids) {
+        ("cluster_uuid", req.cluster_uuids.unwrap_or_default(), "ClusterVO")
+    } else if nonempty(&req.zone_uuids) {
+        ("zone_uuid", req.zone_uuids.unwrap_or_default(), "ZoneVO")
+    } else {
+        // `all` with no zone at all: upstream answers an empty reply.
+        return Ok(Reply::fields([
+            ("success", Value::Bool(true)),
+            ("totalCpu", json!(0)),
+            ("availableCpu", json!(0)),
+            ("totalMemory", json!(0)),
+            ("availableMemory", json!(0)),
+            ("managedCpuNum", json!(0)),
+        ]));
+    };
+    let mut vals: Vec<Val> = uuids.iter().map(|u| Val::from(u.as_str())).collect();
+    let phs: Vec<String> = (1..=vals.len()).map(|i| format!("${i}")).collect();
+    let mut sql = format!(
+        "SELECT {col}, hypervisor_type, CAST(SUM(total_cpu) AS BIGINT), CAST(SUM(available_cpu) AS BIGINT), \
+         CAST(SUM(total_memory) AS BIGINT), CAST(SUM(available_memory) AS BIGINT), CAST(SUM(cpu_num) AS BIGINT), \
+         CAST(COUNT(*) AS BIGINT) FROM host WHERE {col} IN ({}) AND state = 'Enabled' AND status = 'Connected'",
+        phs.join(", ")
+    );
+    if let Some(hv) = &req.hypervisor_type {
+        vals.push(Val::from(hv.as_str()));
+        sql.push_str(&format!(" AND hypervisor_type = ${}", vals.len()));
+    }
+    sql.push_str(&format!(" GROUP BY {col}, hypervisor_type ORDER BY {col}"));
+    let rows = app.db.fetch_all(&sql, &vals).await?;
+    // element uuid → (total cpu, avail cpu, total mem, avail mem, cpu num)
+    let mut elements: Vec<(String, [i64; 5])> = Vec::new();
+    for r in rows {
+        let key: String = r.try_get(0)?;
+        let hv: String = r.try_get(1)?;
+        let n: i64 = r.try_get(7)?;
+        let get = |i: usize| -> Result<i64> { Ok(r.try_get::<Option<i64>, _>(i)?.unwrap_or(0)) };
+        let reserved = reserved_memory(&app, &hv) * n;
+        let add = [get(2)?, get(3)?, get(4)?, get(5)? - reserved, get(6)?];
+        match elements.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, acc)) => acc.iter_mut().zip(add).for_each(|(a, b)| *a += b),
+            None => elements.push((key, add)),
+        }
+    }
+    let mut total = [0i64; 5];
+    let mut data = Vec::new();
+    for (key, mut e) in elements {
+        e[3] = e[3].max(0);
+        total.iter_mut().zip(e).for_each(|(a, b)| *a += b);
+        data.push(json!({
+            "resourceUuid": key,
+            "totalCpu": e[0],
+            "availableCpu": e[1],
+            "totalMemory": e[2],
+            "availableMemory": e[3],
+            "managedCpuNum": e[4],
+        }));
+    }
+    Ok(Reply::fields([
+        ("success", Value::Bool(true)),
+        ("totalCpu", json!(total[0])),
+        ("availableCpu", json!(total[1])),
+        ("totalMemory", json!(total[2])),
+        ("availableMemory", json!(total[3])),
+        ("managedCpuNum", json!(total[4])),
+        ("capacityData", Value::Array(data)),
+        ("resourceType", Value::from(resource_type)),
+    ]))
+}
+
+const HOST_COMMON: [Param; 4] = [
+    Param::str("name").required().max(255),
+    Param::str("description").max(2048),
+    Param::str("managementIp").required().no_empty_string(),
+    Param::str("clusterUuid").required().resource(&super::cluster::CLUSTER),
+];
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "AddKVMHost",
+        method: Method::Post,
+        path: "/hosts/kvm",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: 3 * HOURS },
+        auth: true,
+        create: true,
+        params: &[
+            HOST_COMMON[0],
+            HOST_COMMON[1],
+            HOST_COMMON[2],
+            HOST_COMMON[3],
+            Param::str("username").required().max(255),
+            Param::str("password").required().max(255).no_trim(),
+            Param::int("sshPort").range(1, 65535),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add_kvm_host(a, m))),
+    },
+    ApiDef {
+        name: "AddSimulatorHost",
+        method: Method::Post,
+        path: "/hosts/simulators",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: true,
+        params: &[
+            HOST_COMMON[0],
+            HOST_COMMON[1],
+            HOST_COMMON[2],
+            HOST_COMMON[3],
+            Param::int("memoryCapacity"),
+            Param::int("cpuCapacity"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add_simulator_host(a, m))),
+    },
+    ApiDef {
+        name: "QueryHost",
+        method: Method::Get,
+        path: "/hosts",
+        optional_paths: &["/hosts/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&HOST),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "UpdateHost",
+        method: Method::Put,
+        path: "/hosts/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&HOST),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+            Param::str("managementIp").max(255).no_empty_string(),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update_host(a, m))),
+    },
+    ApiDef {
+        name: "UpdateKVMHost",
+        method: Method::Put,
+        path: "/hosts/kvm/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&HOST),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+            Param::str("managementIp").max(255).no_empty_string(),
+            Param::str("username").max(255).no_empty_string(),
+            Param::str("password").max(255).no_trim(),
+            Param::int("sshPort").range(1, 65535),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update_host(a, m))),
+    },
+    ApiDef {
+        name: "ChangeHostState",
+        method: Method::Put,
+        path: "/hosts/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&HOST),
+            Param::str("stateEvent").required().values(&["enable", "disable", "maintain"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(change_host_state(a, m))),
+    },
+    ApiDef {
+        name: "ReconnectHost",
+        method: Method::Put,
+        path: "/hosts/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[Param::str("uuid").required().resource(&HOST)],
+        tags: &[],
+        handler: Some(|a, m| boxed(reconnect_host(a, m))),
+    },
+    ApiDef {
+        name: "DeleteHost",
+        method: Method::Delete,
+        path: "/hosts/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        // Upstream declares no resourceType here: an unknown uuid, well-formed or not,
+        // simply succeeds (HostApiInterceptor).
+        params: &[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete_host(a, m))),
+    },
+    ApiDef {
+        name: "GetCpuMemoryCapacity",
+        method: Method::Get,
+        path: "/hosts/capacities/cpu-memory",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Sync,
+        auth: true,
+        create: false,
+        params: &[
+            Param::list("zoneUuids").resource(&super::zone::ZONE),
+            Param::list("clusterUuids").resource(&super::cluster::CLUSTER),
+            Param::list("hostUuids").resource(&HOST),
+            Param::str("hypervisorType").values(&["KVM", "ESX"]),
+            Param::bool("all"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(get_cpu_memory_capacity(a, m))),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn management_ips() {
+        assert!(valid_management_ip("192.168.0.1"));
+        assert!(valid_management_ip("host-1.example.com"));
+        assert!(!valid_management_ip("300.1.1.1"));
+        assert!(!valid_management_ip("a b"));
+        assert!(!valid_management_ip("-bad"));
+    }
+
+    #[test]
+    fn state_machine() {
+        assert_eq!(next_state("Enabled", "preMaintain"), Some("PreMaintenance"));
+        assert_eq!(next_state("PreMaintenance", "maintain"), Some("Maintenance"));
+        assert_eq!(next_state("Maintenance", "preMaintain"), None);
+        assert_eq!(next_state("Maintenance", "enable"), Some("Enabled"));
+    }
 }
