@@ -60,7 +60,20 @@ async fn create_query_update_state_delete() {
     assert_eq!(r.body["schema"]["inventories[0]"], "org.zstack.header.zone.ZoneInventory");
     let r = s.get("/zones?q=nosuchfield=1").await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.body["error"]["code"], "SYS.1007");
+    assert_error(
+        &r.body["error"],
+        "SYS.1000",
+        "inventory class[class org.zstack.header.zone.ZoneInventory] not having field[nosuchfield]",
+    );
+    let r = s.get("/zones?sort=-nosuchfield").await;
+    assert_error(&r.body["error"], "SYS.1000", "invalid order by clause, inventory[ZoneInventory] doesn't have field[nosuchfield]");
+    let r = s.get("/zones?limit=1&limit=2").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.text, "Invalid query parameter[limit], only one value is allowed for the parameter but multiple values found");
+    // An empty value is a condition on the empty string, not an error.
+    assert_eq!(s.query("/zones?q=name=").await.len(), 0);
+    let err = s.fails("POST", "/zones", Some(json!({"params": {"name": "bad/name"}}))).await;
+    assert_error(&err, "SYS.1007", r#"valid regex value for field[name] of message[org.zstack.header.message.ApiMessageParamValidator] are ^(?! )[\u4e00-\u9fa5a-zA-Z0-9\-_.():+" ]*(?<! )$, but bad/name found"#);
 
     // Delete, then deleting again succeeds (the resource is gone), and a malformed uuid does not.
     let d = s.ok("DELETE", &format!("/zones/{uuid}?deleteMode=Permissive"), None).await;

@@ -27,6 +27,19 @@ pub struct SessionInfo {
     pub user_uuid: String,
 }
 
+/// Sessions are not queryable; this describes them for the existence check of RenewSession.
+pub static SESSION: ResourceDef = ResourceDef {
+    inventory: "SessionInventory",
+    vo: "SessionVO",
+    class: "org.zstack.header.identity.SessionInventory",
+    table: "session",
+    fields: &[field("uuid", "uuid", FType::Str)],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: None,
+};
+
 pub static ACCOUNT: ResourceDef = ResourceDef {
     inventory: "AccountInventory",
     vo: "AccountVO",
@@ -275,7 +288,7 @@ pub static APIS: &[ApiDef] = &[
         kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
         auth: true,
         create: false,
-        params: &[Param::str("sessionUuid").required(), Param::int("duration").range(60, 31536000)],
+        params: &[Param::str("sessionUuid").required().resource(&SESSION), Param::int("duration").range(60, 31536000)],
         tags: &[],
         handler: Some(|a, m| boxed(renew_session(a, m))),
     },

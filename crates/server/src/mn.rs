@@ -63,11 +63,13 @@ pub async fn leave(app: &App) -> Result<()> {
 }
 
 async fn get_version(_app: App, _msg: Msg) -> Result<Reply> {
-    Ok(Reply::fields([("version", Value::from(COMPATIBLE_VERSION))]))
+    // Upstream maps every field of the reply (`fieldsTo = {"all"}`), `success` included.
+    Ok(Reply::fields([("success", Value::Bool(true)), ("version", Value::from(COMPATIBLE_VERSION))]))
 }
 
-async fn is_ready_to_go(app: App, _msg: Msg) -> Result<Reply> {
-    Ok(Reply::fields([("managementNodeId", Value::from(app.mn_uuid.as_str()))]))
+/// Ready once the node serves requests at all; upstream maps no reply field, so the body is `{}`.
+async fn is_ready_to_go(_app: App, _msg: Msg) -> Result<Reply> {
+    Ok(Reply::empty())
 }
 
 pub static APIS: &[ApiDef] = &[

@@ -34,7 +34,12 @@ pub struct Param {
     pub min_len: Option<usize>,
     pub valid_values: &'static [&'static str],
     pub valid_regex: Option<&'static str>,
+    /// The regex as upstream writes it in messages, when ours is spelled differently
+    /// (Rust's regex has no look-around).
+    pub regex_shown: Option<&'static str>,
     pub range: Option<(i64, i64)>,
+    /// Units printed in the range message (upstream `numberRangeUnit`), e.g. ("byte", "bytes").
+    pub range_unit: Option<(&'static str, &'static str)>,
     pub resource: Option<&'static ResourceDef>,
     pub success_if_missing: bool,
     pub non_empty: bool,
@@ -53,7 +58,9 @@ impl Param {
             min_len: None,
             valid_values: &[],
             valid_regex: None,
+            regex_shown: None,
             range: None,
+            range_unit: None,
             resource: None,
             success_if_missing: false,
             non_empty: false,
@@ -102,8 +109,18 @@ impl Param {
         self.valid_regex = Some(r);
         self
     }
+    /// A regex whose upstream spelling (shown in messages) differs from ours.
+    pub const fn regex_as(mut self, r: &'static str, shown: &'static str) -> Param {
+        self.valid_regex = Some(r);
+        self.regex_shown = Some(shown);
+        self
+    }
     pub const fn range(mut self, lo: i64, hi: i64) -> Param {
         self.range = Some((lo, hi));
+        self
+    }
+    pub const fn unit(mut self, lo: &'static str, hi: &'static str) -> Param {
+        self.range_unit = Some((lo, hi));
         self
     }
     pub const fn resource(mut self, def: &'static ResourceDef) -> Param {
@@ -414,10 +431,10 @@ fn check_one(p: &Param, v: &mut Value) -> Result<()> {
             };
             if let Some((lo, hi)) = p.range {
                 if n < lo as f64 || n > hi as f64 {
-                    return Err(Error::argerr(format!(
-                        "field[{}] must be in range of [{lo}, {hi}]",
-                        p.name
-                    )));
+                    return Err(Error::argerr(match p.range_unit {
+                        Some((lu, hu)) => format!("field[{}] must be in range of [{lo} {lu}, {hi} {hu}]", p.name),
+                        None => format!("field[{}] must be in range of [{lo}, {hi}]", p.name),
+                    }));
                 }
             }
             if !p.valid_values.is_empty() && !p.valid_values.iter().any(|x| x.parse::<f64>().ok() == Some(n)) {
@@ -488,8 +505,9 @@ fn check_string(p: &Param, s: &str) -> Result<()> {
     if let Some(re) = p.valid_regex {
         if !crate::pattern::matches(re, s) {
             return Err(Error::argerr(format!(
-                "valid regex value for field[{}] of message[{VALIDATOR_CLASS}] are {re}, but {s} found",
-                p.name
+                "valid regex value for field[{}] of message[{VALIDATOR_CLASS}] are {}, but {s} found",
+                p.name,
+                p.regex_shown.unwrap_or(re)
             )));
         }
     }

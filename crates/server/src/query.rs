@@ -123,6 +123,26 @@ fn op_list() -> String {
     format!("[{}]", names.join(", "))
 }
 
+impl Op {
+    /// Upstream's `QueryOp` text, used in its messages.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Op::Ne => "!=",
+            Op::Ge => ">=",
+            Op::Le => "<=",
+            Op::NotIn => "not in",
+            Op::NotLike => "not like",
+            Op::Like => "like",
+            Op::In => "in",
+            Op::Eq => "=",
+            Op::Gt => ">",
+            Op::Lt => "<",
+            Op::IsNull => "is null",
+            Op::NotNull => "is not null",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cond {
     pub name: String,
@@ -139,15 +159,17 @@ pub fn parse_cond(q: &str) -> Result<Cond, RestError> {
         if matches!(op, Op::IsNull | Op::NotNull) {
             return Ok(Cond { name, op: *op, value: String::new() });
         }
-        if name.is_empty() || value.is_empty() {
+        // Upstream: an empty value is a condition on '' (not an error); an empty name is.
+        if name.is_empty() {
             return Err(RestError::bad_request(format!(
-                "Invalid query parameter. The '{q}' in the parameter[q] is not a key-value pair split by {s}"
+                "Invalid query parameter. The '{q}' in parameter[q] is not a key-value pair split by {}",
+                op.sql_name()
             )));
         }
         return Ok(Cond { name, op: *op, value });
     }
     Err(RestError::bad_request(format!(
-        "Invalid query parameter. The '{q}' in the parameter[q] doesn't contain any query operator. Valid query operators are {}",
+        "Invalid query parameter. The '{q}' in the parameter[q] doesn't contain any query operator. Valid query operators are [{}]",
         op_list()
     )))
 }
@@ -176,6 +198,13 @@ fn parse_bool(s: &str) -> bool {
 /// Parse a query string (`q=`, `limit`, ...) into [`QueryParams`]; REST-level 400 on bad input.
 pub fn parse_params(pairs: &[(String, String)]) -> Result<QueryParams, RestError> {
     let mut p = QueryParams::default();
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if k != "q" && pairs[..i].iter().any(|(x, _)| x == k) {
+            return Err(RestError::bad_request(format!(
+                "Invalid query parameter[{k}], only one value is allowed for the parameter but multiple values found"
+            )));
+        }
+    }
     for (k, v) in pairs {
         match k.as_str() {
             "q" => p.conds.push(parse_cond(v)?),
@@ -201,7 +230,10 @@ pub fn parse_params(pairs: &[(String, String)]) -> Result<QueryParams, RestError
                 p.sort = Some((f.trim().to_string(), asc));
             }
             "fields" => {
-                p.fields = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+                p.fields = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if p.fields.is_empty() {
+                    return Err(RestError::bad_request("Invalid query parameter. 'fields' contains zero field"));
+                }
             }
             "groupBy" => p.group_by = Some(v.clone()),
             "filterName" => {
@@ -218,8 +250,36 @@ pub fn parse_params(pairs: &[(String, String)]) -> Result<QueryParams, RestError
     Ok(p)
 }
 
+/// A condition on a field the inventory does not have: upstream fails the query as an internal
+/// error with this text.
 fn no_field(def: &ResourceDef, name: &str) -> Error {
-    Error::argerr(format!("entity[{}] has no field[{name}]", def.inventory))
+    Error::code(
+        rzstack_api::codes::SYS_1000,
+        format!(
+            "org.zstack.header.exception.CloudRuntimeException: inventory class[class {}] not having field[{name}]",
+            def.class
+        ),
+    )
+}
+
+fn no_sort_field(def: &ResourceDef, name: &str) -> Error {
+    Error::code(
+        rzstack_api::codes::SYS_1000,
+        format!(
+            "org.zstack.zql.ast.visitors.ZQLError: invalid order by clause, inventory[{}] doesn't have field[{name}]",
+            def.inventory
+        ),
+    )
+}
+
+fn no_projection_field(def: &ResourceDef, name: &str) -> Error {
+    Error::code(
+        rzstack_api::codes::SYS_1000,
+        format!(
+            "org.zstack.header.exception.CloudRuntimeException: inventory[{}] has no field[{name}]",
+            def.class
+        ),
+    )
 }
 
 fn convert(def: &ResourceDef, f: &Field, v: &str) -> Result<Val> {
@@ -372,7 +432,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
             } else if let Some(c) = def.child(n) {
                 kids.push(c);
             } else {
-                return Err(no_field(def, n));
+                return Err(no_projection_field(def, n));
             }
         }
         (cols, kids)
@@ -380,7 +440,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
 
     let order = match &qp.sort {
         Some((name, asc)) => {
-            let f = def.field(name).filter(|f| !matches!(f.ty, FType::Refs(_))).ok_or_else(|| no_field(def, name))?;
+            let f = def.field(name).filter(|f| !matches!(f.ty, FType::Refs(_))).ok_or_else(|| no_sort_field(def, name))?;
             format!(" ORDER BY t.{} {}", f.col, if *asc { "ASC" } else { "DESC" })
         }
         None => format!(" ORDER BY {}", def.order),
@@ -601,7 +661,10 @@ mod tests {
         let c = parse_cond(" name =a b").unwrap();
         assert_eq!((c.name.as_str(), c.value.as_str()), ("name", "a b"));
         assert!(parse_cond("name").unwrap_err().text.contains("doesn't contain any query operator"));
-        assert!(parse_cond("name=").unwrap_err().text.contains("is not a key-value pair split by ="));
+        assert!(parse_cond("=x").unwrap_err().text.contains("is not a key-value pair split by ="));
+        assert!(parse_cond("~=x").unwrap_err().text.contains("is not a key-value pair split by like"));
+        let c = parse_cond("name=").unwrap();
+        assert_eq!((c.name.as_str(), c.value.as_str()), ("name", ""));
     }
 }
 
@@ -773,7 +836,8 @@ mod engine_tests {
         for bad in ["nope=1", "vmNics.nope=1", "cpuNum=abc", "ha=maybe"] {
             let pairs = vec![("q".to_string(), bad.to_string())];
             let e = run(&db, &VM, &parse_params(&pairs).unwrap()).await.err().unwrap();
-            assert!(e.is(rzstack_api::codes::SYS_1007), "{bad}: {e}");
+            let code = if bad.starts_with("cpuNum") || bad.starts_with("ha") { "SYS.1007" } else { "SYS.1000" };
+            assert_eq!(e.to_error_code().code, code, "{bad}: {e}");
         }
         let pairs = vec![("sort".to_string(), "-nope".to_string())];
         assert!(run(&db, &VM, &parse_params(&pairs).unwrap()).await.is_err());

@@ -139,7 +139,10 @@ async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
-const NAME_REGEX: &str = r"^[^\s].*[^\s]$|^[^\s]$";
+/// Upstream's zone name rule: letters, digits, CJK and `-_.():+"` and inner spaces; no
+/// leading or trailing space (upstream writes it with look-arounds).
+const NAME_REGEX: &str = r#"(?:[\x{4e00}-\x{9fa5}a-zA-Z0-9\-_.():+"](?:[\x{4e00}-\x{9fa5}a-zA-Z0-9\-_.():+" ]*[\x{4e00}-\x{9fa5}a-zA-Z0-9\-_.():+"])?)?"#;
+const NAME_REGEX_SHOWN: &str = r#"^(?! )[\u4e00-\u9fa5a-zA-Z0-9\-_.():+" ]*(?<! )$"#;
 
 pub static APIS: &[ApiDef] = &[
     ApiDef {
@@ -152,7 +155,7 @@ pub static APIS: &[ApiDef] = &[
         auth: true,
         create: true,
         params: &[
-            Param::str("name").required().max(255).regex(NAME_REGEX),
+            Param::str("name").required().max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
             Param::bool("isDefault"),
         ],
@@ -183,7 +186,7 @@ pub static APIS: &[ApiDef] = &[
         create: false,
         params: &[
             Param::str("uuid").required().resource(&ZONE),
-            Param::str("name").max(255).regex(NAME_REGEX),
+            Param::str("name").max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
             Param::bool("isDefault"),
         ],
