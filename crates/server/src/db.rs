@@ -218,15 +218,13 @@ impl Db {
             if done {
                 continue;
             }
+            // Comment lines go first, so a `;` inside a comment does not split a statement.
+            let sql: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                let stmt: String = stmt
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if stmt.trim().is_empty() {
-                    continue;
-                }
                 tx.execute(&stmt, &[])
                     .await
                     .map_err(|e| Error::Migrate(format!("migration {version}: {e}: {stmt}")))?;
