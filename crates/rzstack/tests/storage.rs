@@ -660,3 +660,311 @@ async fn images_download_over_http() {
     assert_eq!(files_under(Path::new(&bs_url)).len(), before);
     assert_eq!(srv.query("/images").await.len(), 1);
 }
+
+async fn create_cluster(srv: &Server, zone: &str, name: &str) -> String {
+    let c = srv
+        .ok(
+            "POST",
+            "/clusters",
+            Some(json!({"params": {"zoneUuid": zone, "name": name, "hypervisorType": "Simulator"}})),
+        )
+        .await;
+    s(&c["inventory"]["uuid"]).to_string()
+}
+
+async fn add_sim_ps(srv: &Server, zone: &str, name: &str, url: &str, capacity: i64) -> String {
+    let r = srv
+        .ok(
+            "POST",
+            "/primary-storage/simulators",
+            Some(json!({"params": {"name": name, "url": url, "zoneUuid": zone,
+                "totalCapacity": capacity, "availableCapacity": capacity}})),
+        )
+        .await;
+    s(&r["inventory"]["uuid"]).to_string()
+}
+
+/// The clusters a primary storage is attached to, as its inventory lists them.
+async fn attached(srv: &Server, ps: &str) -> Value {
+    let q = srv.query(&format!("/primary-storage/{ps}")).await;
+    assert_eq!(q.len(), 1, "primary storage {ps} exists");
+    q[0]["attachedClusterUuids"].clone()
+}
+
+fn sorted(mut v: Vec<&str>) -> Value {
+    v.sort();
+    json!(v)
+}
+
+#[tokio::test]
+async fn primary_storage_attach_detach_clusters() {
+    let srv = Server::start().await;
+    let z1 = s(&srv.create_zone("z1").await["uuid"]).to_string();
+    let z2 = s(&srv.create_zone("z2").await["uuid"]).to_string();
+    let c1 = create_cluster(&srv, &z1, "c1").await;
+    let c2 = create_cluster(&srv, &z1, "c2").await;
+    let c3 = create_cluster(&srv, &z2, "c3").await;
+    let p1 = add_sim_ps(&srv, &z1, "p1", "/sim/a", 1000).await;
+    let p2 = add_sim_ps(&srv, &z1, "p2", "/sim/a", 1000).await;
+    let p3 = add_sim_ps(&srv, &z1, "p3", "/sim/b", 1000).await;
+    let missing = "0123456789abcdef0123456789abcdef";
+
+    // attach (no body at all, as upstream allows): the inventory lists the cluster
+    let r = srv.ok("POST", &format!("/clusters/{c1}/primary-storage/{p1}"), None).await;
+    assert_eq!(r["inventory"]["uuid"], p1.as_str());
+    assert_eq!(r["inventory"]["attachedClusterUuids"], json!([c1]));
+    assert_eq!(r["schema"]["inventory"], "org.zstack.header.storage.primary.PrimaryStorageInventory");
+    // an empty params body works too
+    let r = srv.ok("POST", &format!("/clusters/{c2}/primary-storage/{p1}"), Some(json!({"params": {}}))).await;
+    assert_eq!(r["inventory"]["attachedClusterUuids"], sorted(vec![&c1, &c2]));
+    let r = srv.ok("POST", &format!("/clusters/{c1}/primary-storage/{p3}"), None).await;
+    assert_eq!(r["inventory"]["attachedClusterUuids"], json!([c1]));
+
+    // query by attached cluster
+    let q = srv.query(&format!("/primary-storage?q=attachedClusterUuids={c1}&sort=%2Bname")).await;
+    let names: Vec<&str> = q.iter().map(|p| s(&p["name"])).collect();
+    assert_eq!(names, vec!["p1", "p3"]);
+    let q = srv.query(&format!("/primary-storage?q=attachedClusterUuids={c2}")).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["uuid"], p1.as_str());
+    assert!(srv.query(&format!("/primary-storage?q=attachedClusterUuids={c3}")).await.is_empty());
+    assert_eq!(attached(&srv, &p2).await, json!([]));
+
+    // already attached: SYS.1006, nothing changed
+    let e = srv.fails("POST", &format!("/clusters/{c1}/primary-storage/{p1}"), None).await;
+    assert_error(&e, "SYS.1006", &format!("primary storage[uuid:{p1}] has been attached to cluster[uuid:{c1}]"));
+    assert_eq!(attached(&srv, &p1).await, sorted(vec![&c1, &c2]));
+
+    // a cluster of another zone: SYS.1007, nothing changed
+    let e = srv.fails("POST", &format!("/clusters/{c3}/primary-storage/{p1}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        &format!("primary storage[uuid:{p1}] and cluster[uuid:{c3}] are not in the same zone"),
+    );
+    assert_eq!(attached(&srv, &p1).await, sorted(vec![&c1, &c2]));
+    assert!(srv.query(&format!("/primary-storage?q=attachedClusterUuids={c3}")).await.is_empty());
+
+    // a second storage with the same url in the same cluster: SYS.1007, nothing changed
+    let e = srv.fails("POST", &format!("/clusters/{c1}/primary-storage/{p2}"), None).await;
+    assert_error(&e, "SYS.1007", "url[/sim/a] has been occupied, it cannot be duplicate in same cluster");
+    assert_eq!(attached(&srv, &p2).await, json!([]));
+
+    // unknown cluster or storage: the parameter validator's SYS.1003, nothing changed
+    let e = srv.fails("POST", &format!("/clusters/{missing}/primary-storage/{p2}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1003",
+        &format!("invalid field[clusterUuid], resource[uuid:{missing}, type:ClusterVO] not found"),
+    );
+    let e = srv.fails("POST", &format!("/clusters/{c2}/primary-storage/{missing}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1003",
+        &format!("invalid field[primaryStorageUuid], resource[uuid:{missing}, type:PrimaryStorageVO] not found"),
+    );
+    assert_eq!(attached(&srv, &p2).await, json!([]));
+    assert_eq!(srv.query(&format!("/primary-storage?q=attachedClusterUuids={c2}")).await.len(), 1);
+
+    // delete while attached: SYS.1006 naming every cluster, nothing changed
+    let e = srv.fails("DELETE", &format!("/primary-storage/{p1}"), None).await;
+    let mut cs = [c1.as_str(), c2.as_str()];
+    cs.sort();
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!(
+            "primary storage[uuid:{p1}] cannot be deleted for still being attached to cluster[uuid:{}, {}].",
+            cs[0], cs[1]
+        ),
+    );
+    assert_eq!(attached(&srv, &p1).await, sorted(vec![&c1, &c2]));
+
+    // detach
+    let d = srv.ok("DELETE", &format!("/clusters/{c1}/primary-storage/{p1}"), None).await;
+    assert_eq!(d["inventory"]["attachedClusterUuids"], json!([c2]));
+    assert_eq!(d["schema"]["inventory"], "org.zstack.header.storage.primary.PrimaryStorageInventory");
+    let q = srv.query(&format!("/primary-storage?q=attachedClusterUuids={c1}")).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["uuid"], p3.as_str());
+
+    // detach what is not attached: SYS.1007, nothing changed
+    let e = srv.fails("DELETE", &format!("/clusters/{c1}/primary-storage/{p1}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        &format!("primary storage[uuid:{p1}] has not been attached to cluster[uuid:{c1}] yet"),
+    );
+    let e = srv.fails("DELETE", &format!("/clusters/{c3}/primary-storage/{p1}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        &format!("primary storage[uuid:{p1}] has not been attached to cluster[uuid:{c3}] yet"),
+    );
+    let e = srv.fails("DELETE", &format!("/clusters/{missing}/primary-storage/{p1}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1003",
+        &format!("invalid field[clusterUuid], resource[uuid:{missing}, type:ClusterVO] not found"),
+    );
+    let e = srv.fails("DELETE", &format!("/clusters/{c2}/primary-storage/{missing}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1003",
+        &format!("invalid field[primaryStorageUuid], resource[uuid:{missing}, type:PrimaryStorageVO] not found"),
+    );
+    assert_eq!(attached(&srv, &p1).await, json!([c2]));
+    assert_eq!(attached(&srv, &p3).await, json!([c1]));
+
+    // with the url free again in c1, p2 may join it
+    let r = srv.ok("POST", &format!("/clusters/{c1}/primary-storage/{p2}"), None).await;
+    assert_eq!(r["inventory"]["attachedClusterUuids"], json!([c1]));
+
+    // once detached everywhere, the storage can be deleted
+    let d = srv.ok("DELETE", &format!("/clusters/{c2}/primary-storage/{p1}"), None).await;
+    assert_eq!(d["inventory"]["attachedClusterUuids"], json!([]));
+    srv.ok("DELETE", &format!("/primary-storage/{p1}"), None).await;
+    assert!(srv.query(&format!("/primary-storage/{p1}")).await.is_empty());
+    assert!(srv.query(&format!("/primary-storage?q=attachedClusterUuids={c2}")).await.is_empty());
+
+    // deleting a cluster detaches its storage (the storage stays)
+    srv.ok("DELETE", &format!("/clusters/{c1}"), None).await;
+    assert_eq!(attached(&srv, &p2).await, json!([]));
+    assert_eq!(attached(&srv, &p3).await, json!([]));
+}
+
+#[tokio::test]
+async fn data_volume_from_disk_offering() {
+    let srv = Server::start().await;
+    let zu = s(&srv.create_zone("z1").await["uuid"]).to_string();
+    let pu = add_sim_ps(&srv, &zu, "sim", "/sim", 10000).await;
+    let offering = |name: &str, size: i64| {
+        let body = json!({"params": {"name": name, "diskSize": size}});
+        let srv = &srv;
+        async move { s(&srv.ok("POST", "/disk-offerings", Some(body)).await["inventory"]["uuid"]).to_string() }
+    };
+    let small = offering("small", 3000).await;
+    let huge = offering("huge", 8000).await;
+    let avail = |v: &Vec<Value>| v[0]["availableCapacity"].as_i64().unwrap();
+
+    // the size comes from the offering (a diskSize given alongside is ignored, as upstream)
+    let v = srv
+        .ok(
+            "POST",
+            "/volumes/data",
+            Some(json!({"params": {"name": "d1", "diskOfferingUuid": small, "diskSize": 5, "primaryStorageUuid": pu}})),
+        )
+        .await;
+    let vol = &v["inventory"];
+    assert_eq!(vol["size"], 3000);
+    assert_eq!(vol["diskOfferingUuid"], small.as_str());
+    assert_eq!(vol["primaryStorageUuid"], pu.as_str());
+    assert_eq!(vol["status"], "Ready");
+    assert_eq!(vol["type"], "Data");
+    assert_eq!(v["schema"]["inventory"], "org.zstack.header.volume.VolumeInventory");
+    let vu = s(&vol["uuid"]).to_string();
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000, "the offering's size is reserved");
+    let q = srv.query(&format!("/volumes?q=diskOfferingUuid={small}")).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["uuid"], vu.as_str());
+
+    // without a primary storage: NotInstantiated, nothing reserved
+    let n = srv.ok("POST", "/volumes/data", Some(json!({"params": {"name": "d2", "diskOfferingUuid": small}}))).await;
+    assert_eq!(n["inventory"]["size"], 3000);
+    assert_eq!(n["inventory"]["status"], "NotInstantiated");
+    assert!(n["inventory"].get("primaryStorageUuid").is_none() || n["inventory"]["primaryStorageUuid"].is_null());
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000);
+
+    // an offering larger than what is left: refused, nothing reserved or created
+    let e = srv
+        .fails(
+            "POST",
+            "/volumes/data",
+            Some(json!({"params": {"name": "d3", "diskOfferingUuid": huge, "primaryStorageUuid": pu}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        "cannot find available primary storage[state: Enabled, status: Connected, available capacity 8000 bytes]",
+    );
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000);
+    assert_eq!(srv.query("/volumes").await.len(), 2);
+
+    // an unknown offering: the parameter validator's SYS.1003, nothing reserved or created
+    let missing = "0123456789abcdef0123456789abcdef";
+    let e = srv
+        .fails(
+            "POST",
+            "/volumes/data",
+            Some(json!({"params": {"name": "d4", "diskOfferingUuid": missing, "primaryStorageUuid": pu}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1003",
+        &format!("invalid field[diskOfferingUuid], resource[uuid:{missing}, type:DiskOfferingVO] not found"),
+    );
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000);
+    assert_eq!(srv.query("/volumes").await.len(), 2);
+
+    // a resourceUuid already used: refused, nothing reserved or created
+    let e = srv
+        .fails(
+            "POST",
+            "/volumes/data",
+            Some(json!({"params": {"name": "d5", "diskOfferingUuid": small, "primaryStorageUuid": pu, "resourceUuid": vu}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1007", &format!("resourceUuid[{vu}] is already used by another resource[type:VolumeVO]"));
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000);
+    assert_eq!(srv.query("/volumes").await.len(), 2);
+    assert_eq!(srv.query(&format!("/volumes/{vu}")).await[0]["name"], "d1");
+
+    // delete keeps the reservation; expunge frees it
+    srv.ok("DELETE", &format!("/volumes/{vu}"), None).await;
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 7000);
+    srv.ok("PUT", &format!("/volumes/{vu}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    assert!(srv.query(&format!("/volumes/{vu}")).await.is_empty());
+    assert_eq!(avail(&srv.query(&format!("/primary-storage/{pu}")).await), 10000);
+}
+
+#[tokio::test]
+async fn resumed_create_jobs_make_their_resource_once() {
+    // Every job waits before running, so a kill -9 lands while the create is pending; the
+    // restarted node resumes it (a replay) with the uuid fixed when the job was accepted.
+    let mut srv = Server::start_with_env(vec![("RZSTACK_TEST_JOB_DELAY_MS".into(), "1500".into())]).await;
+    let zu = s(&srv.create_zone("z1").await["uuid"]).to_string();
+    let pu = add_sim_ps(&srv, &zu, "sim", "/sim", 10000).await;
+    let ps_uuid = uuid::Uuid::new_v4().simple().to_string();
+    let vol_uuid = uuid::Uuid::new_v4().simple().to_string();
+    let mut jobs = Vec::new();
+    for (path, body) in [
+        (
+            "/primary-storage/simulators",
+            json!({"params": {"name": "p2", "url": "/sim2", "zoneUuid": zu, "totalCapacity": 500,
+                "availableCapacity": 500, "resourceUuid": ps_uuid}}),
+        ),
+        (
+            "/volumes/data",
+            json!({"params": {"name": "v", "diskSize": 4000, "primaryStorageUuid": pu, "resourceUuid": vol_uuid}}),
+        ),
+    ] {
+        let r = srv.request("POST", path, Some(body), Some(&srv.session), &[]).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        jobs.push(s(&r.body["location"]).rsplit('/').next().unwrap_or_default().to_string());
+    }
+    srv.kill9();
+    srv.restart().await;
+    let p = srv.poll(&srv.url(&format!("/api-jobs/{}", jobs[0]))).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert_eq!(p.body["inventory"]["uuid"], ps_uuid.as_str());
+    let v = srv.poll(&srv.url(&format!("/api-jobs/{}", jobs[1]))).await;
+    assert_eq!(v.status, 200, "{}", v.text);
+    assert_eq!(v.body["inventory"]["uuid"], vol_uuid.as_str());
+    assert_eq!(v.body["inventory"]["status"], "Ready");
+    assert_eq!(srv.query("/primary-storage").await.len(), 2);
+    assert_eq!(srv.query("/volumes").await.len(), 1);
+    let ps = srv.query(&format!("/primary-storage/{pu}")).await;
+    assert_eq!(ps[0]["availableCapacity"], 6000, "the volume's size is reserved exactly once");
+}

@@ -113,78 +113,73 @@ struct AddBackupStorage {
 async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
     let req: AddBackupStorage = msg.parse()?;
     let uuid = msg.resource_uuid();
-    {
-        let mut tx = app.db.begin_write().await?;
-        if !super::is_new(&mut tx, &BACKUP_STORAGE, &uuid, &msg).await? {
-            drop(tx);
-            return reply(&app, &uuid).await;
-        }
-    }
     let url = req.url.clone();
-    let (total, available, hostname, ssh_port) = if ty == SIMULATOR {
-        let total = req.total_capacity.unwrap_or(0);
-        let available = req.available_capacity.unwrap_or(0);
-        if total < 0 || available < 0 {
-            return Err(Error::argerr("the capacity of a simulator backup storage cannot be negative"));
-        }
-        (total, available, None, None)
-    } else {
-        let host = req.hostname.clone().unwrap_or_default();
-        if host.parse::<std::net::Ipv4Addr>().is_err() && !is_hostname(&host) {
-            return Err(Error::argerr(format!("hostname[{host}] is neither an IPv4 address nor a valid hostname")));
-        }
-        let dup = app
-            .db
-            .fetch_optional(
-                "SELECT 1 FROM backup_storage WHERE type = $1 AND hostname = $2",
-                &[Val::from(ty), Val::from(host.as_str())],
-            )
-            .await?;
-        if dup.is_some() {
-            let kind = if ty == SFTP { "sftp" } else { "image store" };
-            return Err(Error::operr(format!(
-                "duplicate backup storage. There has been a {kind} backup storage[hostname:{host}] existing"
-            )));
-        }
-        if url.starts_with("/proc") || url.starts_with("/dev") || url.starts_with("/sys") {
-            return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
-        }
-        if !url.starts_with('/') {
-            return Err(Error::argerr(format!("the url[{url}] is not an absolute path starting with '/'")));
-        }
-        if !is_this_machine(&host).await {
-            return Err(Error::operr(format!(
-                "cannot add the backup storage on host[{host}]: backup storage on other machines needs the host agent, \
-                 which this management node does not have yet; use hostname localhost (a directory on the management node)"
-            )));
-        }
-        super::primary_storage::make_dir(&url)?;
-        let (total, avail) = super::primary_storage::fs_capacity(&url)?;
-        (total, avail, Some(host), Some(req.ssh_port.unwrap_or(22)))
-    };
-    let now = now_ms();
+    let host = req.hostname.clone().unwrap_or_default();
+    if ty != SIMULATOR && host.parse::<std::net::Ipv4Addr>().is_err() && !is_hostname(&host) {
+        return Err(Error::argerr(format!("hostname[{host}] is neither an IPv4 address nor a valid hostname")));
+    }
+    // Resolved before the write transaction: a name lookup may take seconds.
+    let local = ty == SIMULATOR || is_this_machine(&host).await;
     let mut tx = app.db.begin_write().await?;
-    tx.execute(
-        "INSERT INTO backup_storage (uuid, name, url, description, total_capacity, available_capacity, type, state, status, \
-         hostname, username, password, ssh_port, create_date, last_op_date) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Enabled', 'Connected', $8, $9, $10, $11, $12, $12) ON CONFLICT (uuid) DO NOTHING",
-        &[
-            Val::from(uuid.as_str()),
-            Val::from(req.name),
-            Val::from(url),
-            Val::from(req.description),
-            Val::I(total),
-            Val::I(available),
-            Val::from(ty),
-            Val::from(hostname),
-            Val::from(if ty == SIMULATOR { None } else { req.username }),
-            Val::from(if ty == SIMULATOR { None } else { req.password }),
-            Val::from(ssh_port),
-            Val::I(now),
-        ],
-    )
-    .await?;
-    super::own(&mut tx, &uuid, BACKUP_STORAGE.vo, msg.account_uuid()).await?;
+    if super::is_new(&mut tx, &BACKUP_STORAGE, &uuid, &msg).await? {
+        let (total, available, hostname, ssh_port) = if ty == SIMULATOR {
+            let total = req.total_capacity.unwrap_or(0);
+            let available = req.available_capacity.unwrap_or(0);
+            if total < 0 || available < 0 {
+                return Err(Error::argerr("the capacity of a simulator backup storage cannot be negative"));
+            }
+            (total, available, None, None)
+        } else {
+            let dup = tx
+                .fetch_optional(
+                    "SELECT 1 FROM backup_storage WHERE type = $1 AND hostname = $2",
+                    &[Val::from(ty), Val::from(host.as_str())],
+                )
+                .await?;
+            if dup.is_some() {
+                let kind = if ty == SFTP { "sftp" } else { "image store" };
+                return Err(Error::operr(format!(
+                    "duplicate backup storage. There has been a {kind} backup storage[hostname:{host}] existing"
+                )));
+            }
+            if url.starts_with("/proc") || url.starts_with("/dev") || url.starts_with("/sys") {
+                return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
+            }
+            if !url.starts_with('/') {
+                return Err(Error::argerr(format!("the url[{url}] is not an absolute path starting with '/'")));
+            }
+            if !local {
+                return Err(Error::operr(format!(
+                    "cannot add the backup storage on host[{host}]: backup storage on other machines needs the host agent, \
+                     which this management node does not have yet; use hostname localhost (a directory on the management node)"
+                )));
+            }
+            super::primary_storage::make_dir(&url)?;
+            let (total, avail) = super::primary_storage::fs_capacity(&url)?;
+            (total, avail, Some(host.clone()), Some(req.ssh_port.unwrap_or(22)))
+        };
+        tx.execute(
+            "INSERT INTO backup_storage (uuid, name, url, description, total_capacity, available_capacity, type, state, status, \
+             hostname, username, password, ssh_port, create_date, last_op_date) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'Enabled', 'Connected', $8, $9, $10, $11, $12, $12)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name),
+                Val::from(url),
+                Val::from(req.description),
+                Val::I(total),
+                Val::I(available),
+                Val::from(ty),
+                Val::from(hostname),
+                Val::from(if ty == SIMULATOR { None } else { req.username }),
+                Val::from(if ty == SIMULATOR { None } else { req.password }),
+                Val::from(ssh_port),
+                Val::I(now_ms()),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, BACKUP_STORAGE.vo, msg.account_uuid()).await?;
+    }
     tx.commit().await?;
     reply(&app, &uuid).await
 }

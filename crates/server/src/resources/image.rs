@@ -332,19 +332,17 @@ pub async fn qemu_img_info(path: &Path) -> Result<(String, i64, bool)> {
 async fn add_image(app: App, msg: Msg) -> Result<Reply> {
     let req: AddImage = msg.parse()?;
     let uuid = msg.resource_uuid();
-    // A replay of a finished job: the image is the answer.
-    if let Some(r) =
-        app.db.fetch_optional("SELECT status FROM image WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?
-    {
-        if !msg.replay {
-            return Err(Error::argerr(format!(
-                "resourceUuid[{uuid}] is already used by another resource[type:{}]",
-                IMAGE.vo
-            )));
-        }
-        let status: String = r.try_get(0)?;
-        if status != "Downloading" {
-            return reply(&app, &uuid).await;
+    // A replay of a job that finished before the restart: the image is the answer.
+    let mut half_done = false;
+    if msg.replay {
+        if let Some(r) =
+            app.db.fetch_optional("SELECT status FROM image WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?
+        {
+            let status: String = r.try_get(0)?;
+            if status != "Downloading" {
+                return reply(&app, &uuid).await;
+            }
+            half_done = true;
         }
     }
 
@@ -435,13 +433,19 @@ async fn add_image(app: App, msg: Msg) -> Result<Reply> {
         targets.push(Target { bs_uuid, simulator: ty == SIMULATOR_BS, path });
     }
 
-    // A replay after a crash: a half-done image starts over.
-    if app.db.fetch_optional("SELECT 1 FROM image WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?.is_some() {
+    // A replay of a job cut short: the half-done image starts over.
+    if half_done {
         discard(&app, &uuid, &targets, None).await?;
     }
 
     let now = now_ms();
     let mut tx = app.db.begin_write().await?;
+    // Refuses a reused resourceUuid; false only if the image appeared since the replay began.
+    let fresh = super::is_new(&mut tx, &IMAGE, &uuid, &msg).await?;
+    if !fresh {
+        drop(tx);
+        return reply(&app, &uuid).await;
+    }
     tx.execute(
         "INSERT INTO image (uuid, name, description, state, status, url, media_type, guest_os_type, type, platform, \
          architecture, format, system, virtio, create_date, last_op_date) \

@@ -16,6 +16,8 @@ use crate::App;
 use serde::Deserialize;
 use sqlx::Row;
 
+use super::cluster::CLUSTER;
+
 pub const LOCAL_STORAGE: &str = "LocalStorage";
 pub const NFS: &str = "NFS";
 pub const SIMULATOR: &str = "SimulatorPrimaryStorage";
@@ -106,43 +108,18 @@ struct Capacity {
     available_physical: i64,
 }
 
-async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
-    let req: AddPrimaryStorage = msg.parse()?;
-    let uuid = msg.resource_uuid();
-    {
-        let mut tx = app.db.begin_write().await?;
-        if !super::is_new(&mut tx, &PRIMARY_STORAGE, &uuid, &msg).await? {
-            drop(tx);
-            return reply(&app, &uuid).await;
-        }
-    }
-    let url = req.url.clone();
-    let (cap, mount_path) = match ty {
+/// The checks of an add that need no database (upstream interceptor rules on the url).
+fn check_url(ty: &str, url: &str) -> Result<()> {
+    match ty {
         LOCAL_STORAGE => {
             if !url.starts_with('/') {
                 return Err(Error::argerr(format!("the url[{url}] is not an absolute path starting with '/'")));
             }
-            if forbidden_folder(&url) {
+            if forbidden_folder(url) {
                 return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
             }
-            make_dir(&url)?;
-            let (total, avail) = fs_capacity(&url)?;
-            (Capacity { total, available: avail, total_physical: total, available_physical: avail }, Some(url.clone()))
         }
         NFS => {
-            let dup = app
-                .db
-                .fetch_optional(
-                    "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
-                    &[Val::from(NFS), Val::from(url.as_str()), Val::from(req.zone_uuid.as_str())],
-                )
-                .await?;
-            if dup.is_some() {
-                return Err(Error::argerr(format!(
-                    "there has been a nfs primary storage having url as {url} in zone[uuid:{}]",
-                    req.zone_uuid
-                )));
-            }
             let parts: Vec<&str> = url.split(':').collect();
             if parts.len() == 2 && forbidden_folder(parts[1]) {
                 return Err(Error::argerr(" the url contains an invalid folder[/dev or /proc or /sys]"));
@@ -150,48 +127,82 @@ async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
             if parts.len() != 2 || parts[0].is_empty() || !parts[1].starts_with('/') {
                 return Err(Error::argerr(format!("the url[{url}] is not a NFS export of the form host:/path")));
             }
-            // Measured when a host mounts it; until then the capacity is unknown (zero).
-            (
-                Capacity { total: 0, available: 0, total_physical: 0, available_physical: 0 },
-                Some(format!("/opt/zstack/nfsprimarystorage/prim-{uuid}")),
-            )
         }
-        _ => {
-            let total = req.total_capacity.unwrap_or(100_000_000);
-            let available = req.available_capacity.unwrap_or(10_000_000);
-            let total_physical = req.total_physical_capacity.unwrap_or(10_000_000);
-            let available_physical = req.available_physical_capacity.unwrap_or(10_000_000);
-            if total < 0 || available < 0 || total_physical < 0 || available_physical < 0 {
-                return Err(Error::argerr("the capacity of a simulator primary storage cannot be negative"));
-            }
-            (Capacity { total, available, total_physical, available_physical }, None)
-        }
-    };
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
+    let req: AddPrimaryStorage = msg.parse()?;
+    let uuid = msg.resource_uuid();
+    let url = req.url.clone();
+    check_url(ty, &url)?;
     let now = now_ms();
     let mut tx = app.db.begin_write().await?;
-    tx.execute(
-        "INSERT INTO primary_storage (uuid, zone_uuid, name, url, description, total_capacity, available_capacity, \
-         total_physical_capacity, available_physical_capacity, system_used_capacity, type, state, status, mount_path, \
-         create_date, last_op_date) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'Enabled', 'Connected', $12, $13, $13) \
-         ON CONFLICT (uuid) DO NOTHING",
-        &[
-            Val::from(uuid.as_str()),
-            Val::from(req.zone_uuid),
-            Val::from(req.name),
-            Val::from(url),
-            Val::from(req.description),
-            Val::I(cap.total),
-            Val::I(cap.available),
-            Val::I(cap.total_physical),
-            Val::I(cap.available_physical),
-            Val::I((cap.total_physical - cap.available_physical).max(0)),
-            Val::from(ty),
-            Val::from(mount_path),
-            Val::I(now),
-        ],
-    )
-    .await?;
-    super::own(&mut tx, &uuid, PRIMARY_STORAGE.vo, msg.account_uuid()).await?;
+    if super::is_new(&mut tx, &PRIMARY_STORAGE, &uuid, &msg).await? {
+        let (cap, mount_path) = match ty {
+            LOCAL_STORAGE => {
+                make_dir(&url)?;
+                let (total, avail) = fs_capacity(&url)?;
+                (
+                    Capacity { total, available: avail, total_physical: total, available_physical: avail },
+                    Some(url.clone()),
+                )
+            }
+            NFS => {
+                let dup = tx
+                    .fetch_optional(
+                        "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
+                        &[Val::from(NFS), Val::from(url.as_str()), Val::from(req.zone_uuid.as_str())],
+                    )
+                    .await?;
+                if dup.is_some() {
+                    return Err(Error::argerr(format!(
+                        "there has been a nfs primary storage having url as {url} in zone[uuid:{}]",
+                        req.zone_uuid
+                    )));
+                }
+                // Measured when a host mounts it; until then the capacity is unknown (zero).
+                (
+                    Capacity { total: 0, available: 0, total_physical: 0, available_physical: 0 },
+                    Some(format!("/opt/zstack/nfsprimarystorage/prim-{uuid}")),
+                )
+            }
+            _ => {
+                let total = req.total_capacity.unwrap_or(100_000_000);
+                let available = req.available_capacity.unwrap_or(10_000_000);
+                let total_physical = req.total_physical_capacity.unwrap_or(10_000_000);
+                let available_physical = req.available_physical_capacity.unwrap_or(10_000_000);
+                if total < 0 || available < 0 || total_physical < 0 || available_physical < 0 {
+                    return Err(Error::argerr("the capacity of a simulator primary storage cannot be negative"));
+                }
+                (Capacity { total, available, total_physical, available_physical }, None)
+            }
+        };
+        tx.execute(
+            "INSERT INTO primary_storage (uuid, zone_uuid, name, url, description, total_capacity, available_capacity, \
+             total_physical_capacity, available_physical_capacity, system_used_capacity, type, state, status, mount_path, \
+             create_date, last_op_date) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'Enabled', 'Connected', $12, $13, $13)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.zone_uuid),
+                Val::from(req.name),
+                Val::from(url),
+                Val::from(req.description),
+                Val::I(cap.total),
+                Val::I(cap.available),
+                Val::I(cap.total_physical),
+                Val::I(cap.available_physical),
+                Val::I((cap.total_physical - cap.available_physical).max(0)),
+                Val::from(ty),
+                Val::from(mount_path),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, PRIMARY_STORAGE.vo, msg.account_uuid()).await?;
+    }
     tx.commit().await?;
     reply(&app, &uuid).await
 }
@@ -318,10 +329,6 @@ async fn delete(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
-fn cluster_not_found(uuid: &str) -> Error {
-    Error::not_found(format!("invalid field[clusterUuid], resource[uuid:{uuid}, type:ClusterVO] not found"))
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ClusterPs {
@@ -329,38 +336,37 @@ struct ClusterPs {
     primary_storage_uuid: String,
 }
 
+/// Attach a primary storage to a cluster. Both exist (the parameter validator checked them);
+/// the upstream interceptor rules follow, then the reference row, guarded by its primary key.
 async fn attach(app: App, msg: Msg) -> Result<Reply> {
     let req: ClusterPs = msg.parse()?;
     let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
     let mut tx = app.db.begin_write().await?;
-    let cluster_zone: Option<String> =
-        match tx.fetch_optional("SELECT zone_uuid FROM cluster WHERE uuid = $1", &[Val::from(c)]).await? {
-            Some(r) => r.try_get(0)?,
-            None => return Err(cluster_not_found(c)),
-        };
-    let ps = tx
-        .fetch_optional("SELECT zone_uuid, url FROM primary_storage WHERE uuid = $1", &[Val::from(p)])
-        .await?
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "invalid field[primaryStorageUuid], resource[uuid:{p}, type:PrimaryStorageVO] not found"
-            ))
-        })?;
-    let ps_zone: String = ps.try_get(0)?;
-    let url: String = ps.try_get(1)?;
-    if tx
+    let attached = tx
         .fetch_optional(
             "SELECT 1 FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 AND cluster_uuid = $2",
             &[Val::from(p), Val::from(c)],
         )
         .await?
-        .is_some()
-    {
+        .is_some();
+    if attached {
+        if msg.replay {
+            // This job attached it before a restart.
+            drop(tx);
+            return reply(&app, p).await;
+        }
         return Err(Error::operr(format!("primary storage[uuid:{p}] has been attached to cluster[uuid:{c}]")));
     }
-    if cluster_zone.as_deref() != Some(ps_zone.as_str()) {
+    let same_zone = tx
+        .fetch_optional(
+            "SELECT ps.url FROM primary_storage ps, cluster c WHERE c.zone_uuid = ps.zone_uuid AND c.uuid = $1 AND ps.uuid = $2",
+            &[Val::from(c), Val::from(p)],
+        )
+        .await?;
+    let Some(row) = same_zone else {
         return Err(Error::argerr(format!("primary storage[uuid:{p}] and cluster[uuid:{c}] are not in the same zone")));
-    }
+    };
+    let url: String = row.try_get(0)?;
     let occupied = tx
         .fetch_optional(
             "SELECT 1 FROM primary_storage ps WHERE ps.url = $1 AND ps.uuid IN \
@@ -371,11 +377,17 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
     if occupied.is_some() {
         return Err(Error::argerr(format!("url[{url}] has been occupied, it cannot be duplicate in same cluster")));
     }
-    tx.execute(
-        "INSERT INTO primary_storage_cluster_ref (primary_storage_uuid, cluster_uuid, create_date) VALUES ($1, $2, $3)",
-        &[Val::from(p), Val::from(c), Val::I(now_ms())],
-    )
-    .await?;
+    let n = tx
+        .execute(
+            "INSERT INTO primary_storage_cluster_ref (primary_storage_uuid, cluster_uuid, create_date) VALUES ($1, $2, $3) \
+             ON CONFLICT (primary_storage_uuid, cluster_uuid) DO NOTHING",
+            &[Val::from(p), Val::from(c), Val::I(now_ms())],
+        )
+        .await?;
+    if n == 0 {
+        // Attached by a concurrent request since the check above.
+        return Err(Error::operr(format!("primary storage[uuid:{p}] has been attached to cluster[uuid:{c}]")));
+    }
     tx.commit().await?;
     reply(&app, p).await
 }
@@ -383,9 +395,6 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
 async fn detach(app: App, msg: Msg) -> Result<Reply> {
     let req: ClusterPs = msg.parse()?;
     let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
-    if app.db.fetch_optional("SELECT 1 FROM cluster WHERE uuid = $1", &[Val::from(c)]).await?.is_none() {
-        return Err(cluster_not_found(c));
-    }
     let n = app
         .db
         .execute(
@@ -393,7 +402,7 @@ async fn detach(app: App, msg: Msg) -> Result<Reply> {
             &[Val::from(p), Val::from(c)],
         )
         .await?;
-    if n == 0 {
+    if n == 0 && !msg.replay {
         return Err(Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
     }
     reply(&app, p).await
@@ -536,7 +545,7 @@ pub static APIS: &[ApiDef] = &[
         auth: true,
         create: false,
         params: &[
-            Param::str("clusterUuid").required(),
+            Param::str("clusterUuid").required().resource(&CLUSTER),
             Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
         ],
         tags: &[],
@@ -553,7 +562,7 @@ pub static APIS: &[ApiDef] = &[
         create: false,
         params: &[
             Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
-            Param::str("clusterUuid").required(),
+            Param::str("clusterUuid").required().resource(&CLUSTER),
         ],
         tags: &[],
         handler: Some(|a, m| boxed(detach(a, m))),

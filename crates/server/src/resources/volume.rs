@@ -16,6 +16,7 @@ use crate::App;
 use serde::Deserialize;
 use sqlx::Row;
 
+use super::offering::DISK_OFFERING;
 use super::primary_storage::PRIMARY_STORAGE;
 
 pub static VOLUME: ResourceDef = ResourceDef {
@@ -105,76 +106,69 @@ struct CreateDataVolume {
 
 async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
     let req: CreateDataVolume = msg.parse()?;
-    let uuid = msg.resource_uuid();
-    {
-        let mut tx = app.db.begin_write().await?;
-        if !super::is_new(&mut tx, &VOLUME, &uuid, &msg).await? {
-            drop(tx);
-            return reply(&app, &VOLUME, &uuid).await;
-        }
+    if req.disk_offering_uuid.is_none() && req.disk_size.unwrap_or(0) < 0 {
+        return Err(Error::argerr("unexpected disk size settings"));
     }
-    let size = match &req.disk_offering_uuid {
-        Some(o) => {
-            let row = app
-                .db
-                .fetch_optional("SELECT disk_size FROM disk_offering WHERE uuid = $1", &[Val::from(o.as_str())])
-                .await?
-                .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "invalid field[diskOfferingUuid], resource[uuid:{o}, type:DiskOfferingVO] not found"
-                    ))
-                })?;
-            row.try_get::<i64, _>(0)?
-        }
-        None => {
-            let s = req.disk_size.unwrap_or(0);
-            if s < 0 {
-                return Err(Error::argerr("unexpected disk size settings"));
-            }
-            s
-        }
-    };
+    let uuid = msg.resource_uuid();
     let now = now_ms();
     let mut tx = app.db.begin_write().await?;
-    let (status, format) = match &req.primary_storage_uuid {
-        Some(ps) => {
-            let n = tx
-                .execute(
-                    "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
-                     WHERE uuid = $3 AND available_capacity >= $1 AND state = 'Enabled' AND status = 'Connected'",
-                    &[Val::I(size), Val::I(now), Val::from(ps.as_str())],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::operr(format!(
-                    "cannot find available primary storage[state: Enabled, status: Connected, available capacity {size} bytes]: \
-                     the primary storage[uuid:{ps}] is not Enabled and Connected, or has less capacity available"
-                )));
+    if super::is_new(&mut tx, &VOLUME, &uuid, &msg).await? {
+        // As upstream, an offering's size replaces any diskSize given.
+        let size = match &req.disk_offering_uuid {
+            Some(o) => {
+                let row = tx
+                    .fetch_optional("SELECT disk_size FROM disk_offering WHERE uuid = $1", &[Val::from(o.as_str())])
+                    .await?
+                    .ok_or_else(|| {
+                        // Deleted since the parameter validator saw it.
+                        Error::not_found(format!(
+                            "invalid field[diskOfferingUuid], resource[uuid:{o}, type:DiskOfferingVO] not found"
+                        ))
+                    })?;
+                row.try_get::<i64, _>(0)?
             }
-            ("Ready", Some("qcow2"))
-        }
-        None => ("NotInstantiated", None),
-    };
-    let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
-    tx.execute(
-        "INSERT INTO volume (uuid, name, description, primary_storage_uuid, disk_offering_uuid, type, format, size, actual_size, \
-         state, status, create_date, last_op_date, is_shareable, reserved_size) \
-         VALUES ($1, $2, $3, $4, $5, 'Data', $6, $7, 0, 'Enabled', $8, $9, $9, 0, $10)",
-        &[
-            Val::from(uuid.as_str()),
-            Val::from(req.name),
-            Val::from(req.description),
-            Val::from(req.primary_storage_uuid),
-            Val::from(req.disk_offering_uuid),
-            Val::from(format),
-            Val::I(size),
-            Val::from(status),
-            Val::I(now),
-            Val::I(reserved),
-        ],
-    )
-    .await?;
-    super::own(&mut tx, &uuid, VOLUME.vo, msg.account_uuid()).await?;
+            None => req.disk_size.unwrap_or(0),
+        };
+        let (status, format) = match &req.primary_storage_uuid {
+            Some(ps) => {
+                let n = tx
+                    .execute(
+                        "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                         WHERE uuid = $3 AND available_capacity >= $1 AND state = 'Enabled' AND status = 'Connected'",
+                        &[Val::I(size), Val::I(now), Val::from(ps.as_str())],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(Error::operr(format!(
+                        "cannot find available primary storage[state: Enabled, status: Connected, available capacity {size} bytes]: \
+                         the primary storage[uuid:{ps}] is not Enabled and Connected, or has less capacity available"
+                    )));
+                }
+                ("Ready", Some("qcow2"))
+            }
+            None => ("NotInstantiated", None),
+        };
+        let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
+        tx.execute(
+            "INSERT INTO volume (uuid, name, description, primary_storage_uuid, disk_offering_uuid, type, format, size, actual_size, \
+             state, status, create_date, last_op_date, is_shareable, reserved_size) \
+             VALUES ($1, $2, $3, $4, $5, 'Data', $6, $7, 0, 'Enabled', $8, $9, $9, 0, $10)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(req.primary_storage_uuid),
+                Val::from(req.disk_offering_uuid),
+                Val::from(format),
+                Val::I(size),
+                Val::from(status),
+                Val::I(now),
+                Val::I(reserved),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, VOLUME.vo, msg.account_uuid()).await?;
+    }
     tx.commit().await?;
     reply(&app, &VOLUME, &uuid).await
 }
@@ -249,79 +243,77 @@ async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
     let req: CreateSnapshot = msg.parse()?;
     let uuid = msg.resource_uuid();
     let mut tx = app.db.begin_write().await?;
-    if !super::is_new(&mut tx, &VOLUME_SNAPSHOT, &uuid, &msg).await? {
-        drop(tx);
-        return reply(&app, &VOLUME_SNAPSHOT, &uuid).await;
-    }
-    let v = req.volume_uuid.as_str();
-    let vol = tx
-        .fetch_optional(
-            "SELECT status, type, state, primary_storage_uuid, format FROM volume WHERE uuid = $1",
-            &[Val::from(v)],
-        )
-        .await?
-        .ok_or_else(|| {
-            Error::not_found(format!("invalid field[volumeUuid], resource[uuid:{v}, type:VolumeVO] not found"))
-        })?;
-    let status: String = vol.try_get(0)?;
-    let ty: String = vol.try_get(1)?;
-    let state: String = vol.try_get(2)?;
-    let ps: Option<String> = vol.try_get(3)?;
-    let format: Option<String> = vol.try_get(4)?;
-    if status != "Ready" {
-        return Err(Error::operr(format!(
-            "volume[uuid:{v}] is not in status Ready, current is {status}, can't create snapshot"
-        )));
-    }
-    if ty != "Root" && ty != "Data" {
-        return Err(Error::operr(format!("volume[uuid:{v}, type:{ty}], can't create snapshot")));
-    }
-    if state != "Enabled" {
-        return Err(Error::operr(format!(
-            "volume[uuid:{v}] is not in state Enabled, current is {state}, can't create snapshot"
-        )));
-    }
-    let parent = tx
-        .fetch_optional(
-            "SELECT uuid, tree_uuid, distance FROM volume_snapshot WHERE volume_uuid = $1 AND latest = 1",
-            &[Val::from(v)],
+    if super::is_new(&mut tx, &VOLUME_SNAPSHOT, &uuid, &msg).await? {
+        let v = req.volume_uuid.as_str();
+        let vol = tx
+            .fetch_optional(
+                "SELECT status, type, state, primary_storage_uuid, format FROM volume WHERE uuid = $1",
+                &[Val::from(v)],
+            )
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!("invalid field[volumeUuid], resource[uuid:{v}, type:VolumeVO] not found"))
+            })?;
+        let status: String = vol.try_get(0)?;
+        let ty: String = vol.try_get(1)?;
+        let state: String = vol.try_get(2)?;
+        let ps: Option<String> = vol.try_get(3)?;
+        let format: Option<String> = vol.try_get(4)?;
+        if status != "Ready" {
+            return Err(Error::operr(format!(
+                "volume[uuid:{v}] is not in status Ready, current is {status}, can't create snapshot"
+            )));
+        }
+        if ty != "Root" && ty != "Data" {
+            return Err(Error::operr(format!("volume[uuid:{v}, type:{ty}], can't create snapshot")));
+        }
+        if state != "Enabled" {
+            return Err(Error::operr(format!(
+                "volume[uuid:{v}] is not in state Enabled, current is {state}, can't create snapshot"
+            )));
+        }
+        let parent = tx
+            .fetch_optional(
+                "SELECT uuid, tree_uuid, distance FROM volume_snapshot WHERE volume_uuid = $1 AND latest = 1",
+                &[Val::from(v)],
+            )
+            .await?;
+        let (parent_uuid, tree, distance) = match parent {
+            Some(p) => {
+                let pu: String = p.try_get(0)?;
+                let t: String = p.try_get(1)?;
+                let d: i64 = p.try_get(2)?;
+                (Some(pu), t, d + 1)
+            }
+            None => (None, crate::util::new_uuid(), 0),
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE volume_snapshot SET latest = 0, last_op_date = $1 WHERE volume_uuid = $2 AND latest = 1",
+            &[Val::I(now), Val::from(v)],
         )
         .await?;
-    let (parent_uuid, tree, distance) = match parent {
-        Some(p) => {
-            let pu: String = p.try_get(0)?;
-            let t: String = p.try_get(1)?;
-            let d: i64 = p.try_get(2)?;
-            (Some(pu), t, d + 1)
-        }
-        None => (None, crate::util::new_uuid(), 0),
-    };
-    let now = now_ms();
-    tx.execute(
-        "UPDATE volume_snapshot SET latest = 0, last_op_date = $1 WHERE volume_uuid = $2 AND latest = 1",
-        &[Val::I(now), Val::from(v)],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO volume_snapshot (uuid, name, description, type, volume_uuid, tree_uuid, parent_uuid, primary_storage_uuid, \
-         volume_type, format, latest, size, distance, state, status, create_date, last_op_date) \
-         VALUES ($1, $2, $3, 'Hypervisor', $4, $5, $6, $7, $8, $9, 1, 0, $10, 'Enabled', 'Ready', $11, $11)",
-        &[
-            Val::from(uuid.as_str()),
-            Val::from(req.name),
-            Val::from(req.description),
-            Val::from(v),
-            Val::from(tree),
-            Val::from(parent_uuid),
-            Val::from(ps),
-            Val::from(ty),
-            Val::from(format),
-            Val::I(distance),
-            Val::I(now),
-        ],
-    )
-    .await?;
-    super::own(&mut tx, &uuid, VOLUME_SNAPSHOT.vo, msg.account_uuid()).await?;
+        tx.execute(
+            "INSERT INTO volume_snapshot (uuid, name, description, type, volume_uuid, tree_uuid, parent_uuid, primary_storage_uuid, \
+             volume_type, format, latest, size, distance, state, status, create_date, last_op_date) \
+             VALUES ($1, $2, $3, 'Hypervisor', $4, $5, $6, $7, $8, $9, 1, 0, $10, 'Enabled', 'Ready', $11, $11)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(v),
+                Val::from(tree),
+                Val::from(parent_uuid),
+                Val::from(ps),
+                Val::from(ty),
+                Val::from(format),
+                Val::I(distance),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, VOLUME_SNAPSHOT.vo, msg.account_uuid()).await?;
+    }
     tx.commit().await?;
     reply(&app, &VOLUME_SNAPSHOT, &uuid).await
 }
@@ -383,7 +375,7 @@ pub static APIS: &[ApiDef] = &[
         params: &[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
-            Param::str("diskOfferingUuid"),
+            Param::str("diskOfferingUuid").resource(&DISK_OFFERING),
             Param::int("diskSize"),
             Param::str("primaryStorageUuid").resource(&PRIMARY_STORAGE),
         ],
