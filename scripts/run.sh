@@ -1,21 +1,46 @@
 #!/usr/bin/env bash
-# Build rzstack and run the management node on its embedded SQLite default
-# (http://127.0.0.1:8080/zstack, data in ./rzstack-data). Extra arguments go to `rzstack serve`.
-# Installs what it needs on Debian 12 (as root) and can be run any number of times.
+# Builds rzstack and runs the management node: `rzstack serve` on its embedded SQLite default,
+# http://127.0.0.1:8080/zstack, data in ./rzstack-data (relative to the repository root).
+# Arguments are passed to `rzstack serve`, e.g. `bash scripts/run.sh --listen 0.0.0.0:8080`.
+# Installs what it needs on Debian 12 (run as root); can be run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the main job needs (the host agent will add qemu-system-x86, dnsmasq, swtpm).
-PACKAGES=(qemu-utils)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# Debian packages the management node needs, as "package" or "package:command" (a package
+# counts as present when dpkg has it installed or its command is on PATH). Add new ones here
+# (e.g. qemu-system-x86:qemu-system-x86_64 dnsmasq swtpm).
+PACKAGES=(
+    build-essential:cc  # linker for cargo
+    pkg-config
+    qemu-utils:qemu-img # image checks (qemu-img info)
+)
+
+install_packages() {
+    local entry pkg cmd missing=()
+    for entry in "${PACKAGES[@]}"; do
+        pkg=${entry%%:*}
+        cmd=${entry#*:}
+        [ "$cmd" = "$entry" ] && cmd=$pkg
+        if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then continue; fi
+        command -v "$cmd" >/dev/null 2>&1 && continue
+        missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==== installing ${missing[*]} ===="
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+install_packages
+
+# a rustup toolchain may not be on PATH in a non-login shell
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi
 
+echo "==== cargo build --release -p rzstack ===="
 cargo build --release -p rzstack
+
+echo "==== rzstack serve $* ===="
 exec target/release/rzstack serve "$@"
