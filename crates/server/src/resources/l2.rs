@@ -1,5 +1,482 @@
-//! (to be written)
+//! L2 networks (upstream `L2NetworkVO`, `L2VlanNetworkVO`): create no-VLAN and VLAN networks,
+//! update, delete (taking their L3 networks along), query, attach to / detach from clusters.
 
-use crate::api::ApiDef;
+use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::db::{Val, WriteTx};
+use crate::error::{Error, Result};
+use crate::params::Param;
+use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::util::now_ms;
+use crate::App;
+use rzstack_api::codes::Code;
+use rzstack_api::ErrorCode;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
 
-pub static APIS: &[ApiDef] = &[];
+pub const NO_VLAN: &str = "L2NoVlanNetwork";
+pub const VLAN: &str = "L2VlanNetwork";
+
+const L2_1000: Code = Code { code: "L2.1000", description: "Unable to attach L2Network to a cluster" };
+
+static CLUSTER_REFS: Refs = Refs { table: "l2_network_cluster_ref", fk: "l2_network_uuid", value: "cluster_uuid" };
+
+fn class_of(row: &Map<String, Value>) -> &'static str {
+    if row.get("type").and_then(Value::as_str) == Some(VLAN) {
+        "org.zstack.header.network.l2.L2VlanNetworkInventory"
+    } else {
+        "org.zstack.header.network.l2.L2NetworkInventory"
+    }
+}
+
+/// All L2 networks; VLAN rows carry `vlan` and are `L2VlanNetworkInventory` in the schema.
+pub static L2_NETWORK: ResourceDef = ResourceDef {
+    inventory: "L2NetworkInventory",
+    vo: "L2NetworkVO",
+    class: "org.zstack.header.network.l2.L2NetworkInventory",
+    table: "l2_network",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("description", "description", FType::Str),
+        field("zoneUuid", "zone_uuid", FType::Str),
+        field("physicalInterface", "physical_interface", FType::Str),
+        field("type", "type", FType::Str),
+        field("vSwitchType", "v_switch_type", FType::Str),
+        field("virtualNetworkId", "virtual_network_id", FType::Int),
+        field("isolated", "isolated", FType::Bool),
+        field("pvlan", "pvlan", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("attachedClusterUuids", "uuid", FType::Refs(&CLUSTER_REFS)),
+        field("vlan", "vlan", FType::Int),
+    ],
+    children: &[],
+    class_of: Some(class_of),
+    order: "t.create_date, t.uuid",
+    tag_type: Some("L2NetworkVO"),
+};
+
+/// The VLAN networks only (upstream `APIQueryL2VlanNetworkMsg`). The view holds the rows
+/// of `l2_network` whose type is VLAN.
+pub static L2_VLAN_NETWORK: ResourceDef = ResourceDef {
+    inventory: "L2VlanNetworkInventory",
+    vo: "L2VlanNetworkVO",
+    class: "org.zstack.header.network.l2.L2VlanNetworkInventory",
+    table: "l2_vlan_network",
+    fields: L2_NETWORK.fields,
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("L2VlanNetworkVO"),
+};
+
+async fn reply(app: &App, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, &L2_NETWORK, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(&L2_NETWORK, inv)),
+        None => Err(Error::not_found(format!("unable to find L2Network[uuid:{uuid}], it may have been deleted"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateL2 {
+    name: String,
+    description: Option<String>,
+    zone_uuid: String,
+    physical_interface: String,
+    #[serde(rename = "vSwitchType")]
+    v_switch_type: Option<String>,
+    isolated: Option<bool>,
+    pvlan: Option<String>,
+    vlan: Option<i64>,
+}
+
+async fn create(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
+    let req: CreateL2 = msg.parse()?;
+    let vswitch = req.v_switch_type.clone().unwrap_or_else(|| "LinuxBridge".into());
+    // Only the Linux bridge is a registered vSwitch type in the open-source tree.
+    if vswitch != "LinuxBridge" {
+        return Err(Error::argerr(format!("unsupported vSwitch type[{vswitch}]")));
+    }
+    let vlan = if ty == VLAN {
+        match req.vlan {
+            Some(v) => Some(v),
+            None => {
+                return Err(Error::argerr(format!(
+                    "field[vlan] of message[{}] is mandatory, can not be null",
+                    crate::params::VALIDATOR_CLASS
+                )))
+            }
+        }
+    } else {
+        None
+    };
+    let uuid = msg.resource_uuid();
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    if super::is_new(&mut tx, &L2_NETWORK, &uuid, &msg).await? {
+        tx.execute(
+            "INSERT INTO l2_network (uuid, name, description, zone_uuid, physical_interface, type, v_switch_type, \
+             virtual_network_id, isolated, pvlan, vlan, create_date, last_op_date) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name),
+                Val::from(req.description),
+                Val::from(req.zone_uuid),
+                Val::from(req.physical_interface),
+                Val::from(ty),
+                Val::from(vswitch),
+                Val::I(vlan.unwrap_or(0)),
+                Val::from(req.isolated.unwrap_or(false)),
+                Val::from(req.pvlan),
+                Val::from(vlan),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        // Every new L2 network is served by the built-in flat provider (upstream
+        // FlatProviderFactory.afterCreateL2Network).
+        tx.execute(
+            "INSERT INTO network_service_provider_l2_ref (network_service_provider_uuid, l2_network_uuid) \
+             SELECT uuid, $1 FROM network_service_provider WHERE type = 'Flat'",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, L2_NETWORK.vo, msg.account_uuid()).await?;
+        super::tag::attach_create_tags(&mut tx, &uuid, L2_NETWORK.vo, &msg.system_tags(), &msg.user_tags()).await?;
+    }
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateL2 {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+}
+
+async fn update(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdateL2 = msg.parse()?;
+    if req.name.is_some() || req.description.is_some() {
+        app.db
+            .execute(
+                "UPDATE l2_network SET name = COALESCE($1, name), description = COALESCE($2, description), \
+                 last_op_date = $3 WHERE uuid = $4",
+                &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+            )
+            .await?;
+    }
+    reply(&app, &req.uuid).await
+}
+
+async fn delete(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    delete_one(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+/// Delete one L2 network with its L3 networks and attachments, inside `tx`.
+pub async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
+    let l3s = tx.fetch_all("SELECT uuid FROM l3_network WHERE l2_network_uuid = $1", &[Val::from(uuid)]).await?;
+    for r in l3s {
+        let l3: String = r.try_get(0)?;
+        super::l3::delete_one(tx, &l3).await?;
+    }
+    tx.execute("DELETE FROM l2_network_cluster_ref WHERE l2_network_uuid = $1", &[Val::from(uuid)]).await?;
+    tx.execute("DELETE FROM network_service_provider_l2_ref WHERE l2_network_uuid = $1", &[Val::from(uuid)]).await?;
+    tx.execute("DELETE FROM l2_network WHERE uuid = $1", &[Val::from(uuid)]).await?;
+    super::tag::delete_for_resource(tx, uuid).await?;
+    super::disown(tx, uuid).await?;
+    Ok(())
+}
+
+/// The zone deletion cascade: delete every L2 network of `zone_uuid` (and their L3s).
+pub async fn delete_for_zone(tx: &mut WriteTx, zone_uuid: &str) -> Result<()> {
+    let rows = tx.fetch_all("SELECT uuid FROM l2_network WHERE zone_uuid = $1", &[Val::from(zone_uuid)]).await?;
+    for r in rows {
+        let uuid: String = r.try_get(0)?;
+        delete_one(tx, &uuid).await?;
+    }
+    Ok(())
+}
+
+/// The cluster deletion cascade: the cluster's L2 attachments go.
+pub async fn detach_cluster(tx: &mut WriteTx, cluster_uuid: &str) -> Result<()> {
+    tx.execute("DELETE FROM l2_network_cluster_ref WHERE cluster_uuid = $1", &[Val::from(cluster_uuid)]).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterL2 {
+    l2_network_uuid: String,
+    cluster_uuid: String,
+}
+
+fn attach_failed(cause: Error) -> Error {
+    let cause = cause.to_error_code();
+    let text = serde_json::to_string(&cause).unwrap_or_default();
+    Error::Api(ErrorCode::new(L2_1000, format!("attach l2 network failed:{text}")).with_cause(cause))
+}
+
+async fn attach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ClusterL2 = msg.parse()?;
+    let (l2, c) = (req.l2_network_uuid.as_str(), req.cluster_uuid.as_str());
+    let mut tx = app.db.begin_write().await?;
+    let attached = tx
+        .fetch_optional(
+            "SELECT 1 FROM l2_network_cluster_ref WHERE l2_network_uuid = $1 AND cluster_uuid = $2",
+            &[Val::from(l2), Val::from(c)],
+        )
+        .await?
+        .is_some();
+    if attached {
+        return Err(Error::operr(format!(
+            "l2Network[uuid:{l2}] has attached to cluster[uuid:{c}], can't attach again"
+        )));
+    }
+    let row = tx
+        .fetch_optional(
+            "SELECT physical_interface, v_switch_type, type, vlan FROM l2_network WHERE uuid = $1",
+            &[Val::from(l2)],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("invalid field[l2NetworkUuid], resource[uuid:{l2}, type:L2NetworkVO] not found"))
+        })?;
+    let nic: String = row.try_get(0)?;
+    let vswitch: String = row.try_get(1)?;
+    let ty: String = row.try_get(2)?;
+    let vlan: Option<i64> = row.try_get(3)?;
+    // Another L2 on the same interface with a different vSwitch type already on the cluster.
+    let other = tx
+        .fetch_optional(
+            "SELECT l.uuid FROM l2_network l WHERE l.physical_interface = $1 AND l.v_switch_type != $2 \
+             AND l.uuid IN (SELECT r.l2_network_uuid FROM l2_network_cluster_ref r WHERE r.cluster_uuid = $3) \
+             ORDER BY l.create_date, l.uuid",
+            &[Val::from(nic.as_str()), Val::from(vswitch.as_str()), Val::from(c)],
+        )
+        .await?;
+    if let Some(o) = other {
+        let o: String = o.try_get(0)?;
+        return Err(Error::argerr(format!(
+            "could not attach l2 network, because there is another network [uuid:{o}] on physical interface [{nic}] with different vswitch type"
+        )));
+    }
+    // The attach itself (upstream L2NoVlanNetwork.attachL2NetworkToCluster): one no-VLAN
+    // network per interface per cluster; one VLAN network per interface and VLAN id.
+    let clash = if ty == NO_VLAN {
+        tx.fetch_optional(
+            "SELECT l.uuid, l.name, l.physical_interface, l.vlan FROM l2_network l \
+             JOIN l2_network_cluster_ref r ON r.l2_network_uuid = l.uuid \
+             WHERE r.cluster_uuid = $1 AND l.type = $2 AND l.physical_interface = $3 ORDER BY l.create_date, l.uuid",
+            &[Val::from(c), Val::from(NO_VLAN), Val::from(nic.as_str())],
+        )
+        .await?
+    } else {
+        tx.fetch_optional(
+            "SELECT l.uuid, l.name, l.physical_interface, l.vlan FROM l2_network l \
+             JOIN l2_network_cluster_ref r ON r.l2_network_uuid = l.uuid \
+             WHERE r.cluster_uuid = $1 AND l.type = $2 AND l.physical_interface = $3 AND l.vlan = $4 \
+             ORDER BY l.create_date, l.uuid",
+            &[Val::from(c), Val::from(VLAN), Val::from(nic.as_str()), Val::from(vlan)],
+        )
+        .await?
+    };
+    if let Some(r) = clash {
+        let ou: String = r.try_get(0)?;
+        let on: String = r.try_get(1)?;
+        let onic: String = r.try_get(2)?;
+        let text = if ty == NO_VLAN {
+            format!(
+                "There has been a l2Network[uuid:{ou}, name:{on}] attached to cluster[uuid:{c}] that has physical interface[{onic}]. Failed to attach l2Network[uuid:{l2}]"
+            )
+        } else {
+            let ov: Option<i64> = r.try_get(3)?;
+            format!(
+                "There has been a L2VlanNetwork[uuid:{ou}, name:{on}] attached to cluster[uuid:{c}] that has physical interface[{onic}], vlan[{}]. Failed to attach L2VlanNetwork[uuid:{l2}]",
+                ov.unwrap_or_default()
+            )
+        };
+        return Err(attach_failed(Error::argerr(text)));
+    }
+    tx.execute(
+        "INSERT INTO l2_network_cluster_ref (l2_network_uuid, cluster_uuid, create_date, last_op_date) \
+         VALUES ($1, $2, $3, $3)",
+        &[Val::from(l2), Val::from(c), Val::I(now_ms())],
+    )
+    .await?;
+    tx.commit().await?;
+    reply(&app, l2).await
+}
+
+async fn detach(app: App, msg: Msg) -> Result<Reply> {
+    let req: ClusterL2 = msg.parse()?;
+    let (l2, c) = (req.l2_network_uuid.as_str(), req.cluster_uuid.as_str());
+    let n = app
+        .db
+        .execute(
+            "DELETE FROM l2_network_cluster_ref WHERE l2_network_uuid = $1 AND cluster_uuid = $2",
+            &[Val::from(l2), Val::from(c)],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::operr(format!("l2Network[uuid:{l2}] has not attached to cluster[uuid:{c}]")));
+    }
+    reply(&app, l2).await
+}
+
+const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
+const V_SWITCH_TYPES: &[&str] = &["LinuxBridge", "OvsDpdk", "MacVlan"];
+
+const CREATE_COMMON: [Param; 8] = [
+    Param::str("name").required().max(255),
+    Param::str("description").max(2048),
+    Param::str("zoneUuid").required().resource(&super::zone::ZONE),
+    Param::str("physicalInterface").required().max(1024),
+    Param::str("type"),
+    Param::str("vSwitchType").max(1024).values(V_SWITCH_TYPES),
+    Param::bool("isolated"),
+    Param::str("pvlan").no_empty_string(),
+];
+
+const CREATE_VLAN: [Param; 9] = [
+    CREATE_COMMON[0],
+    CREATE_COMMON[1],
+    CREATE_COMMON[2],
+    CREATE_COMMON[3],
+    CREATE_COMMON[4],
+    CREATE_COMMON[5],
+    CREATE_COMMON[6],
+    CREATE_COMMON[7],
+    Param::int("vlan").required().range(1, 4094),
+];
+
+const L2_TAGS: &[&str] = &["kvm::bridge::{name}"];
+
+pub static APIS: &[ApiDef] = &[
+    ApiDef {
+        name: "CreateL2NoVlanNetwork",
+        method: Method::Post,
+        path: "/l2-networks/no-vlan",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &CREATE_COMMON,
+        tags: L2_TAGS,
+        handler: Some(|a, m| boxed(create(a, m, NO_VLAN))),
+    },
+    ApiDef {
+        name: "CreateL2VlanNetwork",
+        method: Method::Post,
+        path: "/l2-networks/vlan",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &CREATE_VLAN,
+        tags: L2_TAGS,
+        handler: Some(|a, m| boxed(create(a, m, VLAN))),
+    },
+    ApiDef {
+        name: "QueryL2Network",
+        method: Method::Get,
+        path: "/l2-networks",
+        optional_paths: &["/l2-networks/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&L2_NETWORK),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "QueryL2VlanNetwork",
+        method: Method::Get,
+        path: "/l2-networks/vlan",
+        optional_paths: &["/l2-networks/vlan/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&L2_VLAN_NETWORK),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "UpdateL2Network",
+        method: Method::Put,
+        path: "/l2-networks/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&L2_NETWORK),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update(a, m))),
+    },
+    ApiDef {
+        name: "DeleteL2Network",
+        method: Method::Delete,
+        path: "/l2-networks/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&L2_NETWORK).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(delete(a, m))),
+    },
+    ApiDef {
+        name: "AttachL2NetworkToCluster",
+        method: Method::Post,
+        path: "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}",
+        optional_paths: &[],
+        body: Body::Key("null"),
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("l2NetworkUuid").required().resource(&L2_NETWORK),
+            Param::str("clusterUuid").required().resource(&super::cluster::CLUSTER),
+            Param::str("l2ProviderType").values(&["LinuxBridge"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(attach(a, m))),
+    },
+    ApiDef {
+        name: "DetachL2NetworkFromCluster",
+        method: Method::Delete,
+        path: "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("l2NetworkUuid").required().resource(&L2_NETWORK),
+            Param::str("clusterUuid").required().resource(&super::cluster::CLUSTER),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(detach(a, m))),
+    },
+];
