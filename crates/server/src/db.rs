@@ -143,6 +143,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_storage.sql")),
     (4, include_str!("migrations/0004_network.sql")),
     (5, include_str!("migrations/0005_config.sql")),
+    (6, include_str!("migrations/0006_vm.sql")),
 ];
 
 impl Db {

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod query;
 pub mod resources;
 pub mod rest;
+pub mod saga;
 pub mod routes;
 pub mod tags;
 pub mod util;
@@ -154,6 +155,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let app = build(config).await?;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     mn::join(&app).await?;
+    saga::recover(&app).await?;
     let resumed = jobs::recover(&app).await?;
     background(app.clone());
     tracing::info!(

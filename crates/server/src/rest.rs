@@ -275,6 +275,7 @@ pub fn all_apis() -> Vec<&'static ApiDef> {
         ssh_key::APIS,
         tag::APIS,
         global_config::APIS,
+        vm::APIS,
     ];
     tables.iter().flat_map(|t| t.iter()).collect()
 }

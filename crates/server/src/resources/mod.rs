@@ -12,6 +12,7 @@ pub mod offering;
 pub mod primary_storage;
 pub mod ssh_key;
 pub mod tag;
+pub mod vm;
 pub mod volume;
 pub mod zone;
 

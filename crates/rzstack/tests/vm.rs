@@ -1,0 +1,465 @@
+//! VMs through the public API: CreateVmInstance on simulator hosts (strategies, allocation,
+//! failures that leave nothing behind, the saga's fault hook), QueryVmInstance.
+mod common;
+
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+use std::process::Command;
+
+const GB: i64 = 1 << 30;
+const MB: i64 = 1 << 20;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_string()
+}
+
+struct Topo {
+    zone: String,
+    cluster: String,
+    hosts: Vec<String>,
+    ps: String,
+    image: String,
+    offering: String,
+    _dir: tempfile::TempDir,
+}
+
+/// zone, a Simulator cluster with `hosts` simulator hosts (4 CPUs, 8 GiB each), a simulator
+/// primary storage (100 GiB) attached, a simulator backup storage in the zone with a 64 MiB
+/// qcow2 image, an instance offering (1 CPU, 1 GiB; LeastVmPreferred by default).
+async fn topology(srv: &Server, hosts: usize) -> Topo {
+    let zone = s(&srv.create_zone("z").await["uuid"]);
+    let cluster = s(&srv
+        .ok(
+            "POST",
+            "/clusters",
+            Some(json!({"params": {"name": "c", "zoneUuid": zone, "hypervisorType": "Simulator"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let mut hs = Vec::new();
+    for i in 0..hosts {
+        let h = srv
+            .ok(
+                "POST",
+                "/hosts/simulators",
+                Some(json!({"params": {"name": format!("h{i}"), "managementIp": format!("10.0.0.{}", i + 1),
+                    "clusterUuid": cluster, "cpuCapacity": 4, "memoryCapacity": 8 * GB}})),
+            )
+            .await;
+        hs.push(s(&h["inventory"]["uuid"]));
+    }
+    let ps = s(&srv
+        .ok(
+            "POST",
+            "/primary-storage/simulators",
+            Some(json!({"params": {"name": "ps", "url": "/sim-ps", "zoneUuid": zone,
+                "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
+    let bs = s(&srv
+        .ok(
+            "POST",
+            "/backup-storage/simulators",
+            Some(json!({"params": {"name": "bs", "url": "/sim-bs", "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
+    let dir = tempfile::Builder::new().prefix("rzvm").tempdir().expect("tempdir");
+    let qcow = dir.path().join("t.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "64M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let image = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "img", "url": format!("file://{}", qcow.display()), "format": "qcow2",
+                "backupStorageUuids": [bs], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let offering = s(&srv
+        .ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}})))
+        .await["inventory"]["uuid"]);
+    Topo { zone, cluster, hosts: hs, ps, image, offering, _dir: dir }
+}
+
+/// What allocation touches: (per-host available cpu/memory, PS available capacity).
+async fn usage(srv: &Server, t: &Topo) -> (Vec<(i64, i64)>, i64) {
+    let mut h = Vec::new();
+    for u in &t.hosts {
+        let inv = &srv.query(&format!("/hosts/{u}")).await[0];
+        h.push((inv["availableCpuCapacity"].as_i64().unwrap(), inv["availableMemoryCapacity"].as_i64().unwrap()));
+    }
+    let ps = srv.query(&format!("/primary-storage/{}", t.ps)).await[0]["availableCapacity"].as_i64().unwrap();
+    (h, ps)
+}
+
+/// Rows a VM creation may leave: VMs, volumes, NICs.
+async fn rows(srv: &Server) -> (usize, usize, usize) {
+    (
+        srv.query("/vm-instances").await.len(),
+        srv.query("/volumes").await.len(),
+        srv.query("/vm-instances/nics").await.len(),
+    )
+}
+
+fn create(t: &Topo, extra: Value) -> Value {
+    let mut p =
+        json!({"name": "vm1", "instanceOfferingUuid": t.offering, "imageUuid": t.image, "clusterUuid": t.cluster});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            p.as_object_mut().unwrap().remove(k);
+        } else {
+            p[k] = v.clone();
+        }
+    }
+    json!({"params": p})
+}
+
+#[tokio::test]
+async fn create_instant_start_inventory() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let before = usage(&srv, &t).await;
+    let r = srv
+        .job("POST", "/vm-instances", Some(create(&t, json!({"description": "web", "dataDiskSizes": [GB, 2 * GB]}))))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let vm = &r.body["inventory"];
+    let u = s(&vm["uuid"]);
+    assert_eq!(u.len(), 32);
+    assert_eq!(r.body["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+    assert_eq!(vm["name"], "vm1");
+    assert_eq!(vm["description"], "web");
+    assert_eq!(vm["zoneUuid"], t.zone.as_str());
+    assert_eq!(vm["clusterUuid"], t.cluster.as_str());
+    assert_eq!(vm["imageUuid"], t.image.as_str());
+    assert_eq!(vm["hostUuid"], t.hosts[0].as_str());
+    assert_eq!(vm["lastHostUuid"], t.hosts[0].as_str());
+    assert_eq!(vm["instanceOfferingUuid"], t.offering.as_str());
+    assert_eq!(vm["platform"], "Linux");
+    assert_eq!(vm["guestOsType"], "Ubuntu");
+    assert_eq!(vm["architecture"], "x86_64");
+    assert_eq!(vm["type"], "UserVm");
+    assert_eq!(vm["hypervisorType"], "Simulator");
+    assert_eq!(vm["cpuNum"], 1);
+    assert_eq!(vm["cpuSpeed"], 0);
+    assert_eq!(vm["memorySize"], GB);
+    assert!(vm.get("reservedMemorySize").is_none(), "omitted when 0: {vm}");
+    assert_eq!(vm["allocatorStrategy"], "LeastVmPreferredHostAllocatorStrategy");
+    assert_eq!(vm["state"], "Running");
+    assert!(vm["internalId"].as_i64().unwrap() >= 1);
+    assert!(s(&vm["createDate"]).ends_with('M'));
+    assert!(s(&vm["lastOpDate"]).ends_with('M'));
+    assert!(vm.get("defaultL3NetworkUuid").is_none());
+    assert_eq!(vm["vmNics"], json!([]));
+
+    // volumes: root from the image, two data volumes, all on the PS, rows of /volumes
+    let vols = vm["allVolumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 3);
+    let root = vols.iter().find(|v| v["type"] == "Root").unwrap();
+    assert_eq!(vm["rootVolumeUuid"], root["uuid"]);
+    assert_eq!(root["name"], "ROOT-for-vm1");
+    assert_eq!(root["size"], 64 * MB);
+    assert_eq!(root["rootImageUuid"], t.image.as_str());
+    assert_eq!(root["deviceId"], 0);
+    assert_eq!(root["vmInstanceUuid"], u.as_str());
+    assert_eq!(root["primaryStorageUuid"], t.ps.as_str());
+    assert_eq!(root["format"], "qcow2");
+    assert_eq!(root["state"], "Enabled");
+    assert_eq!(root["status"], "Ready");
+    assert_eq!(root["isShareable"], false);
+    let rp = s(&root["installPath"]);
+    assert!(
+        rp.starts_with("/sim-ps/rootVolumes/acct-") && rp.ends_with(&format!("/vol-{0}/{0}.qcow2", s(&root["uuid"]))),
+        "{rp}"
+    );
+    let mut data: Vec<&Value> = vols.iter().filter(|v| v["type"] == "Data").collect();
+    data.sort_by_key(|v| v["deviceId"].as_i64());
+    assert_eq!(data[0]["size"], GB);
+    assert_eq!(data[0]["deviceId"], 1);
+    assert_eq!(data[1]["size"], 2 * GB);
+    assert_eq!(data[1]["deviceId"], 2);
+    assert_eq!(data[0]["name"], "DATA-for-vm1");
+    assert_eq!(srv.query(&format!("/volumes?q=vmInstanceUuid={u}")).await.len(), 3);
+
+    // one empty CD-ROM
+    let cd = &vm["vmCdRoms"][0];
+    assert_eq!(vm["vmCdRoms"].as_array().unwrap().len(), 1);
+    assert_eq!(cd["deviceId"], 0);
+    assert_eq!(cd["name"], format!("vm-{u}-cdRom"));
+    assert!(cd.get("isoUuid").is_none());
+
+    // capacity taken: 1 CPU, 1 GiB on the host; 64 MiB + 3 GiB on the PS
+    let after = usage(&srv, &t).await;
+    assert_eq!(after.0[0], (before.0[0].0 - 1, before.0[0].1 - GB));
+    assert_eq!(after.1, before.1 - 64 * MB - 3 * GB);
+
+    // query, by uuid and by nested fields
+    let q = srv.query(&format!("/vm-instances/{u}")).await;
+    assert_eq!(q[0]["state"], "Running");
+    assert_eq!(srv.query(&format!("/vm-instances?q=allVolumes.primaryStorageUuid={}", t.ps)).await.len(), 1);
+    assert_eq!(srv.query("/vm-instances?q=state=Stopped").await.len(), 0);
+}
+
+#[tokio::test]
+async fn strategies_create_stopped_and_just_create() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let before = usage(&srv, &t).await;
+
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"strategy": "CreateStopped"})))).await["inventory"]
+        .clone();
+    assert_eq!(vm["state"], "Stopped");
+    assert!(vm.get("hostUuid").is_none());
+    assert_eq!(vm["lastHostUuid"], t.hosts[0].as_str());
+    assert_eq!(vm["allVolumes"].as_array().unwrap().len(), 1);
+    // a stopped VM holds no host capacity, its volume holds PS capacity
+    let after = usage(&srv, &t).await;
+    assert_eq!(after.0, before.0);
+    assert_eq!(after.1, before.1 - 64 * MB);
+
+    let vm = srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "later", "strategy": "JustCreate"}))))
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm["state"], "Created");
+    assert_eq!(vm["clusterUuid"], t.cluster.as_str());
+    assert_eq!(vm["zoneUuid"], t.zone.as_str());
+    for absent in ["hostUuid", "lastHostUuid", "rootVolumeUuid", "hypervisorType"] {
+        assert!(vm.get(absent).is_none(), "{absent} in {vm}");
+    }
+    assert_eq!(vm["vmNics"], json!([]));
+    assert_eq!(vm["allVolumes"], json!([]));
+    assert_eq!(usage(&srv, &t).await, after, "JustCreate allocates nothing");
+
+    // CPU/memory without an offering: Designated strategy; resourceUuid is the uuid
+    let ru = "0123456789ab4def8123456789abcdef";
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"instanceOfferingUuid": null, "cpuNum": 2, "memorySize": 2 * GB, "reservedMemorySize": GB, "resourceUuid": ru}))),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm["uuid"], ru);
+    assert_eq!(vm["cpuNum"], 2);
+    assert_eq!(vm["reservedMemorySize"], GB);
+    assert_eq!(vm["allocatorStrategy"], "DesignatedHostAllocatorStrategy");
+    assert!(vm.get("instanceOfferingUuid").is_none());
+}
+
+#[tokio::test]
+async fn host_allocation_strategies_and_designation() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    // LeastVmPreferred: the second VM goes to the other host
+    let a =
+        srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "a"})))).await["inventory"]["hostUuid"].clone();
+    let b =
+        srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "b"})))).await["inventory"]["hostUuid"].clone();
+    assert_ne!(a, b);
+    // designated host wins over cluster and zone
+    for _ in 0..2 {
+        let vm = srv
+            .ok("POST", "/vm-instances", Some(create(&t, json!({"hostUuid": t.hosts[1], "zoneUuid": t.zone}))))
+            .await["inventory"]
+            .clone();
+        assert_eq!(vm["hostUuid"], t.hosts[1].as_str());
+        assert_eq!(vm["allocatorStrategy"], "DesignatedHostAllocatorStrategy");
+    }
+    // the zone alone is enough
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"clusterUuid": null, "zoneUuid": t.zone})))).await;
+    assert_eq!(vm["inventory"]["clusterUuid"], t.cluster.as_str());
+    // a Default-strategy offering
+    let off = s(&srv
+        .ok(
+            "POST",
+            "/instance-offerings",
+            Some(json!({"params": {"name": "d", "cpuNum": 1, "memorySize": GB, "allocatorStrategy": "DefaultHostAllocatorStrategy"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"instanceOfferingUuid": off})))).await;
+    assert_eq!(vm["inventory"]["allocatorStrategy"], "DefaultHostAllocatorStrategy");
+    assert_eq!(srv.query("/vm-instances?q=state=Running").await.len(), 6);
+    // a disabled designated host is refused by the interceptor
+    srv.ok(
+        "PUT",
+        &format!("/hosts/{}/actions", t.hosts[0]),
+        Some(json!({"changeHostState": {"stateEvent": "disable"}})),
+    )
+    .await;
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"hostUuid": t.hosts[0]})))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("host[uuid:{}] is specified but it's Disabled, can not create vm from it", t.hosts[0]),
+    );
+}
+
+#[tokio::test]
+async fn interceptor_checks_leave_nothing() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let cases: Vec<(Value, &str, String)> = vec![
+        (json!({"instanceOfferingUuid": null}), "SYS.1006", "Missing CPU/memory settings".into()),
+        (json!({"instanceOfferingUuid": null, "cpuNum": 0, "memorySize": GB}), "SYS.1006", "Unexpected CPU/memory settings".into()),
+        (
+            json!({"instanceOfferingUuid": null, "cpuNum": 1, "memorySize": GB, "reservedMemorySize": 2 * GB}),
+            "SYS.1006",
+            format!("reserved memory[{}] is greater than memory size[{}]", 2 * GB, GB),
+        ),
+        (
+            json!({"clusterUuid": null}),
+            "SYS.1006",
+            "could not create vm, because at least one of field (l3NetworkUuids,zoneUuid,clusterUuid,hostUuid) should be set".into(),
+        ),
+        (
+            json!({"imageUuid": null}),
+            "SYS.1007",
+            "when imageUuid is null, [platform] is required".into(),
+        ),
+        (json!({"dataDiskSizes": [0]}), "SYS.1006", "Unexpected data disk settings. dataDiskSizes need to be greater than 0".into()),
+        (json!({"strategy": "CreatedPaused"}), "SYS.1007", "CreatedPaused".into()),
+        (json!({"imageUuid": "0123456789abcdef0123456789abcdef"}), "SYS.1003", "type:ImageVO] not found".into()),
+        (json!({"diskAOs": [{"boot": true}]}), "SYS.1007", "parameter[diskAOs] of CreateVmInstance is not supported".into()),
+    ];
+    for (extra, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra.clone()))).await;
+        assert_error(&e, code, &text);
+    }
+    // a disabled offering
+    srv.ok(
+        "PUT",
+        &format!("/instance-offerings/{}/actions", t.offering),
+        Some(json!({"changeInstanceOfferingState": {"stateEvent": "disable"}})),
+    )
+    .await;
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({})))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("instance offering[uuid:{}] is Disabled, can't create vm from it", t.offering),
+    );
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+}
+
+#[tokio::test]
+async fn no_capacity_is_a_host_allocation_error_and_leaves_nothing() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    // 9 GiB fits no 8 GiB host
+    let e = srv
+        .fails(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"instanceOfferingUuid": null, "cpuNum": 1, "memorySize": 9 * GB}))),
+        )
+        .await;
+    assert_error(&e, "SYS.1006", &format!("no host having cpu[1], memory[{} bytes] found", 9 * GB));
+    assert_error(&e["cause"], "HOST_ALLOCATION.1000", "no host having cpu[1]");
+    // the disk does not fit the primary storage
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"dataDiskSizes": [200 * GB]})))).await;
+    assert_error(&e, "SYS.1006", "cannot find available primary storage");
+    assert_eq!(e["cause"]["code"], "HOST_ALLOCATION.1000");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+    // fill both hosts (4 CPUs x 10 over-provisioning = 40 each; 8 GiB = 8 x 1 GiB VMs each)
+    for i in 0..16 {
+        srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": format!("f{i}")})))).await;
+    }
+    let full = (usage(&srv, &t).await, rows(&srv).await);
+    assert_eq!(full.0 .0, vec![(39 - 7, 0), (39 - 7, 0)]);
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({})))).await;
+    assert_eq!(e["cause"]["code"], "HOST_ALLOCATION.1000");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), full);
+}
+
+/// The fault hook fails each saga step in turn (undos then run twice): nothing is left.
+#[tokio::test]
+async fn every_saga_step_failure_is_undone() {
+    let steps = [
+        "create-vm-record",
+        "allocate-host",
+        "allocate-primary-storage",
+        "create-volumes",
+        "create-cdrom",
+        "instantiate-on-host",
+        "finish",
+    ];
+    for step in steps {
+        let srv = Server::start_with_env(vec![("RZSTACK_TEST_FAIL_STEP".into(), step.into())]).await;
+        let t = topology(&srv, 1).await;
+        let before = (usage(&srv, &t).await, rows(&srv).await);
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"dataDiskSizes": [GB]})))).await;
+        assert_error(&e, "SYS.1006", &format!("test fault injected at saga step[{step}]"));
+        assert_eq!(e["cause"]["code"], "SYS.1006", "{e}");
+        assert_eq!((usage(&srv, &t).await, rows(&srv).await), before, "after a failure at {step}");
+        // the same resourceUuid can be used again: the failed VM left no row
+        assert_eq!(srv.query("/vm-instances").await.len(), 0);
+    }
+}
+
+#[tokio::test]
+async fn crash_mid_saga_is_unwound_at_restart() {
+    let mut srv = Server::start_with_env(vec![("RZSTACK_TEST_CRASH_AFTER_STEP".into(), "create-volumes".into())]).await;
+    let t = topology(&srv, 1).await;
+    let before = usage(&srv, &t).await;
+    let r = srv.request("POST", "/vm-instances", Some(create(&t, json!({}))), Some(&srv.session.clone()), &[]).await;
+    assert_eq!(r.status, 202);
+    let job = s(&r.body["location"]).rsplit('/').next().unwrap().to_string();
+    let loc = format!("/api-jobs/{job}");
+    // the process ends right after the volumes step commits
+    let mut gone = false;
+    for _ in 0..400 {
+        if srv.http.get(format!("{}/management-nodes/ready", srv.base)).send().await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the crash hook did not stop the server");
+    srv.extra_env.clear();
+    srv.restart().await;
+    // the replayed job unwinds the half-done saga and creates the VM again
+    let done = srv.poll(&loc).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.body["inventory"]["state"], "Running");
+    assert_eq!(srv.query("/vm-instances").await.len(), 1);
+    assert_eq!(srv.query("/volumes").await.len(), 1);
+    let after = usage(&srv, &t).await;
+    assert_eq!(after.0[0], (before.0[0].0 - 1, before.0[0].1 - GB), "host capacity taken once");
+    assert_eq!(after.1, before.1 - 64 * MB, "PS capacity taken once");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_overcommit() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let mut tasks = Vec::new();
+    let srv = std::sync::Arc::new(srv);
+    for i in 0..24 {
+        let srv = srv.clone();
+        let body = create(&t, json!({"name": format!("c{i}")}));
+        tasks.push(tokio::spawn(async move { srv.job("POST", "/vm-instances", Some(body)).await }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(r.body["error"]["cause"]["code"], "HOST_ALLOCATION.1000", "{}", r.text);
+        }
+    }
+    // 2 hosts x 8 GiB / 1 GiB per VM
+    assert_eq!(ok, 16);
+    let (h, ps) = usage(&srv, &t).await;
+    assert_eq!(h, vec![(32, 0), (32, 0)]);
+    assert_eq!(ps, 100 * GB - 16 * 64 * MB);
+    assert_eq!(srv.query("/vm-instances").await.len(), 16);
+}
