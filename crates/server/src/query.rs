@@ -329,6 +329,20 @@ impl SqlBuilder<'_> {
         if name == "__systemTag__" || name == "__userTag__" {
             let table = if name == "__systemTag__" { "system_tag" } else { "user_tag" };
             let f = Field { name: "tag", col: "tag", ty: FType::Str };
+            // Upstream (TagZQLExtension): a negative operator selects the resources that do
+            // NOT have a matching tag, i.e. NOT IN over the positive operator.
+            let positive = match c.op {
+                Op::Ne => Some(Op::Eq),
+                Op::NotIn => Some(Op::In),
+                Op::NotLike => Some(Op::Like),
+                _ => None,
+            };
+            if let Some(op) = positive {
+                let inner = self.leaf(def, "tg", &f, &Cond { op, ..c.clone() })?;
+                return Ok(format!(
+                    "{alias}.uuid NOT IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"
+                ));
+            }
             let inner = self.leaf(def, "tg", &f, c)?;
             return Ok(format!(
                 "{alias}.uuid IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"

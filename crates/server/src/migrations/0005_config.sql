@@ -60,4 +60,24 @@ CREATE TABLE user_tag (
 );
 CREATE INDEX user_tag_resource ON user_tag (resource_uuid);
 CREATE INDEX user_tag_tag ON user_tag (tag);
-CREATE INDEX user_tag_create ON user_tag (create_date)
+CREATE INDEX user_tag_create ON user_tag (create_date);
+
+-- SSH key pairs and the resources (VMs) they are attached to.
+CREATE TABLE ssh_key_pair (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT,
+    public_key TEXT NOT NULL,
+    create_date BIGINT NOT NULL,
+    last_op_date BIGINT NOT NULL
+);
+CREATE INDEX ssh_key_pair_create ON ssh_key_pair (create_date);
+
+CREATE TABLE ssh_key_pair_ref (
+    ssh_key_pair_uuid TEXT NOT NULL,
+    resource_uuid TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    create_date BIGINT NOT NULL,
+    PRIMARY KEY (ssh_key_pair_uuid, resource_uuid)
+);
+CREATE INDEX ssh_key_pair_ref_resource ON ssh_key_pair_ref (resource_uuid)
