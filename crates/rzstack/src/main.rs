@@ -1,4 +1,4 @@
-//! The `rzstack` binary: `rzstack serve` runs a management node.
+//! The `rzstack` binary: `rzstack serve` runs a management node, `rzstack agent` a host agent.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,6 +24,26 @@ enum Command {
         /// Directory for the embedded database and node state.
         #[arg(long, env = "RZSTACK_DATA_DIR", default_value = "./rzstack-data")]
         data_dir: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "RZSTACK_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Run the host agent on a KVM host (the management node drives it over HTTP; README,
+    /// "Host agent").
+    Agent {
+        /// Address to listen on (use 0.0.0.0:7070 to be reachable from a remote management node).
+        #[arg(long, env = "RZSTACK_AGENT_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Directory for the agent's state (its token file, the host uuid).
+        #[arg(long, env = "RZSTACK_AGENT_DATA_DIR", default_value = "./rzstack-agent-data")]
+        data_dir: PathBuf,
+        /// QEMU accelerator: auto (KVM only where it really works), kvm or tcg.
+        #[arg(long, env = "RZSTACK_AGENT_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+        /// The shared secret callers must send as `Authorization: Bearer <token>` (default: the
+        /// data directory's `token` file, created at first start).
+        #[arg(long, env = "RZSTACK_AGENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Log as JSON lines instead of text.
         #[arg(long, env = "RZSTACK_LOG_JSON")]
         log_json: bool,
@@ -63,6 +83,31 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Agent { listen, data_dir, accel, token, log_json } => {
+            init_logs(log_json);
+            let accel = match accel.parse::<rzstack_agent::Accel>() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let config = rzstack_agent::Config { listen, data_dir, accel, token };
+            match rt.block_on(rzstack_agent::run(config, shutdown_signal())) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "host agent failed");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { listen, database, data_dir, log_json } => {
             init_logs(log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -3,93 +3,28 @@
 //! A host is driven through a [`HostAgent`]: `connect` returns the host's facts (CPU, memory,
 //! hypervisor version, architecture, accelerator), `ping` checks it is still there. Two
 //! implementations: [`SimulatorAgent`] (facts from AddSimulatorHost's capacities, always
-//! connected) and [`KvmAgentClient`] (JSON over HTTP to the agent on the host at
-//! `http://<managementIp>:7070`).
+//! connected) and [`KvmAgentClient`] (JSON over HTTP to `rzstack agent` on the host at
+//! `http://<managementIp>:7070`, authenticated with `Authorization: Bearer <token>` where the
+//! token is the host's AddKVMHost `password`).
 //!
-//! Protocol version 1. Every request and answer carries `version`; an agent answering with a
-//! different major version is refused. Endpoints (all `POST`, JSON bodies):
-//! - `/v1/host/connect`: [`ConnectCmd`] → [`ConnectRsp`] (carries [`HostFacts`])
-//! - `/v1/host/ping`: [`PingCmd`] → [`PingRsp`]
-//!
-//! An answer with `success: false` is a refusal whose `error` text is the reason.
+//! The wire types and the protocol version live in [`rzstack_api::agent`]; an agent answering
+//! with a different version is refused.
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use reqwest::StatusCode;
+use serde::Serialize;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The protocol version this management node speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The port the KVM agent listens on (upstream's kvmagent port).
-pub const KVM_AGENT_PORT: u16 = 7070;
+pub use rzstack_api::agent::{
+    ConnectCmd, ConnectRsp, ErrorRsp, HostFacts, PingCmd, PingRsp, DEFAULT_PORT as KVM_AGENT_PORT, PATH_CONNECT,
+    PATH_PING, PROTOCOL_VERSION,
+};
+
 /// How long to wait for a TCP connection to an agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for an agent's whole answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectCmd {
-    pub version: u32,
-    pub host_uuid: String,
-    /// The management node's uuid (the agent reports back to it in later versions).
-    pub management_node_uuid: String,
-}
-
-/// What a host is, as its agent reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct HostFacts {
-    pub cpu_num: i64,
-    pub cpu_sockets: i64,
-    pub cpu_model_name: String,
-    /// Total memory in bytes.
-    pub memory_bytes: i64,
-    /// e.g. `KVM`
-    pub hypervisor_type: String,
-    /// e.g. the QEMU version `8.2.2`
-    pub hypervisor_version: String,
-    /// e.g. `x86_64`, `aarch64`
-    pub architecture: String,
-    /// `kvm` (hardware virtualization) or `tcg` (emulation)
-    pub accelerator: String,
-    #[serde(default)]
-    pub os_distribution: Option<String>,
-    #[serde(default)]
-    pub os_release: Option<String>,
-    #[serde(default)]
-    pub os_version: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectRsp {
-    pub version: u32,
-    pub success: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub facts: Option<HostFacts>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PingCmd {
-    pub version: u32,
-    pub host_uuid: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PingRsp {
-    pub version: u32,
-    pub success: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The host uuid the agent believes it serves (a mismatch means another MN took it).
-    #[serde(default)]
-    pub host_uuid: Option<String>,
-}
 
 /// Why an agent call failed; the text is the reason shown to users.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -149,9 +84,17 @@ impl HostAgent for SimulatorAgent {
 }
 
 /// The HTTP client for the KVM agent on a host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KvmAgentClient {
     pub base: String,
+    /// The shared secret sent as `Authorization: Bearer <token>`.
+    token: String,
+}
+
+impl std::fmt::Debug for KvmAgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmAgentClient").field("base", &self.base).finish_non_exhaustive()
+    }
 }
 
 fn client() -> Result<&'static reqwest::Client, AgentError> {
@@ -173,20 +116,33 @@ pub fn kvm_agent_port() -> u16 {
 }
 
 impl KvmAgentClient {
-    pub fn new(management_ip: &str) -> Self {
-        KvmAgentClient { base: format!("http://{management_ip}:{}", kvm_agent_port()) }
+    /// The agent of the host at `management_ip`, authenticated with `token` (the host's
+    /// AddKVMHost password).
+    pub fn new(management_ip: &str, token: &str) -> Self {
+        Self::with_base(format!("http://{management_ip}:{}", kvm_agent_port()), token)
+    }
+
+    pub fn with_base(base: String, token: &str) -> Self {
+        KvmAgentClient { base, token: token.to_string() }
     }
 
     async fn call<Q: Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &Q) -> Result<R, AgentError> {
         let url = format!("{}{path}", self.base);
-        let rsp = client()?.post(&url).json(body).send().await.map_err(|e| {
+        let rsp = client()?.post(&url).bearer_auth(&self.token).json(body).send().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "cannot be reached" };
             AgentError::Unreachable(format!("the host agent at {url} {what}: {}", error_chain(&e)))
         })?;
         let status = rsp.status();
         if !status.is_success() {
             let text = rsp.text().await.unwrap_or_default();
-            return Err(AgentError::BadReply(format!("the host agent at {url} answered HTTP {status}: {text}")));
+            let reason = serde_json::from_str::<ErrorRsp>(&text).map(|e| e.error).unwrap_or(text);
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(AgentError::Refused(format!(
+                    "the host agent at {url} refused the credentials (HTTP {status}): {reason}; the host's \
+                     password must be the agent's token"
+                )));
+            }
+            return Err(AgentError::BadReply(format!("the host agent at {url} answered HTTP {status}: {reason}")));
         }
         rsp.json::<R>()
             .await
@@ -225,7 +181,7 @@ impl HostAgent for KvmAgentClient {
 
     fn connect<'a>(&'a self, cmd: &'a ConnectCmd) -> BoxFuture<'a, Result<HostFacts, AgentError>> {
         Box::pin(async move {
-            let rsp: ConnectRsp = self.call("/v1/host/connect", cmd).await?;
+            let rsp: ConnectRsp = self.call(PATH_CONNECT, cmd).await?;
             check_version(rsp.version)?;
             if !rsp.success {
                 return Err(AgentError::Refused(rsp.error.unwrap_or_else(|| "the agent refused to connect".into())));
@@ -244,12 +200,18 @@ impl HostAgent for KvmAgentClient {
     fn ping<'a>(&'a self, host_uuid: &'a str) -> BoxFuture<'a, Result<(), AgentError>> {
         Box::pin(async move {
             let cmd = PingCmd { version: PROTOCOL_VERSION, host_uuid: host_uuid.to_string() };
-            let rsp: PingRsp = self.call("/v1/host/ping", &cmd).await?;
+            let rsp: PingRsp = self.call(PATH_PING, &cmd).await?;
             check_version(rsp.version)?;
             if !rsp.success {
                 return Err(AgentError::Refused(rsp.error.unwrap_or_else(|| "the agent refused the ping".into())));
             }
-            Ok(())
+            match rsp.host_uuid {
+                Some(served) if served != host_uuid => Err(AgentError::Refused(format!(
+                    "the host agent at {} serves host[uuid:{served}], not host[uuid:{host_uuid}]",
+                    self.base
+                ))),
+                _ => Ok(()),
+            }
         })
     }
 }
@@ -258,26 +220,18 @@ impl HostAgent for KvmAgentClient {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wire_names() {
-        let f = HostFacts { cpu_num: 4, memory_bytes: 8, architecture: "x86_64".into(), ..Default::default() };
-        let v = serde_json::to_value(&f).unwrap();
-        assert_eq!(v["cpuNum"], 4);
-        assert_eq!(v["memoryBytes"], 8);
-        assert_eq!(v["cpuModelName"], "");
-        let c = ConnectCmd { version: 1, host_uuid: "h".into(), management_node_uuid: "m".into() };
-        assert_eq!(
-            serde_json::to_value(&c).unwrap(),
-            serde_json::json!({"version": 1, "hostUuid": "h", "managementNodeUuid": "m"})
-        );
-    }
-
     #[tokio::test]
     async fn unreachable_agent_is_reported() {
-        let a = KvmAgentClient { base: "http://127.0.0.1:1".into() };
+        let a = KvmAgentClient::with_base("http://127.0.0.1:1".into(), "t");
         let cmd = ConnectCmd { version: 1, host_uuid: "h".into(), management_node_uuid: "m".into() };
         let e = a.connect(&cmd).await.unwrap_err();
         assert!(matches!(e, AgentError::Unreachable(_)), "{e:?}");
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let a = KvmAgentClient::with_base("http://h:7070".into(), "s3cret");
+        assert!(!format!("{a:?}").contains("s3cret"));
     }
 }

@@ -66,6 +66,8 @@ pub static HOST: ResourceDef = ResourceDef {
         field("osDistribution", "os_distribution", FType::Str),
         field("osRelease", "os_release", FType::Str),
         field("osVersion", "os_version", FType::Str),
+        // rzstack extension (no upstream field): the accelerator the host's QEMU uses, kvm or tcg.
+        field("accelerator", "accelerator", FType::Str),
         // SimulatorHostInventory
         field("memoryCapacity", "memory_capacity", FType::Int),
         field("cpuCapacity", "cpu_capacity", FType::Int),
@@ -245,7 +247,8 @@ async fn add_host(app: App, msg: Msg, kind: NewHost) -> Result<Reply> {
     }
 
     let facts = match &kind {
-        NewHost::Kvm { .. } => connect(&app, &KvmAgentClient::new(&ip), &uuid, &ip).await?,
+        // The agent's token is the host's password (README, "Host agent").
+        NewHost::Kvm { password, .. } => connect(&app, &KvmAgentClient::new(&ip, password), &uuid, &ip).await?,
         NewHost::Simulator { cpu_capacity, memory_capacity } => {
             let agent = SimulatorAgent {
                 cpu_capacity: *cpu_capacity,
@@ -352,13 +355,15 @@ struct Agentish {
     cpu_capacity: Option<i64>,
     memory_capacity: Option<i64>,
     architecture: Option<String>,
+    password: Option<String>,
 }
 
 async fn load_agentish(app: &App, uuid: &str) -> Result<Agentish> {
     let row = app
         .db
         .fetch_optional(
-            "SELECT hypervisor_type, management_ip, cpu_capacity, memory_capacity, architecture FROM host WHERE uuid = $1",
+            "SELECT hypervisor_type, management_ip, cpu_capacity, memory_capacity, architecture, password FROM host \
+             WHERE uuid = $1",
             &[Val::from(uuid)],
         )
         .await?
@@ -369,6 +374,7 @@ async fn load_agentish(app: &App, uuid: &str) -> Result<Agentish> {
         cpu_capacity: row.try_get(2)?,
         memory_capacity: row.try_get(3)?,
         architecture: row.try_get(4)?,
+        password: row.try_get(5)?,
     })
 }
 
@@ -390,7 +396,7 @@ async fn reconnect(app: &App, uuid: &str) -> Result<()> {
         };
         connect(app, &agent, uuid, &a.ip).await
     } else {
-        connect(app, &KvmAgentClient::new(&a.ip), uuid, &a.ip).await
+        connect(app, &KvmAgentClient::new(&a.ip, a.password.as_deref().unwrap_or_default()), uuid, &a.ip).await
     };
     let now = now_ms();
     match facts {
