@@ -156,6 +156,7 @@ async fn delete_cluster(app: App, msg: Msg) -> Result<Reply> {
 /// Delete one cluster and everything that hangs off it, inside `tx`.
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     super::host::delete_for_cluster(tx, uuid).await?;
+    super::l2::detach_cluster(tx, uuid).await?;
     // Primary storage stays; its attachment to the cluster goes (upstream detaches it).
     tx.execute("DELETE FROM primary_storage_cluster_ref WHERE cluster_uuid = $1", &[Val::from(uuid)]).await?;
     tx.execute("DELETE FROM cluster WHERE uuid = $1", &[Val::from(uuid)]).await?;

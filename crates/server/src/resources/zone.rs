@@ -132,11 +132,42 @@ async fn change_zone_state(app: App, msg: Msg) -> Result<Reply> {
 async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
-    super::cluster::delete_for_zone(&mut tx, &uuid).await?;
+    delete_children(&mut tx, &uuid).await?;
     tx.execute("DELETE FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
     Ok(Reply::empty())
+}
+
+/// The zone deletion cascade, as upstream: clusters (with their hosts and attachments), L2
+/// networks (with their L3s), the zone's primary storage, and the zone's backup-storage
+/// attachments (backup storage itself is not zone-scoped). Primary storage that still holds
+/// volumes stops the deletion.
+async fn delete_children(tx: &mut crate::db::WriteTx, uuid: &str) -> Result<()> {
+    super::cluster::delete_for_zone(tx, uuid).await?;
+    super::l2::delete_for_zone(tx, uuid).await?;
+    let busy = tx
+        .fetch_optional(
+            "SELECT p.uuid FROM primary_storage p WHERE p.zone_uuid = $1 AND EXISTS \
+             (SELECT 1 FROM volume v WHERE v.primary_storage_uuid = p.uuid AND v.status != 'Deleted')",
+            &[Val::from(uuid)],
+        )
+        .await?;
+    if let Some(row) = busy {
+        let ps: String = sqlx::Row::try_get(&row, 0)?;
+        return Err(Error::code(
+            rzstack_api::codes::SYS_1004,
+            format!("cannot delete zone[uuid:{uuid}]: its primary storage[uuid:{ps}] still has volumes"),
+        ));
+    }
+    let ps = tx.fetch_all("SELECT uuid FROM primary_storage WHERE zone_uuid = $1", &[Val::from(uuid)]).await?;
+    for row in ps {
+        let p: String = sqlx::Row::try_get(&row, 0)?;
+        super::disown(tx, &p).await?;
+    }
+    tx.execute("DELETE FROM primary_storage WHERE zone_uuid = $1", &[Val::from(uuid)]).await?;
+    tx.execute("DELETE FROM backup_storage_zone_ref WHERE zone_uuid = $1", &[Val::from(uuid)]).await?;
+    Ok(())
 }
 
 /// Upstream's zone name rule: letters, digits, CJK and `-_.():+"` and inner spaces; no
