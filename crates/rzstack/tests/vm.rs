@@ -85,6 +85,34 @@ async fn topology(srv: &Server, hosts: usize) -> Topo {
     Topo { zone, cluster, hosts: hs, ps, image, offering, _dir: dir }
 }
 
+/// An L2 NoVlan network attached to the cluster and an L3 on it with the range
+/// 192.168.10.`first`-`last` (gateway .1). Returns the L3 uuid.
+async fn network(srv: &Server, t: &Topo, name: &str, first: u8, last: u8) -> String {
+    let l2 = s(&srv
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": name, "zoneUuid": t.zone, "physicalInterface": format!("eth{first}")}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", t.cluster), None).await;
+    let l3 = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": name, "l2NetworkUuid": l2}}))).await
+        ["inventory"]["uuid"]);
+    srv.ok(
+        "POST",
+        &format!("/l3-networks/{l3}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": format!("192.168.10.{first}"), "endIp": format!("192.168.10.{last}"),
+            "netmask": "255.255.255.0", "gateway": "192.168.10.1"}})),
+    )
+    .await;
+    l3
+}
+
+/// Used IPs of the VMs (all L3s).
+async fn used_ips(srv: &Server) -> usize {
+    srv.query("/vm-instances/nics").await.iter().map(|n| n["usedIps"].as_array().map(|a| a.len()).unwrap_or(0)).sum()
+}
+
 /// What allocation touches: (per-host available cpu/memory, PS available capacity).
 async fn usage(srv: &Server, t: &Topo) -> (Vec<(i64, i64)>, i64) {
     let mut h = Vec::new();
@@ -202,6 +230,117 @@ async fn create_instant_start_inventory() {
     assert_eq!(q[0]["state"], "Running");
     assert_eq!(srv.query(&format!("/vm-instances?q=allVolumes.primaryStorageUuid={}", t.ps)).await.len(), 1);
     assert_eq!(srv.query("/vm-instances?q=state=Stopped").await.len(), 0);
+}
+
+#[tokio::test]
+async fn nics_with_ips_and_macs() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3a = network(&srv, &t, "a", 10, 20).await;
+    let l3b = network(&srv, &t, "b", 30, 40).await;
+    let r = srv
+        .job(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"clusterUuid": null, "l3NetworkUuids": [l3a, l3b], "defaultL3NetworkUuid": l3b}))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let vm = &r.body["inventory"];
+    let u = s(&vm["uuid"]);
+    assert_eq!(vm["defaultL3NetworkUuid"], l3b.as_str());
+    assert_eq!(vm["zoneUuid"], t.zone.as_str());
+    let nics = vm["vmNics"].as_array().unwrap();
+    assert_eq!(nics.len(), 2);
+    let internal = vm["internalId"].as_i64().unwrap();
+    for (i, (nic, l3)) in nics.iter().zip([&l3a, &l3b]).enumerate() {
+        assert_eq!(nic["deviceId"], i as i64);
+        assert_eq!(nic["l3NetworkUuid"], l3.as_str());
+        assert_eq!(nic["vmInstanceUuid"], u.as_str());
+        let mac = s(&nic["mac"]);
+        assert!(mac.starts_with("fa:") && mac.ends_with(&format!(":0{i}")) && mac.len() == 17, "{mac}");
+        assert_eq!(nic["internalName"], format!("vnic{internal}.{i}"));
+        assert_eq!(nic["type"], "VNIC");
+        assert_eq!(nic["state"], "enable");
+        assert_eq!(nic["hypervisorType"], "Simulator");
+        assert_eq!(nic["netmask"], "255.255.255.0");
+        assert_eq!(nic["gateway"], "192.168.10.1");
+        assert_eq!(nic["ipVersion"], 4);
+        let ip = s(&nic["ip"]);
+        let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(if i == 0 { (10..=20).contains(&last) } else { (30..=40).contains(&last) }, "{ip}");
+        let used = &nic["usedIps"][0];
+        assert_eq!(nic["usedIpUuid"], used["uuid"]);
+        assert_eq!(used["ip"], ip.as_str());
+        assert_eq!(used["ipInLong"], (192i64 << 24) + (168 << 16) + (10 << 8) + last as i64);
+        assert_eq!(used["vmNicUuid"], nic["uuid"]);
+        assert_eq!(used["l3NetworkUuid"], l3.as_str());
+    }
+    // nested query
+    let ip0 = s(&nics[0]["ip"]);
+    assert_eq!(srv.query(&format!("/vm-instances?q=vmNics.ip={ip0}")).await.len(), 1);
+    assert_eq!(srv.query(&format!("/vm-instances/nics?q=l3NetworkUuid={l3a}")).await.len(), 1);
+
+    // checks on L3 networks
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a, l3b]})))).await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        "there are more than one L3 network specified in l3NetworkUuids, but defaultL3NetworkUuid is null",
+    );
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a, l3a]})))).await;
+    assert_error(&e, "SYS.1006", &format!("Can't add same uuid in the l3Network,uuid: {l3a}"));
+    let e = srv
+        .fails(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"l3NetworkUuids": [l3a, l3b], "defaultL3NetworkUuid": "0123456789ab4def8123456789abcdef"}),
+            )),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        "defaultL3NetworkUuid[uuid:0123456789ab4def8123456789abcdef] is not in l3NetworkUuids",
+    );
+    assert_eq!(srv.query("/vm-instances").await.len(), 1);
+}
+
+#[tokio::test]
+async fn ip_exhaustion_is_an_l3_error_and_concurrent_creates_never_share() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "small", 10, 19).await; // 10 addresses
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let mut tasks = Vec::new();
+    for i in 0..14 {
+        let srv = srv.clone();
+        let body = create(&t, json!({"name": format!("n{i}"), "l3NetworkUuids": [l3]}));
+        tasks.push(tokio::spawn(async move { srv.job("POST", "/vm-instances", Some(body)).await }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ok += 1;
+        } else {
+            assert_error(&r.body["error"]["cause"], "L3.1000", "no ip is available in this l3Network[name:small");
+        }
+    }
+    assert_eq!(ok, 10);
+    let nics = srv.query("/vm-instances/nics").await;
+    let ips: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["ip"])).collect();
+    let macs: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["mac"])).collect();
+    assert_eq!((nics.len(), ips.len(), macs.len()), (10, 10, 10));
+    assert_eq!(used_ips(&srv).await, 10);
+    // the 4 failures left nothing: exactly 10 VMs' worth of capacity is in use
+    let (h, ps) = usage(&srv, &t).await;
+    let cpu_used: i64 = before.0 .0.iter().zip(&h).map(|(b, a)| b.0 - a.0).sum();
+    assert_eq!(cpu_used, 10);
+    assert_eq!(ps, before.0 .1 - 10 * 64 * MB);
+    assert_eq!(rows(&srv).await, (10, 10, 10));
 }
 
 #[tokio::test]
@@ -387,6 +526,7 @@ async fn every_saga_step_failure_is_undone() {
         "allocate-host",
         "allocate-primary-storage",
         "create-volumes",
+        "allocate-nics",
         "create-cdrom",
         "instantiate-on-host",
         "finish",
@@ -394,11 +534,18 @@ async fn every_saga_step_failure_is_undone() {
     for step in steps {
         let srv = Server::start_with_env(vec![("RZSTACK_TEST_FAIL_STEP".into(), step.into())]).await;
         let t = topology(&srv, 1).await;
+        let l3 = network(&srv, &t, "n", 10, 20).await;
         let before = (usage(&srv, &t).await, rows(&srv).await);
-        let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"dataDiskSizes": [GB]})))).await;
+        let e = srv
+            .fails("POST", "/vm-instances", Some(create(&t, json!({"dataDiskSizes": [GB], "l3NetworkUuids": [l3]}))))
+            .await;
         assert_error(&e, "SYS.1006", &format!("test fault injected at saga step[{step}]"));
         assert_eq!(e["cause"]["code"], "SYS.1006", "{e}");
         assert_eq!((usage(&srv, &t).await, rows(&srv).await), before, "after a failure at {step}");
+        assert_eq!(used_ips(&srv).await, 0);
+        let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
+        assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
+        assert_eq!(cap.body["availableCapacity"], 11, "{}", cap.text);
         // the same resourceUuid can be used again: the failed VM left no row
         assert_eq!(srv.query("/vm-instances").await.len(), 0);
     }

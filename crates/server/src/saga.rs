@@ -83,6 +83,11 @@ where
                     ],
                 )
                 .await?;
+            } else {
+                // A write first: the transaction holds the write lock from its start, so a
+                // step's reads never need upgrading to a write (SQLite).
+                tx.execute("UPDATE saga SET last_op_date = $1 WHERE id = $2", &[Val::I(now), Val::from(id.as_str())])
+                    .await?;
             }
             (step.run)(app, &mut tx, &mut ctx).await?;
             tx.execute(
@@ -119,6 +124,7 @@ where
     for i in (0..done.min(def.steps.len())).rev() {
         let step = &def.steps[i];
         let mut tx = app.db.begin_write().await?;
+        tx.execute("UPDATE saga SET state = 'unwinding' WHERE id = $1", &[Val::from(id)]).await?;
         let before = ctx.clone();
         (step.undo)(app, &mut tx, &mut ctx).await?;
         if twice {

@@ -37,6 +37,32 @@ pub const PS_1000: Code = Code {
 };
 pub const HOST_1005: Code = Code { code: "HOST.1005", description: "Failed to start vm on hypervisor" };
 
+pub static USED_IP: ResourceDef = ResourceDef {
+    inventory: "UsedIpInventory",
+    vo: "UsedIpVO",
+    class: "org.zstack.header.network.l3.UsedIpInventory",
+    table: "used_ip",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("ipRangeUuid", "ip_range_uuid", FType::Str),
+        field("l3NetworkUuid", "l3_network_uuid", FType::Str),
+        field("ipVersion", "ip_version", FType::Int),
+        field("ip", "ip", FType::Str),
+        field("netmask", "netmask", FType::Str),
+        field("gateway", "gateway", FType::Str),
+        field("usedFor", "used_for", FType::Str),
+        field("metaData", "meta_data", FType::Str),
+        field("ipInLong", "ip_in_long", FType::Int),
+        field("vmNicUuid", "vm_nic_uuid", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.ip_in_long, t.uuid",
+    tag_type: None,
+};
+
 pub static VM_NIC: ResourceDef = ResourceDef {
     inventory: "VmNicInventory",
     vo: "VmNicVO",
@@ -62,7 +88,7 @@ pub static VM_NIC: ResourceDef = ResourceDef {
         field("createDate", "create_date", FType::Date),
         field("lastOpDate", "last_op_date", FType::Date),
     ],
-    children: &[],
+    children: &[Child { name: "usedIps", def: &USED_IP, fk: "vm_nic_uuid", pk: "uuid", many: true }],
     class_of: None,
     order: "t.device_id, t.uuid",
     tag_type: Some("VmNicVO"),
@@ -219,12 +245,6 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             )));
         }
     }
-    if !req.l3_network_uuids.is_empty() || req.default_l3_network_uuid.is_some() {
-        return Err(Error::argerr(
-            "parameter[l3NetworkUuids] of CreateVmInstance is not supported by this management node yet: \
-             L3 networks are not available",
-        ));
-    }
     for t in msg.system_tags() {
         return Err(Error::argerr(format!("system tag[{t}] is not supported by CreateVmInstance yet")));
     }
@@ -275,6 +295,25 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     }
     if reserved == Some(0) {
         reserved = None;
+    }
+    // 5. L3 networks
+    let mut first_l3_zone = None;
+    for (i, l3) in req.l3_network_uuids.iter().enumerate() {
+        if req.l3_network_uuids[..i].contains(l3) {
+            return Err(Error::operr(format!("Can't add same uuid in the l3Network,uuid: {l3}")));
+        }
+        let row = one_row(app, "SELECT state, system, zone_uuid FROM l3_network WHERE uuid = $1", l3)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("l3Network[uuid:{l3}] is not found")))?;
+        if row.try_get::<String, _>(0)? == "Disabled" {
+            return Err(Error::operr(format!("l3Network[uuid:{l3}] is Disabled, can not create vm on it")));
+        }
+        if row.try_get::<i64, _>(1)? != 0 && req.ty.as_deref().unwrap_or("UserVm") == "UserVm" {
+            return Err(Error::operr(format!("l3Network[uuid:{l3}] is system network, can not create user vm on it")));
+        }
+        if i == 0 {
+            first_l3_zone = Some(row.try_get::<String, _>(2)?);
+        }
     }
     // 6. location precedence and states
     if req.host_uuid.is_some() {
@@ -332,6 +371,28 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     }
     // 7. type
     let ty = req.ty.clone().unwrap_or_else(|| "UserVm".into());
+    let mut default_l3 = req.default_l3_network_uuid.clone();
+    if ty == "UserVm" {
+        if req.l3_network_uuids.len() > 1 && default_l3.is_none() {
+            return Err(Error::argerr(
+                "there are more than one L3 network specified in l3NetworkUuids, but defaultL3NetworkUuid is null",
+            ));
+        }
+        if req.l3_network_uuids.len() == 1 {
+            default_l3 = req.l3_network_uuids.first().cloned();
+        }
+        if let Some(d) = &default_l3 {
+            if !req.l3_network_uuids.contains(d) {
+                return Err(Error::argerr(format!(
+                    "defaultL3NetworkUuid[uuid:{d}] is not in l3NetworkUuids[{}]",
+                    req.l3_network_uuids.join(", ")
+                )));
+            }
+        }
+    }
+    if zone.is_none() {
+        zone = first_l3_zone;
+    }
     // 9. somewhere to put it
     if req.l3_network_uuids.is_empty()
         && req.zone_uuid.is_none()
@@ -495,6 +556,8 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         root_disk_offering: req.root_disk_offering_uuid.clone(),
         data_volumes,
         cdrom_uuid: new_uuid(),
+        default_l3,
+        nics: req.l3_network_uuids.iter().map(|l3| Nic { uuid: new_uuid(), l3: l3.clone() }).collect(),
         user_tags: msg.user_tags(),
         host: None,
         ps: None,
@@ -509,6 +572,12 @@ pub struct DataVol {
     uuid: String,
     size: i64,
     offering: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Nic {
+    uuid: String,
+    l3: String,
 }
 
 /// Everything the creation saga needs, ids included; stored with its progress.
@@ -541,6 +610,9 @@ pub struct Ctx {
     root_disk_offering: Option<String>,
     data_volumes: Vec<DataVol>,
     cdrom_uuid: String,
+    default_l3: Option<String>,
+    /// one NIC per L3 network, device ids in this order
+    nics: Vec<Nic>,
     user_tags: Vec<String>,
     /// the host chosen (set by allocate-host)
     host: Option<String>,
@@ -561,6 +633,7 @@ pub static CREATE_VM: SagaDef<Ctx> = SagaDef {
         Step { name: "allocate-host", run: host_do, undo: host_undo },
         Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
         Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
+        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
         Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
         Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
         Step { name: "finish", run: finish_do, undo: saga::nothing },
@@ -597,8 +670,9 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
         tx.execute(
             "INSERT INTO vm_instance (uuid, name, description, zone_uuid, cluster_uuid, image_uuid, instance_offering_uuid, \
              platform, architecture, type, memory_size, reserved_memory_size, cpu_num, cpu_speed, allocator_strategy, state, \
-             internal_id, guest_os_type, create_date, last_op_date, reserved_cpu, reserved_memory, reserved_ps_size) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, 0, 0, 0)",
+             internal_id, guest_os_type, create_date, last_op_date, reserved_cpu, reserved_memory, reserved_ps_size, \
+             default_l3_network_uuid) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, 0, 0, 0, $20)",
             &[
                 Val::from(c.vm_uuid.as_str()),
                 Val::from(c.name.as_str()),
@@ -619,6 +693,7 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
                 Val::I(internal_id),
                 Val::from(c.guest_os_type.clone()),
                 Val::I(now),
+                Val::from(c.default_l3.clone()),
             ],
         )
         .await?;
@@ -665,6 +740,14 @@ fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'
         }
         base += &format!(" AND {}", in_list("h.hypervisor_type", vals.len() + 1, c.hypervisors.len()));
         vals.extend(c.hypervisors.iter().map(|h| Val::from(h.as_str())));
+        for l3 in c.nics.iter().map(|n| n.l3.as_str()) {
+            vals.push(Val::from(l3));
+            base += &format!(
+                " AND EXISTS (SELECT 1 FROM l3_network l JOIN l2_network_cluster_ref r ON r.l2_network_uuid = l.l2_network_uuid \
+                 WHERE l.uuid = ${} AND r.cluster_uuid = h.cluster_uuid)",
+                vals.len()
+            );
+        }
         let count = |sql: String, vals: Vec<Val>| async move {
             let row = tx_count(&app.db, &sql, &vals).await?;
             Ok::<i64, Error>(row)
@@ -1082,6 +1165,177 @@ fn finish_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
     })
 }
 
+/// Eight random bytes (from a v4 uuid).
+fn random_bytes() -> [u8; 8] {
+    let u = new_uuid();
+    let mut out = [0u8; 8];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(u.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
+/// A MAC in upstream's scheme: `fa:` + four random bytes + the device id.
+fn mac_for(device: i64) -> String {
+    let r = random_bytes();
+    format!("fa:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2], r[3], device & 0xff)
+}
+
+pub const L3_1000: Code = Code { code: "L3.1000", description: "Unable to allocate an ip address from L3Network" };
+
+/// Take a free address of `l3` (random strategy): a random free candidate of a random range is
+/// inserted into `used_ip`, whose UNIQUE (l3, ipInLong) makes a double allocation impossible;
+/// a conflict means someone else took it, so pick again.
+async fn allocate_ip(
+    tx: &mut WriteTx,
+    l3: &str,
+    nic_uuid: &str,
+    ip_uuid: &str,
+) -> Result<(String, String, Option<String>)> {
+    let ranges = tx
+        .fetch_all(
+            "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
+             WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY random()",
+            &[Val::from(l3)],
+        )
+        .await?;
+    for r in ranges {
+        let range: String = r.try_get(0)?;
+        let start: i64 = r.try_get(1)?;
+        let end: i64 = r.try_get(2)?;
+        let netmask: String = r.try_get(3)?;
+        let gateway: Option<String> = r.try_get(4)?;
+        let gw = gateway.as_deref().and_then(super::l3::ipv4).map(i64::from);
+        for _attempt in 0..16 {
+            let used: std::collections::HashSet<i64> = tx
+                .fetch_all(
+                    "SELECT ip_in_long FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
+                    &[Val::from(l3), Val::I(start), Val::I(end)],
+                )
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i64, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            let free: Vec<i64> = (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw).take(256).collect();
+            if free.is_empty() {
+                break;
+            }
+            let pick = free[(u64::from_le_bytes(random_bytes()) % free.len() as u64) as usize];
+            let ip = super::l3::ipv4_str(pick as u32);
+            let n = tx
+                .execute(
+                    "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
+                     used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
+                     ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
+                    &[
+                        Val::from(ip_uuid),
+                        Val::from(range.as_str()),
+                        Val::from(l3),
+                        Val::from(ip.as_str()),
+                        Val::I(pick),
+                        Val::from(netmask.as_str()),
+                        Val::from(gateway.clone()),
+                        Val::from(nic_uuid),
+                        Val::I(now_ms()),
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                return Ok((ip, netmask, gateway));
+            }
+        }
+    }
+    let name: String = tx
+        .fetch_optional("SELECT name FROM l3_network WHERE uuid = $1", &[Val::from(l3)])
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_default();
+    Err(Error::Api(ErrorCode::new(
+        L3_1000,
+        format!(
+            "IP allocator strategy[RandomIpAllocatorStrategy] failed, because no ip is available in this l3Network[name:{name}, uuid:{l3}]"
+        ),
+    )))
+}
+
+/// NICs in device-id order, each with a unique `fa:` MAC (UNIQUE constraint, retried) and an
+/// address of its L3 network.
+fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let internal_id: i64 = tx
+            .fetch_optional("SELECT internal_id FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0);
+        let hv: Option<String> = tx
+            .fetch_optional("SELECT hypervisor_type FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten();
+        let now = now_ms();
+        for (device, nic) in c.nics.iter().enumerate() {
+            let device = device as i64;
+            let mut inserted = false;
+            for _ in 0..32 {
+                let n = tx
+                    .execute(
+                        "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
+                         driver_type, internal_name, device_id, type, state, create_date, last_op_date) \
+                         VALUES ($1, $2, $3, $4, $5, 4, 'virtio', $6, $7, 'VNIC', 'enable', $8, $8) ON CONFLICT (mac) DO NOTHING",
+                        &[
+                            Val::from(nic.uuid.as_str()),
+                            Val::from(c.vm_uuid.as_str()),
+                            Val::from(nic.l3.as_str()),
+                            Val::S(mac_for(device)),
+                            Val::from(hv.clone()),
+                            Val::S(format!("vnic{internal_id}.{device}")),
+                            Val::I(device),
+                            Val::I(now),
+                        ],
+                    )
+                    .await?;
+                if n == 1 {
+                    inserted = true;
+                    break;
+                }
+            }
+            if !inserted {
+                return Err(Error::code(
+                    Code { code: "VM.1009", description: "Unable to allocate a mac address for vm's nic" },
+                    format!("cannot find a free mac address for the nic[deviceId:{device}] of vm[uuid:{}]", c.vm_uuid),
+                ));
+            }
+            let ip_uuid = new_uuid();
+            let (ip, netmask, gateway) = allocate_ip(tx, &nic.l3, &nic.uuid, &ip_uuid).await?;
+            tx.execute(
+                "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4 WHERE uuid = $5",
+                &[
+                    Val::from(ip_uuid.as_str()),
+                    Val::from(ip),
+                    Val::from(netmask),
+                    Val::from(gateway),
+                    Val::from(nic.uuid.as_str()),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+fn nics_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        for nic in &c.nics {
+            tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic.uuid.as_str())]).await?;
+            tx.execute("DELETE FROM vm_nic WHERE uuid = $1", &[Val::from(nic.uuid.as_str())]).await?;
+        }
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Handlers
 
@@ -1129,7 +1383,7 @@ pub static APIS: &[ApiDef] = &[
             Param::int("memorySize"),
             Param::int("reservedMemorySize").range(0, i64::MAX),
             Param::str("imageUuid").resource(&IMAGE).no_empty_string(),
-            Param::list("l3NetworkUuids"),
+            Param::list("l3NetworkUuids").resource(&super::l3::L3_NETWORK),
             Param::str("vmNicParams"),
             Param::str("type").values(&["UserVm", "ApplianceVm"]),
             Param::str("rootDiskOfferingUuid").resource(&DISK_OFFERING),
