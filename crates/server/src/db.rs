@@ -226,7 +226,7 @@ impl Db {
                 .collect::<Vec<_>>()
                 .join("\n");
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                tx.execute(&stmt, &[])
+                tx.execute(stmt, &[])
                     .await
                     .map_err(|e| Error::Migrate(format!("migration {version}: {e}: {stmt}")))?;
             }

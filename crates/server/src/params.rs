@@ -301,21 +301,19 @@ pub async fn validate(app: &App, params: &[Param], fields: &mut Map<String, Valu
         let Some(v) = fields.get(p.name) else { continue };
         match v {
             Value::String(u) => {
-                if !resource_exists(app, def, u).await? {
-                    if p.success_if_missing {
-                        if crate::util::is_hex32(u) {
-                            return Ok(Validated::SucceedEmpty);
-                        }
-                        return Err(Error::not_found(format!(
-                            "invalid value[{u}] of field [{}]",
-                            p.name
-                        )));
-                    }
+                if resource_exists(app, def, u).await? {
+                    continue;
+                }
+                if !p.success_if_missing {
                     return Err(Error::not_found(format!(
                         "invalid field[{}], resource[uuid:{u}, type:{}] not found",
                         p.name, def.vo
                     )));
                 }
+                if crate::util::is_hex32(u) {
+                    return Ok(Validated::SucceedEmpty);
+                }
+                return Err(Error::not_found(format!("invalid value[{u}] of field [{}]", p.name)));
             }
             Value::Array(items) => {
                 let mut missing = Vec::new();

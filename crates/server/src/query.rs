@@ -55,6 +55,12 @@ pub struct Child {
     pub many: bool,
 }
 
+/// Picks the inventory class of one row.
+pub type ClassOf = fn(&Map<String, Value>) -> &'static str;
+
+/// Rows loaded for a parent key: (key, inventory) pairs.
+type Keyed<'a> = futures::future::BoxFuture<'a, Result<Vec<(String, Map<String, Value>)>>>;
+
 #[derive(Debug)]
 pub struct ResourceDef {
     /// The inventory's simple name, e.g. `ZoneInventory`.
@@ -67,7 +73,7 @@ pub struct ResourceDef {
     pub fields: &'static [Field],
     pub children: &'static [Child],
     /// The class of one row when it depends on the row (subclassed inventories).
-    pub class_of: Option<fn(&Map<String, Value>) -> &'static str>,
+    pub class_of: Option<ClassOf>,
     /// Default ORDER BY (SQL over alias `t`), for stable paging.
     pub order: &'static str,
     /// Resource type name used by tags (`resourceType` of tag APIs), e.g. `ZoneVO`.
@@ -530,7 +536,7 @@ fn load_where_in<'a>(
     def: &'static ResourceDef,
     col: &'static str,
     keys: &'a [&'a String],
-) -> futures::future::BoxFuture<'a, Result<Vec<(String, Map<String, Value>)>>> {
+) -> Keyed<'a> {
     Box::pin(async move {
         let cols: Vec<&'static Field> = def.fields.iter().collect();
         let mut select: Vec<String> = cols.iter().map(|f| format!("t.{}", f.col)).collect();

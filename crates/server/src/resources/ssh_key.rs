@@ -61,7 +61,7 @@ fn b64_decode(s: &str) -> Option<Vec<u8>> {
             out.push((buf >> bits) as u8);
         }
     }
-    if pad > 2 || (s.len() % 4 != 0) {
+    if pad > 2 || !s.len().is_multiple_of(4) {
         return None;
     }
     Some(out)
