@@ -231,9 +231,24 @@ if want_pg; then
         results+=("PostgreSQL: FAILED")
         status=1
     fi
+    section "benchmark smoke on PostgreSQL (correctness only; figures are not judged)"
+    if cargo run -q -p rzstack-bench -- query --n 50 --concurrency 10 --hosts 5 --repeat 5 --database "$PG_URL"; then
+        results+=("benchmark smoke on PostgreSQL: passed")
+    else
+        results+=("benchmark smoke on PostgreSQL: FAILED")
+        status=1
+    fi
     stop_pg
 else
     results+=("PostgreSQL: skipped (RZSTACK_SKIP_PG=1)")
+fi
+
+section "benchmark smoke on SQLite (correctness only; figures are not judged)"
+if cargo run -q -p rzstack-bench -- query --n 50 --concurrency 10 --hosts 5 --repeat 5; then
+    results+=("benchmark smoke on SQLite: passed")
+else
+    results+=("benchmark smoke on SQLite: FAILED")
+    status=1
 fi
 
 section "summary"

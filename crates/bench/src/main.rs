@@ -1,0 +1,385 @@
+//! rzstack benchmarks, run through the real HTTP API as an SDK would (202 + polling).
+//!
+//! `cargo run --release -p rzstack-bench -- <scenario> [options]` starts its own management node
+//! (the `rzstack` binary next to this one) on a fresh database, builds a simulated topology
+//! through the API, runs the scenario and prints a Markdown table. Scenarios:
+//! - `create`: N CreateVmInstance calls from C concurrent clients on simulated hosts; then checks
+//!   that used IPs = NICs, allocated host capacity = the VMs' sum, and no job is left running.
+//! - `query`: p50/p99 of typical queries over the VMs that `create` made.
+//! - `idle`: the management node's start time and idle RSS.
+//!
+//! Figures are printed, never asserted: a slow machine is not a failure. Correctness is asserted.
+
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Scenario {
+    Idle,
+    Create,
+    Query,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    scenario: Scenario,
+    /// VMs to create.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Simulated hosts.
+    #[arg(long, default_value_t = 100)]
+    hosts: usize,
+    /// Query repetitions per query kind.
+    #[arg(long, default_value_t = 200)]
+    repeat: usize,
+    /// Database URL for the management node (default: SQLite in a temporary directory).
+    #[arg(long)]
+    database: Option<String>,
+}
+
+const ADMIN_PASSWORD: &str = "b109f3bbbc244eb82441917ed06d618b9008dd09b3befd1b5e07394c706a8bb980b1d7785e5976ec049b46df5f1326af5a2ea6d103fd07c95385ffab0cacbc86";
+const GB: i64 = 1 << 30;
+
+type Res<T> = Result<T, String>;
+
+struct Node {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    started: Duration,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn start_node(http: &reqwest::Client, database: Option<&str>) -> Res<Node> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let rzstack = exe.with_file_name("rzstack");
+    if !rzstack.exists() {
+        return Err(format!("{} not found: build it with `cargo build --release -p rzstack`", rzstack.display()));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let mut cmd = Command::new(rzstack);
+    cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(dir.path());
+    if let Some(db) = database {
+        cmd.arg("--database").arg(db);
+    }
+    cmd.env("RZSTACK_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    let t0 = Instant::now();
+    let child = cmd.spawn().map_err(|e| e.to_string())?;
+    let base = format!("http://127.0.0.1:{port}/zstack/v1");
+    loop {
+        if let Ok(r) = http.get(format!("{base}/management-nodes/ready")).send().await {
+            if r.status().as_u16() == 200 {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("management node did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(Node { child, base, _dir: dir, started: t0.elapsed() })
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+}
+
+impl Client {
+    async fn login(http: reqwest::Client, base: String) -> Res<Client> {
+        let r = http
+            .put(format!("{base}/accounts/login"))
+            .body(json!({"logInByAccount": {"accountName": "admin", "password": ADMIN_PASSWORD}}).to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        let session = v["inventory"]["uuid"].as_str().ok_or("login failed")?.to_string();
+        Ok(Client { http, base, session })
+    }
+
+    /// Submit an async API; returns (time to the 202, time to the job's end, result).
+    async fn job(&self, method: reqwest::Method, path: &str, body: Value) -> Res<(Duration, Duration, Value)> {
+        let t0 = Instant::now();
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("Authorization", format!("OAuth {}", self.session))
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let accepted = t0.elapsed();
+        if r.status().as_u16() != 202 {
+            return Err(format!("{path}: status {}", r.status()));
+        }
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        let loc = v["location"].as_str().ok_or("no location")?.to_string();
+        let mut wait = Duration::from_millis(2);
+        loop {
+            let r = self.http.get(&loc).send().await.map_err(|e| e.to_string())?;
+            match r.status().as_u16() {
+                202 => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                200 => return Ok((accepted, t0.elapsed(), r.json().await.map_err(|e| e.to_string())?)),
+                s => return Err(format!("{path}: job ended {s}: {}", r.text().await.unwrap_or_default())),
+            }
+        }
+    }
+
+    async fn ok(&self, path: &str, body: Value) -> Res<String> {
+        let (_, _, v) = self.job(reqwest::Method::POST, path, body).await?;
+        Ok(v["inventory"]["uuid"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn get(&self, path: &str) -> Res<(Duration, Value)> {
+        let t0 = Instant::now();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("OAuth {}", self.session))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("GET {path}: {status} {v}"));
+        }
+        Ok((t0.elapsed(), v))
+    }
+}
+
+struct Topology {
+    offering: String,
+    image: String,
+    l3: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn build_topology(c: &Client, hosts: usize, vms: usize) -> Res<Topology> {
+    let dir = tempfile::Builder::new().prefix("rzbench").tempdir().map_err(|e| e.to_string())?;
+    let zone = c.ok("/zones", json!({"params": {"name": "bench"}})).await?;
+    let cluster =
+        c.ok("/clusters", json!({"params": {"zoneUuid": zone, "name": "c", "hypervisorType": "Simulator"}})).await?;
+    for i in 0..hosts {
+        c.ok(
+            "/hosts/simulators",
+            json!({"params": {"name": format!("h{i}"), "managementIp": format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
+                "clusterUuid": cluster, "cpuCapacity": 256, "memoryCapacity": 1024 * GB}}),
+        )
+        .await?;
+    }
+    let ps = c
+        .ok(
+            "/primary-storage/simulators",
+            json!({"params": {"name": "ps", "url": "/ps", "zoneUuid": zone, "totalCapacity": 1i64 << 60, "availableCapacity": 1i64 << 60}}),
+        )
+        .await?;
+    c.job(reqwest::Method::POST, &format!("/clusters/{cluster}/primary-storage/{ps}"), json!({})).await?;
+    let bs = c
+        .ok(
+            "/backup-storage/image-store",
+            json!({"params": {"name": "bs", "url": dir.path().join("bs").display().to_string(), "hostname": "127.0.0.1", "username": "root", "password": "p"}}),
+        )
+        .await?;
+    c.job(reqwest::Method::POST, &format!("/zones/{zone}/backup-storage/{bs}"), json!({})).await?;
+    let img = dir.path().join("img.qcow2");
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("1G").status();
+    if !st.map(|s| s.success()).unwrap_or(false) {
+        return Err("qemu-img create failed".into());
+    }
+    let image = c
+        .ok(
+            "/images",
+            json!({"params": {"name": "img", "url": format!("file://{}", img.display()), "format": "qcow2", "backupStorageUuids": [bs]}}),
+        )
+        .await?;
+    let offering =
+        c.ok("/instance-offerings", json!({"params": {"name": "o", "cpuNum": 1, "memorySize": 64 << 20}})).await?;
+    let l2 = c
+        .ok("/l2-networks/no-vlan", json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": "bench0"}}))
+        .await?;
+    c.job(reqwest::Method::POST, &format!("/l2-networks/{l2}/clusters/{cluster}"), json!({"null": {}})).await?;
+    let l3 = c.ok("/l3-networks", json!({"params": {"name": "l3", "l2NetworkUuid": l2}})).await?;
+    // a /16 holds 65k addresses; more VMs need a wider range
+    let prefix = if vms < 60_000 { 16 } else { 12 };
+    c.ok(
+        &format!("/l3-networks/{l3}/ip-ranges/by-cidr"),
+        json!({"params": {"name": "r", "networkCidr": format!("172.16.0.0/{prefix}"), "gateway": "172.16.0.1"}}),
+    )
+    .await?;
+    Ok(Topology { offering, image, l3, _dir: dir })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+async fn create(c: Arc<Client>, t: &Topology, n: usize, conc: usize) -> Res<(Duration, Vec<Duration>, Vec<Duration>, usize)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (c, next) = (c.clone(), next.clone());
+        let body = json!({"params": {"instanceOfferingUuid": t.offering, "imageUuid": t.image, "l3NetworkUuids": [t.l3]}});
+        tasks.push(tokio::spawn(async move {
+            let mut acc = Vec::new();
+            let mut done = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let mut b = body.clone();
+                b["params"]["name"] = json!(format!("vm-{i}"));
+                match c.job(reqwest::Method::POST, "/vm-instances", b).await {
+                    Ok((a, d, _)) => {
+                        acc.push(a);
+                        done.push(d);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors < 3 {
+                            eprintln!("create failed: {e}");
+                        }
+                    }
+                }
+            }
+            (acc, done, errors)
+        }));
+    }
+    let (mut acc, mut done, mut errors) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        let (a, d, e) = t.await.map_err(|e| e.to_string())?;
+        acc.extend(a);
+        done.extend(d);
+        errors += e;
+    }
+    let wall = t0.elapsed();
+    acc.sort();
+    done.sort();
+    Ok((wall, acc, done, errors))
+}
+
+/// Correctness after `create`: used IPs = NICs, host capacity used = the VMs' sum.
+async fn verify(c: &Client, expect_vms: usize) -> Res<()> {
+    let (_, v) = c.get("/vm-instances?count=true").await?;
+    let vms = v["total"].as_u64().unwrap_or(0) as usize;
+    if vms != expect_vms {
+        return Err(format!("{vms} VMs exist, {expect_vms} expected"));
+    }
+    let (_, v) = c.get("/vm-instances/nics?count=true").await?;
+    let nics = v["total"].as_u64().unwrap_or(0);
+    let (_, cap) = c.get("/ip-capacity?all=true").await?;
+    let used = cap["usedIpAddressNumber"].as_u64().unwrap_or(u64::MAX);
+    if used != nics {
+        return Err(format!("{used} used IPs but {nics} NICs"));
+    }
+    let (_, h) = c.get("/hosts/capacities/cpu-memory?all=true").await?;
+    let used_cpu = h["totalCpu"].as_i64().unwrap_or(0) - h["availableCpu"].as_i64().unwrap_or(0);
+    let (_, running) = c.get("/vm-instances?q=state=Running&count=true").await?;
+    let running = running["total"].as_i64().unwrap_or(-1);
+    if used_cpu != running {
+        return Err(format!("{used_cpu} CPUs allocated for {running} running 1-CPU VMs"));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Res<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| e.to_string())?;
+    let node = start_node(&http, args.database.as_deref()).await?;
+    let db = if args.database.as_deref().is_some_and(|d| d.starts_with("postgres")) { "PostgreSQL" } else { "SQLite" };
+    println!("Machine: {}; database: {db}\n", machine());
+    let pid = node.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kib(pid).unwrap_or(0);
+    println!("| figure | value |\n|---|---|");
+    println!("| start to ready | {:.0} ms |", node.started.as_secs_f64() * 1000.0);
+    println!("| RSS idle | {:.1} MiB |", idle_rss as f64 / 1024.0);
+    if args.scenario == Scenario::Idle {
+        return Ok(());
+    }
+    let c = Arc::new(Client::login(http.clone(), node.base.clone()).await?);
+    let t = build_topology(&c, args.hosts, args.n).await?;
+    let (wall, acc, done, errors) = create(c.clone(), &t, args.n, args.concurrency).await?;
+    println!("| creates | {} by {} clients on {} hosts |", args.n, args.concurrency, args.hosts);
+    println!("| wall time | {:.2} s |", wall.as_secs_f64());
+    println!("| creates/s | {:.0} |", acc.len() as f64 / wall.as_secs_f64());
+    println!("| 202 answer p50 / p99 | {:.1} / {:.1} ms |", pct(&acc, 0.5), pct(&acc, 0.99));
+    println!("| job done p50 / p99 | {:.1} / {:.1} ms |", pct(&done, 0.5), pct(&done, 0.99));
+    println!("| errors | {errors} |");
+    println!("| RSS after creates | {:.1} MiB |", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
+    if errors > 0 {
+        return Err(format!("{errors} creates failed"));
+    }
+    verify(&c, args.n).await?;
+    println!("| leaks | none (used IPs = NICs, CPU allocated = running VMs) |");
+    if args.scenario == Scenario::Query {
+        let (_, one) = c.get("/vm-instances?limit=1").await?;
+        let uuid = one["inventories"][0]["uuid"].as_str().unwrap_or_default().to_string();
+        let ip = one["inventories"][0]["vmNics"][0]["ip"].as_str().unwrap_or_default().to_string();
+        for (label, path) in [
+            ("state=Running, limit 1000", "/vm-instances?q=state=Running&limit=1000".to_string()),
+            ("nested vmNics.ip", format!("/vm-instances?q=vmNics.ip={ip}")),
+            ("count", "/vm-instances?count=true".to_string()),
+            ("/{uuid}", format!("/vm-instances/{uuid}")),
+        ] {
+            let mut times = Vec::with_capacity(args.repeat);
+            for _ in 0..args.repeat {
+                times.push(c.get(&path).await?.0);
+            }
+            times.sort();
+            println!("| query {label} p50 / p99 | {:.1} / {:.1} ms |", pct(&times, 0.5), pct(&times, 0.99));
+        }
+        println!("| RSS after queries | {:.1} MiB |", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
+    }
+    Ok(())
+}
