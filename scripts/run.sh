@@ -13,6 +13,7 @@ PACKAGES=(
     build-essential:cc  # linker for cargo
     pkg-config
     qemu-utils:qemu-img # image checks (qemu-img info)
+    qemu-system-x86:qemu-system-x86_64 # the host agent runs guests with QEMU
 )
 
 install_packages() {

@@ -74,6 +74,7 @@ install_packages() {
         command -v cc >/dev/null 2>&1 || need+=(build-essential)
         command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
         command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils) # image tests run qemu-img
+        command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86) # agent QEMU/QMP tests
     fi
     if want_pg; then
         if ! pg_bin_dir >/dev/null || ! psql_bin >/dev/null; then need+=(postgresql); fi

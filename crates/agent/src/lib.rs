@@ -10,6 +10,8 @@
 //! connected as, reported by ping so a management node can tell if another one took it).
 
 pub mod facts;
+pub mod qemu;
+pub mod qmp;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -103,6 +105,7 @@ fn refusal(status: StatusCode, error: impl Into<String>) -> Response {
     (status, Json(ErrorRsp::new(error))).into_response()
 }
 
+#[allow(clippy::result_large_err)] // the refusal is the response itself
 fn authorize(state: &AgentState, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers
         .get(header::AUTHORIZATION)
@@ -118,6 +121,7 @@ fn authorize(state: &AgentState, headers: &HeaderMap) -> Result<(), Response> {
 
 /// Authenticate, then read a command of this protocol version. `Err` is the answer to send:
 /// 401 for a bad token, 400 for an unreadable body, `Ok(Err(text))` for another version.
+#[allow(clippy::result_large_err)]
 fn read_cmd<T: DeserializeOwned>(
     state: &AgentState,
     headers: &HeaderMap,
