@@ -9,6 +9,8 @@
 #                                         skip the PostgreSQL pass (quick local runs; ignored when CI is set)
 #   bash scripts/test.sh --pg-only-check  only start the PostgreSQL server, check the test URL
 #                                         with psql (select 1, create/drop a database), stop it
+#   bash scripts/test.sh --with-pg CMD... run CMD with RZSTACK_TEST_DATABASE_URL set to a
+#                                         PostgreSQL server started for it (e.g. one test file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +18,13 @@ MODE=all
 case "${1:-}" in
     "") ;;
     --pg-only-check) MODE=pg-check ;;
+    --with-pg)
+        MODE=with-pg
+        shift
+        WITH_PG_CMD=("$@")
+        ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -33,7 +40,7 @@ in_ci() { case "${CI:-}" in "" | false | 0) return 1 ;; *) return 0 ;; esac; }
 
 # The PostgreSQL pass runs unless RZSTACK_SKIP_PG=1 outside CI.
 want_pg() {
-    [ "$MODE" = pg-check ] && return 0
+    [ "$MODE" = pg-check ] || [ "$MODE" = with-pg ] && return 0
     in_ci && return 0
     [ "${RZSTACK_SKIP_PG:-}" != 1 ]
 }
@@ -199,6 +206,14 @@ if [ "$MODE" = pg-check ]; then
     "$psql" -X -q -v ON_ERROR_STOP=1 "$PG_URL" -c 'CREATE DATABASE rzt_check' -c 'DROP DATABASE rzt_check'
     log "select 1 and CREATE/DROP DATABASE as $PG_ROLE over 127.0.0.1:$PG_PORT: ok"
     exit 0
+fi
+
+if [ "$MODE" = with-pg ]; then
+    install_packages
+    start_pg
+    rc=0
+    RZSTACK_TEST_DATABASE_URL="$PG_URL" "${WITH_PG_CMD[@]}" || rc=$?
+    exit "$rc"
 fi
 
 if in_ci && [ "${RZSTACK_SKIP_PG:-}" = 1 ]; then log "RZSTACK_SKIP_PG=1 is ignored in CI"; fi

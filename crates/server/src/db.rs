@@ -109,6 +109,9 @@ pub fn query_with<'q>(sql: &'q str, vals: &[Val]) -> AnyQuery<'q> {
     vals.iter().fold(sqlx::query(sql), bind)
 }
 
+const SQLITE_POOL: u32 = 8;
+const POSTGRES_POOL: u32 = 32;
+
 /// A write transaction; holds the SQLite writer lock for its lifetime.
 pub struct WriteTx {
     pub tx: Transaction<'static, Any>,
@@ -177,7 +180,10 @@ impl Db {
             )));
         };
         let opts = AnyPoolOptions::new()
-            .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+            .max_connections(match kind {
+                DbKind::Sqlite => SQLITE_POOL,
+                DbKind::Postgres => POSTGRES_POOL,
+            })
             .min_connections(1)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
@@ -238,6 +244,17 @@ impl Db {
             tracing::info!(version, "applied migration");
         }
         tx.commit().await
+    }
+
+    /// How many API jobs may run at once. A job can hold one connection in a transaction and
+    /// ask the pool for one more; on PostgreSQL at most half the pool may be held that way. On
+    /// SQLite writers queue on the writer lock before taking a connection, so the pool cannot
+    /// be drained by them.
+    pub fn job_slots(&self) -> usize {
+        match self.kind {
+            DbKind::Sqlite => 64,
+            DbKind::Postgres => (POSTGRES_POOL / 2) as usize,
+        }
     }
 
     /// Begin a write transaction (queued behind other writers on SQLite).

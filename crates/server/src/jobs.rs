@@ -88,7 +88,14 @@ pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook:
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let started = std::time::Instant::now();
-        let fut = std::panic::AssertUnwindSafe(pipeline::process(&app, api, msg)).catch_unwind();
+        // A job may hold a write transaction and read through the pool at the same time, so at
+        // most `job_slots` jobs run at once: the pool can never be drained by half-done jobs.
+        let slots = app.job_slots.clone();
+        let work = async {
+            let _slot = slots.acquire().await;
+            pipeline::process(&app, api, msg).await
+        };
+        let fut = std::panic::AssertUnwindSafe(work).catch_unwind();
         let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await {
             Ok(Ok(r)) => r,
             Ok(Err(_panic)) => Err(Error::Internal(format!("the API {} panicked", api.name))),

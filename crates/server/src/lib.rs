@@ -103,6 +103,8 @@ pub struct AppState {
     /// This node's persistent identity (kept in the data directory).
     pub mn_uuid: String,
     pub running: Arc<Running>,
+    /// How many jobs may run at once (see `jobs::spawn`).
+    pub job_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub type App = Arc<AppState>;
@@ -134,7 +136,8 @@ pub async fn build(config: Config) -> Result<App> {
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let mn_uuid = node_uuid(&config.data_dir)?;
-    Ok(Arc::new(AppState { config, db, globals, routes, http, mn_uuid, running: Default::default() }))
+    let job_slots = Arc::new(tokio::sync::Semaphore::new(db.job_slots()));
+    Ok(Arc::new(AppState { config, db, globals, routes, http, mn_uuid, running: Default::default(), job_slots }))
 }
 
 /// The axum router for an app.
