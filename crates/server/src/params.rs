@@ -286,15 +286,11 @@ pub enum Validated {
 /// order: required, types, lengths, valid values, ranges, then resource existence.
 pub async fn validate(app: &App, params: &[Param], fields: &mut Map<String, Value>) -> Result<Validated> {
     for p in params.iter().chain(COMMON) {
-        let present = !matches!(fields.get(p.name), None | Some(Value::Null));
-        if !present {
-            if p.required {
-                return Err(mandatory(p.name));
-            }
-            continue;
+        match fields.get_mut(p.name) {
+            None | Some(Value::Null) if p.required => return Err(mandatory(p.name)),
+            None | Some(Value::Null) => {}
+            Some(v) => check_one(p, v)?,
         }
-        let v = fields.get_mut(p.name).expect("present");
-        check_one(p, v)?;
     }
     for p in params {
         let Some(def) = p.resource else { continue };
