@@ -231,7 +231,9 @@ results=()
 status=0
 
 section "tests on SQLite"
-if env -u RZSTACK_TEST_DATABASE_URL cargo test --workspace --no-fail-fast; then
+# Every cargo test result line is also kept here, for the closing count.
+RESULTS_LOG=$(mktemp /tmp/rzstack-test-results-XXXXXX)
+if env -u RZSTACK_TEST_DATABASE_URL cargo test --workspace --no-fail-fast 2>&1 | tee -a "$RESULTS_LOG"; then
     results+=("SQLite: passed")
 else
     results+=("SQLite: FAILED")
@@ -241,7 +243,7 @@ fi
 if want_pg; then
     section "tests on PostgreSQL"
     start_pg
-    if RZSTACK_TEST_DATABASE_URL="$PG_URL" cargo test --workspace --no-fail-fast; then
+    if RZSTACK_TEST_DATABASE_URL="$PG_URL" cargo test --workspace --no-fail-fast 2>&1 | tee -a "$RESULTS_LOG"; then
         results+=("PostgreSQL: passed")
     else
         results+=("PostgreSQL: FAILED")
@@ -269,4 +271,8 @@ fi
 
 section "summary"
 for r in "${results[@]}"; do log "$r"; done
+# The closing line: every test of both passes, summed from cargo's result lines.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$RESULTS_LOG"
+rm -f "$RESULTS_LOG"
 exit "$status"
