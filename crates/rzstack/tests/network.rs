@@ -794,3 +794,178 @@ async fn ip_ranges_by_cidr_and_capacity() {
         "invalid field[l3NetworkUuids], resource[uuids:[0123456789abcdef0123456789abcdef], type:L3NetworkVO] not found",
     );
 }
+
+#[tokio::test]
+async fn l3_dns_order_host_routes_service_detach_and_ipv6_refused() {
+    let s = Server::start().await;
+    let zone = uuid(&s.create_zone("z").await);
+    let l2 = uuid(&no_vlan(&s, &zone, "l2", "eth0").await);
+    let n = l3(&s, &l2, "n", json!({})).await;
+    let l3u = uuid(&n);
+
+    // DNS servers come back in the order they were added (not sorted by value)
+    let dpath = format!("/l3-networks/{l3u}/dns");
+    for d in ["9.9.9.9", "1.1.1.1", "8.8.8.8", "2001:db8::1"] {
+        s.ok("POST", &dpath, Some(json!({"params": {"dns": d}}))).await;
+    }
+    let want = json!(["9.9.9.9", "1.1.1.1", "8.8.8.8", "2001:db8::1"]);
+    assert_eq!(s.query(&format!("/l3-networks/{l3u}")).await[0]["dns"], want);
+    s.ok("DELETE", &format!("/l3-networks/{l3u}/dns/1.1.1.1"), None).await;
+    let d = s.ok("POST", &dpath, Some(json!({"params": {"dns": "1.1.1.1"}}))).await;
+    assert_eq!(d["inventory"]["dns"], json!(["9.9.9.9", "8.8.8.8", "2001:db8::1", "1.1.1.1"]));
+
+    // host routes: nested in the L3 inventory as hostRoute
+    let hpath = format!("/l3-networks/{l3u}/hostroute");
+    let r =
+        s.ok("POST", &hpath, Some(json!({"params": {"prefix": "169.254.169.254/32", "nexthop": "10.0.0.1"}}))).await;
+    let routes = r["inventory"]["hostRoute"].as_array().unwrap().clone();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0]["prefix"], "169.254.169.254/32");
+    assert_eq!(routes[0]["nexthop"], "10.0.0.1");
+    assert_eq!(routes[0]["l3NetworkUuid"], l3u.as_str());
+    assert!(routes[0]["id"].as_i64().is_some());
+    assert!(routes[0]["createDate"].is_string());
+    assert_eq!(r["schema"]["inventory.hostRoute[0]"], "org.zstack.header.network.l3.L3NetworkHostRouteInventory");
+    s.ok("POST", &hpath, Some(json!({"params": {"prefix": "10.10.0.0/16", "nexthop": "10.0.0.2"}}))).await;
+    let cases: Vec<(Value, &str, String)> = vec![
+        (
+            json!({"prefix": "169.254.169.254/32", "nexthop": "10.0.0.9"}),
+            "SYS.1006",
+            format!("there has been a hostroute for prefix[169.254.169.254/32] on L3 network[uuid:{l3u}]"),
+        ),
+        (
+            json!({"prefix": "10.1.0.0", "nexthop": "10.0.0.1"}),
+            "SYS.1007",
+            "prefix [10.1.0.0] is not a IPv4 network cidr".into(),
+        ),
+        (json!({"prefix": "10.1.0.0/33", "nexthop": "10.0.0.1"}), "SYS.1007", "is not a IPv4 network cidr".into()),
+        (
+            json!({"prefix": "10.1.0.0/16", "nexthop": "10.0.0"}),
+            "SYS.1007",
+            "nexthop[10.0.0] is not a IPv4 address".into(),
+        ),
+        (json!({"prefix": "2001:db8::/64", "nexthop": "10.0.0.1"}), "SYS.1007", "IPv6 is not supported yet".into()),
+        (json!({"prefix": "10.1.0.0/16", "nexthop": "fe80::1"}), "SYS.1007", "IPv6 is not supported yet".into()),
+        (
+            json!({"nexthop": "10.0.0.1"}),
+            "SYS.1007",
+            "field[prefix] of message[org.zstack.header.message.ApiMessageParamValidator] is mandatory".into(),
+        ),
+    ];
+    for (p, code, text) in cases {
+        let err = s.fails("POST", &hpath, Some(json!({ "params": p }))).await;
+        assert_error(&err, code, &text);
+    }
+    let err = s
+        .fails(
+            "POST",
+            "/l3-networks/0123456789abcdef0123456789abcdef/hostroute",
+            Some(json!({"params": {"prefix": "10.2.0.0/16", "nexthop": "10.0.0.1"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1003", "type:L3NetworkVO] not found");
+    let now = &s.query(&format!("/l3-networks/{l3u}")).await[0];
+    let prefixes: Vec<&str> =
+        now["hostRoute"].as_array().unwrap().iter().map(|h| h["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes, ["169.254.169.254/32", "10.10.0.0/16"]);
+    assert_eq!(s.query("/l3-networks?q=hostRoute.prefix=10.10.0.0/16").await.len(), 1);
+
+    let r = s.ok("DELETE", &format!("{hpath}?prefix=169.254.169.254/32"), None).await;
+    let left: Vec<&str> =
+        r["inventory"]["hostRoute"].as_array().unwrap().iter().map(|h| h["prefix"].as_str().unwrap()).collect();
+    assert_eq!(left, ["10.10.0.0/16"]);
+    let err = s.fails("DELETE", &format!("{hpath}?prefix=169.254.169.254/32"), None).await;
+    assert_error(
+        &err,
+        "SYS.1006",
+        &format!("there is no hostroute for prefix[169.254.169.254/32] on L3 network[uuid:{l3u}]"),
+    );
+    let err = s.fails("DELETE", &format!("{hpath}?prefix=nope"), None).await;
+    assert_error(&err, "SYS.1007", "prefix [nope] is not a IPv4 network cidr");
+    assert_eq!(s.query(&format!("/l3-networks/{l3u}")).await[0]["hostRoute"].as_array().unwrap().len(), 1);
+
+    // network services: attach (provider by type, as upstream allows), detach by map and by service
+    let spath = format!("/l3-networks/{l3u}/network-services");
+    let flat = uuid(&s.query("/network-services/providers").await[0]);
+    let r =
+        s.ok("POST", &spath, Some(json!({"params": {"networkServices": {"Flat": ["DHCP", "DNS", "Userdata"]}}}))).await;
+    let types = |v: &Value| -> Vec<String> {
+        let mut t: Vec<String> = v["inventory"]["networkServices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["networkServiceType"].as_str().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(types(&r), ["DHCP", "DNS", "Userdata"]);
+    assert_eq!(r["inventory"]["networkServices"][0]["networkServiceProviderUuid"], flat.as_str());
+    let r = s.ok("DELETE", &format!("{spath}/DNS"), None).await;
+    assert_eq!(types(&r), ["DHCP", "Userdata"]);
+    assert_eq!(r["schema"]["inventory"], "org.zstack.header.network.l3.L3NetworkInventory");
+    let r = s.ok("DELETE", &format!("{spath}?networkServices.{flat}=Userdata"), None).await;
+    assert_eq!(types(&r), ["DHCP"]);
+    // a service the network does not have: upstream answers with the unchanged network
+    let r = s.ok("DELETE", &format!("{spath}/Eip"), None).await;
+    assert_eq!(types(&r), ["DHCP"]);
+    let err = s.fails("DELETE", &spath, None).await;
+    assert_error(&err, "SYS.1007", "networkServices cannot be empty");
+    let err = s.fails("DELETE", "/l3-networks/0123456789abcdef0123456789abcdef/network-services/DHCP", None).await;
+    assert_error(&err, "SYS.1003", "type:L3NetworkVO] not found");
+    let now = &s.query(&format!("/l3-networks/{l3u}")).await[0];
+    assert_eq!(now["networkServices"].as_array().unwrap().len(), 1);
+
+    // IPv6: refused clearly, never accepted and ignored
+    let err = s
+        .fails("POST", "/l3-networks", Some(json!({"params": {"name": "v6", "l2NetworkUuid": l2, "ipVersion": 6}})))
+        .await;
+    assert_error(&err, "SYS.1007", "IPv6 is not supported yet");
+    assert!(s.query("/l3-networks?q=name=v6").await.is_empty());
+    let rpath = format!("/l3-networks/{l3u}/ip-ranges");
+    let err = s
+        .fails(
+            "POST",
+            &rpath,
+            Some(json!({"params": {"name": "r", "startIp": "2001:db8::10", "endIp": "2001:db8::20",
+                "netmask": "255.255.255.0", "gateway": "2001:db8::1"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1007", "IPv6 is not supported yet");
+    let err = s
+        .fails(
+            "POST",
+            &format!("{rpath}/by-cidr"),
+            Some(json!({"params": {"name": "r", "networkCidr": "2001:db8::/64"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1007", "IPv6 is not supported yet");
+    let v6 = format!("/l3-networks/{l3u}/ipv6-ranges");
+    let err = s
+        .fails(
+            "POST",
+            &v6,
+            Some(json!({"params": {"name": "r", "startIp": "2001:db8::10", "endIp": "2001:db8::20",
+                "gateway": "2001:db8::1", "prefixLen": 64, "addressMode": "SLAAC"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1007", "IPv6 is not supported yet");
+    let err = s
+        .fails(
+            "POST",
+            &v6,
+            Some(json!({"params": {"name": "r", "startIp": "2001:db8::10", "endIp": "2001:db8::20",
+                "gateway": "2001:db8::1", "prefixLen": 130, "addressMode": "SLAAC"}})),
+        )
+        .await;
+    assert_eq!(err["code"], "SYS.1007", "{err}");
+    let err = s
+        .fails(
+            "POST",
+            &format!("{v6}/by-cidr"),
+            Some(json!({"params": {"name": "r", "networkCidr": "2001:db8::/64", "addressMode": "Stateful-DHCP"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1007", "IPv6 is not supported yet");
+    assert!(s.query(&format!("/l3-networks/ip-ranges?q=l3NetworkUuid={l3u}")).await.is_empty());
+}

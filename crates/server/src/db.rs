@@ -147,6 +147,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_network.sql")),
     (5, include_str!("migrations/0005_config.sql")),
     (6, include_str!("migrations/0006_vm.sql")),
+    (7, include_str!("migrations/0007_issue3_fixes.sql")),
 ];
 
 impl Db {

@@ -24,6 +24,21 @@ pub enum FType {
     /// column is the parent's key column; the values are `value` of the `table` rows whose
     /// `fk` equals it.
     Refs(&'static Refs),
+    /// Like [`FType::Refs`], but the values come in the order of the reference table's
+    /// insertion column (the second member), e.g. DNS servers in the order they were added.
+    RefsOrdered(&'static Refs, &'static str),
+}
+
+impl FType {
+    /// The reference table of a [`FType::Refs`]/[`FType::RefsOrdered`] field, with its
+    /// insertion-order column if it declares one.
+    pub fn refs(self) -> Option<(&'static Refs, Option<&'static str>)> {
+        match self {
+            FType::Refs(r) => Some((r, None)),
+            FType::RefsOrdered(r, order) => Some((r, Some(order))),
+            _ => None,
+        }
+    }
 }
 
 /// Where the values of an [`FType::Refs`] field live.
@@ -296,7 +311,7 @@ fn convert(def: &ResourceDef, f: &Field, v: &str) -> Result<Val> {
         ))
     };
     Ok(match f.ty {
-        FType::Str | FType::Refs(_) => Val::S(v.to_string()),
+        FType::Str | FType::Refs(_) | FType::RefsOrdered(..) => Val::S(v.to_string()),
         FType::Int => Val::I(v.trim().parse().map_err(|_| bad())?),
         FType::Float => Val::F(v.trim().parse().map_err(|_| bad())?),
         FType::Bool => match v.trim().to_ascii_lowercase().as_str() {
@@ -357,7 +372,7 @@ impl SqlBuilder<'_> {
         let Some(f) = def.field(name) else {
             return Err(no_field(def, name));
         };
-        if let FType::Refs(r) = f.ty {
+        if let Some((r, _)) = f.ty.refs() {
             let a = format!("r{depth}");
             let vf = Field { name: f.name, col: r.value, ty: FType::Str };
             let inner = self.leaf(def, &a, &vf, c)?;
@@ -460,7 +475,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
 
     let order = match &qp.sort {
         Some((name, asc)) => {
-            let f = def.field(name).filter(|f| !matches!(f.ty, FType::Refs(_))).ok_or_else(|| no_sort_field(def, name))?;
+            let f = def.field(name).filter(|f| f.ty.refs().is_none()).ok_or_else(|| no_sort_field(def, name))?;
             format!(" ORDER BY t.{} {}", f.col, if *asc { "ASC" } else { "DESC" })
         }
         None => format!(" ORDER BY {}", def.order),
@@ -574,10 +589,12 @@ fn load_where_in<'a>(
     })
 }
 
-/// Replace the key of every [`FType::Refs`] field of `rows` by its list of values.
+/// Replace the key of every [`FType::Refs`]/[`FType::RefsOrdered`] field of `rows` by its list of values.
 async fn fill_refs(db: &Db, cols: &[&'static Field], rows: &mut [Map<String, Value>]) -> Result<()> {
     for f in cols {
-        let FType::Refs(r) = f.ty else { continue };
+        let Some((r, order)) = f.ty.refs() else { continue };
+        // Values in insertion order where the reference table declares it, else by value.
+        let by = order.unwrap_or(r.value);
         let mut keys: Vec<String> = rows.iter().filter_map(|m| m.get(f.name)?.as_str().map(String::from)).collect();
         keys.sort();
         keys.dedup();
@@ -585,7 +602,7 @@ async fn fill_refs(db: &Db, cols: &[&'static Field], rows: &mut [Map<String, Val
         for chunk in keys.chunks(500) {
             let phs: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT {fk}, {v} FROM {t} WHERE {fk} IN ({}) ORDER BY {fk}, {v}",
+                "SELECT {fk}, {v} FROM {t} WHERE {fk} IN ({}) ORDER BY {fk}, {by}, {v}",
                 phs.join(", "),
                 fk = r.fk,
                 v = r.value,
@@ -611,7 +628,7 @@ pub fn row_to_json(row: &AnyRow, cols: &[&'static Field]) -> Result<Map<String, 
     let mut m = Map::with_capacity(cols.len());
     for (i, f) in cols.iter().enumerate() {
         let v = match f.ty {
-            FType::Str | FType::Refs(_) => row.try_get::<Option<String>, _>(i)?.map(Value::String),
+            FType::Str | FType::Refs(_) | FType::RefsOrdered(..) => row.try_get::<Option<String>, _>(i)?.map(Value::String),
             FType::Int => row.try_get::<Option<i64>, _>(i)?.map(Value::from),
             FType::Bool => row.try_get::<Option<i64>, _>(i)?.map(|b| Value::Bool(b != 0)),
             FType::Float => row.try_get::<Option<f64>, _>(i)?.map(Value::from),

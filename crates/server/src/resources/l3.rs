@@ -125,7 +125,8 @@ pub static L3_NETWORK: ResourceDef = ResourceDef {
         field("isolated", "isolated", FType::Bool),
         field("createDate", "create_date", FType::Date),
         field("lastOpDate", "last_op_date", FType::Date),
-        field("dns", "uuid", FType::Refs(&DNS_REFS)),
+        // in the order they were added, as upstream (sorted by the DNS row's generated id)
+        field("dns", "uuid", FType::RefsOrdered(&DNS_REFS, "seq")),
     ],
     children: &[
         Child { name: "ipRanges", def: &IP_RANGE, fk: "l3_network_uuid", pk: "uuid", many: true },
@@ -250,6 +251,16 @@ async fn reply(app: &App, uuid: &str) -> Result<Reply> {
 
 const CATEGORIES: &[&str] = &["Public", "Private", "System"];
 
+/// rzstack allocates IPv4 addresses only: everything IPv6 that upstream would allocate from
+/// is refused with this, never accepted and ignored.
+fn ipv6_unsupported(what: &str) -> Error {
+    Error::argerr(format!("IPv6 is not supported yet: {what} cannot be created; only IPv4 (ipVersion 4) is supported"))
+}
+
+fn is_ipv6(s: &str) -> bool {
+    s.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
 fn canonical_category(c: &str) -> String {
     CATEGORIES.iter().find(|x| x.eq_ignore_ascii_case(c)).map(|x| x.to_string()).unwrap_or_else(|| c.to_string())
 }
@@ -311,6 +322,9 @@ async fn create(app: App, msg: Msg) -> Result<Reply> {
         if !is_valid_domain(d) {
             return Err(Error::argerr(format!("{d} is not a valid domain name")));
         }
+    }
+    if req.ip_version == Some(6) {
+        return Err(ipv6_unsupported("an L3 network with ipVersion 6"));
     }
     let category = canonical_category(req.category.as_deref().unwrap_or("Private"));
     check_system_category(req.system, &category)?;
@@ -652,6 +666,11 @@ struct AddIpRange {
 
 async fn add_ip_range(app: App, msg: Msg) -> Result<Reply> {
     let req: AddIpRange = msg.parse()?;
+    for v in [Some(&req.start_ip), Some(&req.end_ip), req.gateway.as_ref()].into_iter().flatten() {
+        if is_ipv6(v) {
+            return Err(ipv6_unsupported(&format!("an IP range with the IPv6 address[{v}]")));
+        }
+    }
     let kind = req.ip_range_type.clone().unwrap_or_else(|| "Normal".into());
     let gateway = if kind == "AddressPool" {
         // upstream gives an address pool its start address as a fake gateway
@@ -726,6 +745,10 @@ fn parse_cidr(s: &str) -> Option<(u32, u32)> {
 
 async fn add_ip_range_by_cidr(app: App, msg: Msg) -> Result<Reply> {
     let req: AddByCidr = msg.parse()?;
+    let cidr_addr = req.network_cidr.split('/').next().unwrap_or_default();
+    if is_ipv6(cidr_addr) || req.gateway.as_deref().is_some_and(is_ipv6) {
+        return Err(ipv6_unsupported(&format!("an IP range of the IPv6 network cidr[{}]", req.network_cidr)));
+    }
     let invalid = || Error::argerr(format!("{} is not a valid network cidr", req.network_cidr));
     let (addr, prefix) = parse_cidr(&req.network_cidr).ok_or_else(invalid)?;
     let subnet = Subnet::new(addr, prefix);
@@ -844,6 +867,15 @@ async fn delete_ip_range(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
+/// AddIpv6Range and AddIpv6RangeByNetworkCidr: upstream APIs we do not implement yet.
+async fn add_ipv6_range(_app: App, msg: Msg) -> Result<Reply> {
+    let what = match msg.str("networkCidr") {
+        Some(c) => format!("an IPv6 IP range of the network cidr[{c}]"),
+        None => "an IPv6 IP range".to_string(),
+    };
+    Err(ipv6_unsupported(&what))
+}
+
 // ---------------------------------------------------------------------------------------
 // DNS
 
@@ -874,11 +906,20 @@ async fn add_dns(app: App, msg: Msg) -> Result<Reply> {
         }
     }
     let now = now_ms();
+    // seq: the insertion order within this L3 network (the write transaction serializes it)
     tx.execute(
-        "INSERT INTO l3_network_dns (l3_network_uuid, dns, create_date, last_op_date) VALUES ($1, $2, $3, $3)",
+        "INSERT INTO l3_network_dns (l3_network_uuid, dns, create_date, last_op_date, seq) \
+         SELECT $1, $2, $3, $3, COALESCE(MAX(seq), 0) + 1 FROM l3_network_dns WHERE l3_network_uuid = $1",
         &[Val::from(l3), Val::from(req.dns.as_str()), Val::I(now)],
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        if crate::db::is_unique_violation(&e) {
+            Error::operr(format!("there has been a DNS[{}] on L3 network[uuid:{l3}]", req.dns))
+        } else {
+            e
+        }
+    })?;
     tx.commit().await?;
     reply(&app, l3).await
 }
@@ -910,12 +951,13 @@ struct AttachServices {
 }
 
 async fn attach_services(app: App, msg: Msg) -> Result<Reply> {
-    let req: AttachServices = msg.parse()?;
+    let mut req: AttachServices = msg.parse()?;
     let l3 = req.l3_network_uuid.as_str();
     if req.network_services.is_empty() {
         return Err(Error::argerr("networkServices cannot be empty"));
     }
     let mut tx = app.db.begin_write().await?;
+    req.network_services = provider_types_to_uuids(&mut tx, std::mem::take(&mut req.network_services)).await?;
     for (provider, types) in &req.network_services {
         let types = match types {
             Some(t) if !t.is_empty() => t,
@@ -970,6 +1012,196 @@ async fn attach_services(app: App, msg: Msg) -> Result<Reply> {
         }
     }
     tx.commit().await?;
+    reply(&app, l3).await
+}
+
+/// Upstream lets a provider be named by its type (e.g. `Flat`) instead of its uuid.
+async fn provider_types_to_uuids<V>(tx: &mut WriteTx, map: BTreeMap<String, V>) -> Result<BTreeMap<String, V>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let row = tx
+            .fetch_optional(
+                "SELECT uuid FROM network_service_provider WHERE type = $1 AND uuid != $1",
+                &[Val::from(k.as_str())],
+            )
+            .await?;
+        let key = match row {
+            Some(r) => r.try_get::<String, _>(0)?,
+            None => k,
+        };
+        out.insert(key, v);
+    }
+    Ok(out)
+}
+
+/// A list of service types given either as a JSON list or (from a query string) as a
+/// comma-separated string.
+fn service_list(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Value::String(s) => s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DetachServices {
+    l3_network_uuid: String,
+    network_services: Option<BTreeMap<String, Value>>,
+    service: Option<String>,
+}
+
+async fn detach_services(app: App, msg: Msg) -> Result<Reply> {
+    let req: DetachServices = msg.parse()?;
+    let l3 = req.l3_network_uuid.as_str();
+    let mut tx = app.db.begin_write().await?;
+    // (provider uuid, service types)
+    let wanted: Vec<(String, Vec<String>)> = if let Some(service) = &req.service {
+        // one service type: whichever provider gives it to this network
+        let row = tx
+            .fetch_optional(
+                "SELECT network_service_provider_uuid FROM network_service_l3_ref \
+                 WHERE l3_network_uuid = $1 AND network_service_type = $2",
+                &[Val::from(l3), Val::from(service.as_str())],
+            )
+            .await?;
+        match row {
+            Some(r) => vec![(r.try_get::<String, _>(0)?, vec![service.clone()])],
+            None => Vec::new(),
+        }
+    } else {
+        let map = req.network_services.clone().unwrap_or_default();
+        if map.is_empty() {
+            return Err(Error::argerr("networkServices cannot be empty"));
+        }
+        provider_types_to_uuids(&mut tx, map).await?.into_iter().map(|(k, v)| (k, service_list(&v))).collect()
+    };
+    for (provider, types) in &wanted {
+        for t in types {
+            tx.execute(
+                "DELETE FROM network_service_l3_ref WHERE l3_network_uuid = $1 \
+                 AND network_service_provider_uuid = $2 AND network_service_type = $3",
+                &[Val::from(l3), Val::from(provider.as_str()), Val::from(t.as_str())],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    // upstream answers with the L3 network whether or not anything was attached
+    reply(&app, l3).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Host routes
+
+/// An IPv4 network cidr as upstream's `NetworkUtils.isCidr` accepts it (`a.b.c.d/n`,
+/// n in 0..=32, no leading zeros in the octets).
+fn is_ipv4_cidr(s: &str) -> bool {
+    let Some((a, p)) = s.split_once('/') else { return false };
+    let octets_ok = a.split('.').all(|o| !(o.len() > 1 && o.starts_with('0')));
+    let prefix_ok = !p.is_empty()
+        && p.len() <= 2
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && !(p.len() > 1 && p.starts_with('0'))
+        && p.parse::<u32>().is_ok_and(|n| n <= 32);
+    octets_ok && ipv4(a).is_some() && prefix_ok
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.split_once('/').is_some_and(|(a, _)| is_ipv6(a)) {
+        return Err(ipv6_unsupported(&format!("a host route for the IPv6 prefix[{prefix}]")));
+    }
+    if !is_ipv4_cidr(prefix) {
+        return Err(Error::argerr(format!("prefix [{prefix}] is not a IPv4 network cidr")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddHostRoute {
+    l3_network_uuid: String,
+    prefix: String,
+    nexthop: String,
+}
+
+fn route_exists(prefix: &str, l3: &str) -> Error {
+    Error::operr(format!("there has been a hostroute for prefix[{prefix}] on L3 network[uuid:{l3}]"))
+}
+
+async fn add_host_route(app: App, msg: Msg) -> Result<Reply> {
+    let req: AddHostRoute = msg.parse()?;
+    check_prefix(&req.prefix)?;
+    if is_ipv6(&req.nexthop) {
+        return Err(ipv6_unsupported(&format!("a host route with the IPv6 nexthop[{}]", req.nexthop)));
+    }
+    if ipv4(&req.nexthop).is_none() {
+        return Err(Error::argerr(format!("nexthop[{}] is not a IPv4 address", req.nexthop)));
+    }
+    let l3 = req.l3_network_uuid.as_str();
+    // The row id is upstream's generated id (MAX + 1); two writers racing for the same id on
+    // PostgreSQL make one of them fail on the primary key, and it tries again. A second
+    // route for the same prefix is refused by the UNIQUE (l3_network_uuid, prefix) index.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut tx = app.db.begin_write().await?;
+        let r = tx
+            .execute(
+                "INSERT INTO l3_network_host_route (id, l3_network_uuid, prefix, nexthop, create_date, last_op_date) \
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $4 FROM l3_network_host_route",
+                &[Val::from(l3), Val::from(req.prefix.as_str()), Val::from(req.nexthop.as_str()), Val::I(now_ms())],
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                tx.commit().await?;
+                break;
+            }
+            Err(e) if crate::db::is_unique_violation(&e) => {
+                drop(tx);
+                let dup = app
+                    .db
+                    .fetch_optional(
+                        "SELECT 1 FROM l3_network_host_route WHERE l3_network_uuid = $1 AND prefix = $2",
+                        &[Val::from(l3), Val::from(req.prefix.as_str())],
+                    )
+                    .await?;
+                if dup.is_some() {
+                    return Err(route_exists(&req.prefix, l3));
+                }
+                if attempt >= 10 {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    reply(&app, l3).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RemoveHostRoute {
+    l3_network_uuid: String,
+    prefix: String,
+}
+
+async fn remove_host_route(app: App, msg: Msg) -> Result<Reply> {
+    let req: RemoveHostRoute = msg.parse()?;
+    check_prefix(&req.prefix)?;
+    let l3 = req.l3_network_uuid.as_str();
+    let n = app
+        .db
+        .execute(
+            "DELETE FROM l3_network_host_route WHERE l3_network_uuid = $1 AND prefix = $2",
+            &[Val::from(l3), Val::from(req.prefix.as_str())],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::operr(format!("there is no hostroute for prefix[{}] on L3 network[uuid:{l3}]", req.prefix)));
+    }
     reply(&app, l3).await
 }
 
@@ -1131,6 +1363,7 @@ pub async fn used_ip_count(app: &App, l3: &str) -> Result<i64> {
 // API table
 
 const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
+const IPV6_ADDRESS_MODES: &[&str] = &["SLAAC", "Stateful-DHCP", "Stateless-DHCP"];
 const DELETE_MODE: Param = Param::str("deleteMode").values(&["Permissive", "Enforcing"]);
 
 pub static APIS: &[ApiDef] = &[
@@ -1341,6 +1574,96 @@ pub static APIS: &[ApiDef] = &[
         ],
         tags: &[],
         handler: Some(|a, m| boxed(attach_services(a, m))),
+    },
+    ApiDef {
+        name: "DetachNetworkServiceFromL3Network",
+        method: Method::Delete,
+        path: "/l3-networks/{l3NetworkUuid}/network-services",
+        optional_paths: &["/l3-networks/{l3NetworkUuid}/network-services/{service}"],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
+            Param::map("networkServices"),
+            Param::str("service"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(detach_services(a, m))),
+    },
+    ApiDef {
+        name: "AddHostRouteToL3Network",
+        method: Method::Post,
+        path: "/l3-networks/{l3NetworkUuid}/hostroute",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
+            Param::str("prefix").required(),
+            Param::str("nexthop").required(),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add_host_route(a, m))),
+    },
+    ApiDef {
+        name: "RemoveHostRouteFromL3Network",
+        method: Method::Delete,
+        path: "/l3-networks/{l3NetworkUuid}/hostroute",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("prefix").required()],
+        tags: &[],
+        handler: Some(|a, m| boxed(remove_host_route(a, m))),
+    },
+    ApiDef {
+        name: "AddIpv6Range",
+        method: Method::Post,
+        path: "/l3-networks/{l3NetworkUuid}/ipv6-ranges",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+            Param::str("startIp").required(),
+            Param::str("endIp").required(),
+            Param::str("gateway").required(),
+            Param::int("prefixLen").required().range(8, 126),
+            Param::str("addressMode").required().values(IPV6_ADDRESS_MODES),
+            Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add_ipv6_range(a, m))),
+    },
+    ApiDef {
+        name: "AddIpv6RangeByNetworkCidr",
+        method: Method::Post,
+        path: "/l3-networks/{l3NetworkUuid}/ipv6-ranges/by-cidr",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+            Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
+            Param::str("networkCidr").required(),
+            Param::str("addressMode").required().values(IPV6_ADDRESS_MODES),
+            Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(add_ipv6_range(a, m))),
     },
     ApiDef {
         name: "GetIpAddressCapacity",
