@@ -22,7 +22,12 @@ pub enum DbKind {
 pub struct Db {
     pub pool: AnyPool,
     pub kind: DbKind,
+    /// SQLite only: the writer lock (one writer at a time) ...
     write_lock: Option<Arc<Mutex<()>>>,
+    /// ... and the queue that multi-statement transactions wait in before they may take it.
+    /// Single statements (a job row, a session renewal) skip the queue: they wait for at most
+    /// the transaction that is running, not for every saga step queued behind it.
+    tx_queue: Option<Arc<Mutex<()>>>,
 }
 
 /// A bindable SQL value.
@@ -116,6 +121,7 @@ const POSTGRES_POOL: u32 = 32;
 pub struct WriteTx {
     pub tx: Transaction<'static, Any>,
     _guard: Option<OwnedMutexGuard<()>>,
+    _queued: Option<OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
@@ -199,7 +205,8 @@ impl Db {
             });
         let pool = opts.connect(&url).await?;
         let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let db = Db { pool, kind, write_lock };
+        let tx_queue = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let db = Db { pool, kind, write_lock, tx_queue };
         db.migrate().await?;
         Ok(db)
     }
@@ -260,12 +267,16 @@ impl Db {
 
     /// Begin a write transaction (queued behind other writers on SQLite).
     pub async fn begin_write(&self) -> Result<WriteTx> {
+        let queued = match &self.tx_queue {
+            Some(q) => Some(q.clone().lock_owned().await),
+            None => None,
+        };
         let guard = match &self.write_lock {
             Some(l) => Some(l.clone().lock_owned().await),
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx { tx, _guard: guard, _queued: queued })
     }
 
     /// One statement in its own write transaction.
