@@ -968,3 +968,126 @@ async fn resumed_create_jobs_make_their_resource_once() {
     let ps = srv.query(&format!("/primary-storage/{pu}")).await;
     assert_eq!(ps[0]["availableCapacity"], 6000, "the volume's size is reserved exactly once");
 }
+
+#[tokio::test]
+async fn nfs_url_unique_per_zone_even_when_racing() {
+    let srv = Server::start().await;
+    let z1 = s(&srv.create_zone("z1").await["uuid"]).to_string();
+    let z2 = s(&srv.create_zone("z2").await["uuid"]).to_string();
+    let add = |name: &str, url: &str, zone: &str| json!({"params": {"name": name, "url": url, "zoneUuid": zone}});
+    // six adds of the same export in the same zone at once: exactly one wins
+    let url = "10.0.0.9:/export/race";
+    let (a, b, c, d, e, f) = tokio::join!(
+        srv.job("POST", "/primary-storage/nfs", Some(add("n1", url, &z1))),
+        srv.job("POST", "/primary-storage/nfs", Some(add("n2", url, &z1))),
+        srv.job("POST", "/primary-storage/nfs", Some(add("n3", url, &z1))),
+        srv.job("POST", "/primary-storage/nfs", Some(add("n4", url, &z1))),
+        srv.job("POST", "/primary-storage/nfs", Some(add("n5", url, &z1))),
+        srv.job("POST", "/primary-storage/nfs", Some(add("n6", url, &z1))),
+    );
+    let all = [a, b, c, d, e, f];
+    assert_eq!(
+        all.iter().filter(|r| r.status == 200).count(),
+        1,
+        "{:?}",
+        all.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for r in all.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert_error(
+            &r.body["error"],
+            "SYS.1007",
+            &format!("there has been a nfs primary storage having url as {url} in zone[uuid:{z1}]"),
+        );
+    }
+    assert_eq!(srv.query(&format!("/primary-storage?q=url={url}")).await.len(), 1);
+
+    // the same export in another zone is another storage; a non-NFS storage may use the text
+    srv.ok("POST", "/primary-storage/nfs", Some(add("other-zone", url, &z2))).await;
+    srv.ok("POST", "/primary-storage/simulators", Some(add("sim", url, &z1))).await;
+    assert_eq!(srv.query(&format!("/primary-storage?q=url={url}")).await.len(), 3);
+
+    // moving a second NFS storage onto a taken url is refused and changes nothing
+    let second = srv.ok("POST", "/primary-storage/nfs", Some(add("second", "10.0.0.9:/export/b", &z1))).await;
+    let su = s(&second["inventory"]["uuid"]).to_string();
+    let e = srv
+        .fails("PUT", &format!("/primary-storage/{su}/actions"), Some(json!({"updatePrimaryStorage": {"url": url}})))
+        .await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        &format!("there has been a nfs primary storage having url as {url} in zone[uuid:{z1}]"),
+    );
+    assert_eq!(srv.query(&format!("/primary-storage/{su}")).await[0]["url"], "10.0.0.9:/export/b");
+    let u = srv
+        .ok(
+            "PUT",
+            &format!("/primary-storage/{su}/actions"),
+            Some(json!({"updatePrimaryStorage": {"url": "10.0.0.9:/export/c"}})),
+        )
+        .await;
+    assert_eq!(u["inventory"]["url"], "10.0.0.9:/export/c");
+    // once deleted, its url is free again
+    srv.ok("DELETE", &format!("/primary-storage/{su}"), None).await;
+    srv.ok("POST", "/primary-storage/nfs", Some(add("again", "10.0.0.9:/export/c", &z1))).await;
+}
+
+#[tokio::test]
+async fn image_platform_defaults_and_unsupported_urls() {
+    let srv = Server::start().await;
+    let dir = visible_tempdir();
+    let bs = add_local_bs(&srv, "bs", &dir.path().join("bs").display().to_string()).await;
+    let bu = s(&bs["uuid"]).to_string();
+    let qcow = dir.path().join("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "1M"]);
+    let url = format!("file://{}", qcow.display());
+    let add = |name: &str, extra: Value| {
+        let mut p = json!({"name": name, "url": url, "format": "qcow2", "backupStorageUuids": [bu]});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        json!({ "params": p })
+    };
+
+    // upstream defaults: platform Linux, guestOsType = the platform; Paravirtualization is
+    // stored as Other, WindowsVirtio as Windows; an explicit guestOsType is kept
+    let cases = [
+        (json!({}), "Linux", Some("Linux")),
+        (json!({"platform": "Windows"}), "Windows", Some("Windows")),
+        (json!({"platform": "WindowsVirtio"}), "Windows", Some("Windows")),
+        (json!({"platform": "Paravirtualization"}), "Other", Some("Other")),
+        (json!({"platform": "Linux", "guestOsType": "Ubuntu"}), "Linux", Some("Ubuntu")),
+    ];
+    for (i, (extra, platform, guest)) in cases.into_iter().enumerate() {
+        let img = srv.ok("POST", "/images", Some(add(&format!("i{i}"), extra))).await["inventory"].clone();
+        assert_eq!(img["platform"], platform, "{img}");
+        assert_eq!(img["guestOsType"].as_str(), guest, "{img}");
+        assert_eq!(img["architecture"], "x86_64");
+        let q = &srv.query(&format!("/images/{}", s(&img["uuid"]))).await[0];
+        assert_eq!(q["guestOsType"].as_str(), guest);
+    }
+    // a data volume template gets no platform defaults
+    let dv = srv.ok("POST", "/images", Some(add("dv", json!({"mediaType": "DataVolumeTemplate"})))).await["inventory"]
+        .clone();
+    assert!(dv.get("platform").is_none() && dv.get("guestOsType").is_none(), "{dv}");
+
+    // ftp:// and sftp:// are upstream protocols we cannot download from: a clear refusal
+    // naming what is supported, and nothing left behind
+    let before = srv.query("/images").await.len();
+    for u in ["ftp://10.0.0.1/img.qcow2", "sftp://root@10.0.0.1/img.qcow2"] {
+        let mut body = add("ftp", json!({}));
+        body["params"]["url"] = json!(u);
+        let e = srv.fails("POST", "/images", Some(body)).await;
+        assert_error(
+            &e,
+            "SYS.1006",
+            "ftp:// and sftp:// sources are not supported yet, use http(s):// or a local path",
+        );
+    }
+    let mut body = add("bad", json!({}));
+    body["params"]["url"] = json!("gopher://x/y");
+    let e = srv.fails("POST", "/images", Some(body)).await;
+    assert_error(&e, "SYS.1007", "url must starts with 'file:///', 'http://', 'https://'");
+    assert_eq!(srv.query("/images").await.len(), before);
+    assert!(srv.query("/images?q=name=ftp").await.is_empty());
+}

@@ -363,6 +363,7 @@ async fn add_image(app: App, msg: Msg) -> Result<Reply> {
     }
     let media_type = req.media_type.clone().unwrap_or_else(|| "RootVolumeTemplate".into());
     let (mut platform, mut architecture) = (req.platform.clone(), req.architecture.clone());
+    let mut guest_os_type = req.guest_os_type.clone();
     if media_type != "DataVolumeTemplate" {
         platform = Some(match platform.as_deref() {
             None => "Linux".to_string(),
@@ -372,6 +373,11 @@ async fn add_image(app: App, msg: Msg) -> Result<Reply> {
         });
         if architecture.is_none() {
             architecture = Some(if std::env::consts::ARCH == "aarch64" { "aarch64" } else { "x86_64" }.to_string());
+        }
+        // upstream (ImageMessageFiller, GuestOsCategory): the platform's own name is the
+        // default guest OS type for Linux, Windows and Other
+        if guest_os_type.is_none() {
+            guest_os_type = platform.clone().filter(|p| ["Linux", "Windows", "Other"].contains(&p.as_str()));
         }
     }
     let mut phs = Vec::new();
@@ -456,7 +462,7 @@ async fn add_image(app: App, msg: Msg) -> Result<Reply> {
             Val::from(req.description.clone()),
             Val::from(url.as_str()),
             Val::from(media_type.as_str()),
-            Val::from(req.guest_os_type.clone()),
+            Val::from(guest_os_type),
             Val::from(platform),
             Val::from(architecture),
             Val::from(format.as_str()),

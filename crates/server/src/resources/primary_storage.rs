@@ -151,18 +151,8 @@ async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
                 )
             }
             NFS => {
-                let dup = tx
-                    .fetch_optional(
-                        "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
-                        &[Val::from(NFS), Val::from(url.as_str()), Val::from(req.zone_uuid.as_str())],
-                    )
-                    .await?;
-                if dup.is_some() {
-                    return Err(Error::argerr(format!(
-                        "there has been a nfs primary storage having url as {url} in zone[uuid:{}]",
-                        req.zone_uuid
-                    )));
-                }
+                // A url already used in the zone is refused by the UNIQUE index on
+                // (zone_uuid, url) of NFS storage, when the row is inserted below.
                 // Measured when a host mounts it; until then the capacity is unknown (zero).
                 (
                     Capacity { total: 0, available: 0, total_physical: 0, available_physical: 0 },
@@ -180,6 +170,7 @@ async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
                 (Capacity { total, available, total_physical, available_physical }, None)
             }
         };
+        let zone = req.zone_uuid.clone();
         tx.execute(
             "INSERT INTO primary_storage (uuid, zone_uuid, name, url, description, total_capacity, available_capacity, \
              total_physical_capacity, available_physical_capacity, system_used_capacity, type, state, status, mount_path, \
@@ -200,7 +191,8 @@ async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
                 Val::I(now),
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| nfs_url_taken(e, &req.url, &zone))?;
         super::own(&mut tx, &uuid, PRIMARY_STORAGE.vo, msg.account_uuid()).await?;
     }
     tx.commit().await?;
@@ -216,8 +208,19 @@ struct UpdatePrimaryStorage {
     url: Option<String>,
 }
 
+/// The upstream error for an NFS url already used in the zone, when the UNIQUE index
+/// `primary_storage_nfs_url` (zone_uuid, url WHERE type = 'NFS') refuses a row.
+fn nfs_url_taken(e: Error, url: &str, zone: &str) -> Error {
+    if crate::db::is_unique_violation(&e) {
+        Error::argerr(format!("there has been a nfs primary storage having url as {url} in zone[uuid:{zone}]"))
+    } else {
+        e
+    }
+}
+
 async fn update(app: App, msg: Msg) -> Result<Reply> {
     let req: UpdatePrimaryStorage = msg.parse()?;
+    let mut zone = String::new();
     if let Some(url) = &req.url {
         let row = app
             .db
@@ -229,21 +232,7 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
             .ok_or_else(|| Error::not_found(format!("primary storage[uuid:{}] is not found", req.uuid)))?;
         let ty: String = row.try_get(0)?;
         let old: String = row.try_get(1)?;
-        let zone: String = row.try_get(2)?;
-        if ty == NFS && *url != old {
-            let dup = app
-                .db
-                .fetch_optional(
-                    "SELECT 1 FROM primary_storage WHERE type = $1 AND url = $2 AND zone_uuid = $3",
-                    &[Val::from(NFS), Val::from(url.as_str()), Val::from(zone.as_str())],
-                )
-                .await?;
-            if dup.is_some() {
-                return Err(Error::argerr(format!(
-                    "there has been a nfs primary storage having url as {url} in zone[uuid:{zone}]"
-                )));
-            }
-        }
+        zone = row.try_get(2)?;
         if ty == LOCAL_STORAGE && *url != old {
             return Err(Error::operr(format!(
                 "the url of the local primary storage[uuid:{}] cannot be changed while it holds data; \
@@ -252,6 +241,8 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
             )));
         }
     }
+    // An NFS url taken in the zone is refused by the UNIQUE index (see `nfs_url_taken`).
+    let new_url = req.url.clone().unwrap_or_default();
     app.db
         .execute(
             "UPDATE primary_storage SET name = COALESCE($1, name), description = COALESCE($2, description), \
@@ -264,7 +255,8 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
                 Val::from(req.uuid.as_str()),
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| nfs_url_taken(e, &new_url, &zone))?;
     reply(&app, &req.uuid).await
 }
 
