@@ -197,6 +197,12 @@ struct CreateVm {
     platform: Option<String>,
     guest_os_type: Option<String>,
     architecture: Option<String>,
+    #[serde(default)]
+    root_volume_system_tags: Vec<String>,
+    #[serde(default)]
+    data_volume_system_tags: Vec<String>,
+    #[serde(default)]
+    ssh_key_pair_uuids: Vec<String>,
 }
 
 /// A list of sizes: numbers, or the strings list validation turns them into.
@@ -218,14 +224,179 @@ const NOT_YET: &[&str] = &[
     "vmNicParams",
     "dataVolumeTemplateUuids",
     "diskAOs",
-    "sshKeyPairUuids",
     "devices",
     "dataVolumeSystemTagsOnIndex",
-    "rootVolumeSystemTags",
-    "dataVolumeSystemTags",
+    // no TagPatternVO (tag2) resources exist in this management node to check them against
     "tagUuids",
     "virtio",
 ];
+
+/// The system tags CreateVmInstance accepts (upstream `VmSystemTags`), as the API table's patterns.
+const VM_TAGS: &[&str] = &[
+    "staticIp::{l3NetworkUuid}::{ip}",
+    "ipv4Netmask::{l3NetworkUuid}::{netmask}",
+    "ipv4Gateway::{l3NetworkUuid}::{gateway}",
+    "customMac::{l3NetworkUuid}::{mac}",
+];
+
+/// The VM system tags of a create message, by kind, as (l3 uuid, value).
+#[derive(Default)]
+struct VmTags {
+    ips: Vec<(String, String)>,
+    netmasks: Vec<(String, String)>,
+    gateways: Vec<(String, String)>,
+    macs: Vec<(String, String)>,
+    /// the tags the VM keeps (upstream deletes customMac once the NIC has it)
+    kept: Vec<String>,
+}
+
+impl VmTags {
+    fn parse(tags: &[String]) -> VmTags {
+        let mut out = VmTags::default();
+        for t in tags {
+            let parts: Vec<&str> = t.splitn(3, "::").collect();
+            let [kind, l3, value] = parts[..] else { continue };
+            let pair = (l3.to_string(), value.to_string());
+            match kind {
+                "staticIp" => out.ips.push(pair),
+                "ipv4Netmask" => out.netmasks.push(pair),
+                "ipv4Gateway" => out.gateways.push(pair),
+                "customMac" => {
+                    out.macs.push(pair);
+                    continue;
+                }
+                _ => continue,
+            }
+            out.kept.push(t.clone());
+        }
+        out
+    }
+}
+
+/// Why `ip` cannot be taken on `l3` (upstream CheckIpAvailability reasons), or None.
+async fn ip_unavailable(app: &App, l3: &str, ip: &str, n: i64) -> Result<Option<&'static str>> {
+    let ranges = app
+        .db
+        .fetch_all(
+            "SELECT start_ip_long, end_ip_long, gateway FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4",
+            &[Val::from(l3)],
+        )
+        .await?;
+    let mut in_range = ranges.is_empty();
+    for r in &ranges {
+        let gw: Option<String> = r.try_get(2)?;
+        if gw.as_deref() == Some(ip) {
+            return Ok(Some("it is gateway"));
+        }
+        if r.try_get::<i64, _>(0)? <= n && n <= r.try_get::<i64, _>(1)? {
+            in_range = true;
+            break;
+        }
+    }
+    if !in_range {
+        return Ok(Some("it is not in this range"));
+    }
+    let used = app
+        .db
+        .fetch_optional(
+            "SELECT 1 FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long = $2",
+            &[Val::from(l3), Val::I(n)],
+        )
+        .await?;
+    Ok(used.map(|_| "it is used"))
+}
+
+/// MAC rules of upstream `MacOperator.validateAvailableMac`.
+fn check_mac(mac: &str) -> Result<()> {
+    let m = mac.to_lowercase();
+    let ok = m.len() == 17
+        && m.split(':').count() == 6
+        && m.split(':').all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return Err(Error::operr(format!("Not a valid MAC address [{mac}]")));
+    }
+    if m == "00:00:00:00:00:00" || m == "ff:ff:ff:ff:ff:ff" {
+        return Err(Error::operr("Disallowed address"));
+    }
+    if u8::from_str_radix(&m[..2], 16).unwrap_or(0) & 1 == 1 {
+        return Err(Error::operr(format!("Expected unicast mac address, found multicast MAC address [{mac}]")));
+    }
+    Ok(())
+}
+
+/// staticIp / ipv4Netmask / ipv4Gateway / customMac tags: on one of the VM's L3 networks,
+/// the IP in the L3's ranges, not its gateway and free, netmask and gateway as the range's,
+/// the MAC a valid unicast one not used by another NIC.
+async fn check_nic_tags(app: &App, tags: &VmTags, l3s: &[String]) -> Result<()> {
+    let all = tags.ips.iter().chain(&tags.netmasks).chain(&tags.gateways).chain(&tags.macs);
+    for (l3, _) in all {
+        if !l3s.contains(l3) {
+            return Err(Error::argerr(format!(
+                "the system tags of the vm name l3Network[uuid:{l3}], which is not in l3NetworkUuids[{}]",
+                l3s.join(", ")
+            )));
+        }
+    }
+    for (l3, ip) in &tags.ips {
+        if tags.ips.iter().filter(|(l, _)| l == l3).count() > 1 {
+            return Err(Error::argerr(format!("only one staticIp system tag is allowed per l3Network[uuid:{l3}]")));
+        }
+        let Some(n) = super::l3::ipv4(ip) else {
+            return Err(Error::argerr(format!("the static IP[{ip}] format error")));
+        };
+        if let Some(why) = ip_unavailable(app, l3, ip, i64::from(n)).await? {
+            return Err(Error::argerr(format!(
+                "IP[{ip}] is not available on the L3 network[uuid:{l3}] because: {why}"
+            )));
+        }
+        let range = app
+            .db
+            .fetch_optional(
+                "SELECT netmask, gateway FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4 \
+                 AND ip_range_type = 'Normal' ORDER BY create_date LIMIT 1",
+                &[Val::from(l3.as_str())],
+            )
+            .await?;
+        let mask = tags.netmasks.iter().find(|(l, _)| l == l3).map(|(_, v)| v.as_str());
+        let gw = tags.gateways.iter().find(|(l, _)| l == l3).map(|(_, v)| v.as_str());
+        match range {
+            None => {
+                if mask.is_none() {
+                    return Err(Error::operr("netmask must be set"));
+                }
+            }
+            Some(r) => {
+                let rmask: String = r.try_get(0)?;
+                let rgw: Option<String> = r.try_get(1)?;
+                if let Some(m) = mask {
+                    if m != rmask {
+                        return Err(Error::operr(format!("netmask error, expect: {rmask}, got: {m}")));
+                    }
+                }
+                if let Some(g) = gw {
+                    if Some(g) != rgw.as_deref() {
+                        return Err(Error::operr(format!(
+                            "gateway error, expect: {}, got: {g}",
+                            rgw.unwrap_or_else(|| "null".into())
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    for (_, mac) in &tags.macs {
+        check_mac(mac)?;
+        if app
+            .db
+            .fetch_optional("SELECT 1 FROM vm_nic WHERE mac = $1", &[Val::from(mac.to_lowercase())])
+            .await?
+            .is_some()
+        {
+            return Err(Error::argerr(format!("Duplicate mac address [{}]", mac.to_lowercase())));
+        }
+    }
+    Ok(())
+}
 
 async fn one_row(app: &App, sql: &str, uuid: &str) -> Result<Option<sqlx::any::AnyRow>> {
     app.db.fetch_optional(sql, &[Val::from(uuid)]).await
@@ -245,9 +416,8 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             )));
         }
     }
-    for t in msg.system_tags() {
-        return Err(Error::argerr(format!("system tag[{t}] is not supported by CreateVmInstance yet")));
-    }
+    // Only the VM_TAGS patterns pass the pipeline; parse them (checked below, in upstream order).
+    let tags = VmTags::parse(&msg.system_tags());
     // 1. instance settings
     let (cpu_num, memory_size, mut reserved, cpu_speed, allocator) = match &req.instance_offering_uuid {
         Some(o) => {
@@ -296,6 +466,13 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     if reserved == Some(0) {
         reserved = None;
     }
+    // 3. the same MAC twice
+    let mut seen_macs = std::collections::HashSet::new();
+    for (_, mac) in &tags.macs {
+        if !seen_macs.insert(mac.to_lowercase()) {
+            return Err(Error::operr(format!("Not allowed same mac [{}]", mac.to_lowercase())));
+        }
+    }
     // 5. L3 networks
     let mut first_l3_zone = None;
     for (i, l3) in req.l3_network_uuids.iter().enumerate() {
@@ -313,6 +490,19 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         }
         if i == 0 {
             first_l3_zone = Some(row.try_get::<String, _>(2)?);
+        }
+    }
+    // static IPs and custom MACs (upstream StaticIpOperator / MacOperator validators)
+    check_nic_tags(app, &tags, &req.l3_network_uuids).await?;
+    for t in req.root_volume_system_tags.iter().chain(&req.data_volume_system_tags) {
+        match t.strip_prefix("volumeProvisioningStrategy::") {
+            Some("ThinProvisioning") | Some("ThickProvisioning") => {}
+            _ => {
+                return Err(Error::argerr(format!(
+                    "volume system tag[{t}] is not supported: only volumeProvisioningStrategy::ThinProvisioning and \
+                     volumeProvisioningStrategy::ThickProvisioning are accepted in rootVolumeSystemTags/dataVolumeSystemTags"
+                )))
+            }
         }
     }
     // 6. location precedence and states
@@ -496,15 +686,21 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         )));
     }
 
-    // The plan: sizes and every id, fixed now.
+    // The plan: sizes and every id, fixed now. A root disk offering (or rootDiskSize, which
+    // upstream turns into a temporary offering) sizes the root volume; a volume made from an
+    // image is never smaller than the image.
+    if req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_some_and(|s| s <= 0) {
+        return Err(Error::operr("Unexpected root disk settings"));
+    }
+    let asked = match (&req.root_disk_offering_uuid, req.root_disk_size) {
+        (Some(o), _) => offering_size.get(o).copied(),
+        (None, Some(s)) => Some(s),
+        _ => None,
+    };
     let root_size = if req.image_uuid.is_none() || iso {
-        match (&req.root_disk_offering_uuid, req.root_disk_size) {
-            (Some(o), _) => offering_size.get(o).copied().unwrap_or(0),
-            (None, Some(s)) => s,
-            _ => 0,
-        }
+        asked.unwrap_or(0)
     } else {
-        image_size
+        asked.map_or(image_size, |a| a.max(image_size))
     };
     if hypervisors.is_empty() {
         hypervisors = match format.as_deref() {
@@ -557,8 +753,21 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         data_volumes,
         cdrom_uuid: new_uuid(),
         default_l3,
-        nics: req.l3_network_uuids.iter().map(|l3| Nic { uuid: new_uuid(), l3: l3.clone() }).collect(),
+        nics: req
+            .l3_network_uuids
+            .iter()
+            .map(|l3| Nic {
+                uuid: new_uuid(),
+                l3: l3.clone(),
+                ip: tags.ips.iter().find(|(l, _)| l == l3).map(|(_, ip)| ip.clone()),
+                mac: tags.macs.iter().find(|(l, _)| l == l3).map(|(_, m)| m.to_lowercase()),
+            })
+            .collect(),
         user_tags: msg.user_tags(),
+        system_tags: tags.kept,
+        root_volume_tags: req.root_volume_system_tags.clone(),
+        data_volume_tags: req.data_volume_system_tags.clone(),
+        ssh_key_pairs: req.ssh_key_pair_uuids.clone(),
         host: None,
         ps: None,
     })
@@ -578,6 +787,12 @@ pub struct DataVol {
 pub struct Nic {
     uuid: String,
     l3: String,
+    /// a static IP (`staticIp::` tag)
+    #[serde(default)]
+    ip: Option<String>,
+    /// a custom MAC (`customMac::` tag), lower-cased
+    #[serde(default)]
+    mac: Option<String>,
 }
 
 /// Everything the creation saga needs, ids included; stored with its progress.
@@ -614,6 +829,16 @@ pub struct Ctx {
     /// one NIC per L3 network, device ids in this order
     nics: Vec<Nic>,
     user_tags: Vec<String>,
+    /// system tags recorded on the VM (staticIp, ipv4Netmask, ipv4Gateway)
+    #[serde(default)]
+    system_tags: Vec<String>,
+    /// system tags recorded on the root / data volumes
+    #[serde(default)]
+    root_volume_tags: Vec<String>,
+    #[serde(default)]
+    data_volume_tags: Vec<String>,
+    #[serde(default)]
+    ssh_key_pairs: Vec<String>,
     /// the host chosen (set by allocate-host)
     host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
@@ -640,6 +865,49 @@ pub static CREATE_VM: SagaDef<Ctx> = SagaDef {
     ],
 };
 
+/// Starting a `Created` (JustCreate) VM: the rest of the creation plan, after the state moves
+/// from Created to Starting (undone back to Created).
+pub static START_CREATED: SagaDef<Ctx> = SagaDef {
+    kind: "start-created-vm",
+    steps: &[
+        Step { name: "mark-starting", run: starting_do, undo: starting_undo },
+        Step { name: "allocate-host", run: host_do, undo: host_undo },
+        Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
+        Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
+        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
+        Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
+        Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
+        Step { name: "finish", run: finish_do, undo: saga::nothing },
+    ],
+};
+
+fn starting_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let n = tx
+            .execute(
+                "UPDATE vm_instance SET state = 'Starting', last_op_date = $1 WHERE uuid = $2 AND state = 'Created'",
+                &[Val::I(now_ms()), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        if n != 1 {
+            let state = vm_state(tx, &c.vm_uuid).await?.unwrap_or_else(|| "Destroyed".into());
+            return Err(VmOp::Start.refused(&state));
+        }
+        Ok(())
+    })
+}
+
+fn starting_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tx.execute(
+            "UPDATE vm_instance SET state = 'Created', cluster_uuid = $1, zone_uuid = $2 WHERE uuid = $3 AND state = 'Starting'",
+            &[Val::from(c.cluster_uuid.clone()), Val::from(c.zone_uuid.clone()), Val::from(c.vm_uuid.as_str())],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
 /// `JustCreate`: only the record.
 pub static JUST_CREATE: SagaDef<Ctx> =
     SagaDef { kind: "create-vm-just", steps: &[Step { name: "create-vm-record", run: record_do, undo: record_undo }] };
@@ -649,6 +917,7 @@ pub async fn unwind_saga(app: &App, kind: &str, id: &str, step: i64, state: &str
     let def = match kind {
         "create-vm" => &CREATE_VM,
         "create-vm-just" => &JUST_CREATE,
+        "start-created-vm" => &START_CREATED,
         _ => return Ok(false),
     };
     saga::unwind_row(app, def, id, step, state, data).await?;
@@ -698,7 +967,25 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
         )
         .await?;
         super::own(tx, &c.vm_uuid, VM.vo, &c.account_uuid).await?;
-        super::tag::attach_create_tags(tx, &c.vm_uuid, VM.vo, &[], &c.user_tags).await?;
+        super::tag::attach_create_tags(tx, &c.vm_uuid, VM.vo, &c.system_tags, &c.user_tags).await?;
+        for k in &c.ssh_key_pairs {
+            tx.execute(
+                "INSERT INTO ssh_key_pair_ref (ssh_key_pair_uuid, resource_uuid, resource_type, create_date) \
+                 VALUES ($1, $2, 'VmInstanceVO', $3) ON CONFLICT (ssh_key_pair_uuid, resource_uuid) DO NOTHING",
+                &[Val::from(k.as_str()), Val::from(c.vm_uuid.as_str()), Val::I(now)],
+            )
+            .await?;
+        }
+        if c.strategy == "JustCreate" {
+            // upstream keeps the creation struct so a later start can replay it
+            let plan = serde_json::to_string(&*c)
+                .map_err(|e| Error::Internal(format!("cannot store the creation plan: {e}")))?;
+            tx.execute(
+                "UPDATE vm_instance SET creation = $1 WHERE uuid = $2",
+                &[Val::S(plan), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        }
         Ok(())
     })
 }
@@ -706,6 +993,7 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
 fn record_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         tx.execute("DELETE FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
+        tx.execute("DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
         super::tag::delete_for_resource(tx, &c.vm_uuid).await?;
         super::disown(tx, &c.vm_uuid).await?;
         Ok(())
@@ -1038,6 +1326,8 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
             )
             .await?;
             super::own(tx, &uuid, VOLUME.vo, &c.account_uuid).await?;
+            let vtags = if ty == "Root" { &c.root_volume_tags } else { &c.data_volume_tags };
+            super::tag::attach_create_tags(tx, &uuid, VOLUME.vo, vtags, &[]).await?;
             tx.execute(
                 "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1 WHERE uuid = $2",
                 &[Val::I(size), Val::from(c.vm_uuid.as_str())],
@@ -1191,7 +1481,11 @@ async fn allocate_ip(
     l3: &str,
     nic_uuid: &str,
     ip_uuid: &str,
+    required: Option<&str>,
 ) -> Result<(String, String, Option<String>)> {
+    if let Some(ip) = required {
+        return allocate_required_ip(tx, l3, nic_uuid, ip_uuid, ip).await;
+    }
     let ranges = tx
         .fetch_all(
             "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
@@ -1259,6 +1553,59 @@ async fn allocate_ip(
     )))
 }
 
+/// Take one given address of `l3` (a static IP): inserted into `used_ip`, whose UNIQUE
+/// (l3, ipInLong) refuses it when someone else holds it.
+async fn allocate_required_ip(
+    tx: &mut WriteTx,
+    l3: &str,
+    nic_uuid: &str,
+    ip_uuid: &str,
+    ip: &str,
+) -> Result<(String, String, Option<String>)> {
+    let not_available = || {
+        Error::Api(ErrorCode::new(
+            L3_1000,
+            format!("IP allocator strategy[RandomIpAllocatorStrategy] failed, because IP[{ip}] is not available"),
+        ))
+    };
+    let n = i64::from(super::l3::ipv4(ip).ok_or_else(not_available)?);
+    let Some(r) = tx
+        .fetch_optional(
+            "SELECT uuid, netmask, gateway FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4 \
+             AND start_ip_long <= $2 AND end_ip_long >= $2 ORDER BY create_date LIMIT 1",
+            &[Val::from(l3), Val::I(n)],
+        )
+        .await?
+    else {
+        return Err(not_available());
+    };
+    let range: String = r.try_get(0)?;
+    let netmask: String = r.try_get(1)?;
+    let gateway: Option<String> = r.try_get(2)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
+             used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
+             ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
+            &[
+                Val::from(ip_uuid),
+                Val::from(range.as_str()),
+                Val::from(l3),
+                Val::from(ip),
+                Val::I(n),
+                Val::from(netmask.as_str()),
+                Val::from(gateway.clone()),
+                Val::from(nic_uuid),
+                Val::I(now_ms()),
+            ],
+        )
+        .await?;
+    if inserted != 1 {
+        return Err(not_available());
+    }
+    Ok((ip.to_string(), netmask, gateway))
+}
+
 /// NICs in device-id order, each with a unique `fa:` MAC (UNIQUE constraint, retried) and an
 /// address of its L3 network.
 fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
@@ -1279,7 +1626,8 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
         for (device, nic) in c.nics.iter().enumerate() {
             let device = device as i64;
             let mut inserted = false;
-            for _ in 0..32 {
+            let tries = if nic.mac.is_some() { 1 } else { 32 };
+            for _ in 0..tries {
                 let n = tx
                     .execute(
                         "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
@@ -1289,7 +1637,7 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                             Val::from(nic.uuid.as_str()),
                             Val::from(c.vm_uuid.as_str()),
                             Val::from(nic.l3.as_str()),
-                            Val::S(mac_for(device)),
+                            Val::S(nic.mac.clone().unwrap_or_else(|| mac_for(device))),
                             Val::from(hv.clone()),
                             Val::S(format!("vnic{internal_id}.{device}")),
                             Val::I(device),
@@ -1302,6 +1650,9 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                     break;
                 }
             }
+            if let (false, Some(m)) = (inserted, &nic.mac) {
+                return Err(Error::operr(format!("Duplicate mac address [{m}]")));
+            }
             if !inserted {
                 return Err(Error::code(
                     Code { code: "VM.1009", description: "Unable to allocate a mac address for vm's nic" },
@@ -1309,7 +1660,7 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                 ));
             }
             let ip_uuid = new_uuid();
-            let (ip, netmask, gateway) = allocate_ip(tx, &nic.l3, &nic.uuid, &ip_uuid).await?;
+            let (ip, netmask, gateway) = allocate_ip(tx, &nic.l3, &nic.uuid, &ip_uuid, nic.ip.as_deref()).await?;
             tx.execute(
                 "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4 WHERE uuid = $5",
                 &[
@@ -1400,7 +1751,7 @@ pub static APIS: &[ApiDef] = &[
             Param::list("rootVolumeSystemTags"),
             Param::list("dataVolumeSystemTags"),
             Param::map("dataVolumeSystemTagsOnIndex"),
-            Param::list("sshKeyPairUuids"),
+            Param::list("sshKeyPairUuids").resource(&super::ssh_key::SSH_KEY_PAIR),
             Param::str("platform").values(PLATFORMS),
             Param::str("guestOsType").max(255),
             Param::str("architecture").max(32).values(ARCHITECTURES),
@@ -1409,8 +1760,121 @@ pub static APIS: &[ApiDef] = &[
             Param::list("dataVolumeTemplateUuids"),
             Param::map("devices"),
         ],
-        tags: &[],
+        tags: VM_TAGS,
         handler: Some(|a, m| boxed(create_vm(a, m))),
+    },
+    ApiDef {
+        name: "StartVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VM),
+            Param::str("clusterUuid").resource(&CLUSTER),
+            Param::str("hostUuid").resource(&HOST),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(start_vm(a, m))),
+    },
+    ApiDef {
+        name: "StopVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VM),
+            Param::str("type").values(&["grace", "cold"]),
+            Param::str("stopHA").values(&["true"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(stop_vm(a, m))),
+    },
+    ApiDef {
+        name: "RebootVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[Param::str("uuid").required().resource(&VM)],
+        tags: &[],
+        handler: Some(|a, m| boxed(reboot_vm(a, m))),
+    },
+    ApiDef {
+        name: "DestroyVmInstance",
+        method: Method::Delete,
+        path: "/vm-instances/{uuid}",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VM).success_if_missing(),
+            Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(destroy_vm(a, m))),
+    },
+    ApiDef {
+        name: "RecoverVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[Param::str("uuid").required().resource(&VM)],
+        tags: &[],
+        handler: Some(|a, m| boxed(recover_vm(a, m))),
+    },
+    ApiDef {
+        name: "ExpungeVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: 3 * HOURS },
+        auth: true,
+        create: false,
+        params: &[Param::str("uuid").required().resource(&VM)],
+        tags: &[],
+        handler: Some(|a, m| boxed(expunge_vm(a, m))),
+    },
+    ApiDef {
+        name: "UpdateVmInstance",
+        method: Method::Put,
+        path: "/vm-instances/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&VM),
+            Param::str("name").max(255),
+            Param::str("description").max(2048),
+            Param::str("state").values(&["Stopped", "Running"]),
+            Param::str("defaultL3NetworkUuid").resource(&super::l3::L3_NETWORK),
+            Param::str("platform").values(PLATFORMS),
+            Param::int("cpuNum").range(1, 1024),
+            Param::int("memorySize").range(1, i64::MAX),
+            Param::int("reservedMemorySize").range(0, i64::MAX),
+            Param::str("guestOsType").max(255),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update_vm(a, m))),
     },
     ApiDef {
         name: "QueryVmInstance",
@@ -1439,3 +1903,595 @@ pub static APIS: &[ApiDef] = &[
         handler: None,
     },
 ];
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle: the state machine (upstream AbstractVmInstance.allowedOperations), written once
+
+/// The VM operations this node serves, with the upstream API message each one checks as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmOp {
+    Start,
+    Stop,
+    Reboot,
+    Destroy,
+    Recover,
+    Expunge,
+}
+
+impl VmOp {
+    /// The upstream message class named in VM.1010.
+    pub fn class(self) -> &'static str {
+        match self {
+            VmOp::Start => "org.zstack.header.vm.APIStartVmInstanceMsg",
+            VmOp::Stop => "org.zstack.header.vm.APIStopVmInstanceMsg",
+            VmOp::Reboot => "org.zstack.header.vm.APIRebootVmInstanceMsg",
+            VmOp::Destroy => "org.zstack.header.vm.APIDestroyVmInstanceMsg",
+            VmOp::Recover => "org.zstack.header.vm.APIRecoverVmInstanceMsg",
+            VmOp::Expunge => "org.zstack.header.vm.APIExpungeVmInstanceMsg",
+        }
+    }
+
+    /// The states that allow it, in upstream's registration order.
+    pub fn allowed(self) -> &'static [&'static str] {
+        match self {
+            VmOp::Start => &["Created", "Running", "Stopped", "Crashed"],
+            VmOp::Stop => &["Running", "Stopped", "Unknown", "Crashed", "Paused"],
+            VmOp::Reboot => &["Running", "Crashed"],
+            VmOp::Destroy => &[
+                "Running",
+                "Stopped",
+                "Unknown",
+                "Crashed",
+                "Starting",
+                "Migrating",
+                "VolumeMigrating",
+                "Stopping",
+                "Rebooting",
+                "Paused",
+                "Pausing",
+                "Resuming",
+            ],
+            VmOp::Recover | VmOp::Expunge => &["Destroyed"],
+        }
+    }
+
+    /// The error upstream wraps VM.1010 in (`None`: VM.1010 itself).
+    fn wrapper(self) -> Option<Code> {
+        match self {
+            VmOp::Start => Some(rzstack_api::codes::VM_1001),
+            VmOp::Stop => Some(rzstack_api::codes::VM_1002),
+            VmOp::Reboot => Some(rzstack_api::codes::VM_1003),
+            VmOp::Destroy => None,
+            VmOp::Recover | VmOp::Expunge => Some(rzstack_api::codes::SYS_1006),
+        }
+    }
+
+    pub fn allows(self, state: &str) -> bool {
+        self.allowed().contains(&state)
+    }
+
+    /// VM.1010 with upstream's text (the allowed states printed as Java prints its HashSet).
+    pub fn refused(self, state: &str) -> Error {
+        let cause = ErrorCode::new(
+            rzstack_api::codes::VM_1010,
+            format!(
+                "current vm instance state[{state}] doesn't allow to proceed message[{}], allowed states are [{}]",
+                self.class(),
+                java_hash_set_order(self.allowed()).join(", ")
+            ),
+        );
+        match self.wrapper() {
+            Some(w) => {
+                let details = cause.details.clone().unwrap_or_default();
+                Error::Api(ErrorCode::new(w, details).with_cause(cause))
+            }
+            None => Error::Api(cause),
+        }
+    }
+
+    fn check(self, state: &str) -> Result<()> {
+        if self.allows(state) {
+            Ok(())
+        } else {
+            Err(self.refused(state))
+        }
+    }
+}
+
+/// The iteration order of a `java.util.HashSet<String>` filled with `items` in order: by
+/// bucket (spread String hash masked by the table size), ties in insertion order.
+pub fn java_hash_set_order<'a>(items: &[&'a str]) -> Vec<&'a str> {
+    let mut cap = 16usize;
+    while items.len() > cap * 3 / 4 {
+        cap *= 2;
+    }
+    let bucket = |s: &str| {
+        let h = s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+        let spread = (h as u32) ^ ((h as u32) >> 16);
+        spread as usize & (cap - 1)
+    };
+    let mut v: Vec<&str> = items.to_vec();
+    v.sort_by_key(|s| bucket(s));
+    v
+}
+
+async fn vm_state(tx: &mut WriteTx, uuid: &str) -> Result<Option<String>> {
+    Ok(tx
+        .fetch_optional("SELECT state FROM vm_instance WHERE uuid = $1", &[Val::from(uuid)])
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?)
+}
+
+fn vm_not_found(uuid: &str) -> Error {
+    Error::not_found(format!("vm instance[uuid:{uuid}] is not found"))
+}
+
+/// Move the VM from `from` to `to` (compare-and-set: a concurrent change makes it fail with
+/// VM.1010 for the state found).
+async fn move_state(tx: &mut WriteTx, op: VmOp, uuid: &str, from: &str, to: &str) -> Result<()> {
+    let n = tx
+        .execute(
+            "UPDATE vm_instance SET state = $1, last_op_date = $2 WHERE uuid = $3 AND state = $4",
+            &[Val::from(to), Val::I(now_ms()), Val::from(uuid), Val::from(from)],
+        )
+        .await?;
+    if n != 1 {
+        let now = vm_state(tx, uuid).await?.ok_or_else(|| vm_not_found(uuid))?;
+        return Err(op.refused(&now));
+    }
+    Ok(())
+}
+
+fn uuid_of(msg: &Msg) -> String {
+    msg.str("uuid").unwrap_or_default().to_string()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StartVm {
+    host_uuid: Option<String>,
+    cluster_uuid: Option<String>,
+}
+
+async fn start_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let req: StartVm = msg.parse()?;
+    if msg.replay {
+        saga::unwind_for_job(&app, &msg.job_uuid).await?;
+    }
+    let row = app
+        .db
+        .fetch_optional("SELECT state, creation FROM vm_instance WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+        .ok_or_else(|| vm_not_found(&uuid))?;
+    let state: String = row.try_get(0)?;
+    VmOp::Start.check(&state)?;
+    let wrap = |e: Error| {
+        let cause = e.to_error_code();
+        let details = cause.details.clone().unwrap_or_default();
+        Error::Api(ErrorCode::new(rzstack_api::codes::VM_1001, details).with_cause(cause))
+    };
+    match state.as_str() {
+        "Running" => {}
+        "Created" => {
+            let plan: Option<String> = row.try_get(1)?;
+            let plan = plan.ok_or_else(|| Error::Internal(format!("vm[uuid:{uuid}] has no creation plan")))?;
+            let mut ctx: Ctx = serde_json::from_str(&plan)
+                .map_err(|e| Error::Internal(format!("vm[uuid:{uuid}] has an unreadable creation plan: {e}")))?;
+            ctx.strategy = "InstantStart".into();
+            if let Some(h) = req.host_uuid.clone() {
+                ctx.designated_host = Some(h);
+            } else if let Some(c) = req.cluster_uuid.clone() {
+                ctx.cluster_uuid = Some(c);
+            }
+            saga::run(&app, &START_CREATED, &msg.job_uuid, &uuid, ctx).await.map_err(wrap)?;
+        }
+        _ => {
+            let mut tx = app.db.begin_write().await?;
+            start_stopped(&app, &mut tx, &uuid, &req).await.map_err(wrap)?;
+            tx.commit().await?;
+        }
+    }
+    reply(&app, &uuid).await
+}
+
+/// Start a Stopped VM in one transaction: a host (the designated one, else the cluster's, the
+/// last host first) whose cluster reaches the root volume's primary storage and every NIC's
+/// L2 network, its capacity reserved atomically; addresses for NICs that lost theirs.
+async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -> Result<()> {
+    move_state(tx, VmOp::Start, uuid, "Stopped", "Starting").await?;
+    let vm = tx
+        .fetch_optional(
+            "SELECT cpu_num, memory_size, last_host_uuid, root_volume_uuid, hypervisor_type, allocator_strategy \
+             FROM vm_instance WHERE uuid = $1",
+            &[Val::from(uuid)],
+        )
+        .await?
+        .ok_or_else(|| vm_not_found(uuid))?;
+    let cpu: i64 = vm.try_get(0)?;
+    let mem: i64 = vm.try_get(1)?;
+    let last: Option<String> = vm.try_get(2)?;
+    let root: Option<String> = vm.try_get(3)?;
+    let hv: Option<String> = vm.try_get(4)?;
+    let strategy: Option<String> = vm.try_get(5)?;
+    let mut vals = vec![Val::from(uuid), Val::from(root.clone()), Val::from(hv.unwrap_or_else(|| "Simulator".into()))];
+    let mut filter = String::from(
+        "h.state = 'Enabled' AND h.status = 'Connected' AND h.hypervisor_type = $3 \
+         AND EXISTS (SELECT 1 FROM primary_storage_cluster_ref r JOIN volume v ON v.primary_storage_uuid = r.primary_storage_uuid \
+         WHERE v.uuid = $2 AND r.cluster_uuid = h.cluster_uuid) \
+         AND NOT EXISTS (SELECT 1 FROM vm_nic n JOIN l3_network l ON l.uuid = n.l3_network_uuid WHERE n.vm_instance_uuid = $1 \
+         AND NOT EXISTS (SELECT 1 FROM l2_network_cluster_ref c WHERE c.l2_network_uuid = l.l2_network_uuid \
+         AND c.cluster_uuid = h.cluster_uuid))",
+    );
+    if let Some(h) = &req.host_uuid {
+        vals.push(Val::from(h.as_str()));
+        filter += &format!(" AND h.uuid = ${}", vals.len());
+    } else if let Some(c) = &req.cluster_uuid {
+        vals.push(Val::from(c.as_str()));
+        filter += &format!(" AND h.cluster_uuid = ${}", vals.len());
+    }
+    vals.push(Val::from(last.unwrap_or_default()));
+    let least = if strategy.as_deref().unwrap_or("LeastVmPreferred").contains("LeastVmPreferred") {
+        "(SELECT COUNT(*) FROM vm_instance o WHERE o.host_uuid = h.uuid), "
+    } else {
+        ""
+    };
+    let order = format!("CASE WHEN h.uuid = ${} THEN 0 ELSE 1 END, {least}random()", vals.len());
+    let hosts = tx
+        .fetch_all(
+            &format!("SELECT h.uuid, h.cluster_uuid, h.zone_uuid FROM host h WHERE {filter} ORDER BY {order}"),
+            &vals,
+        )
+        .await?;
+    let mut chosen = None;
+    for h in hosts {
+        let host: String = h.try_get(0)?;
+        if super::host::reserve(app, tx, &host, cpu, mem).await? {
+            chosen = Some((host, h.try_get::<String, _>(1)?, h.try_get::<String, _>(2)?));
+            break;
+        }
+    }
+    let Some((host, cluster, zone)) = chosen else {
+        return Err(host_alloc_error(format!("no host having cpu[{cpu}], memory[{mem} bytes] found")));
+    };
+    tx.execute(
+        "UPDATE vm_instance SET state = 'Running', host_uuid = $1, last_host_uuid = $1, cluster_uuid = $2, zone_uuid = $3, \
+         reserved_host_uuid = $1, reserved_cpu = $4, reserved_memory = $5, last_op_date = $6 WHERE uuid = $7",
+        &[
+            Val::from(host.as_str()),
+            Val::from(cluster),
+            Val::from(zone),
+            Val::I(cpu),
+            Val::I(mem),
+            Val::I(now_ms()),
+            Val::from(uuid),
+        ],
+    )
+    .await?;
+    // NICs without an address (a recovered VM): allocate again, the static IP if tagged
+    let nics = tx
+        .fetch_all(
+            "SELECT uuid, l3_network_uuid FROM vm_nic WHERE vm_instance_uuid = $1 AND used_ip_uuid IS NULL ORDER BY device_id",
+            &[Val::from(uuid)],
+        )
+        .await?;
+    for n in nics {
+        let nic: String = n.try_get(0)?;
+        let l3: String = n.try_get(1)?;
+        let tag = tx
+            .fetch_optional(
+                "SELECT tag FROM system_tag WHERE resource_uuid = $1 AND tag LIKE $2",
+                &[Val::from(uuid), Val::S(format!("staticIp::{l3}::%"))],
+            )
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        let required = tag.as_deref().and_then(|t| t.rsplit("::").next()).map(str::to_string);
+        let ip_uuid = new_uuid();
+        let (ip, netmask, gateway) = allocate_ip(tx, &l3, &nic, &ip_uuid, required.as_deref()).await?;
+        tx.execute(
+            "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4, last_op_date = $5 WHERE uuid = $6",
+            &[
+                Val::from(ip_uuid.as_str()),
+                Val::from(ip),
+                Val::from(netmask),
+                Val::from(gateway),
+                Val::I(now_ms()),
+                Val::from(nic.as_str()),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn stop_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
+    VmOp::Stop.check(&state)?;
+    if state != "Stopped" {
+        // grace and cold end the same way for a simulated guest
+        move_state(&mut tx, VmOp::Stop, &uuid, &state, "Stopped").await?;
+        release_host(&mut tx, &uuid).await?;
+        tx.execute(
+            "UPDATE vm_instance SET last_host_uuid = COALESCE(host_uuid, last_host_uuid), host_uuid = NULL WHERE uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+        tx.commit().await?;
+    } else {
+        drop(tx);
+    }
+    reply(&app, &uuid).await
+}
+
+async fn reboot_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
+    VmOp::Reboot.check(&state)?;
+    // Rebooting → Running; a simulated guest reboots at once
+    move_state(&mut tx, VmOp::Reboot, &uuid, &state, "Running").await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+/// DestroyVmInstance with upstream's default deletion policy Delay: Destroyed, host capacity
+/// and IP addresses given back (NICs stay, without address), the root volume marked Deleted
+/// (its primary-storage capacity is held until expunge), data volumes detached. A Created VM
+/// (nothing allocated) is removed at once (policy DBOnly); a Destroyed VM is a success.
+async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let Some(state) = vm_state(&mut tx, &uuid).await? else {
+        return Ok(Reply::empty());
+    };
+    match state.as_str() {
+        "Destroyed" => return Ok(Reply::empty()),
+        "Created" => {
+            let n = tx
+                .execute("DELETE FROM vm_instance WHERE uuid = $1 AND state = 'Created'", &[Val::from(uuid.as_str())])
+                .await?;
+            if n != 1 {
+                let now = vm_state(&mut tx, &uuid).await?.unwrap_or_default();
+                return Err(VmOp::Destroy.refused(&now));
+            }
+            remove_vm_rows(&mut tx, &uuid).await?;
+            tx.commit().await?;
+            return Ok(Reply::empty());
+        }
+        _ => VmOp::Destroy.check(&state)?,
+    }
+    move_state(&mut tx, VmOp::Destroy, &uuid, &state, "Destroyed").await?;
+    release_host(&mut tx, &uuid).await?;
+    let now = now_ms();
+    let v = Val::from(uuid.as_str());
+    tx.execute(
+        "UPDATE vm_instance SET last_host_uuid = COALESCE(host_uuid, last_host_uuid), host_uuid = NULL WHERE uuid = $1",
+        &[v.clone()],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM used_ip WHERE vm_nic_uuid IN (SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1)",
+        &[v.clone()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE vm_nic SET used_ip_uuid = NULL, ip = NULL, netmask = NULL, gateway = NULL, last_op_date = $1 \
+         WHERE vm_instance_uuid = $2",
+        &[Val::I(now), v.clone()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE volume SET status = 'Deleted', last_op_date = $1 WHERE vm_instance_uuid = $2 AND type = 'Root'",
+        &[Val::I(now), v.clone()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE volume SET vm_instance_uuid = NULL, device_id = NULL, last_vm_instance_uuid = $2, \
+         last_detach_date = $1, last_op_date = $1 WHERE vm_instance_uuid = $2 AND type = 'Data'",
+        &[Val::I(now), v],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+/// The rows of a VM besides its `vm_instance` row: NICs and their addresses, CD-ROMs, its
+/// root volume (capacity back to the primary storage), tags, SSH key refs, owner records.
+async fn remove_vm_rows(tx: &mut WriteTx, uuid: &str) -> Result<()> {
+    let v = Val::from(uuid);
+    tx.execute(
+        "DELETE FROM used_ip WHERE vm_nic_uuid IN (SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1)",
+        &[v.clone()],
+    )
+    .await?;
+    let nics = tx.fetch_all("SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
+    for n in nics {
+        let nic: String = n.try_get(0)?;
+        super::tag::delete_for_resource(tx, &nic).await?;
+    }
+    tx.execute("DELETE FROM vm_nic WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
+    tx.execute("DELETE FROM vm_cdrom WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
+    let vols = tx
+        .fetch_all(
+            "SELECT uuid, primary_storage_uuid, reserved_size FROM volume WHERE vm_instance_uuid = $1 AND type = 'Root'",
+            &[v.clone()],
+        )
+        .await?;
+    for r in vols {
+        let vol: String = r.try_get(0)?;
+        let ps: Option<String> = r.try_get(1)?;
+        let size: i64 = r.try_get(2)?;
+        let n = tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(vol.as_str())]).await?;
+        if let (1, Some(ps)) = (n, ps) {
+            tx.execute(
+                "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 WHERE uuid = $3",
+                &[Val::I(size), Val::I(now_ms()), Val::from(ps.as_str())],
+            )
+            .await?;
+        }
+        tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(vol.as_str())]).await?;
+        super::tag::delete_for_resource(tx, &vol).await?;
+        super::disown(tx, &vol).await?;
+    }
+    tx.execute("DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1", &[v]).await?;
+    super::tag::delete_for_resource(tx, uuid).await?;
+    super::disown(tx, uuid).await?;
+    Ok(())
+}
+
+async fn recover_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
+    VmOp::Recover.check(&state)?;
+    move_state(&mut tx, VmOp::Recover, &uuid, "Destroyed", "Stopped").await?;
+    tx.execute(
+        "UPDATE volume SET status = 'Ready', last_op_date = $1 WHERE vm_instance_uuid = $2 AND type = 'Root'",
+        &[Val::I(now_ms()), Val::from(uuid.as_str())],
+    )
+    .await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+async fn expunge_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let Some(state) = vm_state(&mut tx, &uuid).await? else {
+        // expunged already (a replayed job)
+        return Ok(Reply::empty());
+    };
+    VmOp::Expunge.check(&state)?;
+    let n = tx
+        .execute("DELETE FROM vm_instance WHERE uuid = $1 AND state = 'Destroyed'", &[Val::from(uuid.as_str())])
+        .await?;
+    if n != 1 {
+        let now = vm_state(&mut tx, &uuid).await?.unwrap_or_default();
+        return Err(VmOp::Expunge.refused(&now));
+    }
+    remove_vm_rows(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct UpdateVm {
+    name: Option<String>,
+    description: Option<String>,
+    state: Option<String>,
+    default_l3_network_uuid: Option<String>,
+    platform: Option<String>,
+    cpu_num: Option<i64>,
+    memory_size: Option<i64>,
+    reserved_memory_size: Option<i64>,
+    guest_os_type: Option<String>,
+}
+
+async fn update_vm(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = uuid_of(&msg);
+    let req: UpdateVm = msg.parse()?;
+    if req.state.is_some() {
+        return Err(Error::argerr(
+            "parameter[state] of UpdateVmInstance is not supported by this management node: use StartVmInstance or StopVmInstance",
+        ));
+    }
+    let mut tx = app.db.begin_write().await?;
+    let vm = tx
+        .fetch_optional(
+            "SELECT state, cpu_num, memory_size FROM vm_instance WHERE uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?
+        .ok_or_else(|| vm_not_found(&uuid))?;
+    let state: String = vm.try_get(0)?;
+    let cpu: i64 = vm.try_get(1)?;
+    let mem: i64 = vm.try_get(2)?;
+    if let Some(r) = req.reserved_memory_size {
+        let m = req.memory_size.unwrap_or(mem);
+        if r > m {
+            return Err(Error::argerr(format!("reservedMemorySize[{r}] is greater than memorySize[{m}]")));
+        }
+    }
+    if req.cpu_num.is_some() || req.memory_size.is_some() {
+        if state != "Stopped" {
+            if req.cpu_num.is_some_and(|c| c != cpu) {
+                return Err(Error::argerr(
+                    "the VM cannot do cpu hot plug because of disabling cpu hot plug. Please stop the VM then do the cpu hot plug again",
+                ));
+            }
+            if req.memory_size.is_some_and(|m| m != mem) {
+                return Err(Error::argerr(
+                    "the VM cannot do memory hot plug because of disabling memory hot plug. Please stop the VM then do the memory hot plug again",
+                ));
+            }
+        }
+        if state != "Stopped" && state != "Running" {
+            return Err(Error::operr(format!(
+                "The state of vm[uuid:{uuid}] is {state}. Only these state[Running,Stopped] is allowed to update cpu or memory."
+            )));
+        }
+    }
+    if let Some(l3) = &req.default_l3_network_uuid {
+        let attached = tx
+            .fetch_optional(
+                "SELECT 1 FROM vm_nic WHERE vm_instance_uuid = $1 AND l3_network_uuid = $2",
+                &[Val::from(uuid.as_str()), Val::from(l3.as_str())],
+            )
+            .await?;
+        if attached.is_none() {
+            return Err(Error::argerr(format!(
+                "the L3 network[uuid:{l3}] is not attached to the vm[uuid:{uuid}], it cannot be its default L3 network"
+            )));
+        }
+    }
+    let mut sets = Vec::new();
+    let mut vals: Vec<Val> = Vec::new();
+    let mut put = |col: &str, v: Val| {
+        vals.push(v);
+        sets.push(format!("{col} = ${}", vals.len()));
+    };
+    if let Some(x) = &req.name {
+        put("name", Val::from(x.as_str()));
+    }
+    if let Some(x) = &req.description {
+        put("description", Val::from(x.as_str()));
+    }
+    if let Some(x) = &req.default_l3_network_uuid {
+        put("default_l3_network_uuid", Val::from(x.as_str()));
+    }
+    if let Some(x) = &req.platform {
+        put("platform", Val::from(x.as_str()));
+    }
+    if let Some(x) = &req.guest_os_type {
+        put("guest_os_type", Val::from(x.as_str()));
+    }
+    if let Some(x) = req.cpu_num {
+        put("cpu_num", Val::I(x));
+    }
+    if let Some(x) = req.memory_size {
+        put("memory_size", Val::I(x));
+    }
+    if let Some(x) = req.reserved_memory_size {
+        put("reserved_memory_size", Val::from(if x == 0 { None } else { Some(x) }));
+    }
+    put("last_op_date", Val::I(now_ms()));
+    vals.push(Val::from(uuid.as_str()));
+    vals.push(Val::from(state.as_str()));
+    let sql = format!(
+        "UPDATE vm_instance SET {} WHERE uuid = ${} AND state = ${}",
+        sets.join(", "),
+        vals.len() - 1,
+        vals.len()
+    );
+    let n = tx.execute(&sql, &vals).await?;
+    if n != 1 {
+        return Err(Error::operr(format!("the state of vm[uuid:{uuid}] changed while it was being updated")));
+    }
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
