@@ -610,3 +610,382 @@ async fn concurrent_creates_never_overcommit() {
     assert_eq!(ps, 100 * GB - 16 * 64 * MB);
     assert_eq!(srv.query("/vm-instances").await.len(), 16);
 }
+
+const RSA_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDDDxlV6Lr7GF4QXu0LcTdKwFXUTvftAaic3/jepCfkj3ioNc5rurGT2PwNxPvw1v36Ty4yoTiwcHOj7MAuYQD4aPVWXebQXDjJ+8u76vbr+kZ8XNQZmvoz/Kd7Y2ePH9/pfZgRYPwo3+e66STv5oaJtT3hGF1CgdQ16ahaDywGCw== r@h";
+
+fn with_tags(t: &Topo, extra: Value, tags: Value) -> Value {
+    let mut b = create(t, extra);
+    b["systemTags"] = tags;
+    b
+}
+
+/// staticIp / customMac / volume provisioning tags, sshKeyPairUuids, rootDiskSize: honoured,
+/// and every bad value refused with upstream's text, leaving nothing.
+#[tokio::test]
+async fn create_parameters_tags_keys_and_root_size() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let other = network(&srv, &t, "o", 30, 40).await;
+    let key = s(&srv.ok("POST", "/ssh-key-pair", Some(json!({"params": {"name": "k", "publicKey": RSA_KEY}}))).await
+        ["inventory"]["uuid"]);
+    let before = usage(&srv, &t).await;
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(with_tags(
+                &t,
+                json!({"l3NetworkUuids": [l3], "rootDiskSize": 2 * GB, "dataDiskSizes": [GB],
+                    "rootVolumeSystemTags": ["volumeProvisioningStrategy::ThickProvisioning"],
+                    "dataVolumeSystemTags": ["volumeProvisioningStrategy::ThinProvisioning"],
+                    "sshKeyPairUuids": [key]}),
+                json!([format!("staticIp::{l3}::192.168.10.15"), format!("customMac::{l3}::FA:16:3E:00:00:01")]),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    let u = s(&vm["uuid"]);
+    let nic = &vm["vmNics"][0];
+    assert_eq!(nic["ip"], "192.168.10.15");
+    assert_eq!(nic["usedIps"][0]["ipInLong"], (192i64 << 24) + (168 << 16) + (10 << 8) + 15);
+    assert_eq!(nic["mac"], "fa:16:3e:00:00:01");
+    let root = vm["allVolumes"].as_array().unwrap().iter().find(|v| v["type"] == "Root").unwrap().clone();
+    let data = vm["allVolumes"].as_array().unwrap().iter().find(|v| v["type"] == "Data").unwrap().clone();
+    assert_eq!(root["size"], 2 * GB, "rootDiskSize sizes the root volume");
+    assert_eq!(usage(&srv, &t).await.1, before.1 - 3 * GB);
+    let tags_of = |r: String| {
+        let srv = &srv;
+        async move {
+            let mut v: Vec<String> =
+                srv.query(&format!("/system-tags?q=resourceUuid={r}")).await.iter().map(|x| s(&x["tag"])).collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(tags_of(s(&root["uuid"])).await, vec!["volumeProvisioningStrategy::ThickProvisioning"]);
+    assert_eq!(tags_of(s(&data["uuid"])).await, vec!["volumeProvisioningStrategy::ThinProvisioning"]);
+    // the VM keeps its static IP tag; the custom MAC tag is consumed by the NIC (as upstream)
+    assert_eq!(tags_of(u.clone()).await, vec![format!("staticIp::{l3}::192.168.10.15")]);
+
+    // a root disk smaller than the image: the volume keeps the image's size
+    let vm2 = srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "small", "rootDiskSize": 32 * MB}))))
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm2["allVolumes"][0]["size"], 64 * MB);
+
+    let snapshot = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let l3v = json!({"l3NetworkUuids": [l3]});
+    let cases: Vec<(Value, Value, &str, String)> = vec![
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::192.168.10.15")]),
+            "SYS.1007",
+            format!("IP[192.168.10.15] is not available on the L3 network[uuid:{l3}] because: it is used"),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::192.168.10.1")]),
+            "SYS.1007",
+            format!("IP[192.168.10.1] is not available on the L3 network[uuid:{l3}] because: it is gateway"),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::192.168.10.50")]),
+            "SYS.1007",
+            format!("IP[192.168.10.50] is not available on the L3 network[uuid:{l3}] because: it is not in this range"),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::10.0.0.999")]),
+            "SYS.1007",
+            "the static IP[10.0.0.999] format error".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::192.168.10.16"), format!("ipv4Netmask::{l3}::255.255.0.0")]),
+            "SYS.1006",
+            "netmask error, expect: 255.255.255.0, got: 255.255.0.0".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{l3}::192.168.10.16"), format!("ipv4Gateway::{l3}::192.168.10.2")]),
+            "SYS.1006",
+            "gateway error, expect: 192.168.10.1, got: 192.168.10.2".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("staticIp::{other}::192.168.10.31")]),
+            "SYS.1007",
+            format!("l3Network[uuid:{other}], which is not in l3NetworkUuids"),
+        ),
+        (
+            json!({"l3NetworkUuids": [l3, other], "defaultL3NetworkUuid": l3}),
+            json!([format!("customMac::{l3}::fa:16:3e:00:00:09"), format!("customMac::{other}::FA:16:3E:00:00:09")]),
+            "SYS.1006",
+            "Not allowed same mac [fa:16:3e:00:00:09]".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("customMac::{l3}::fa:16:3e:00:00:01")]),
+            "SYS.1007",
+            "Duplicate mac address [fa:16:3e:00:00:01]".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("customMac::{l3}::zz:16:3e:00:00:01")]),
+            "SYS.1006",
+            "Not a valid MAC address [zz:16:3e:00:00:01]".into(),
+        ),
+        (
+            l3v.clone(),
+            json!([format!("customMac::{l3}::01:00:5e:00:00:01")]),
+            "SYS.1006",
+            "Expected unicast mac address, found multicast MAC address [01:00:5e:00:00:01]".into(),
+        ),
+        (l3v.clone(), json!([format!("customMac::{l3}::00:00:00:00:00:00")]), "SYS.1006", "Disallowed address".into()),
+        (l3v.clone(), json!(["bootFromMars::true"]), "SYS.1007", "no system tag matches bootFromMars::true".into()),
+        (
+            json!({"rootVolumeSystemTags": ["volumeProvisioningStrategy::Sparse"]}),
+            json!([]),
+            "SYS.1007",
+            "volume system tag[volumeProvisioningStrategy::Sparse] is not supported".into(),
+        ),
+        (
+            json!({"dataVolumeSystemTags": ["capability::virtio-scsi"]}),
+            json!([]),
+            "SYS.1007",
+            "volume system tag[capability::virtio-scsi] is not supported".into(),
+        ),
+        (
+            json!({"sshKeyPairUuids": ["0123456789ab4def8123456789abcdef"]}),
+            json!([]),
+            "SYS.1003",
+            "SshKeyPairVO".into(),
+        ),
+        (json!({"rootDiskSize": 0}), json!([]), "SYS.1006", "Unexpected root disk settings".into()),
+        (
+            json!({"tagUuids": ["0123456789ab4def8123456789abcdef"]}),
+            json!([]),
+            "SYS.1007",
+            "parameter[tagUuids] of CreateVmInstance is not supported".into(),
+        ),
+    ];
+    for (extra, tags, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(with_tags(&t, extra.clone(), tags.clone()))).await;
+        assert_error(&e, code, &text);
+        assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), snapshot, "after {extra} {tags}");
+    }
+}
+
+async fn action(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.ok("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+async fn refused(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.fails("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+fn vm1010(e: &Value, wrapper: &str, state: &str, class: &str, allowed: &str) {
+    let text = format!(
+        "current vm instance state[{state}] doesn't allow to proceed message[org.zstack.header.vm.{class}], allowed states are [{allowed}]"
+    );
+    assert_error(e, wrapper, &text);
+    assert_error(&e["cause"], "VM.1010", &text);
+}
+
+/// Start, stop, reboot, destroy, recover, expunge, update; every refused transition is VM.1010
+/// with upstream's text; after destroy + expunge everything is free again.
+#[tokio::test]
+async fn lifecycle_transitions_refusals_and_release() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let vm = srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3], "dataDiskSizes": [GB]}))))
+        .await["inventory"]
+        .clone();
+    let u = s(&vm["uuid"]);
+    let host = s(&vm["hostUuid"]);
+    let hi = t.hosts.iter().position(|h| *h == host).unwrap();
+    let running = usage(&srv, &t).await;
+    assert_eq!(running.0[hi].0, before.0 .0[hi].0 - 1);
+
+    // reboot: Running again
+    let r = action(&srv, &u, json!({"rebootVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    // start on Running: allowed, nothing changes
+    assert_eq!(action(&srv, &u, json!({"startVmInstance": {}})).await["inventory"]["hostUuid"], host.as_str());
+    assert_eq!(usage(&srv, &t).await, running);
+
+    // stop (cold): host capacity back, lastHostUuid kept
+    let r = action(&srv, &u, json!({"stopVmInstance": {"type": "cold"}})).await;
+    assert_eq!(r["inventory"]["state"], "Stopped");
+    assert!(r["inventory"].get("hostUuid").is_none());
+    assert_eq!(r["inventory"]["lastHostUuid"], host.as_str());
+    assert_eq!(usage(&srv, &t).await.0, before.0 .0);
+    assert_eq!(r["inventory"]["vmNics"][0]["ip"], vm["vmNics"][0]["ip"], "a stopped VM keeps its IP");
+    // stop again: success; a bad stop type is refused by the parameter rules
+    assert_eq!(action(&srv, &u, json!({"stopVmInstance": {}})).await["inventory"]["state"], "Stopped");
+    let e = refused(&srv, &u, json!({"stopVmInstance": {"type": "hard"}})).await;
+    assert_eq!(e["code"], "SYS.1007");
+    // refused on Stopped
+    let e = refused(&srv, &u, json!({"rebootVmInstance": {}})).await;
+    vm1010(&e, "VM.1003", "Stopped", "APIRebootVmInstanceMsg", "Crashed, Running");
+    let e = refused(&srv, &u, json!({"recoverVmInstance": {}})).await;
+    vm1010(&e, "SYS.1006", "Stopped", "APIRecoverVmInstanceMsg", "Destroyed");
+    let e = refused(&srv, &u, json!({"expungeVmInstance": {}})).await;
+    vm1010(&e, "SYS.1006", "Stopped", "APIExpungeVmInstanceMsg", "Destroyed");
+
+    // update while stopped: CPU and memory too
+    let r = action(
+        &srv,
+        &u,
+        json!({"updateVmInstance": {"name": "renamed", "description": "d", "cpuNum": 2, "memorySize": 2 * GB, "guestOsType": "Debian"}}),
+    )
+    .await;
+    let inv = &r["inventory"];
+    assert_eq!((inv["name"].clone(), inv["description"].clone()), (json!("renamed"), json!("d")));
+    assert_eq!((inv["cpuNum"].clone(), inv["memorySize"].clone()), (json!(2), json!(2 * GB)));
+    assert_eq!(inv["guestOsType"], "Debian");
+    let e =
+        refused(&srv, &u, json!({"updateVmInstance": {"defaultL3NetworkUuid": "0123456789ab4def8123456789abcdef"}}))
+            .await;
+    assert_eq!(e["code"], "SYS.1003");
+    let e = refused(&srv, &u, json!({"updateVmInstance": {"reservedMemorySize": 3 * GB}})).await;
+    assert_error(&e, "SYS.1007", &format!("reservedMemorySize[{}] is greater than memorySize[{}]", 3 * GB, 2 * GB));
+
+    // start on the last host with the new size
+    let r = action(&srv, &u, json!({"startVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    assert_eq!(r["inventory"]["hostUuid"], host.as_str());
+    let now = usage(&srv, &t).await;
+    assert_eq!(now.0[hi], (before.0 .0[hi].0 - 2, before.0 .0[hi].1 - 2 * GB));
+    let e = refused(&srv, &u, json!({"updateVmInstance": {"cpuNum": 3}})).await;
+    assert_error(&e, "SYS.1007", "the VM cannot do cpu hot plug because of disabling cpu hot plug");
+    assert_eq!(srv.query(&format!("/vm-instances/{u}")).await[0]["cpuNum"], 2);
+
+    // destroy (Delay): Destroyed, IP and host capacity back, root Deleted, data detached
+    let r = srv.job("DELETE", &format!("/vm-instances/{u}?deleteMode=Permissive"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body.as_object().map(|o| o.keys().filter(|k| *k != "schema").count()), Some(0), "{}", r.text);
+    let inv = srv.query(&format!("/vm-instances/{u}")).await[0].clone();
+    assert_eq!(inv["state"], "Destroyed");
+    assert!(inv.get("hostUuid").is_none());
+    assert_eq!(inv["lastHostUuid"], host.as_str());
+    assert!(inv["vmNics"][0].get("ip").is_none(), "{inv}");
+    assert_eq!(used_ips(&srv).await, 0);
+    assert_eq!(usage(&srv, &t).await.0, before.0 .0);
+    let root = &inv["allVolumes"][0];
+    assert_eq!((root["type"].clone(), root["status"].clone()), (json!("Root"), json!("Deleted")));
+    assert_eq!(inv["allVolumes"].as_array().unwrap().len(), 1);
+    let data = srv.query("/volumes?q=type=Data").await[0].clone();
+    assert!(data.get("vmInstanceUuid").is_none());
+    assert_eq!(data["lastVmInstanceUuid"], u.as_str());
+    // destroying again succeeds; an unknown uuid too
+    srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+    srv.ok("DELETE", "/vm-instances/0123456789ab4def8123456789abcdef", None).await;
+    // refused on Destroyed
+    let e = refused(&srv, &u, json!({"startVmInstance": {}})).await;
+    vm1010(&e, "VM.1001", "Destroyed", "APIStartVmInstanceMsg", "Crashed, Stopped, Running, Created");
+    let e = refused(&srv, &u, json!({"stopVmInstance": {}})).await;
+    vm1010(&e, "VM.1002", "Destroyed", "APIStopVmInstanceMsg", "Crashed, Unknown, Stopped, Running, Paused");
+
+    // recover: Stopped, root Ready; start gets an address again
+    let r = action(&srv, &u, json!({"recoverVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["state"], "Stopped");
+    assert_eq!(r["inventory"]["allVolumes"][0]["status"], "Ready");
+    let r = action(&srv, &u, json!({"startVmInstance": {"hostUuid": t.hosts[1 - hi]}})).await;
+    assert_eq!(r["inventory"]["hostUuid"], t.hosts[1 - hi].as_str(), "a designated host wins over the last host");
+    let ip = s(&r["inventory"]["vmNics"][0]["ip"]);
+    assert!(ip.starts_with("192.168.10."), "{ip}");
+    assert_eq!(used_ips(&srv).await, 1);
+
+    // a JustCreate VM: stop refused, start allocates everything, destroy of another removes it
+    let jc = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "jc", "strategy": "JustCreate", "l3NetworkUuids": [l3]}))),
+        )
+        .await["inventory"]
+        .clone();
+    let j = s(&jc["uuid"]);
+    let e = refused(&srv, &j, json!({"stopVmInstance": {}})).await;
+    vm1010(&e, "VM.1002", "Created", "APIStopVmInstanceMsg", "Crashed, Unknown, Stopped, Running, Paused");
+    let r = action(&srv, &j, json!({"startVmInstance": {}})).await;
+    let inv = &r["inventory"];
+    assert_eq!(inv["state"], "Running");
+    assert!(inv["hostUuid"].is_string());
+    assert_eq!(inv["vmNics"].as_array().unwrap().len(), 1);
+    assert_eq!(inv["allVolumes"].as_array().unwrap().len(), 1);
+    assert_eq!(inv["vmCdRoms"].as_array().unwrap().len(), 1);
+    let jc2 = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "jc2", "strategy": "JustCreate"})))).await
+        ["inventory"]["uuid"]
+        .clone();
+    srv.ok("DELETE", &format!("/vm-instances/{}", s(&jc2)), None).await;
+    assert_eq!(srv.query(&format!("/vm-instances/{}", s(&jc2))).await.len(), 0, "a Created VM is removed at once");
+
+    // destroy + expunge everything: all free again
+    for v in [&u, &j] {
+        srv.ok("DELETE", &format!("/vm-instances/{v}"), None).await;
+        let r = action(&srv, v, json!({"expungeVmInstance": {}})).await;
+        assert_eq!(r.as_object().map(|o| o.keys().filter(|k| *k != "schema").count()), Some(0), "{r}");
+    }
+    let dv = s(&data["uuid"]);
+    srv.ok("DELETE", &format!("/volumes/{dv}"), None).await;
+    srv.ok("PUT", &format!("/volumes/{dv}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+    assert_eq!(used_ips(&srv).await, 0);
+    let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
+    assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
+    assert_eq!(srv.query("/vm-instances/nics").await.len(), 0);
+    // an expunged VM is gone: its actions are SYS.1003
+    let e = refused(&srv, &u, json!({"startVmInstance": {}})).await;
+    assert_eq!(e["code"], "SYS.1003");
+}
+
+/// 50 concurrent creates never share an IP or a MAC; destroying and expunging them all gives
+/// every address, MAC, volume and unit of capacity back.
+#[tokio::test]
+async fn fifty_concurrent_creates_then_destroy_and_expunge_all() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "big", 10, 80).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let srv = srv.clone();
+        let body = create(
+            &t,
+            json!({"name": format!("c{i}"), "instanceOfferingUuid": null, "cpuNum": 1, "memorySize": 64 * MB,
+                "l3NetworkUuids": [l3]}),
+        );
+        tasks.push(tokio::spawn(async move { srv.ok("POST", "/vm-instances", Some(body)).await }));
+    }
+    let mut uuids = Vec::new();
+    for task in tasks {
+        uuids.push(s(&task.await.unwrap()["inventory"]["uuid"]));
+    }
+    let nics = srv.query("/vm-instances/nics").await;
+    let ips: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["ip"])).collect();
+    let macs: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["mac"])).collect();
+    assert_eq!((nics.len(), ips.len(), macs.len()), (50, 50, 50));
+    let mut tasks = Vec::new();
+    for u in uuids {
+        let srv = srv.clone();
+        tasks.push(tokio::spawn(async move {
+            srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+            srv.ok("PUT", &format!("/vm-instances/{u}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+    assert_eq!(used_ips(&srv).await, 0);
+    let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
+    assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
+}
