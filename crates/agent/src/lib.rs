@@ -7,11 +7,17 @@
 //! `password` as the token.
 //!
 //! State in the data directory: `token`, and `host-uuid` (the host this agent was last
-//! connected as, reported by ping so a management node can tell if another one took it).
+//! connected as, reported by ping so a management node can tell if another one took it),
+//! `imagecache/` (images from backup storages), `vms/<uuid>/` (one QEMU each, see [`vms`]),
+//! `dhcp/<l3Uuid>/` (one dnsmasq each, see [`network`]).
 
 pub mod facts;
+pub mod network;
 pub mod qemu;
 pub mod qmp;
+pub mod storage;
+pub mod sys;
+pub mod vms;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -21,9 +27,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 pub use facts::Accel;
 use rzstack_api::agent::{
-    ConnectCmd, ConnectRsp, ErrorRsp, PingCmd, PingRsp, PATH_CONNECT, PATH_PING, PROTOCOL_VERSION,
+    AgentRsp, ConnectCmd, ConnectRsp, ErrorRsp, PingCmd, PingRsp, PATH_CONNECT, PATH_IMAGE_CACHE, PATH_NETWORK_PREPARE,
+    PATH_NETWORK_RELEASE, PATH_PING, PATH_VM_DESTROY, PATH_VM_REBOOT, PATH_VM_START, PATH_VM_STATUS, PATH_VM_STOP,
+    PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT, PROTOCOL_VERSION,
 };
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -94,6 +103,9 @@ struct AgentState {
     accelerator: &'static str,
     data_dir: PathBuf,
     host_uuid: Mutex<Option<String>>,
+    storage: storage::Storage,
+    vms: vms::Vms,
+    network: network::Network,
 }
 
 /// Compare without leaking where the first difference is.
@@ -181,9 +193,65 @@ async fn ping(State(st): State<Arc<AgentState>>, headers: HeaderMap, body: Bytes
     Json(rsp).into_response()
 }
 
+/// Read a command and answer it with `f`'s result in an [`AgentRsp`].
+async fn answer<C, R, F>(st: Arc<AgentState>, headers: HeaderMap, body: Bytes, f: F) -> Response
+where
+    C: DeserializeOwned,
+    R: Serialize,
+    F: for<'a> FnOnce(&'a AgentState, &'a C) -> futures_lite::BoxFut<'a, R>,
+{
+    let cmd: C = match read_cmd(&st, &headers, &body) {
+        Err(r) => return r,
+        Ok(Err(e)) => return Json(AgentRsp::<R>::err(e)).into_response(),
+        Ok(Ok(c)) => c,
+    };
+    match f(&st, &cmd).await {
+        Ok(r) => Json(AgentRsp::ok(r)).into_response(),
+        Err(e) => Json(AgentRsp::<R>::err(e)).into_response(),
+    }
+}
+
+mod futures_lite {
+    pub type BoxFut<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, String>> + Send + 'a>>;
+}
+
+macro_rules! handler {
+    ($name:ident, $cmd:ty, |$st:ident, $c:ident| $body:expr) => {
+        async fn $name(State(st): State<Arc<AgentState>>, headers: HeaderMap, body: Bytes) -> Response {
+            answer(st, headers, body, |$st: &AgentState, $c: &$cmd| Box::pin(async move { $body.await })).await
+        }
+    };
+}
+
+handler!(image_cache, rzstack_api::agent::ImageCacheCmd, |st, c| st.storage.cache_image(c));
+handler!(volume_create, rzstack_api::agent::VolumeCreateCmd, |st, c| st.storage.create_volume(c));
+handler!(volume_delete, rzstack_api::agent::VolumeDeleteCmd, |st, c| st.storage.delete_volume(c));
+handler!(volume_snapshot, rzstack_api::agent::VolumeSnapshotCmd, |st, c| st.storage.snapshot_volume(c));
+handler!(vm_start, rzstack_api::agent::VmStartCmd, |st, c| st.vms.start(c));
+handler!(vm_stop, rzstack_api::agent::VmStopCmd, |st, c| st.vms.stop(c));
+handler!(vm_reboot, rzstack_api::agent::VmStopCmd, |st, c| st.vms.reboot(c));
+handler!(vm_destroy, rzstack_api::agent::VmDestroyCmd, |st, c| st.vms.destroy(c));
+handler!(vm_status, rzstack_api::agent::VmStatusCmd, |st, c| st.vms.status(c));
+handler!(network_prepare, rzstack_api::agent::NetworkPrepareCmd, |st, c| st.network.prepare(c));
+handler!(network_release, rzstack_api::agent::NetworkReleaseCmd, |st, c| st.network.release(c));
+
 /// The agent's HTTP routes.
 fn router(state: Arc<AgentState>) -> Router {
-    Router::new().route(PATH_CONNECT, post(connect)).route(PATH_PING, post(ping)).with_state(state)
+    Router::new()
+        .route(PATH_CONNECT, post(connect))
+        .route(PATH_PING, post(ping))
+        .route(PATH_IMAGE_CACHE, post(image_cache))
+        .route(PATH_VOLUME_CREATE, post(volume_create))
+        .route(PATH_VOLUME_DELETE, post(volume_delete))
+        .route(PATH_VOLUME_SNAPSHOT, post(volume_snapshot))
+        .route(PATH_VM_START, post(vm_start))
+        .route(PATH_VM_STOP, post(vm_stop))
+        .route(PATH_VM_REBOOT, post(vm_reboot))
+        .route(PATH_VM_DESTROY, post(vm_destroy))
+        .route(PATH_VM_STATUS, post(vm_status))
+        .route(PATH_NETWORK_PREPARE, post(network_prepare))
+        .route(PATH_NETWORK_RELEASE, post(network_release))
+        .with_state(state)
 }
 
 /// Run the agent until `shutdown` completes.
@@ -206,7 +274,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         accelerator,
         data_dir: config.data_dir.clone(),
         host_uuid: Mutex::new(host_uuid),
+        storage: storage::Storage::new(config.data_dir.clone()),
+        vms: vms::Vms::new(&config.data_dir, accelerator),
+        network: network::Network::new(&config.data_dir),
     });
+    let running = state.vms.adopt().await;
+    if !running.is_empty() {
+        tracing::info!(count = running.len(), "re-adopted running VMs");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(io(format!("cannot listen on {}", config.listen)))?;

@@ -9,22 +9,35 @@
 //!
 //! The wire types and the protocol version live in [`rzstack_api::agent`]; an agent answering
 //! with a different version is refused.
+//!
+//! Beyond connect/ping the trait drives storage (image cache, volumes, snapshots), VMs (start,
+//! stop, reboot, destroy, status) and host networking (bridges, taps, DHCP). The simulator
+//! validates every command exactly as the agent does (the commands' `validate()`), then only
+//! records the effect in a process-wide [`SimulatedHosts`] ledger (see [`simulated`]).
+//! [`agent_for_host`] picks the implementation for a host row.
 
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Serialize;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub use rzstack_api::agent::{
-    ConnectCmd, ConnectRsp, ErrorRsp, HostFacts, PingCmd, PingRsp, DEFAULT_PORT as KVM_AGENT_PORT, PATH_CONNECT,
-    PATH_PING, PROTOCOL_VERSION,
+    AgentRsp, ConnectCmd, ConnectRsp, Deleted, DhcpLease, ErrorRsp, HostFacts, ImageCacheCmd, ImageCacheInfo,
+    NetworkPrepareCmd, NetworkPrepared, NetworkReleaseCmd, PingCmd, PingRsp, Provisioning, StopMode, VmDestroyCmd,
+    VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VolumeCreateCmd, VolumeDeleteCmd, VolumeInfo,
+    VolumeSnapshotCmd, DEFAULT_PORT as KVM_AGENT_PORT, PATH_CONNECT, PATH_IMAGE_CACHE, PATH_NETWORK_PREPARE,
+    PATH_NETWORK_RELEASE, PATH_PING, PATH_VM_DESTROY, PATH_VM_REBOOT, PATH_VM_START, PATH_VM_STATUS, PATH_VM_STOP,
+    PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT, PROTOCOL_VERSION, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
 };
 
 /// How long to wait for a TCP connection to an agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for an agent's whole answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Copying images and allocating thick volumes can take long.
+pub const STORAGE_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// Why an agent call failed; the text is the reason shown to users.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -45,6 +58,87 @@ pub trait HostAgent: Send + Sync {
     fn connect<'a>(&'a self, cmd: &'a ConnectCmd) -> BoxFuture<'a, Result<HostFacts, AgentError>>;
     /// Check the agent still answers for `host_uuid`.
     fn ping<'a>(&'a self, host_uuid: &'a str) -> BoxFuture<'a, Result<(), AgentError>>;
+    /// Put an image into the host's image cache (once).
+    fn cache_image<'a>(&'a self, cmd: &'a ImageCacheCmd) -> BoxFuture<'a, Result<ImageCacheInfo, AgentError>>;
+    /// Create a volume (thin overlay, thick copy, or empty data volume).
+    fn create_volume<'a>(&'a self, cmd: &'a VolumeCreateCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>>;
+    /// Delete a volume file (missing = `deleted: false`).
+    fn delete_volume<'a>(&'a self, cmd: &'a VolumeDeleteCmd) -> BoxFuture<'a, Result<Deleted, AgentError>>;
+    /// Snapshot a stopped VM's volume into an independent qcow2.
+    fn snapshot_volume<'a>(&'a self, cmd: &'a VolumeSnapshotCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>>;
+    fn start_vm<'a>(&'a self, cmd: &'a VmStartCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
+    fn stop_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
+    fn reboot_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
+    fn destroy_vm<'a>(&'a self, cmd: &'a VmDestroyCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
+    fn vm_status<'a>(&'a self, cmd: &'a VmStatusCmd) -> BoxFuture<'a, Result<VmStatusList, AgentError>>;
+    /// Bridges, taps, DHCP servers (idempotent).
+    fn prepare_network<'a>(&'a self, cmd: &'a NetworkPrepareCmd) -> BoxFuture<'a, Result<NetworkPrepared, AgentError>>;
+    fn release_network<'a>(&'a self, cmd: &'a NetworkReleaseCmd) -> BoxFuture<'a, Result<Deleted, AgentError>>;
+}
+
+/// What simulated hosts hold: the effects of the commands they accepted (process-wide; keys
+/// are uuids and paths, unique across hosts).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SimulatedHosts {
+    /// Commands accepted, by path (e.g. `/v1/vm/start` → 3).
+    pub calls: BTreeMap<String, u64>,
+    /// Image uuid → cache entry.
+    pub images: BTreeMap<String, ImageCacheInfo>,
+    /// Install path → volume.
+    pub volumes: BTreeMap<String, VolumeInfo>,
+    /// VM uuid → state (and its last start command).
+    pub vms: BTreeMap<String, (VmState, VmStartCmd)>,
+    pub bridges: BTreeSet<String>,
+    pub taps: BTreeSet<String>,
+    /// L3 uuid → MAC → IP.
+    pub leases: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn sim() -> std::sync::MutexGuard<'static, SimulatedHosts> {
+    static SIM: OnceLock<Mutex<SimulatedHosts>> = OnceLock::new();
+    SIM.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A copy of the simulated hosts' ledger (for tests and diagnostics).
+pub fn simulated() -> SimulatedHosts {
+    sim().clone()
+}
+
+/// Validate, then apply `f` to the ledger, counting the call.
+fn sim_apply<T>(
+    path: &str,
+    valid: Result<(), String>,
+    f: impl FnOnce(&mut SimulatedHosts) -> Result<T, String>,
+) -> Result<T, AgentError> {
+    valid.map_err(AgentError::Refused)?;
+    let mut s = sim();
+    let r = f(&mut s).map_err(AgentError::Refused)?;
+    *s.calls.entry(path.to_string()).or_default() += 1;
+    Ok(r)
+}
+
+fn sim_vm_state(uuid: &str, state: &str, stopped_by: Option<&str>) -> VmState {
+    VmState {
+        vm_uuid: uuid.to_string(),
+        state: state.to_string(),
+        pid: None,
+        qmp_status: (state == VM_RUNNING).then(|| "running".to_string()),
+        serial_log: None,
+        stopped_by: stopped_by.map(String::from),
+    }
+}
+
+fn sim_stop(s: &mut SimulatedHosts, cmd: &VmStopCmd) -> Result<VmState, String> {
+    let how = if cmd.mode == StopMode::Cold { "forced" } else { "graceful" };
+    Ok(match s.vms.get_mut(&cmd.vm_uuid) {
+        Some((st, _)) => {
+            if st.state == VM_RUNNING {
+                *st = sim_vm_state(&cmd.vm_uuid, VM_STOPPED, Some(how));
+            }
+            st.clone()
+        }
+        None => sim_vm_state(&cmd.vm_uuid, VM_UNKNOWN, None),
+    })
 }
 
 /// A simulated host: its facts are what AddSimulatorHost was given; always connected.
@@ -80,6 +174,173 @@ impl HostAgent for SimulatorAgent {
 
     fn ping<'a>(&'a self, _host_uuid: &'a str) -> BoxFuture<'a, Result<(), AgentError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn cache_image<'a>(&'a self, cmd: &'a ImageCacheCmd) -> BoxFuture<'a, Result<ImageCacheInfo, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_IMAGE_CACHE, cmd.validate(), |s| {
+                let root = cmd.cache_root.clone().unwrap_or_else(|| "/var/lib/rzstack-agent".into());
+                let iso = cmd.format.as_deref() == Some("iso");
+                let (kind, ext) = if iso { ("iso", "iso") } else { ("template", "qcow2") };
+                let info = ImageCacheInfo {
+                    install_path: format!("{root}/imagecache/{kind}/{u}/{u}.{ext}", u = cmd.image_uuid),
+                    format: ext.to_string(),
+                    size: 0,
+                    actual_size: 0,
+                };
+                Ok(s.images.entry(cmd.image_uuid.clone()).or_insert(info).clone())
+            })
+        })
+    }
+
+    fn create_volume<'a>(&'a self, cmd: &'a VolumeCreateCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VOLUME_CREATE, cmd.validate(), |s| {
+                let thick = cmd.provisioning == Provisioning::ThickProvisioning;
+                let backing = if thick { None } else { cmd.backing_file.clone() };
+                if let Some(v) = s.volumes.get(&cmd.install_path) {
+                    return if v.backing_file == backing {
+                        Ok(v.clone())
+                    } else {
+                        Err(format!("{} exists and is another volume", cmd.install_path))
+                    };
+                }
+                let base = cmd.backing_file.as_ref().and_then(|b| s.volumes.get(b)).map(|v| v.size).unwrap_or(0);
+                let size = cmd.size.max(base);
+                let v = VolumeInfo {
+                    install_path: cmd.install_path.clone(),
+                    format: "qcow2".into(),
+                    size,
+                    actual_size: if thick { size } else { 0 },
+                    backing_file: backing,
+                };
+                s.volumes.insert(cmd.install_path.clone(), v.clone());
+                Ok(v)
+            })
+        })
+    }
+
+    fn delete_volume<'a>(&'a self, cmd: &'a VolumeDeleteCmd) -> BoxFuture<'a, Result<Deleted, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VOLUME_DELETE, cmd.validate(), |s| {
+                Ok(Deleted { deleted: s.volumes.remove(&cmd.install_path).is_some() })
+            })
+        })
+    }
+
+    fn snapshot_volume<'a>(&'a self, cmd: &'a VolumeSnapshotCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VOLUME_SNAPSHOT, cmd.validate(), |s| {
+                let size = s.volumes.get(&cmd.volume_install_path).map(|v| v.size).unwrap_or(0);
+                let v = VolumeInfo {
+                    install_path: cmd.install_path.clone(),
+                    format: "qcow2".into(),
+                    size,
+                    actual_size: 0,
+                    backing_file: None,
+                };
+                Ok(s.volumes.entry(cmd.install_path.clone()).or_insert(v).clone())
+            })
+        })
+    }
+
+    fn start_vm<'a>(&'a self, cmd: &'a VmStartCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VM_START, cmd.validate(), |s| {
+                let st = sim_vm_state(&cmd.vm_uuid, VM_RUNNING, None);
+                s.vms.insert(cmd.vm_uuid.clone(), (st.clone(), cmd.clone()));
+                Ok(st)
+            })
+        })
+    }
+
+    fn stop_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(async move { sim_apply(PATH_VM_STOP, cmd.validate(), |s| sim_stop(s, cmd)) })
+    }
+
+    fn reboot_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VM_REBOOT, cmd.validate(), |s| match s.vms.get_mut(&cmd.vm_uuid) {
+                Some((st, _)) => {
+                    *st = sim_vm_state(&cmd.vm_uuid, VM_RUNNING, None);
+                    Ok(st.clone())
+                }
+                None => Err(format!("VM {} was never started on this host", cmd.vm_uuid)),
+            })
+        })
+    }
+
+    fn destroy_vm<'a>(&'a self, cmd: &'a VmDestroyCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VM_DESTROY, cmd.validate(), |s| {
+                s.vms.remove(&cmd.vm_uuid);
+                Ok(sim_vm_state(&cmd.vm_uuid, VM_UNKNOWN, None))
+            })
+        })
+    }
+
+    fn vm_status<'a>(&'a self, cmd: &'a VmStatusCmd) -> BoxFuture<'a, Result<VmStatusList, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_VM_STATUS, cmd.validate(), |s| {
+                let uuids: Vec<String> =
+                    if cmd.vm_uuids.is_empty() { s.vms.keys().cloned().collect() } else { cmd.vm_uuids.clone() };
+                let vms = uuids
+                    .iter()
+                    .map(|u| {
+                        s.vms.get(u).map(|(st, _)| st.clone()).unwrap_or_else(|| sim_vm_state(u, VM_UNKNOWN, None))
+                    })
+                    .collect();
+                Ok(VmStatusList { vms })
+            })
+        })
+    }
+
+    fn prepare_network<'a>(&'a self, cmd: &'a NetworkPrepareCmd) -> BoxFuture<'a, Result<NetworkPrepared, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_NETWORK_PREPARE, cmd.validate(), |s| {
+                let bridges: Vec<String> = cmd.bridges.iter().map(|b| b.name()).collect();
+                s.bridges.extend(bridges.iter().cloned());
+                for t in &cmd.taps {
+                    if !s.bridges.contains(&t.bridge_name) {
+                        return Err(format!("the bridge {} does not exist", t.bridge_name));
+                    }
+                    s.taps.insert(t.tap_name.clone());
+                }
+                for d in &cmd.dhcp {
+                    let l = s.leases.entry(d.l3_uuid.clone()).or_default();
+                    for lease in &d.leases {
+                        l.retain(|_, ip| *ip != lease.ip);
+                        l.insert(lease.mac.to_ascii_lowercase(), lease.ip.clone());
+                    }
+                }
+                Ok(NetworkPrepared { bridges })
+            })
+        })
+    }
+
+    fn release_network<'a>(&'a self, cmd: &'a NetworkReleaseCmd) -> BoxFuture<'a, Result<Deleted, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_NETWORK_RELEASE, cmd.validate(), |s| {
+                let mut deleted = false;
+                for t in &cmd.taps {
+                    deleted |= s.taps.remove(t);
+                }
+                for r in &cmd.leases {
+                    if let Some(l) = s.leases.get_mut(&r.l3_uuid) {
+                        for m in &r.macs {
+                            deleted |= l.remove(&m.to_ascii_lowercase()).is_some();
+                        }
+                    }
+                }
+                for l3 in &cmd.dhcp {
+                    deleted |= s.leases.remove(l3).is_some();
+                }
+                for b in &cmd.bridges {
+                    deleted |= s.bridges.remove(b);
+                }
+                Ok(Deleted { deleted })
+            })
+        })
     }
 }
 
@@ -127,8 +388,33 @@ impl KvmAgentClient {
     }
 
     async fn call<Q: Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &Q) -> Result<R, AgentError> {
+        self.call_within(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// A command answered with an [`AgentRsp`]: its result, or the agent's refusal.
+    async fn command<Q: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<R, AgentError> {
+        let rsp: AgentRsp<R> = self.call_within(path, body, timeout).await?;
+        check_version(rsp.version)?;
+        if !rsp.success {
+            return Err(AgentError::Refused(rsp.error.unwrap_or_else(|| format!("the agent refused {path}"))));
+        }
+        rsp.result.ok_or_else(|| AgentError::BadReply(format!("the agent answered {path} without a result")))
+    }
+
+    async fn call_within<Q: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<R, AgentError> {
         let url = format!("{}{path}", self.base);
-        let rsp = client()?.post(&url).bearer_auth(&self.token).json(body).send().await.map_err(|e| {
+        let req = client()?.post(&url).bearer_auth(&self.token).timeout(timeout).json(body);
+        let rsp = req.send().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "cannot be reached" };
             AgentError::Unreachable(format!("the host agent at {url} {what}: {}", error_chain(&e)))
         })?;
@@ -214,6 +500,86 @@ impl HostAgent for KvmAgentClient {
             }
         })
     }
+
+    fn cache_image<'a>(&'a self, cmd: &'a ImageCacheCmd) -> BoxFuture<'a, Result<ImageCacheInfo, AgentError>> {
+        Box::pin(self.command(PATH_IMAGE_CACHE, cmd, STORAGE_TIMEOUT))
+    }
+
+    fn create_volume<'a>(&'a self, cmd: &'a VolumeCreateCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>> {
+        Box::pin(self.command(PATH_VOLUME_CREATE, cmd, STORAGE_TIMEOUT))
+    }
+
+    fn delete_volume<'a>(&'a self, cmd: &'a VolumeDeleteCmd) -> BoxFuture<'a, Result<Deleted, AgentError>> {
+        Box::pin(self.command(PATH_VOLUME_DELETE, cmd, REQUEST_TIMEOUT))
+    }
+
+    fn snapshot_volume<'a>(&'a self, cmd: &'a VolumeSnapshotCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>> {
+        Box::pin(self.command(PATH_VOLUME_SNAPSHOT, cmd, STORAGE_TIMEOUT))
+    }
+
+    fn start_vm<'a>(&'a self, cmd: &'a VmStartCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(self.command(PATH_VM_START, cmd, REQUEST_TIMEOUT))
+    }
+
+    fn stop_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(self.command(PATH_VM_STOP, cmd, stop_timeout(cmd)))
+    }
+
+    fn reboot_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(self.command(PATH_VM_REBOOT, cmd, stop_timeout(cmd) + REQUEST_TIMEOUT))
+    }
+
+    fn destroy_vm<'a>(&'a self, cmd: &'a VmDestroyCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
+        Box::pin(self.command(PATH_VM_DESTROY, cmd, REQUEST_TIMEOUT))
+    }
+
+    fn vm_status<'a>(&'a self, cmd: &'a VmStatusCmd) -> BoxFuture<'a, Result<VmStatusList, AgentError>> {
+        Box::pin(self.command(PATH_VM_STATUS, cmd, REQUEST_TIMEOUT))
+    }
+
+    fn prepare_network<'a>(&'a self, cmd: &'a NetworkPrepareCmd) -> BoxFuture<'a, Result<NetworkPrepared, AgentError>> {
+        Box::pin(self.command(PATH_NETWORK_PREPARE, cmd, REQUEST_TIMEOUT))
+    }
+
+    fn release_network<'a>(&'a self, cmd: &'a NetworkReleaseCmd) -> BoxFuture<'a, Result<Deleted, AgentError>> {
+        Box::pin(self.command(PATH_NETWORK_RELEASE, cmd, REQUEST_TIMEOUT))
+    }
+}
+
+/// A stop's grace period plus time for the forced stop.
+fn stop_timeout(cmd: &VmStopCmd) -> Duration {
+    Duration::from_secs(cmd.grace_secs()) + REQUEST_TIMEOUT
+}
+
+/// The agent of a host, from its row: the simulator for Simulator hosts, else the KVM agent
+/// at the host's management IP with its password as the token.
+pub async fn agent_for_host(db: &crate::db::Db, host_uuid: &str) -> crate::error::Result<Box<dyn HostAgent>> {
+    use crate::db::Val;
+    use sqlx::Row;
+    let row = db
+        .fetch_optional(
+            "SELECT hypervisor_type, management_ip, cpu_capacity, memory_capacity, architecture, password FROM host \
+             WHERE uuid = $1",
+            &[Val::from(host_uuid)],
+        )
+        .await?
+        .ok_or_else(|| {
+            crate::error::Error::not_found(format!("host[uuid:{host_uuid}] is not found, it may have been deleted"))
+        })?;
+    let hypervisor: String = row.try_get(0)?;
+    let ip: String = row.try_get(1)?;
+    if hypervisor == "Simulator" {
+        let cpu: Option<i64> = row.try_get(2)?;
+        let mem: Option<i64> = row.try_get(3)?;
+        let arch: Option<String> = row.try_get(4)?;
+        return Ok(Box::new(SimulatorAgent {
+            cpu_capacity: cpu.unwrap_or(1_000_000_000),
+            memory_capacity: mem.unwrap_or(1_000_000_000),
+            architecture: arch.unwrap_or_else(|| "x86_64".into()),
+        }));
+    }
+    let password: Option<String> = row.try_get(5)?;
+    Ok(Box::new(KvmAgentClient::new(&ip, password.as_deref().unwrap_or_default())))
 }
 
 #[cfg(test)]
@@ -233,5 +599,46 @@ mod tests {
     fn debug_hides_the_token() {
         let a = KvmAgentClient::with_base("http://h:7070".into(), "s3cret");
         assert!(!format!("{a:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn simulator_validates_and_accounts() {
+        let a = SimulatorAgent { cpu_capacity: 4, memory_capacity: 1 << 30, architecture: "x86_64".into() };
+        let vm = "5e1f0c3a9b2d4e6f8a7b6c5d4e3f2a1b".to_string();
+        let vol = format!("/ps/rootVolumes/acct-a/vol-{vm}/{vm}.qcow2");
+        let bad = VolumeCreateCmd {
+            version: 1,
+            volume_uuid: vm.clone(),
+            install_path: "relative.qcow2".into(),
+            size: 1 << 20,
+            backing_file: None,
+            provisioning: Provisioning::ThickProvisioning,
+        };
+        let e = a.create_volume(&bad).await.unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        assert!(!simulated().volumes.contains_key("relative.qcow2"));
+        let good = VolumeCreateCmd { install_path: vol.clone(), ..bad };
+        let v = a.create_volume(&good).await.unwrap();
+        assert_eq!((v.size, v.actual_size), (1 << 20, 1 << 20));
+        assert_eq!(simulated().volumes.get(&vol), Some(&v));
+
+        let start: VmStartCmd = serde_json::from_value(serde_json::json!({
+            "version": 1, "vmUuid": vm, "cpuNum": 1, "memorySize": 128 << 20,
+            "rootVolume": {"volumeUuid": vm, "installPath": vol, "deviceId": 0}
+        }))
+        .unwrap();
+        assert_eq!(a.start_vm(&start).await.unwrap().state, VM_RUNNING);
+        let stop = VmStopCmd { version: 1, vm_uuid: vm.clone(), mode: StopMode::Grace, timeout_secs: None };
+        let st = a.stop_vm(&stop).await.unwrap();
+        assert_eq!((st.state.as_str(), st.stopped_by.as_deref()), (VM_STOPPED, Some("graceful")));
+        let status = a.vm_status(&VmStatusCmd { version: 1, vm_uuids: vec![vm.clone()] }).await.unwrap();
+        assert_eq!(status.vms[0].state, VM_STOPPED);
+        a.destroy_vm(&VmDestroyCmd { version: 1, vm_uuid: vm.clone() }).await.unwrap();
+        assert!(!simulated().vms.contains_key(&vm));
+        let mut bad_start = start.clone();
+        bad_start.memory_size = 1000;
+        assert!(a.start_vm(&bad_start).await.is_err());
+        assert!(!simulated().vms.contains_key(&vm));
+        assert!(simulated().calls.get(PATH_VM_START).copied().unwrap_or(0) >= 1);
     }
 }

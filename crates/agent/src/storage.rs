@@ -1,0 +1,242 @@
+//! Images and volumes: the per-host image cache and qcow2 volumes made with `qemu-img`.
+
+use crate::sys::{self, KeyLocks};
+use rzstack_api::agent::{
+    Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, VolumeCreateCmd, VolumeDeleteCmd, VolumeInfo,
+    VolumeSnapshotCmd,
+};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub const QEMU_IMG: &str = "qemu-img";
+
+/// What `qemu-img info` says about an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImgInfo {
+    pub format: String,
+    pub virtual_size: i64,
+    pub backing_file: Option<String>,
+}
+
+/// `qemu-img info`; `shared` (`-U`) reads an image a running QEMU holds.
+pub async fn img_info(path: &Path, shared: bool) -> Result<ImgInfo, String> {
+    let p = path.to_string_lossy().into_owned();
+    let mut args = vec!["info", "--output=json"];
+    if shared {
+        args.push("-U");
+    }
+    args.push(&p);
+    let out = sys::run(QEMU_IMG, &args).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("qemu-img info {p}: {e}"))?;
+    Ok(ImgInfo {
+        format: v["format"].as_str().unwrap_or_default().to_string(),
+        virtual_size: v["virtual-size"].as_i64().unwrap_or(0),
+        backing_file: v["full-backing-filename"].as_str().or(v["backing-filename"].as_str()).map(String::from),
+    })
+}
+
+/// Bytes a file uses on disk.
+pub fn actual_size(path: &Path) -> i64 {
+    std::fs::metadata(path).map(|m| (m.blocks() * 512) as i64).unwrap_or(0)
+}
+
+fn tmp_of(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".creating");
+    PathBuf::from(s)
+}
+
+fn remove_if_exists(p: &Path) -> Result<bool, String> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot remove {}: {e}", p.display())),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::rename(from, to).map_err(|e| format!("cannot rename {} to {}: {e}", from.display(), to.display()))
+}
+
+fn lock_hint(e: String, path: &str) -> String {
+    if e.contains("lock") {
+        format!("{path} is in use by a running VM (stop it first): {e}")
+    } else {
+        e
+    }
+}
+
+pub struct Storage {
+    pub data_dir: PathBuf,
+    locks: KeyLocks,
+}
+
+impl Storage {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Storage { data_dir, locks: KeyLocks::default() }
+    }
+
+    /// Fill the image cache once; concurrent calls for one image wait for the first.
+    pub async fn cache_image(&self, cmd: &ImageCacheCmd) -> Result<ImageCacheInfo, String> {
+        cmd.validate()?;
+        let root = cmd.cache_root.as_ref().map(PathBuf::from).unwrap_or_else(|| self.data_dir.clone());
+        let iso = cmd.format.as_deref() == Some("iso");
+        let (kind, ext) = if iso { ("iso", "iso") } else { ("template", "qcow2") };
+        let dir = root.join("imagecache").join(kind).join(&cmd.image_uuid);
+        let dest = dir.join(format!("{}.{ext}", cmd.image_uuid));
+        let _g = self.locks.lock(&dest.to_string_lossy()).await;
+        if !dest.exists() {
+            let src = Path::new(&cmd.source_path);
+            if !src.is_file() {
+                return Err(format!("the image file {} does not exist on this host", cmd.source_path));
+            }
+            sys::mkdirs(&dir)?;
+            let tmp = tmp_of(&dest);
+            remove_if_exists(&tmp)?;
+            let format = if iso { "iso".to_string() } else { img_info(src, true).await?.format };
+            let backed = !iso && img_info(src, true).await?.backing_file.is_some();
+            match format.as_str() {
+                "qcow2" | "iso" if !backed => {
+                    // Same filesystem: a hard link costs nothing; else a copy.
+                    if std::fs::hard_link(src, &tmp).is_err() {
+                        tokio::fs::copy(src, &tmp)
+                            .await
+                            .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), tmp.display()))?;
+                    }
+                }
+                "qcow2" | "raw" => {
+                    let (s, t) = (src.to_string_lossy().into_owned(), tmp.to_string_lossy().into_owned());
+                    sys::run(QEMU_IMG, &["convert", "-U", "-f", &format, "-O", "qcow2", &s, &t]).await?;
+                }
+                other => return Err(format!("the image {} has format {other:?}, not qcow2 or raw", cmd.source_path)),
+            }
+            rename(&tmp, &dest)?;
+        }
+        let (format, size) = if iso {
+            ("iso".to_string(), std::fs::metadata(&dest).map(|m| m.len() as i64).unwrap_or(0))
+        } else {
+            let i = img_info(&dest, true).await?;
+            (i.format, i.virtual_size)
+        };
+        Ok(ImageCacheInfo {
+            install_path: dest.to_string_lossy().into_owned(),
+            format,
+            size,
+            actual_size: actual_size(&dest),
+        })
+    }
+
+    async fn volume_info(path: &Path) -> Result<VolumeInfo, String> {
+        let i = img_info(path, true).await?;
+        Ok(VolumeInfo {
+            install_path: path.to_string_lossy().into_owned(),
+            format: i.format,
+            size: i.virtual_size,
+            actual_size: actual_size(path),
+            backing_file: i.backing_file,
+        })
+    }
+
+    pub async fn create_volume(&self, cmd: &VolumeCreateCmd) -> Result<VolumeInfo, String> {
+        cmd.validate()?;
+        let dest = PathBuf::from(&cmd.install_path);
+        let _g = self.locks.lock(&cmd.install_path).await;
+        let thick = cmd.provisioning == Provisioning::ThickProvisioning;
+        if dest.exists() {
+            // A replay: answer the volume when it is the one asked for.
+            let v = Self::volume_info(&dest).await?;
+            let want_backing = if thick { None } else { cmd.backing_file.as_deref() };
+            if v.backing_file.as_deref() == want_backing {
+                return Ok(v);
+            }
+            return Err(format!("{} exists and is another volume", cmd.install_path));
+        }
+        if let Some(parent) = dest.parent() {
+            sys::mkdirs(parent)?;
+        }
+        let tmp = tmp_of(&dest);
+        remove_if_exists(&tmp)?;
+        let t = tmp.to_string_lossy().into_owned();
+        let result = async {
+            match &cmd.backing_file {
+                Some(b) => {
+                    if !Path::new(b).is_file() {
+                        return Err(format!("the backing file {b} does not exist on this host"));
+                    }
+                    let bi = img_info(Path::new(b), true).await?;
+                    if cmd.size != 0 && cmd.size < bi.virtual_size {
+                        return Err(format!(
+                            "size {} is smaller than the image's virtual size {}",
+                            cmd.size, bi.virtual_size
+                        ));
+                    }
+                    let size = cmd.size.max(bi.virtual_size).to_string();
+                    if thick {
+                        sys::run(QEMU_IMG, &["convert", "-U", "-O", "qcow2", "-o", "preallocation=falloc", b, &t])
+                            .await?;
+                        if cmd.size > bi.virtual_size {
+                            sys::run(QEMU_IMG, &["resize", "--preallocation=falloc", &t, &size]).await?;
+                        }
+                    } else {
+                        sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-F", &bi.format, "-b", b, &t, &size])
+                            .await?;
+                    }
+                }
+                None => {
+                    let size = cmd.size.to_string();
+                    let prealloc = if thick { "preallocation=falloc" } else { "preallocation=off" };
+                    sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-o", prealloc, &t, &size]).await?;
+                }
+            }
+            rename(&tmp, &dest)
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = remove_if_exists(&tmp);
+            return Err(e);
+        }
+        Self::volume_info(&dest).await
+    }
+
+    pub async fn delete_volume(&self, cmd: &VolumeDeleteCmd) -> Result<Deleted, String> {
+        cmd.validate()?;
+        let path = PathBuf::from(&cmd.install_path);
+        let _g = self.locks.lock(&cmd.install_path).await;
+        if !path.exists() {
+            return Ok(Deleted { deleted: false });
+        }
+        // Without -U, qemu-img fails on an image a running QEMU holds.
+        img_info(&path, false).await.map_err(|e| lock_hint(e, &cmd.install_path))?;
+        let deleted = remove_if_exists(&path)?;
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::remove_dir(parent); // only when empty
+        }
+        Ok(Deleted { deleted })
+    }
+
+    pub async fn snapshot_volume(&self, cmd: &VolumeSnapshotCmd) -> Result<VolumeInfo, String> {
+        cmd.validate()?;
+        let dest = PathBuf::from(&cmd.install_path);
+        let _g = self.locks.lock(&cmd.install_path).await;
+        if dest.exists() {
+            return Self::volume_info(&dest).await;
+        }
+        let src = Path::new(&cmd.volume_install_path);
+        if !src.is_file() {
+            return Err(format!("the volume {} does not exist on this host", cmd.volume_install_path));
+        }
+        if let Some(parent) = dest.parent() {
+            sys::mkdirs(parent)?;
+        }
+        let tmp = tmp_of(&dest);
+        remove_if_exists(&tmp)?;
+        let t = tmp.to_string_lossy().into_owned();
+        // No -U: a volume a running QEMU writes to is refused instead of copied half-written.
+        if let Err(e) = sys::run(QEMU_IMG, &["convert", "-O", "qcow2", &cmd.volume_install_path, &t]).await {
+            let _ = remove_if_exists(&tmp);
+            return Err(lock_hint(e, &cmd.volume_install_path));
+        }
+        rename(&tmp, &dest)?;
+        Self::volume_info(&dest).await
+    }
+}

@@ -1,0 +1,453 @@
+//! VMs: one daemonized QEMU per VM, controlled over its QMP socket, with a state file per VM
+//! so a restarted agent re-adopts the guests that kept running.
+//!
+//! Layout: `<data-dir>/vms/<uuid>/` holds `state.json` (the start command, the pid, how the
+//! last stop ended), `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages), `serial.log`
+//! (the guest's serial console, appended across boots) and, with a TPM, `tpm/`, `swtpm.sock`,
+//! `swtpm.pid`. QEMU runs with `-daemonize`, so it outlives the agent; the agent opens a QMP
+//! connection per operation (QEMU serves one client at a time) and tells a live QEMU by its
+//! pid file plus `/proc/<pid>` (not a zombie, command line naming this VM's directory).
+
+use crate::qmp::Qmp;
+use crate::sys::{self, KeyLocks};
+use rzstack_api::agent::{
+    VmDestroyCmd, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, ACCEL_KVM, VM_PAUSED, VM_RUNNING,
+    VM_STOPPED, VM_UNKNOWN,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long QEMU may take to exit after `quit` before it is killed.
+const QUIT_WAIT: Duration = Duration::from_secs(10);
+/// unix socket paths are at most 107 bytes.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    cmd: VmStartCmd,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    swtpm_pid: Option<u32>,
+    #[serde(default)]
+    stopped_by: Option<String>,
+}
+
+pub struct Vms {
+    dir: PathBuf,
+    accel: &'static str,
+    qemu_binary: String,
+    locks: KeyLocks,
+}
+
+/// `0123...` (32 hex) → `01234567-89ab-...` for `-uuid`.
+fn dashed(u: &str) -> Option<String> {
+    let h: String = u.chars().filter(|c| *c != '-').collect();
+    (h.len() == 32).then(|| format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+fn tail(path: &Path) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+impl Vms {
+    pub fn new(data_dir: &Path, accel: &'static str) -> Self {
+        Vms { dir: data_dir.join("vms"), accel, qemu_binary: crate::facts::qemu_binary(), locks: KeyLocks::default() }
+    }
+
+    fn vm_dir(&self, uuid: &str) -> PathBuf {
+        self.dir.join(uuid)
+    }
+
+    fn marker(&self, uuid: &str) -> String {
+        self.vm_dir(uuid).to_string_lossy().into_owned()
+    }
+
+    fn load(&self, uuid: &str) -> Option<Record> {
+        let t = std::fs::read_to_string(self.vm_dir(uuid).join("state.json")).ok()?;
+        serde_json::from_str(&t).ok()
+    }
+
+    fn save(&self, uuid: &str, r: &Record) -> Result<(), String> {
+        let data = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+        sys::write_atomic(&self.vm_dir(uuid).join("state.json"), &data)
+    }
+
+    fn live_pid(&self, uuid: &str, r: &Record) -> Option<u32> {
+        r.pid.filter(|p| sys::alive(*p, &self.marker(uuid)))
+    }
+
+    async fn qmp(&self, uuid: &str) -> Result<Qmp, String> {
+        let sock = self.vm_dir(uuid).join("qmp.sock");
+        match tokio::time::timeout(QMP_TIMEOUT, Qmp::connect(&sock)).await {
+            Ok(Ok(q)) => Ok(q),
+            Ok(Err(e)) => Err(format!("VM {uuid}: {e}")),
+            Err(_) => Err(format!("VM {uuid}: no QMP answer in {QMP_TIMEOUT:?}")),
+        }
+    }
+
+    async fn state_of(&self, uuid: &str) -> VmState {
+        let serial = self.vm_dir(uuid).join("serial.log");
+        let Some(r) = self.load(uuid) else {
+            return VmState {
+                vm_uuid: uuid.to_string(),
+                state: VM_UNKNOWN.into(),
+                pid: None,
+                qmp_status: None,
+                serial_log: None,
+                stopped_by: None,
+            };
+        };
+        let mut s = VmState {
+            vm_uuid: uuid.to_string(),
+            state: VM_STOPPED.into(),
+            pid: None,
+            qmp_status: None,
+            serial_log: Some(serial.to_string_lossy().into_owned()),
+            stopped_by: r.stopped_by.clone(),
+        };
+        if let Some(pid) = self.live_pid(uuid, &r) {
+            s.pid = Some(pid);
+            s.stopped_by = None;
+            let status = match self.qmp(uuid).await {
+                Ok(mut q) => match tokio::time::timeout(QMP_TIMEOUT, q.query_status()).await {
+                    Ok(Ok((st, _))) => Some(st),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            s.state = match status.as_deref() {
+                Some("paused") | Some("suspended") | Some("prelaunch") | Some("inmigrate") => VM_PAUSED.into(),
+                _ => VM_RUNNING.into(),
+            };
+            s.qmp_status = status;
+        }
+        s
+    }
+
+    /// The QEMU command line for a VM (without the binary).
+    pub fn qemu_args(&self, cmd: &VmStartCmd, dir: &Path) -> Vec<String> {
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("guest={},debug-threads=on", cmd.vm_uuid),
+            "-machine".into(),
+            format!("q35,accel={}", self.accel),
+        ];
+        if let Some(u) = dashed(&cmd.vm_uuid) {
+            a.extend(["-uuid".into(), u]);
+        }
+        if self.accel == ACCEL_KVM {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        a.extend([
+            "-m".into(),
+            (cmd.memory_size >> 20).to_string(),
+            "-smp".into(),
+            cmd.cpu_num.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-rtc".into(),
+            "base=utc".into(),
+            "-chardev".into(),
+            format!("file,id=serial0,path={},append=on", p("serial.log")),
+            "-serial".into(),
+            "chardev:serial0".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p("qmp.sock")),
+            "-pidfile".into(),
+            p("qemu.pid"),
+            "-daemonize".into(),
+        ]);
+        let cd_first = cmd.boot_order.first().map(String::as_str) == Some("CdRom");
+        let (disk_boot, cd_boot) = if cd_first { (2, 1) } else { (1, 2) };
+        let mut ahci_port = 0;
+        let mut disks: Vec<_> = std::iter::once(&cmd.root_volume).chain(&cmd.data_volumes).collect();
+        disks.sort_by_key(|d| d.device_id);
+        for d in disks {
+            let node = format!("disk{}", d.device_id);
+            a.push("-blockdev".into());
+            a.push(
+                json!({"driver": "qcow2", "node-name": node,
+                       "file": {"driver": "file", "filename": d.install_path}})
+                .to_string(),
+            );
+            let boot = if d.device_id == 0 { format!(",bootindex={disk_boot}") } else { String::new() };
+            a.push("-device".into());
+            if cmd.virtio {
+                a.push(format!("virtio-blk-pci,drive={node},id=vd{}{boot}", d.device_id));
+            } else {
+                a.push(format!("ide-hd,drive={node},bus=ide.{ahci_port},id=hd{}{boot}", d.device_id));
+                ahci_port += 1;
+            }
+        }
+        if let Some(iso) = &cmd.cdrom {
+            a.push("-blockdev".into());
+            a.push(
+                json!({"driver": "raw", "node-name": "cd0", "read-only": true,
+                       "file": {"driver": "file", "filename": iso, "read-only": true}})
+                .to_string(),
+            );
+            a.push("-device".into());
+            a.push(format!("ide-cd,drive=cd0,bus=ide.{ahci_port},id=cdrom0,bootindex={cd_boot}"));
+        }
+        let mut nics: Vec<_> = cmd.nics.iter().collect();
+        nics.sort_by_key(|n| n.device_id);
+        for (i, n) in nics.iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap_name));
+            let model = if cmd.virtio { "virtio-net-pci" } else { "e1000" };
+            a.push("-device".into());
+            a.push(format!("{model},netdev=net{i},mac={},id=nic{i}", n.mac.to_ascii_lowercase()));
+        }
+        if cmd.tpm {
+            a.extend([
+                "-chardev".into(),
+                format!("socket,id=chrtpm,path={}", p("swtpm.sock")),
+                "-tpmdev".into(),
+                "emulator,id=tpm0,chardev=chrtpm".into(),
+                "-device".into(),
+                "tpm-crb,tpmdev=tpm0".into(),
+            ]);
+        }
+        a
+    }
+
+    async fn start_swtpm(&self, dir: &Path) -> Result<u32, String> {
+        let state = dir.join("tpm");
+        sys::mkdirs(&state)?;
+        let sock = dir.join("swtpm.sock");
+        let pidf = dir.join("swtpm.pid");
+        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(&pidf);
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        sys::run(
+            "swtpm",
+            &[
+                "socket".to_string(),
+                "--tpm2".into(),
+                "--tpmstate".into(),
+                format!("dir={}", s(&state)),
+                "--ctrl".into(),
+                format!("type=unixio,path={}", s(&sock)),
+                "--pid".into(),
+                format!("file={}", s(&pidf)),
+                "--log".into(),
+                format!("file={}", s(&dir.join("swtpm.log"))),
+                "--terminate".into(),
+                "--daemon".into(),
+            ],
+        )
+        .await
+        .map_err(|e| format!("cannot start the TPM emulator: {e}"))?;
+        for _ in 0..100 {
+            if sock.exists() {
+                if let Some(pid) = sys::read_pid(&pidf) {
+                    return Ok(pid);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("swtpm did not open {}", sock.display()))
+    }
+
+    pub async fn start(&self, cmd: &VmStartCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        self.start_locked(cmd).await
+    }
+
+    async fn start_locked(&self, cmd: &VmStartCmd) -> Result<VmState, String> {
+        let uuid = cmd.vm_uuid.as_str();
+        if let Some(r) = self.load(uuid) {
+            if self.live_pid(uuid, &r).is_some() {
+                return Ok(self.state_of(uuid).await);
+            }
+        }
+        for d in std::iter::once(&cmd.root_volume).chain(&cmd.data_volumes) {
+            if !Path::new(&d.install_path).is_file() {
+                return Err(format!("the volume {} does not exist on this host", d.install_path));
+            }
+        }
+        if let Some(c) = &cmd.cdrom {
+            if !Path::new(c).is_file() {
+                return Err(format!("the ISO {c} does not exist on this host"));
+            }
+        }
+        let dir = self.vm_dir(uuid);
+        let sock = dir.join("swtpm.sock");
+        if sock.as_os_str().len() > MAX_SOCKET_PATH || dir.join("qmp.sock").as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!("the data directory path is too long for unix sockets: {}", dir.display()));
+        }
+        sys::mkdirs(&dir)?;
+        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        let _ = std::fs::remove_file(dir.join("qemu.pid"));
+        let mut rec = Record { cmd: cmd.clone(), pid: None, swtpm_pid: None, stopped_by: None };
+        self.save(uuid, &rec)?;
+        if cmd.tpm {
+            rec.swtpm_pid = Some(self.start_swtpm(&dir).await?);
+            self.save(uuid, &rec)?;
+        }
+        let log_path = dir.join("qemu.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        // With -daemonize the command returns once QEMU is set up (its QMP socket listening).
+        let status = tokio::process::Command::new(&self.qemu_binary)
+            .args(self.qemu_args(cmd, &dir))
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .status()
+            .await
+            .map_err(|e| format!("cannot start {}: {e}", self.qemu_binary))?;
+        let pid = sys::read_pid(&dir.join("qemu.pid"));
+        if !status.success() || pid.is_none() {
+            self.stop_swtpm(uuid, &mut rec).await;
+            return Err(format!("QEMU did not start ({status}): {}", tail(&log_path)));
+        }
+        rec.pid = pid;
+        self.save(uuid, &rec)?;
+        tracing::info!(vm = uuid, pid, "VM started");
+        Ok(self.state_of(uuid).await)
+    }
+
+    async fn stop_swtpm(&self, uuid: &str, rec: &mut Record) {
+        if let Some(p) = rec.swtpm_pid.take() {
+            sys::terminate(p, &self.marker(uuid), Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Stop; `grace` zero = at once. Ok(None) when it was not running.
+    async fn stop_locked(&self, uuid: &str, grace: Duration) -> Result<Option<&'static str>, String> {
+        let Some(mut rec) = self.load(uuid) else { return Ok(None) };
+        let marker = self.marker(uuid);
+        let Some(pid) = self.live_pid(uuid, &rec) else {
+            self.stop_swtpm(uuid, &mut rec).await;
+            if rec.pid.take().is_some() {
+                rec.stopped_by.get_or_insert_with(|| "exited".into());
+            }
+            self.save(uuid, &rec)?;
+            return Ok(None);
+        };
+        let mut how = "forced";
+        if !grace.is_zero() {
+            match self.qmp(uuid).await {
+                Ok(mut q) => {
+                    if let Err(e) = q.execute("system_powerdown", None).await {
+                        tracing::warn!(vm = uuid, error = %e, "system_powerdown failed");
+                    }
+                }
+                Err(e) => tracing::warn!(vm = uuid, error = %e, "no QMP for the ACPI power-down"),
+            }
+            if sys::wait_gone(pid, &marker, grace).await {
+                how = "graceful";
+            }
+        }
+        if how == "forced" {
+            if let Ok(mut q) = self.qmp(uuid).await {
+                let _ = tokio::time::timeout(QMP_TIMEOUT, q.execute("quit", None)).await;
+            }
+            if !sys::wait_gone(pid, &marker, QUIT_WAIT).await {
+                tracing::warn!(vm = uuid, pid, "QEMU did not quit; killing it");
+                let _ = sys::signal(pid, "-KILL").await;
+                if !sys::wait_gone(pid, &marker, QUIT_WAIT).await {
+                    return Err(format!("QEMU (pid {pid}) of VM {uuid} does not die"));
+                }
+            }
+        }
+        self.stop_swtpm(uuid, &mut rec).await;
+        rec.pid = None;
+        rec.stopped_by = Some(how.into());
+        self.save(uuid, &rec)?;
+        tracing::info!(vm = uuid, how, "VM stopped");
+        Ok(Some(how))
+    }
+
+    pub async fn stop(&self, cmd: &VmStopCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let _g = self.locks.lock(&cmd.vm_uuid).await;
+        self.stop_locked(&cmd.vm_uuid, Duration::from_secs(cmd.grace_secs())).await?;
+        Ok(self.state_of(&cmd.vm_uuid).await)
+    }
+
+    /// Stop (as asked) and start again with the VM's last start command.
+    pub async fn reboot(&self, cmd: &VmStopCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let _g = self.locks.lock(&cmd.vm_uuid).await;
+        let rec =
+            self.load(&cmd.vm_uuid).ok_or_else(|| format!("VM {} was never started on this host", cmd.vm_uuid))?;
+        self.stop_locked(&cmd.vm_uuid, Duration::from_secs(cmd.grace_secs())).await?;
+        self.start_locked(&rec.cmd).await
+    }
+
+    pub async fn destroy(&self, cmd: &VmDestroyCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let _g = self.locks.lock(&cmd.vm_uuid).await;
+        self.stop_locked(&cmd.vm_uuid, Duration::ZERO).await?;
+        let dir = self.vm_dir(&cmd.vm_uuid);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot remove {}: {e}", dir.display()))
+            }
+            _ => {}
+        }
+        Ok(self.state_of(&cmd.vm_uuid).await)
+    }
+
+    pub async fn status(&self, cmd: &VmStatusCmd) -> Result<VmStatusList, String> {
+        cmd.validate()?;
+        let uuids = if cmd.vm_uuids.is_empty() { self.known() } else { cmd.vm_uuids.clone() };
+        let mut vms = Vec::with_capacity(uuids.len());
+        for u in uuids {
+            vms.push(self.state_of(&u).await);
+        }
+        Ok(VmStatusList { vms })
+    }
+
+    /// Every VM with a state file.
+    pub fn known(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("state.json").is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// At agent start: re-adopt the guests that kept running (their QMP answers), record the
+    /// others as stopped. Returns the uuids of the running ones.
+    pub async fn adopt(&self) -> Vec<String> {
+        let mut running = Vec::new();
+        for uuid in self.known() {
+            let _g = self.locks.lock(&uuid).await;
+            let Some(mut rec) = self.load(&uuid) else { continue };
+            if self.live_pid(&uuid, &rec).is_some() {
+                match self.qmp(&uuid).await {
+                    Ok(q) => tracing::info!(vm = %uuid, pid = rec.pid, qemu = %q.version, "re-adopted a running VM"),
+                    Err(e) => tracing::warn!(vm = %uuid, error = %e, "running VM without QMP"),
+                }
+                running.push(uuid);
+            } else if rec.pid.is_some() {
+                tracing::warn!(vm = %uuid, "VM stopped while the agent was away");
+                self.stop_swtpm(&uuid, &mut rec).await;
+                rec.pid = None;
+                rec.stopped_by = Some("exited".into());
+                let _ = self.save(&uuid, &rec);
+            }
+        }
+        running
+    }
+}
