@@ -2270,12 +2270,12 @@ async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
     let v = Val::from(uuid.as_str());
     tx.execute(
         "UPDATE vm_instance SET last_host_uuid = COALESCE(host_uuid, last_host_uuid), host_uuid = NULL WHERE uuid = $1",
-        &[v.clone()],
+        std::slice::from_ref(&v),
     )
     .await?;
     tx.execute(
         "DELETE FROM used_ip WHERE vm_nic_uuid IN (SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1)",
-        &[v.clone()],
+        std::slice::from_ref(&v),
     )
     .await?;
     tx.execute(
@@ -2305,20 +2305,20 @@ async fn remove_vm_rows(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     let v = Val::from(uuid);
     tx.execute(
         "DELETE FROM used_ip WHERE vm_nic_uuid IN (SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1)",
-        &[v.clone()],
+        std::slice::from_ref(&v),
     )
     .await?;
-    let nics = tx.fetch_all("SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
+    let nics = tx.fetch_all("SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1", std::slice::from_ref(&v)).await?;
     for n in nics {
         let nic: String = n.try_get(0)?;
         super::tag::delete_for_resource(tx, &nic).await?;
     }
-    tx.execute("DELETE FROM vm_nic WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
-    tx.execute("DELETE FROM vm_cdrom WHERE vm_instance_uuid = $1", &[v.clone()]).await?;
+    tx.execute("DELETE FROM vm_nic WHERE vm_instance_uuid = $1", std::slice::from_ref(&v)).await?;
+    tx.execute("DELETE FROM vm_cdrom WHERE vm_instance_uuid = $1", std::slice::from_ref(&v)).await?;
     let vols = tx
         .fetch_all(
             "SELECT uuid, primary_storage_uuid, reserved_size FROM volume WHERE vm_instance_uuid = $1 AND type = 'Root'",
-            &[v.clone()],
+            std::slice::from_ref(&v),
         )
         .await?;
     for r in vols {
