@@ -262,7 +262,8 @@ else
 fi
 
 section "benchmark smoke on SQLite (correctness only; figures are not judged)"
-if cargo run -q -p rzstack-bench -- query --n 50 --concurrency 10 --hosts 5 --repeat 5; then
+if cargo run -q -p rzstack-bench -- query --n 50 --concurrency 10 --hosts 5 --repeat 5 &&
+    cargo run -q -p rzstack-bench -- scale --n 50 --concurrency 10 --hosts 5; then
     results+=("benchmark smoke on SQLite: passed")
 else
     results+=("benchmark smoke on SQLite: FAILED")

@@ -6,6 +6,8 @@
 //! - `create`: N CreateVmInstance calls from C concurrent clients on simulated hosts; then checks
 //!   that used IPs = NICs, allocated host capacity = the VMs' sum, and no job is left running.
 //! - `query`: p50/p99 of typical queries over the VMs that `create` made.
+//! - `scale`: `create`, then destroys and expunges every VM and checks that every IP, NIC,
+//!   volume and unit of host and primary-storage capacity is free again.
 //! - `idle`: the management node's start time and idle RSS.
 //!
 //! Figures are printed, never asserted: a slow machine is not a failure. Correctness is asserted.
@@ -21,6 +23,7 @@ enum Scenario {
     Idle,
     Create,
     Query,
+    Scale,
 }
 
 #[derive(Parser, Debug)]
@@ -321,6 +324,63 @@ async fn verify(c: &Client, expect_vms: usize) -> Res<()> {
     Ok(())
 }
 
+/// Destroy and expunge every VM from `conc` clients, then check that nothing is left allocated.
+async fn teardown(c: Arc<Client>, conc: usize, before: &Value) -> Res<()> {
+    let (_, all) = c.get("/vm-instances?fields=uuid&limit=1000000").await?;
+    let uuids: Vec<String> = all["inventories"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v["uuid"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let n = uuids.len();
+    let queue = Arc::new(std::sync::Mutex::new(uuids));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (c, queue) = (c.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                let Some(u) = next else { return Ok::<(), String>(()) };
+                c.job(reqwest::Method::DELETE, &format!("/vm-instances/{u}?deleteMode=Permissive"), json!({})).await?;
+                c.job(reqwest::Method::PUT, &format!("/vm-instances/{u}/actions"), json!({"expungeVmInstance": {}}))
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let wall = t0.elapsed();
+    println!("| destroy + expunge | {n} VMs in {:.2} s ({:.0}/s) |", wall.as_secs_f64(), n as f64 / wall.as_secs_f64());
+    let count = |v: &Value| v["total"].as_i64().unwrap_or(-1);
+    for (what, path) in [
+        ("VMs", "/vm-instances?count=true"),
+        ("NICs", "/vm-instances/nics?count=true"),
+        ("volumes", "/volumes?count=true"),
+    ] {
+        let (_, v) = c.get(path).await?;
+        if count(&v) != 0 {
+            return Err(format!("{} {what} left after expunging every VM", count(&v)));
+        }
+    }
+    let (_, cap) = c.get("/ip-capacity?all=true").await?;
+    if cap["usedIpAddressNumber"].as_i64() != Some(0) {
+        return Err(format!("IPs still used after expunge: {cap}"));
+    }
+    let (_, h) = c.get("/hosts/capacities/cpu-memory?all=true").await?;
+    if h["availableCpu"] != before["availableCpu"] || h["availableMemory"] != before["availableMemory"] {
+        return Err(format!("host capacity not free after expunge: {h}"));
+    }
+    let (_, ps) = c.get("/primary-storage").await?;
+    for p in ps["inventories"].as_array().cloned().unwrap_or_default() {
+        if p["availableCapacity"] != p["totalCapacity"] {
+            return Err(format!("primary storage capacity not free after expunge: {p}"));
+        }
+    }
+    println!("| leaks after expunge | none (0 VMs, NICs, volumes, used IPs; host CPU and PS capacity all free) |");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -349,6 +409,7 @@ async fn run(args: Args) -> Res<()> {
     }
     let c = Arc::new(Client::login(http.clone(), node.base.clone()).await?);
     let t = build_topology(&c, args.hosts, args.n).await?;
+    let (_, free_capacity) = c.get("/hosts/capacities/cpu-memory?all=true").await?;
     let (wall, acc, done, errors) = create(c.clone(), &t, args.n, args.concurrency).await?;
     println!("| creates | {} by {} clients on {} hosts |", args.n, args.concurrency, args.hosts);
     println!("| wall time | {:.2} s |", wall.as_secs_f64());
@@ -362,6 +423,9 @@ async fn run(args: Args) -> Res<()> {
     }
     verify(&c, args.n).await?;
     println!("| leaks | none (used IPs = NICs, CPU allocated = running VMs) |");
+    if args.scenario == Scenario::Scale {
+        teardown(c.clone(), args.concurrency, &free_capacity).await?;
+    }
     if args.scenario == Scenario::Query {
         let (_, one) = c.get("/vm-instances?limit=1").await?;
         let uuid = one["inventories"][0]["uuid"].as_str().unwrap_or_default().to_string();
