@@ -14,6 +14,9 @@ PACKAGES=(
     pkg-config
     qemu-utils:qemu-img # image checks (qemu-img info)
     qemu-system-x86:qemu-system-x86_64 # the host agent runs guests with QEMU
+    dnsmasq-base:dnsmasq # the agent's per-L3 DHCP servers (static leases)
+    swtpm # TPM 2.0 for guests with devices.tpm.enable
+    iproute2:ip # bridges, taps
 )
 
 install_packages() {

@@ -82,6 +82,10 @@ install_packages() {
         command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
         command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils) # image tests run qemu-img
         command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86) # agent QEMU/QMP tests
+        command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base) # agent DHCP tests
+        command -v swtpm >/dev/null 2>&1 || need+=(swtpm) # agent TPM test
+        command -v ip >/dev/null 2>&1 || need+=(iproute2) # agent bridge/tap tests
+        command -v busybox >/dev/null 2>&1 || need+=(busybox-static) # DHCP client in the network test
     fi
     if want_pg; then
         if ! pg_bin_dir >/dev/null || ! psql_bin >/dev/null; then need+=(postgresql); fi

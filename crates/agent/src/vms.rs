@@ -278,6 +278,12 @@ impl Vms {
                 return Err(format!("the volume {} does not exist on this host", d.install_path));
             }
         }
+        for n in &cmd.nics {
+            // QEMU (as root) would make a missing tap itself, on no bridge.
+            if !Path::new("/sys/class/net").join(&n.tap_name).join("tun_flags").exists() {
+                return Err(format!("the tap {} does not exist on this host (network/prepare makes it)", n.tap_name));
+            }
+        }
         if let Some(c) = &cmd.cdrom {
             if !Path::new(c).is_file() {
                 return Err(format!("the ISO {c} does not exist on this host"));

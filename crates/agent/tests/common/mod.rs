@@ -141,3 +141,29 @@ pub fn actual_size(p: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
 }
+
+/// On drop (also when a test fails), kill every QEMU, swtpm and dnsmasq an agent started
+/// under `dir`.
+pub struct KillLeftovers(pub PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        let mut pidfiles = Vec::new();
+        for (sub, files) in [("vms", &["qemu.pid", "swtpm.pid"][..]), ("dhcp", &["dnsmasq.pid"][..])] {
+            if let Ok(rd) = std::fs::read_dir(self.0.join(sub)) {
+                for e in rd.flatten() {
+                    pidfiles.extend(files.iter().map(|f| e.path().join(f)));
+                }
+            }
+        }
+        for f in pidfiles {
+            let Some(pid) = std::fs::read_to_string(&f).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            let cl = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cl).contains(&*self.0.to_string_lossy()) {
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
