@@ -666,7 +666,8 @@ async fn create_parameters_tags_keys_and_root_size() {
     assert_eq!(tags_of(s(&root["uuid"])).await, vec!["volumeProvisioningStrategy::ThickProvisioning"]);
     assert_eq!(tags_of(s(&data["uuid"])).await, vec!["volumeProvisioningStrategy::ThinProvisioning"]);
     // the VM keeps its static IP tag; the custom MAC tag is consumed by the NIC (as upstream)
-    assert_eq!(tags_of(u.clone()).await, vec![format!("staticIp::{l3}::192.168.10.15")]);
+    // (and `driver::virtio`: the image is virtio)
+    assert_eq!(tags_of(u.clone()).await, vec!["driver::virtio".to_string(), format!("staticIp::{l3}::192.168.10.15")]);
 
     // a root disk smaller than the image: the volume keeps the image's size
     let vm2 = srv
@@ -988,4 +989,273 @@ async fn fifty_concurrent_creates_then_destroy_and_expunge_all() {
     assert_eq!(used_ips(&srv).await, 0);
     let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
     assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
+}
+
+/// Run one SQL statement on the server's database (for rows no API creates yet).
+async fn sql(srv: &Server, stmt: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match &srv.database {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", srv.data_dir.path().join("rzstack.db").display()),
+    };
+    let mut c = sqlx::AnyConnection::connect(&url).await.expect("connect to the test database");
+    sqlx::query(stmt).execute(&mut c).await.expect("sql");
+}
+
+#[tokio::test]
+async fn allocator_skips_reserved_ip_ranges() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    // .10-.19 reserved: the allocator can only hand out .20
+    sql(
+        &srv,
+        &format!(
+            "INSERT INTO reserved_ip_range (uuid, l3_network_uuid, start_ip, end_ip, ip_version, create_date, last_op_date) \
+             VALUES ('0123456789abcdef0123456789abcdef', '{l3}', '192.168.10.10', '192.168.10.19', 4, 0, 0)"
+        ),
+    )
+    .await;
+    for i in 0..3 {
+        let vm = srv
+            .ok("POST", "/vm-instances", Some(create(&t, json!({"name": format!("r{i}"), "l3NetworkUuids": [l3]}))))
+            .await;
+        assert_eq!(vm["inventory"]["vmNics"][0]["ip"], "192.168.10.20");
+        let u = s(&vm["inventory"]["uuid"]);
+        srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+        srv.ok("PUT", &format!("/vm-instances/{u}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    }
+    srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "last", "l3NetworkUuids": [l3]})))).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"name": "none", "l3NetworkUuids": [l3]})))).await;
+    assert_error(&e["cause"], "L3.1000", "because no ip is available in this l3Network");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    // a static IP may name a reserved address
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(with_tags(
+                &t,
+                json!({"name": "st", "l3NetworkUuids": [l3]}),
+                json!([format!("staticIp::{l3}::192.168.10.12")]),
+            )),
+        )
+        .await;
+    assert_eq!(vm["inventory"]["vmNics"][0]["ip"], "192.168.10.12");
+}
+
+#[tokio::test]
+async fn virtio_tag_and_nic_driver() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 30).await;
+    let tags = |u: String| {
+        let srv = &srv;
+        async move {
+            srv.query(&format!("/system-tags?q=resourceUuid={u}"))
+                .await
+                .iter()
+                .map(|x| s(&x["tag"]))
+                .collect::<Vec<_>>()
+        }
+    };
+    // a virtio Linux image: virtio from the image, the tag recorded, virtio NICs
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "a", "l3NetworkUuids": [l3]})))).await;
+    assert_eq!(vm["inventory"]["vmNics"][0]["driverType"], "virtio");
+    assert_eq!(tags(s(&vm["inventory"]["uuid"])).await, vec!["driver::virtio"]);
+    // a Windows image without virtio: e1000 NICs, no tag
+    let qcow = t._dir.path().join("t.qcow2");
+    let bs = s(&srv.query("/backup-storage").await[0]["uuid"]);
+    let win = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "win", "url": format!("file://{}", qcow.display()), "format": "qcow2",
+                "backupStorageUuids": [bs], "platform": "Windows", "guestOsType": "Windows 10", "architecture": "x86_64",
+                "virtio": false}})),
+        )
+        .await["inventory"]["uuid"]);
+    let vm = srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "w", "imageUuid": win, "l3NetworkUuids": [l3]}))))
+        .await;
+    assert_eq!(vm["inventory"]["platform"], "Windows");
+    assert_eq!(vm["inventory"]["vmNics"][0]["driverType"], "e1000");
+    assert!(tags(s(&vm["inventory"]["uuid"])).await.is_empty());
+    // the same image with virtio: true: the tag and virtio NICs
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "wv", "imageUuid": win, "l3NetworkUuids": [l3], "virtio": true}))),
+        )
+        .await;
+    assert_eq!(vm["inventory"]["vmNics"][0]["driverType"], "virtio");
+    assert_eq!(tags(s(&vm["inventory"]["uuid"])).await, vec!["driver::virtio"]);
+    // virtio: false on a virtio Linux image: no tag; the NIC stays paravirtual (image and platform support it)
+    let vm = srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "nv", "l3NetworkUuids": [l3], "virtio": false}))))
+        .await;
+    assert_eq!(vm["inventory"]["vmNics"][0]["driverType"], "virtio");
+    assert!(tags(s(&vm["inventory"]["uuid"])).await.is_empty());
+    // a bad value
+    let before = rows(&srv).await;
+    let r = srv
+        .request("POST", "/vm-instances", Some(create(&t, json!({"virtio": "maybe"}))), Some(&srv.session.clone()), &[])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("Invalid value for boolean field [virtio]"), "{}", r.text);
+    assert_eq!(rows(&srv).await, before);
+}
+
+#[tokio::test]
+async fn create_vm_from_volume_snapshot() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 30).await;
+    let src = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "src", "dataDiskSizes": [2 * GB], "l3NetworkUuids": [l3]}))),
+        )
+        .await["inventory"]
+        .clone();
+    let vols = src["allVolumes"].as_array().unwrap();
+    let root = s(&vols.iter().find(|v| v["type"] == "Root").unwrap()["uuid"]);
+    let data = s(&vols.iter().find(|v| v["type"] == "Data").unwrap()["uuid"]);
+    let snap = s(&srv
+        .ok("POST", &format!("/volumes/{root}/volume-snapshots"), Some(json!({"params": {"name": "s1"}})))
+        .await["inventory"]["uuid"]);
+    let before = usage(&srv, &t).await;
+
+    // the spec's request body, uuids replaced by real ones
+    let body = json!({"params": {"name": "vm1", "description": "this is a vm", "instanceOfferingUuid": t.offering,
+        "l3NetworkUuids": [l3], "clusterUuid": t.cluster, "strategy": "InstantStart"}, "systemTags": [], "userTags": []});
+    let r = srv.job("POST", &format!("/vm-instances/from/volume-snapshots/{snap}"), Some(body.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+    let vm = &r.body["inventory"];
+    let u = s(&vm["uuid"]);
+    assert_ne!(u, s(&src["uuid"]));
+    assert_eq!(vm["name"], "vm1");
+    assert_eq!(vm["description"], "this is a vm");
+    assert_eq!(vm["state"], "Running");
+    assert_eq!(vm["hostUuid"], t.hosts[0].as_str());
+    assert_eq!(vm["lastHostUuid"], t.hosts[0].as_str());
+    assert_eq!(vm["clusterUuid"], t.cluster.as_str());
+    assert_eq!(vm["zoneUuid"], t.zone.as_str());
+    assert_eq!(vm["imageUuid"], t.image.as_str());
+    assert_eq!(vm["platform"], "Linux");
+    assert_eq!(vm["guestOsType"], "Ubuntu");
+    assert_eq!(vm["architecture"], "x86_64");
+    assert_eq!(vm["instanceOfferingUuid"], t.offering.as_str());
+    assert_eq!(vm["cpuNum"], 1);
+    assert_eq!(vm["memorySize"], GB);
+    assert_eq!(vm["vmNics"].as_array().unwrap().len(), 1);
+    assert_eq!(vm["vmNics"][0]["l3NetworkUuid"], l3.as_str());
+    assert_eq!(vm["vmNics"][0]["driverType"], "virtio");
+    let vols = vm["allVolumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 1, "only the root volume: {vm}");
+    let nroot = &vols[0];
+    assert_eq!(vm["rootVolumeUuid"], nroot["uuid"]);
+    assert_ne!(s(&nroot["uuid"]), root);
+    assert_eq!(nroot["type"], "Root");
+    assert_eq!(nroot["size"], 64 * MB, "sized as the snapshotted volume");
+    assert_eq!(nroot["rootImageUuid"], t.image.as_str());
+    assert_eq!(nroot["primaryStorageUuid"], t.ps.as_str());
+    assert_eq!(nroot["status"], "Ready");
+    assert_eq!(nroot["vmInstanceUuid"], u.as_str());
+    let after = usage(&srv, &t).await;
+    assert_eq!(after.1, before.1 - 64 * MB, "the copy's capacity is reserved");
+    assert_eq!(after.0[0], (before.0[0].0 - 1, before.0[0].1 - GB));
+
+    // the snapshot stays usable: still Ready, and a second VM from it (CreateStopped, a data
+    // volume's snapshot: the root copy is 2 GiB)
+    let snaps = srv.query(&format!("/volume-snapshots/{snap}")).await;
+    assert_eq!(snaps[0]["status"], "Ready");
+    assert_eq!(snaps[0]["volumeUuid"], root.as_str());
+    let vm2 = srv
+        .ok(
+            "POST",
+            &format!("/vm-instances/from/volume-snapshots/{snap}"),
+            Some(json!({"params": {"name": "vm2", "cpuNum": 2, "memorySize": GB, "l3NetworkUuids": [l3],
+                "strategy": "CreateStopped", "primaryStorageUuid": t.ps, "platform": "Other"}})),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm2["state"], "Stopped");
+    assert_eq!(vm2["platform"], "Other");
+    assert_eq!(vm2["cpuNum"], 2);
+    assert!(vm2.get("hostUuid").is_none());
+    assert_eq!(vm2["lastHostUuid"], t.hosts[0].as_str());
+    let dsnap = s(&srv
+        .ok("POST", &format!("/volumes/{data}/volume-snapshots"), Some(json!({"params": {"name": "d1"}})))
+        .await["inventory"]["uuid"]);
+    let ps_before = usage(&srv, &t).await.1;
+    let vm3 = srv
+        .ok(
+            "POST",
+            &format!("/vm-instances/from/volume-snapshots/{dsnap}"),
+            Some(json!({"params": {"name": "vm3", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3]}})),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm3["allVolumes"][0]["size"], 2 * GB);
+    assert_eq!(vm3["platform"], "Linux", "from the snapshotted volume's VM");
+    assert_eq!(usage(&srv, &t).await.1, ps_before - 2 * GB);
+
+    // refusals leave nothing behind
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let path = format!("/vm-instances/from/volume-snapshots/{snap}");
+    let cases: Vec<(String, Value, &str, String)> = vec![
+        (
+            path.clone(),
+            json!({"params": {"name": "x", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3],
+            "strategy": "JustCreate"}}),
+            "SYS.1007",
+            "JustCreate".into(),
+        ),
+        (
+            "/vm-instances/from/volume-snapshots/0123456789abcdef0123456789abcdef".into(),
+            json!({"params": {"name": "x", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3]}}),
+            "SYS.1003",
+            "type:VolumeSnapshotVO] not found".into(),
+        ),
+        (
+            path.clone(),
+            json!({"params": {"name": "x", "l3NetworkUuids": [l3]}}),
+            "SYS.1006",
+            "Missing CPU/memory settings".into(),
+        ),
+        (
+            path.clone(),
+            json!({"params": {"instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3]}}),
+            "SYS.1007",
+            "name".into(),
+        ),
+        (
+            path.clone(),
+            json!({"params": {"name": "x", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3],
+                "vmNicParams": "[]"}}),
+            "SYS.1007",
+            "parameter[vmNicParams] of CreateVmInstanceFromVolumeSnapshot is not supported".into(),
+        ),
+    ];
+    for (p, b, code, text) in cases {
+        let e = srv.fails("POST", &p, Some(b)).await;
+        assert_error(&e, code, &text);
+    }
+    // a failure inside the saga (no host has the memory) is undone: nothing left, snapshot untouched
+    let e = srv
+        .fails(
+            "POST",
+            &format!("/vm-instances/from/volume-snapshots/{dsnap}"),
+            Some(json!({"params": {"name": "big", "cpuNum": 1, "memorySize": 200 * GB, "l3NetworkUuids": [l3]}})),
+        )
+        .await;
+    assert_eq!(e["cause"]["code"], "HOST_ALLOCATION.1000", "{e}");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    assert_eq!(srv.query(&format!("/volume-snapshots/{snap}")).await[0]["status"], "Ready");
 }

@@ -203,6 +203,25 @@ struct CreateVm {
     data_volume_system_tags: Vec<String>,
     #[serde(default)]
     ssh_key_pair_uuids: Vec<String>,
+    virtio: Option<bool>,
+    /// CreateVmInstanceFromVolumeSnapshot: the snapshot the root volume copies
+    #[serde(skip)]
+    snapshot: Option<SnapSrc>,
+}
+
+/// What a VM made from a volume snapshot takes from it: the size of the snapshotted volume,
+/// and platform / OS / architecture / image from that volume's VM or image.
+#[derive(Clone, Default)]
+struct SnapSrc {
+    uuid: String,
+    size: i64,
+    actual_size: i64,
+    format: Option<String>,
+    image: Option<String>,
+    platform: Option<String>,
+    guest_os_type: Option<String>,
+    architecture: Option<String>,
+    virtio: bool,
 }
 
 /// A list of sizes: numbers, or the strings list validation turns them into.
@@ -228,7 +247,6 @@ const NOT_YET: &[&str] = &[
     "dataVolumeSystemTagsOnIndex",
     // no TagPatternVO (tag2) resources exist in this management node to check them against
     "tagUuids",
-    "virtio",
 ];
 
 /// The system tags CreateVmInstance accepts (upstream `VmSystemTags`), as the API table's patterns.
@@ -412,7 +430,8 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     for f in NOT_YET {
         if !matches!(msg.fields.get(*f), None | Some(Value::Null)) {
             return Err(Error::argerr(format!(
-                "parameter[{f}] of CreateVmInstance is not supported by this management node yet"
+                "parameter[{f}] of {} is not supported by this management node yet",
+                msg.api
             )));
         }
     }
@@ -601,62 +620,84 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     let mut image_actual = 0i64;
     let mut iso = false;
     let mut format = None;
-    match &req.image_uuid {
-        None => {
-            if platform.is_none()
-                || guest_os.is_none()
-                || arch.is_none()
-                || (req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none())
-            {
-                return Err(Error::argerr(
+    let mut image_virtio = false;
+    if let Some(src) = &req.snapshot {
+        // a copy of the snapshot: no image to check; what the image would give comes from the
+        // snapshotted volume's VM (or image)
+        platform = platform.or(src.platform.clone());
+        guest_os = guest_os.or(src.guest_os_type.clone());
+        arch = arch.or(src.architecture.clone());
+        if platform.is_none() {
+            return Err(Error::operr(format!(
+                "platform is not set, neither in the message nor on the source of volume snapshot[uuid:{}]",
+                src.uuid
+            )));
+        }
+        image_size = src.size;
+        image_actual = src.actual_size;
+        format = src.format.clone();
+        image_virtio = src.virtio;
+    } else {
+        match &req.image_uuid {
+            None => {
+                if platform.is_none()
+                    || guest_os.is_none()
+                    || arch.is_none()
+                    || (req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none())
+                {
+                    return Err(Error::argerr(
                     "when imageUuid is null, [platform] is required, [guestOsType] is required, [architecture] is required, \
                      rootDiskOfferingUuid or rootDiskSize cannot be all null",
                 ));
+                }
             }
-        }
-        Some(i) => {
-            let row = one_row(
+            Some(i) => {
+                let row = one_row(
                 app,
-                "SELECT state, status, media_type, system, platform, guest_os_type, architecture, size, actual_size, format \
-                 FROM image WHERE uuid = $1",
+                "SELECT state, status, media_type, system, platform, guest_os_type, architecture, size, actual_size, format, \
+                 virtio FROM image WHERE uuid = $1",
                 i,
             )
             .await?
             .ok_or_else(|| Error::not_found(format!("image[uuid:{i}] is not found")))?;
-            let state: String = row.try_get(0)?;
-            let status: String = row.try_get(1)?;
-            let media: String = row.try_get(2)?;
-            let system: i64 = row.try_get(3)?;
-            if state == "Disabled" {
-                return Err(Error::operr(format!("image[uuid:{i}] is Disabled, can't create vm from it")));
-            }
-            if status != "Ready" {
-                return Err(Error::operr(format!("image[uuid:{i}] is not ready yet, can't create vm from it")));
-            }
-            if media != "RootVolumeTemplate" && media != "ISO" {
-                return Err(Error::argerr(format!(
+                let state: String = row.try_get(0)?;
+                let status: String = row.try_get(1)?;
+                let media: String = row.try_get(2)?;
+                let system: i64 = row.try_get(3)?;
+                if state == "Disabled" {
+                    return Err(Error::operr(format!("image[uuid:{i}] is Disabled, can't create vm from it")));
+                }
+                if status != "Ready" {
+                    return Err(Error::operr(format!("image[uuid:{i}] is not ready yet, can't create vm from it")));
+                }
+                if media != "RootVolumeTemplate" && media != "ISO" {
+                    return Err(Error::argerr(format!(
                     "image[uuid:{i}] is of mediaType: {media}, only RootVolumeTemplate and ISO can be used to create vm"
                 )));
-            }
-            if system != 0 && ty == "UserVm" {
-                return Err(Error::argerr(format!("image[uuid:{i}] is system image, can't be used to create user vm")));
-            }
-            platform = platform.or(opt_str(&row, 4)?);
-            guest_os = guest_os.or(opt_str(&row, 5)?);
-            arch = arch.or(opt_str(&row, 6)?);
-            if platform.is_none() {
-                return Err(Error::operr("platform is not set, neither in the message nor on the image"));
-            }
-            image_size = row.try_get::<Option<i64>, _>(7)?.unwrap_or(0);
-            image_actual = row.try_get::<Option<i64>, _>(8)?.unwrap_or(0);
-            iso = media == "ISO";
-            format = Some(row.try_get::<String, _>(9)?);
-            if iso {
-                if req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none() {
-                    return Err(Error::argerr("image mediaType is ISO but missing root disk settings"));
                 }
-                if req.root_disk_size.is_some_and(|s| s <= 0) {
-                    return Err(Error::operr("Unexpected root disk settings"));
+                if system != 0 && ty == "UserVm" {
+                    return Err(Error::argerr(format!(
+                        "image[uuid:{i}] is system image, can't be used to create user vm"
+                    )));
+                }
+                platform = platform.or(opt_str(&row, 4)?);
+                guest_os = guest_os.or(opt_str(&row, 5)?);
+                arch = arch.or(opt_str(&row, 6)?);
+                if platform.is_none() {
+                    return Err(Error::operr("platform is not set, neither in the message nor on the image"));
+                }
+                image_size = row.try_get::<Option<i64>, _>(7)?.unwrap_or(0);
+                image_actual = row.try_get::<Option<i64>, _>(8)?.unwrap_or(0);
+                iso = media == "ISO";
+                format = Some(row.try_get::<String, _>(9)?);
+                image_virtio = row.try_get::<i64, _>(10)? != 0;
+                if iso {
+                    if req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none() {
+                        return Err(Error::argerr("image mediaType is ISO but missing root disk settings"));
+                    }
+                    if req.root_disk_size.is_some_and(|s| s <= 0) {
+                        return Err(Error::operr("Unexpected root disk settings"));
+                    }
                 }
             }
         }
@@ -697,7 +738,9 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         (None, Some(s)) => Some(s),
         _ => None,
     };
-    let root_size = if req.image_uuid.is_none() || iso {
+    let root_size = if req.snapshot.is_some() {
+        image_size
+    } else if req.image_uuid.is_none() || iso {
         asked.unwrap_or(0)
     } else {
         asked.map_or(image_size, |a| a.max(image_size))
@@ -724,6 +767,17 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         allocator.unwrap_or_else(|| "DesignatedHostAllocatorStrategy".into())
     };
     let strategy = req.strategy.clone().unwrap_or_else(|| "InstantStart".into());
+    // virtio (upstream NewVmInstanceMsgBuilder): the message's, else the image's; a virtio VM
+    // carries the `driver::virtio` system tag. NICs use the paravirtual driver (virtio) when the
+    // image supports it, the platform is paravirtual (Linux, WindowsVirtio, Paravirtualization)
+    // or the VM is virtio; else e1000 (upstream VmNicManagerImpl.setNicDriverType).
+    let virtio = req.virtio.unwrap_or(image_virtio);
+    let mut system_tags = tags.kept;
+    if virtio {
+        system_tags.push("driver::virtio".to_string());
+    }
+    let pv_platform = matches!(platform.as_deref(), Some("Linux" | "WindowsVirtio" | "Paravirtualization"));
+    let nic_driver = if image_virtio || pv_platform || virtio { "virtio" } else { "e1000" };
     Ok(Ctx {
         vm_uuid: msg.resource_uuid(),
         name: req.name.clone(),
@@ -732,7 +786,7 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         zone_uuid: zone,
         cluster_uuid: cluster,
         designated_host: req.host_uuid.clone(),
-        image_uuid: req.image_uuid.clone(),
+        image_uuid: req.image_uuid.clone().or_else(|| req.snapshot.as_ref().and_then(|s| s.image.clone())),
         instance_offering_uuid: req.instance_offering_uuid.clone(),
         cpu_num,
         cpu_speed,
@@ -764,7 +818,9 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             })
             .collect(),
         user_tags: msg.user_tags(),
-        system_tags: tags.kept,
+        system_tags,
+        nic_driver: Some(nic_driver.to_string()),
+        from_snapshot: req.snapshot.as_ref().map(|s| s.uuid.clone()),
         root_volume_tags: req.root_volume_system_tags.clone(),
         data_volume_tags: req.data_volume_system_tags.clone(),
         ssh_key_pairs: req.ssh_key_pair_uuids.clone(),
@@ -839,6 +895,12 @@ pub struct Ctx {
     data_volume_tags: Vec<String>,
     #[serde(default)]
     ssh_key_pairs: Vec<String>,
+    /// NIC driver type (virtio or e1000); None in plans stored before it existed (virtio)
+    #[serde(default)]
+    nic_driver: Option<String>,
+    /// the volume snapshot the root volume is a copy of (CreateVmInstanceFromVolumeSnapshot)
+    #[serde(default)]
+    from_snapshot: Option<String>,
     /// the host chosen (set by allocate-host)
     host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
@@ -1046,7 +1108,7 @@ fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'
                 c.hypervisors.join(",")
             )));
         }
-        if let Some(img) = &c.image_uuid {
+        if let (Some(img), None) = (&c.image_uuid, &c.from_snapshot) {
             vals.push(Val::from(img.as_str()));
             base += &format!(
                 " AND EXISTS (SELECT 1 FROM image_backup_storage_ref ibr JOIN backup_storage_zone_ref bz \
@@ -1493,6 +1555,22 @@ async fn allocate_ip(
             &[Val::from(l3)],
         )
         .await?;
+    // reserved IP ranges of the L3 are never handed out by the allocator (a static IP may name one)
+    let mut reserved: Vec<(i64, i64)> = Vec::new();
+    for r in tx
+        .fetch_all(
+            "SELECT start_ip, end_ip FROM reserved_ip_range WHERE l3_network_uuid = $1 AND ip_version = 4",
+            &[Val::from(l3)],
+        )
+        .await?
+    {
+        let a: String = r.try_get(0)?;
+        let b: String = r.try_get(1)?;
+        if let (Some(a), Some(b)) = (super::l3::ipv4(&a), super::l3::ipv4(&b)) {
+            reserved.push((i64::from(a.min(b)), i64::from(a.max(b))));
+        }
+    }
+    let is_reserved = |n: i64| reserved.iter().any(|(a, b)| *a <= n && n <= *b);
     for r in ranges {
         let range: String = r.try_get(0)?;
         let start: i64 = r.try_get(1)?;
@@ -1510,7 +1588,8 @@ async fn allocate_ip(
                 .iter()
                 .map(|row| row.try_get::<i64, _>(0))
                 .collect::<std::result::Result<_, _>>()?;
-            let free: Vec<i64> = (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw).take(256).collect();
+            let free: Vec<i64> =
+                (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n)).take(256).collect();
             if free.is_empty() {
                 break;
             }
@@ -1632,7 +1711,7 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                     .execute(
                         "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
                          driver_type, internal_name, device_id, type, state, create_date, last_op_date) \
-                         VALUES ($1, $2, $3, $4, $5, 4, 'virtio', $6, $7, 'VNIC', 'enable', $8, $8) ON CONFLICT (mac) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5, 4, $9, $6, $7, 'VNIC', 'enable', $8, $8) ON CONFLICT (mac) DO NOTHING",
                         &[
                             Val::from(nic.uuid.as_str()),
                             Val::from(c.vm_uuid.as_str()),
@@ -1642,6 +1721,7 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                             Val::S(format!("vnic{internal_id}.{device}")),
                             Val::I(device),
                             Val::I(now),
+                            Val::from(c.nic_driver.as_deref().unwrap_or("virtio")),
                         ],
                     )
                     .await?;
@@ -1691,7 +1771,127 @@ fn nics_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
 // Handlers
 
 async fn create_vm(app: App, msg: Msg) -> Result<Reply> {
-    let mut req: CreateVm = msg.parse()?;
+    let req: CreateVm = msg.parse()?;
+    create(app, msg, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FromSnapshot {
+    volume_snapshot_uuid: String,
+    primary_storage_uuid: Option<String>,
+}
+
+/// The snapshot a VM is made from: Ready and Enabled; its size is that of the snapshotted
+/// volume (the snapshot row's own size when the volume is gone).
+async fn snapshot_source(app: &App, uuid: &str) -> Result<SnapSrc> {
+    let row = one_row(
+        app,
+        "SELECT s.status, s.state, s.size, s.format, v.size, v.actual_size, v.root_image_uuid, v.vm_instance_uuid \
+         FROM volume_snapshot s LEFT JOIN volume v ON v.uuid = s.volume_uuid WHERE s.uuid = $1",
+        uuid,
+    )
+    .await?
+    .ok_or_else(|| Error::not_found(format!("volume snapshot[uuid:{uuid}] is not found")))?;
+    let status: String = row.try_get(0)?;
+    let state: String = row.try_get(1)?;
+    if status != "Ready" {
+        return Err(Error::operr(format!(
+            "volume snapshot[uuid:{uuid}] is not Ready, its status is {status}, can't create vm from it"
+        )));
+    }
+    if state == "Disabled" {
+        return Err(Error::operr(format!("volume snapshot[uuid:{uuid}] is Disabled, can't create vm from it")));
+    }
+    let snap_size: i64 = row.try_get(2)?;
+    let vol_size: Option<i64> = row.try_get(4)?;
+    let size = vol_size.filter(|s| *s > 0).unwrap_or(snap_size);
+    if size <= 0 {
+        return Err(Error::operr(format!(
+            "cannot tell the size of volume snapshot[uuid:{uuid}]: its volume is gone, can't create vm from it"
+        )));
+    }
+    let mut src = SnapSrc {
+        uuid: uuid.to_string(),
+        size,
+        actual_size: row.try_get::<Option<i64>, _>(5)?.unwrap_or(0),
+        format: opt_str(&row, 3)?,
+        image: opt_str(&row, 6)?,
+        ..SnapSrc::default()
+    };
+    let vm: Option<String> = opt_str(&row, 7)?;
+    if let Some(vm) = vm {
+        if let Some(r) =
+            one_row(app, "SELECT platform, guest_os_type, architecture FROM vm_instance WHERE uuid = $1", &vm).await?
+        {
+            src.platform = opt_str(&r, 0)?;
+            src.guest_os_type = opt_str(&r, 1)?;
+            src.architecture = opt_str(&r, 2)?;
+        }
+        src.virtio = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM system_tag WHERE resource_uuid = $1 AND tag = 'driver::virtio'",
+                &[Val::from(vm.as_str())],
+            )
+            .await?
+            .is_some();
+    }
+    if let Some(img) = src.image.clone() {
+        if let Some(r) =
+            one_row(app, "SELECT platform, guest_os_type, architecture, virtio FROM image WHERE uuid = $1", &img)
+                .await?
+        {
+            src.platform = src.platform.or(opt_str(&r, 0)?);
+            src.guest_os_type = src.guest_os_type.or(opt_str(&r, 1)?);
+            src.architecture = src.architecture.or(opt_str(&r, 2)?);
+            src.virtio = src.virtio || r.try_get::<i64, _>(3)? != 0;
+        }
+    }
+    Ok(src)
+}
+
+/// CreateVmInstanceFromVolumeSnapshot: CreateVmInstance's checks and saga, with a root volume
+/// that is a copy of the snapshot (sized as the snapshotted volume, its capacity reserved on
+/// the chosen primary storage like any root volume); the snapshot itself is not touched.
+async fn create_vm_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
+    let parsed: CreateVm = msg.parse()?;
+    let f: FromSnapshot = msg.parse()?;
+    // only this API's own parameters (upstream APICreateVmInstanceFromVolumeSnapshotMsg)
+    let mut req = CreateVm {
+        name: parsed.name,
+        description: parsed.description,
+        instance_offering_uuid: parsed.instance_offering_uuid,
+        cpu_num: parsed.cpu_num,
+        memory_size: parsed.memory_size,
+        reserved_memory_size: parsed.reserved_memory_size,
+        l3_network_uuids: parsed.l3_network_uuids,
+        ty: parsed.ty,
+        zone_uuid: parsed.zone_uuid,
+        cluster_uuid: parsed.cluster_uuid,
+        host_uuid: parsed.host_uuid,
+        primary_storage_uuid_for_root_volume: f.primary_storage_uuid,
+        default_l3_network_uuid: parsed.default_l3_network_uuid,
+        strategy: parsed.strategy,
+        platform: parsed.platform,
+        root_volume_system_tags: parsed.root_volume_system_tags,
+        ..CreateVm::default()
+    };
+    let uuid = msg.resource_uuid();
+    match snapshot_source(&app, &f.volume_snapshot_uuid).await {
+        Ok(src) => req.snapshot = Some(src),
+        // a replayed job whose VM exists answers with it, whatever became of the snapshot
+        Err(e) => {
+            if msg.replay && query::get(&app.db, &VM, &uuid).await?.is_some() {
+                return reply(&app, &uuid).await;
+            }
+            return Err(e);
+        }
+    }
+    create(app, msg, req).await
+}
+
+async fn create(app: App, msg: Msg, mut req: CreateVm) -> Result<Reply> {
     let uuid = msg.resource_uuid();
     if msg.replay {
         saga::unwind_for_job(&app, &msg.job_uuid).await?;
@@ -1762,6 +1962,38 @@ pub static APIS: &[ApiDef] = &[
         ],
         tags: VM_TAGS,
         handler: Some(|a, m| boxed(create_vm(a, m))),
+    },
+    ApiDef {
+        name: "CreateVmInstanceFromVolumeSnapshot",
+        method: Method::Post,
+        path: "/vm-instances/from/volume-snapshots/{volumeSnapshotUuid}",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: Kind::Async { timeout_ms: 72 * HOURS },
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("name").required().max(255),
+            Param::str("description").max(2048),
+            Param::str("instanceOfferingUuid").resource(&INSTANCE_OFFERING),
+            Param::int("cpuNum"),
+            Param::int("memorySize"),
+            Param::int("reservedMemorySize").range(0, i64::MAX),
+            Param::list("l3NetworkUuids").resource(&super::l3::L3_NETWORK),
+            Param::str("vmNicParams"),
+            Param::str("type").values(&["UserVm", "ApplianceVm"]),
+            Param::str("volumeSnapshotUuid").required().resource(&super::volume::VOLUME_SNAPSHOT),
+            Param::str("platform").values(PLATFORMS),
+            Param::str("zoneUuid").resource(&ZONE),
+            Param::str("clusterUuid").resource(&CLUSTER),
+            Param::str("hostUuid").resource(&HOST),
+            Param::str("primaryStorageUuid").resource(&PRIMARY_STORAGE),
+            Param::str("defaultL3NetworkUuid"),
+            Param::str("strategy").values(&["InstantStart", "CreateStopped"]),
+            Param::list("rootVolumeSystemTags"),
+        ],
+        tags: VM_TAGS,
+        handler: Some(|a, m| boxed(create_vm_from_snapshot(a, m))),
     },
     ApiDef {
         name: "StartVmInstance",
