@@ -537,9 +537,14 @@ async fn every_saga_step_failure_is_undone() {
         let l3 = network(&srv, &t, "n", 10, 20).await;
         let before = (usage(&srv, &t).await, rows(&srv).await);
         let e = srv
-            .fails("POST", "/vm-instances", Some(create(&t, json!({"dataDiskSizes": [GB], "l3NetworkUuids": [l3]}))))
+            .fails(
+                "POST",
+                "/vm-instances",
+                Some(create(&t, json!({"dataDiskSizes": [GB], "l3NetworkUuids": [l3], "devices": {"tpm": {}}}))),
+            )
             .await;
         assert_error(&e, "SYS.1006", &format!("test fault injected at saga step[{step}]"));
+        assert!(srv.query("/tpms").await.is_empty(), "no TPM left after a failure at {step}");
         assert_eq!(e["cause"]["code"], "SYS.1006", "{e}");
         assert_eq!((usage(&srv, &t).await, rows(&srv).await), before, "after a failure at {step}");
         assert_eq!(used_ips(&srv).await, 0);
@@ -1258,4 +1263,61 @@ async fn create_vm_from_volume_snapshot() {
     assert_eq!(e["cause"]["code"], "HOST_ALLOCATION.1000", "{e}");
     assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
     assert_eq!(srv.query(&format!("/volume-snapshots/{snap}")).await[0]["status"], "Ready");
+}
+
+#[tokio::test]
+async fn devices_tpm_recorded_and_queryable() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let kp = "ff03c7091617357eb4022d11c6860e00";
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"devices": {"tpm": {"enable": true, "keyProviderUuid": kp, "resourceKeyCreatedNew": false}}}),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    let u = s(&vm["uuid"]);
+    let r = srv.get(&format!("/tpms?q=vmInstanceUuid={u}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let tpms = r.body["inventories"].as_array().unwrap().clone();
+    assert_eq!(tpms.len(), 1, "{}", r.text);
+    assert_eq!(tpms[0]["name"], format!("TPM-for-VM-{u}"));
+    assert_eq!(tpms[0]["vmInstanceUuid"], u.as_str());
+    assert_eq!(tpms[0]["keyProviderUuid"], kp);
+    assert_eq!(s(&tpms[0]["uuid"]).len(), 32);
+    assert!(s(&tpms[0]["createDate"]).ends_with('M'));
+    assert_eq!(srv.query(&format!("/tpms/{}", s(&tpms[0]["uuid"]))).await.len(), 1);
+    // enable: false, or no devices: no TPM; JustCreate records it with the VM
+    srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "off", "devices": {"tpm": {"enable": false}}}))))
+        .await;
+    srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "none"})))).await;
+    let jc = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "jc", "strategy": "JustCreate", "devices": {"tpm": {}}}))),
+        )
+        .await;
+    assert_eq!(srv.query("/tpms").await.len(), 2);
+    assert_eq!(
+        srv.query(&format!("/tpms?q=vmInstanceUuid={}", s(&jc["inventory"]["uuid"]))).await[0]["keyProviderUuid"],
+        Value::Null
+    );
+    // unknown device or TPM fields are refused, nothing created
+    let before = (usage(&srv, &t).await, rows(&srv).await, srv.query("/tpms").await.len());
+    for d in [json!({"gpu": {}}), json!({"tpm": {"tpmUuid": "0123456789abcdef0123456789abcdef"}})] {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"name": "bad", "devices": d})))).await;
+        assert_error(&e, "SYS.1007", "unknown field");
+    }
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, srv.query("/tpms").await.len()), before);
+    // expunging the VM removes its TPM
+    srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+    assert_eq!(srv.query("/tpms").await.len(), 2, "a destroyed VM keeps its TPM");
+    srv.ok("PUT", &format!("/vm-instances/{u}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    assert!(srv.query(&format!("/tpms?q=vmInstanceUuid={u}")).await.is_empty());
 }

@@ -154,6 +154,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_config.sql")),
     (6, include_str!("migrations/0006_vm.sql")),
     (7, include_str!("migrations/0007_issue3_fixes.sql")),
+    (8, include_str!("migrations/0008_vm_more.sql")),
 ];
 
 impl Db {

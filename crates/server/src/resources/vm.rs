@@ -158,6 +158,28 @@ pub static VM: ResourceDef = ResourceDef {
     tag_type: Some("VmInstanceVO"),
 };
 
+/// A VM's TPM (upstream `TpmVO`/`TpmInventory`, `GET /tpms`). `keyProviderUuid` is ours: the
+/// key provider asked for at creation (upstream keeps it in its encrypted-resource-key tables,
+/// which this node does not have); upstream's `hostRefs` come with the host agent.
+pub static TPM: ResourceDef = ResourceDef {
+    inventory: "TpmInventory",
+    vo: "TpmVO",
+    class: "org.zstack.header.tpm.entity.TpmInventory",
+    table: "tpm",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("vmInstanceUuid", "vm_instance_uuid", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+        field("keyProviderUuid", "key_provider_uuid", FType::Str),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("TpmVO"),
+};
+
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
     match query::get(&app.db, &VM, uuid).await? {
         Some(inv) => Ok(Reply::inventory(&VM, inv)),
@@ -204,9 +226,40 @@ struct CreateVm {
     #[serde(default)]
     ssh_key_pair_uuids: Vec<String>,
     virtio: Option<bool>,
+    devices: Option<Devices>,
     /// CreateVmInstanceFromVolumeSnapshot: the snapshot the root volume copies
     #[serde(skip)]
     snapshot: Option<SnapSrc>,
+}
+
+/// `devices` (upstream `VmDevicesSpec`): only a TPM.
+#[derive(Deserialize, Clone, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Devices {
+    tpm: Option<TpmReq>,
+}
+
+/// `devices.tpm` (upstream `TpmSpec`, the fields a client may set; `enable` defaults to true).
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TpmReq {
+    #[serde(default = "yes")]
+    enable: bool,
+    key_provider_uuid: Option<String>,
+    #[serde(default)]
+    resource_key_created_new: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The TPM a VM gets (recorded with the VM record).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct TpmPlan {
+    uuid: String,
+    key_provider_uuid: Option<String>,
+    resource_key_created_new: bool,
 }
 
 /// What a VM made from a volume snapshot takes from it: the size of the snapshotted volume,
@@ -243,7 +296,6 @@ const NOT_YET: &[&str] = &[
     "vmNicParams",
     "dataVolumeTemplateUuids",
     "diskAOs",
-    "devices",
     "dataVolumeSystemTagsOnIndex",
     // no TagPatternVO (tag2) resources exist in this management node to check them against
     "tagUuids",
@@ -820,6 +872,11 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         user_tags: msg.user_tags(),
         system_tags,
         nic_driver: Some(nic_driver.to_string()),
+        tpm: req.devices.as_ref().and_then(|d| d.tpm.as_ref()).filter(|t| t.enable).map(|t| TpmPlan {
+            uuid: new_uuid(),
+            key_provider_uuid: t.key_provider_uuid.clone(),
+            resource_key_created_new: t.resource_key_created_new,
+        }),
         from_snapshot: req.snapshot.as_ref().map(|s| s.uuid.clone()),
         root_volume_tags: req.root_volume_system_tags.clone(),
         data_volume_tags: req.data_volume_system_tags.clone(),
@@ -898,6 +955,9 @@ pub struct Ctx {
     /// NIC driver type (virtio or e1000); None in plans stored before it existed (virtio)
     #[serde(default)]
     nic_driver: Option<String>,
+    /// a TPM device (`devices.tpm.enable`)
+    #[serde(default)]
+    tpm: Option<TpmPlan>,
     /// the volume snapshot the root volume is a copy of (CreateVmInstanceFromVolumeSnapshot)
     #[serde(default)]
     from_snapshot: Option<String>,
@@ -1030,6 +1090,22 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
         .await?;
         super::own(tx, &c.vm_uuid, VM.vo, &c.account_uuid).await?;
         super::tag::attach_create_tags(tx, &c.vm_uuid, VM.vo, &c.system_tags, &c.user_tags).await?;
+        if let Some(t) = &c.tpm {
+            tx.execute(
+                "INSERT INTO tpm (uuid, name, vm_instance_uuid, key_provider_uuid, resource_key_created_new, create_date, \
+                 last_op_date) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                &[
+                    Val::from(t.uuid.as_str()),
+                    Val::S(format!("TPM-for-VM-{}", c.vm_uuid)),
+                    Val::from(c.vm_uuid.as_str()),
+                    Val::from(t.key_provider_uuid.clone()),
+                    Val::from(t.resource_key_created_new),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+            super::own(tx, &t.uuid, TPM.vo, &c.account_uuid).await?;
+        }
         for k in &c.ssh_key_pairs {
             tx.execute(
                 "INSERT INTO ssh_key_pair_ref (ssh_key_pair_uuid, resource_uuid, resource_type, create_date) \
@@ -1056,6 +1132,10 @@ fn record_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFut
     Box::pin(async move {
         tx.execute("DELETE FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
         tx.execute("DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
+        if let Some(t) = &c.tpm {
+            tx.execute("DELETE FROM tpm WHERE uuid = $1", &[Val::from(t.uuid.as_str())]).await?;
+            super::disown(tx, &t.uuid).await?;
+        }
         super::tag::delete_for_resource(tx, &c.vm_uuid).await?;
         super::disown(tx, &c.vm_uuid).await?;
         Ok(())
@@ -2122,6 +2202,19 @@ pub static APIS: &[ApiDef] = &[
         handler: None,
     },
     ApiDef {
+        name: "QueryTpm",
+        method: Method::Get,
+        path: "/tpms",
+        optional_paths: &["/tpms/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&TPM),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
         name: "QueryVmNic",
         method: Method::Get,
         path: "/vm-instances/nics",
@@ -2568,6 +2661,13 @@ async fn remove_vm_rows(tx: &mut WriteTx, uuid: &str) -> Result<()> {
         tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(vol.as_str())]).await?;
         super::tag::delete_for_resource(tx, &vol).await?;
         super::disown(tx, &vol).await?;
+    }
+    let tpms = tx.fetch_all("SELECT uuid FROM tpm WHERE vm_instance_uuid = $1", std::slice::from_ref(&v)).await?;
+    for r in tpms {
+        let t: String = r.try_get(0)?;
+        tx.execute("DELETE FROM tpm WHERE uuid = $1", &[Val::from(t.as_str())]).await?;
+        super::tag::delete_for_resource(tx, &t).await?;
+        super::disown(tx, &t).await?;
     }
     tx.execute("DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1", &[v]).await?;
     super::tag::delete_for_resource(tx, uuid).await?;
