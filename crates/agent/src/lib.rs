@@ -226,7 +226,21 @@ macro_rules! handler {
 handler!(image_cache, rzstack_api::agent::ImageCacheCmd, |st, c| st.storage.cache_image(c));
 handler!(volume_create, rzstack_api::agent::VolumeCreateCmd, |st, c| st.storage.create_volume(c));
 handler!(volume_delete, rzstack_api::agent::VolumeDeleteCmd, |st, c| st.storage.delete_volume(c));
-handler!(volume_snapshot, rzstack_api::agent::VolumeSnapshotCmd, |st, c| st.storage.snapshot_volume(c));
+handler!(volume_snapshot, rzstack_api::agent::VolumeSnapshotCmd, |st, c| snapshot(st, c));
+
+/// A running VM's volume is copied by its QEMU; anything else with qemu-img.
+async fn snapshot(
+    st: &AgentState,
+    c: &rzstack_api::agent::VolumeSnapshotCmd,
+) -> Result<rzstack_api::agent::VolumeInfo, String> {
+    c.validate()?;
+    if let Some(vm) = &c.vm_uuid {
+        if let Some(info) = st.vms.backup_disk(vm, &c.volume_install_path, &c.install_path).await? {
+            return Ok(info);
+        }
+    }
+    st.storage.snapshot_volume(c).await
+}
 handler!(vm_start, rzstack_api::agent::VmStartCmd, |st, c| st.vms.start(c));
 handler!(vm_stop, rzstack_api::agent::VmStopCmd, |st, c| st.vms.stop(c));
 handler!(vm_reboot, rzstack_api::agent::VmStopCmd, |st, c| st.vms.reboot(c));

@@ -126,7 +126,7 @@ impl Storage {
         })
     }
 
-    async fn volume_info(path: &Path) -> Result<VolumeInfo, String> {
+    pub(crate) async fn volume_info(path: &Path) -> Result<VolumeInfo, String> {
         let i = img_info(path, true).await?;
         Ok(VolumeInfo {
             install_path: path.to_string_lossy().into_owned(),

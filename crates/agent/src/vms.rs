@@ -11,8 +11,8 @@
 use crate::qmp::Qmp;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
-    VmDestroyCmd, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, ACCEL_KVM, VM_PAUSED, VM_RUNNING,
-    VM_STOPPED, VM_UNKNOWN,
+    VmDestroyCmd, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VolumeInfo, ACCEL_KVM, VM_PAUSED,
+    VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -417,6 +417,54 @@ impl Vms {
             vms.push(self.state_of(&u).await);
         }
         Ok(VmStatusList { vms })
+    }
+
+    /// Copy a disk of a running VM to `dest` through QEMU (`drive-backup`, sync=full), waiting
+    /// for the job. `Ok(None)` when the VM is not running (the caller copies the file itself).
+    pub async fn backup_disk(&self, uuid: &str, src: &str, dest: &str) -> Result<Option<VolumeInfo>, String> {
+        let _g = self.locks.lock(uuid).await;
+        let Some(rec) = self.load(uuid) else { return Ok(None) };
+        if self.live_pid(uuid, &rec).is_none() {
+            return Ok(None);
+        }
+        let disk = std::iter::once(&rec.cmd.root_volume)
+            .chain(&rec.cmd.data_volumes)
+            .find(|d| d.install_path == src)
+            .ok_or_else(|| format!("{src} is not a disk of VM {uuid}"))?;
+        let dest_path = Path::new(dest);
+        if dest_path.exists() {
+            return crate::storage::Storage::volume_info(dest_path).await.map(Some);
+        }
+        if let Some(parent) = dest_path.parent() {
+            sys::mkdirs(parent)?;
+        }
+        let tmp = format!("{dest}.creating");
+        let _ = std::fs::remove_file(&tmp);
+        let job = format!("backup-disk{}", disk.device_id);
+        let mut q = self.qmp(uuid).await?;
+        let args = json!({"job-id": job, "device": format!("disk{}", disk.device_id), "target": tmp,
+                          "sync": "full", "format": "qcow2", "mode": "absolute-paths"});
+        q.execute("drive-backup", Some(args)).await.map_err(|e| format!("VM {uuid}: {e}"))?;
+        loop {
+            let jobs = q.execute("query-block-jobs", None).await.map_err(|e| format!("VM {uuid}: {e}"))?;
+            let running = jobs.as_array().is_some_and(|a| a.iter().any(|j| j["device"] == job.as_str()));
+            if !running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let failed = q.take_events().into_iter().find_map(|e| {
+            let d = &e["data"];
+            (e["event"] == "BLOCK_JOB_COMPLETED" && d["device"] == job.as_str())
+                .then(|| d["error"].as_str().map(String::from))
+                .flatten()
+        });
+        if let Some(err) = failed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("copying {src} of VM {uuid} failed: {err}"));
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| format!("cannot rename {tmp} to {dest}: {e}"))?;
+        crate::storage::Storage::volume_info(dest_path).await.map(Some)
     }
 
     /// Every VM with a state file.

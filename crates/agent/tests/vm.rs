@@ -212,3 +212,69 @@ async fn tpm_through_swtpm() {
     assert!(!alive(swtpm_pid), "swtpm goes with its VM");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn iso_as_cdrom_boots_first_when_asked() {
+    if !require("vm cdrom", TOOLS) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let _kill = KillLeftovers(d.path().to_path_buf());
+    let a = Agent::start(d.path()).await;
+    let vm = blank_vm(d.path());
+    let iso = d.path().join("cd.iso").to_string_lossy().into_owned();
+    qemu_img(&["create", "-q", "-f", "raw", &iso, "1M"]);
+    let st: VmState =
+        a.ok(PATH_VM_START, start_body(&vm, json!({"cdrom": iso, "bootOrder": ["CdRom", "HardDisk"]}))).await;
+    let cl = cmdline(st.pid.unwrap());
+    assert!(cl.contains("ide-cd,drive=cd0,bus=ide.0,id=cdrom0,bootindex=1"), "{cl}");
+    assert!(cl.contains("virtio-blk-pci,drive=disk0,id=vd0,bootindex=2"), "{cl}");
+    let sock = d.path().join(format!("vms/{}/qmp.sock", vm.uuid));
+    let mut q = rzstack_agent::qmp::Qmp::connect(&sock).await.unwrap();
+    let blocks = q.execute("query-block", None).await.unwrap();
+    let cd = blocks.as_array().unwrap().iter().find(|b| b["qdev"].as_str().is_some_and(|s| s.contains("cdrom0")));
+    let cd = cd.unwrap_or_else(|| panic!("no cdrom in {blocks}"));
+    assert_eq!(cd["inserted"]["file"], iso.as_str(), "{cd}");
+    assert_eq!(cd["inserted"]["ro"], true, "{cd}");
+    drop(q);
+    let _: VmState = a.ok(PATH_VM_DESTROY, json!({"vmUuid": vm.uuid})).await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshots_of_a_running_vm_are_made_by_its_qemu() {
+    if !require("vm live snapshot", TOOLS) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let _kill = KillLeftovers(d.path().to_path_buf());
+    let a = Agent::start(d.path()).await;
+    let vm = blank_vm(d.path());
+    let w = std::process::Command::new("qemu-io").args(["-c", "write -P 5 1M 2M", &vm.root]).output().unwrap();
+    assert!(w.status.success());
+    let _: VmState = a.ok(PATH_VM_START, start_body(&vm, json!({}))).await;
+    let snap = d.path().join("snaps/s1.qcow2").to_string_lossy().into_owned();
+    let body = json!({"snapshotUuid": uuid(), "volumeInstallPath": vm.root, "installPath": snap});
+    // Without the VM, the file is in use and refused.
+    let e = a.fails(PATH_VOLUME_SNAPSHOT, body.clone()).await;
+    assert!(e.contains("in use"), "{e}");
+    assert!(!std::path::Path::new(&snap).exists());
+    let mut with_vm = body.clone();
+    with_vm["vmUuid"] = vm.uuid.clone().into();
+    let info: VolumeInfo = a.ok(PATH_VOLUME_SNAPSHOT, with_vm).await;
+    assert_eq!((info.backing_file.clone(), info.size), (None, 64 << 20));
+    let cmp = std::process::Command::new("qemu-img").args(["compare", "-U", &vm.root, &snap]).output().unwrap();
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
+    // The VM kept running.
+    let list: VmStatusList = a.ok(PATH_VM_STATUS, json!({"vmUuids": [vm.uuid]})).await;
+    assert_eq!(list.vms[0].state, VM_RUNNING);
+    // A path that is not one of its disks.
+    let mut other = body;
+    other["vmUuid"] = vm.uuid.clone().into();
+    other["volumeInstallPath"] = "/elsewhere/x.qcow2".into();
+    other["installPath"] = d.path().join("snaps/s2.qcow2").to_string_lossy().into_owned().into();
+    let e = a.fails(PATH_VOLUME_SNAPSHOT, other).await;
+    assert!(e.contains("is not a disk of VM"), "{e}");
+    let _: VmState = a.ok(PATH_VM_DESTROY, json!({"vmUuid": vm.uuid})).await;
+    a.shutdown().await;
+}

@@ -322,9 +322,11 @@ pub struct Deleted {
     pub deleted: bool,
 }
 
-/// Snapshot a volume of a stopped VM: an independent qcow2 at `installPath` holding the
-/// volume's current content (its backing chain flattened), usable as a `backingFile` or
-/// a new volume's source. A volume in use by a running QEMU is refused.
+/// Snapshot a volume: an independent qcow2 at `installPath` holding the volume's current
+/// content (its backing chain flattened), usable as a `backingFile` or a new volume's source.
+/// A stopped VM's volume is copied with qemu-img; with `vmUuid` of a running VM, QEMU copies
+/// it (QMP `drive-backup`, sync=full: a point-in-time copy, the guest keeps running). A volume
+/// in use by a running QEMU without `vmUuid` is refused.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotCmd {
@@ -332,11 +334,17 @@ pub struct VolumeSnapshotCmd {
     pub snapshot_uuid: String,
     pub volume_install_path: String,
     pub install_path: String,
+    /// The VM the volume is attached to, if any.
+    #[serde(default)]
+    pub vm_uuid: Option<String>,
 }
 
 impl VolumeSnapshotCmd {
     pub fn validate(&self) -> Result<(), String> {
         check_uuid("snapshotUuid", &self.snapshot_uuid)?;
+        if let Some(v) = &self.vm_uuid {
+            check_uuid("vmUuid", v)?;
+        }
         check_abs_path("volumeInstallPath", &self.volume_install_path)?;
         check_abs_path("installPath", &self.install_path)?;
         if self.volume_install_path == self.install_path {
