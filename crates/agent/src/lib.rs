@@ -28,8 +28,8 @@ use axum::{Json, Router};
 pub use facts::Accel;
 use rzstack_api::agent::{
     AgentRsp, ConnectCmd, ConnectRsp, ErrorRsp, PingCmd, PingRsp, PATH_CONNECT, PATH_IMAGE_CACHE, PATH_NETWORK_PREPARE,
-    PATH_NETWORK_RELEASE, PATH_PING, PATH_VM_DESTROY, PATH_VM_REBOOT, PATH_VM_START, PATH_VM_STATUS, PATH_VM_STOP,
-    PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT, PROTOCOL_VERSION,
+    PATH_NETWORK_RELEASE, PATH_PING, PATH_STORAGE_CAPACITY, PATH_VM_DESTROY, PATH_VM_REBOOT, PATH_VM_START,
+    PATH_VM_STATUS, PATH_VM_STOP, PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT, PROTOCOL_VERSION,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -241,6 +241,7 @@ async fn snapshot(
     }
     st.storage.snapshot_volume(c).await
 }
+handler!(storage_capacity, rzstack_api::agent::StorageCapacityCmd, |st, c| st.storage.capacity(c));
 handler!(vm_start, rzstack_api::agent::VmStartCmd, |st, c| st.vms.start(c));
 handler!(vm_stop, rzstack_api::agent::VmStopCmd, |st, c| st.vms.stop(c));
 handler!(vm_reboot, rzstack_api::agent::VmStopCmd, |st, c| st.vms.reboot(c));
@@ -258,6 +259,7 @@ fn router(state: Arc<AgentState>) -> Router {
         .route(PATH_VOLUME_CREATE, post(volume_create))
         .route(PATH_VOLUME_DELETE, post(volume_delete))
         .route(PATH_VOLUME_SNAPSHOT, post(volume_snapshot))
+        .route(PATH_STORAGE_CAPACITY, post(storage_capacity))
         .route(PATH_VM_START, post(vm_start))
         .route(PATH_VM_STOP, post(vm_stop))
         .route(PATH_VM_REBOOT, post(vm_reboot))

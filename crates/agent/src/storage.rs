@@ -2,8 +2,8 @@
 
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
-    Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, VolumeCreateCmd, VolumeDeleteCmd, VolumeInfo,
-    VolumeSnapshotCmd,
+    Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, StorageCapacity, StorageCapacityCmd, VolumeCreateCmd,
+    VolumeDeleteCmd, VolumeInfo, VolumeSnapshotCmd,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -238,5 +238,20 @@ impl Storage {
         }
         rename(&tmp, &dest)?;
         Self::volume_info(&dest).await
+    }
+
+    /// `df` of the filesystem holding the path (made when missing).
+    pub async fn capacity(&self, cmd: &StorageCapacityCmd) -> Result<StorageCapacity, String> {
+        cmd.validate()?;
+        sys::mkdirs(Path::new(&cmd.path))?;
+        let out = sys::run("df", &["-B1", "--output=size,avail", cmd.path.as_str()]).await?;
+        let nums: Vec<i64> =
+            out.lines().nth(1).unwrap_or_default().split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        match nums[..] {
+            [total, avail] => {
+                Ok(StorageCapacity { path: cmd.path.clone(), total_capacity: total, available_capacity: avail })
+            }
+            _ => Err(format!("unreadable df output for {}: {out:?}", cmd.path)),
+        }
     }
 }

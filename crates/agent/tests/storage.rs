@@ -156,6 +156,13 @@ async fn image_cache_thin_thick_data_snapshot_delete() {
         .await;
     assert_eq!((v.backing_file.as_deref(), v.size), (Some(snap.install_path.as_str()), 128 * MIB));
 
+    // Capacity of the primary storage's filesystem, as df sees it.
+    let before: StorageCapacity = a.ok(PATH_STORAGE_CAPACITY, json!({"path": ps})).await;
+    assert!(before.total_capacity > 0 && before.available_capacity > 0);
+    assert!(before.available_capacity <= before.total_capacity);
+    let e = a.fails(PATH_STORAGE_CAPACITY, json!({"path": "relative"})).await;
+    assert!(e.contains("absolute"), "{e}");
+
     // Delete: the file and its directory go; a second delete finds nothing.
     let del: Deleted = a.ok(PATH_VOLUME_DELETE, json!({"installPath": thick_path})).await;
     assert!(del.deleted);

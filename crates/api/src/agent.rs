@@ -15,6 +15,7 @@
 //! - [`PATH_VM_STATUS`]: [`VmStatusCmd`] → [`AgentRsp`]`<`[`VmStatusList`]`>`
 //! - [`PATH_NETWORK_PREPARE`]: [`NetworkPrepareCmd`] → [`AgentRsp`]`<`[`NetworkPrepared`]`>`
 //! - [`PATH_NETWORK_RELEASE`]: [`NetworkReleaseCmd`] → [`AgentRsp`]`<`[`Deleted`]`>`
+//! - [`PATH_STORAGE_CAPACITY`]: [`StorageCapacityCmd`] → [`AgentRsp`]`<`[`StorageCapacity`]`>`
 //!
 //! Every command has a `validate()` that both the agent and the management node's simulator
 //! run, so a simulated host refuses what a real one would.
@@ -126,6 +127,7 @@ pub const PATH_VM_DESTROY: &str = "/v1/vm/destroy";
 pub const PATH_VM_STATUS: &str = "/v1/vm/status";
 pub const PATH_NETWORK_PREPARE: &str = "/v1/network/prepare";
 pub const PATH_NETWORK_RELEASE: &str = "/v1/network/release";
+pub const PATH_STORAGE_CAPACITY: &str = "/v1/storage/capacity";
 
 /// The answer to every command after connect/ping: `result` is set when `success` is true,
 /// `error` (the reason) when it is false.
@@ -352,6 +354,31 @@ impl VolumeSnapshotCmd {
         }
         Ok(())
     }
+}
+
+/// The capacity of the filesystem holding `path` (a primary storage's url, created when
+/// missing).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageCapacityCmd {
+    pub version: u32,
+    pub path: String,
+}
+
+impl StorageCapacityCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_abs_path("path", &self.path)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageCapacity {
+    pub path: String,
+    /// Bytes.
+    pub total_capacity: i64,
+    /// Bytes free for this agent's use.
+    pub available_capacity: i64,
 }
 
 /// A disk of a VM.

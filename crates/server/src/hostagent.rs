@@ -25,11 +25,12 @@ use std::time::Duration;
 
 pub use rzstack_api::agent::{
     AgentRsp, ConnectCmd, ConnectRsp, Deleted, DhcpLease, ErrorRsp, HostFacts, ImageCacheCmd, ImageCacheInfo,
-    NetworkPrepareCmd, NetworkPrepared, NetworkReleaseCmd, PingCmd, PingRsp, Provisioning, StopMode, VmDestroyCmd,
-    VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VolumeCreateCmd, VolumeDeleteCmd, VolumeInfo,
-    VolumeSnapshotCmd, DEFAULT_PORT as KVM_AGENT_PORT, PATH_CONNECT, PATH_IMAGE_CACHE, PATH_NETWORK_PREPARE,
-    PATH_NETWORK_RELEASE, PATH_PING, PATH_VM_DESTROY, PATH_VM_REBOOT, PATH_VM_START, PATH_VM_STATUS, PATH_VM_STOP,
-    PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT, PROTOCOL_VERSION, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
+    NetworkPrepareCmd, NetworkPrepared, NetworkReleaseCmd, PingCmd, PingRsp, Provisioning, StopMode, StorageCapacity,
+    StorageCapacityCmd, VmDestroyCmd, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VolumeCreateCmd,
+    VolumeDeleteCmd, VolumeInfo, VolumeSnapshotCmd, DEFAULT_PORT as KVM_AGENT_PORT, PATH_CONNECT, PATH_IMAGE_CACHE,
+    PATH_NETWORK_PREPARE, PATH_NETWORK_RELEASE, PATH_PING, PATH_STORAGE_CAPACITY, PATH_VM_DESTROY, PATH_VM_REBOOT,
+    PATH_VM_START, PATH_VM_STATUS, PATH_VM_STOP, PATH_VOLUME_CREATE, PATH_VOLUME_DELETE, PATH_VOLUME_SNAPSHOT,
+    PROTOCOL_VERSION, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
 };
 
 /// How long to wait for a TCP connection to an agent.
@@ -66,6 +67,11 @@ pub trait HostAgent: Send + Sync {
     fn delete_volume<'a>(&'a self, cmd: &'a VolumeDeleteCmd) -> BoxFuture<'a, Result<Deleted, AgentError>>;
     /// Snapshot a stopped VM's volume into an independent qcow2.
     fn snapshot_volume<'a>(&'a self, cmd: &'a VolumeSnapshotCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>>;
+    /// Total and free bytes of the filesystem holding a primary storage's url.
+    fn storage_capacity<'a>(
+        &'a self,
+        cmd: &'a StorageCapacityCmd,
+    ) -> BoxFuture<'a, Result<StorageCapacity, AgentError>>;
     fn start_vm<'a>(&'a self, cmd: &'a VmStartCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
     fn stop_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
     fn reboot_vm<'a>(&'a self, cmd: &'a VmStopCmd) -> BoxFuture<'a, Result<VmState, AgentError>>;
@@ -240,6 +246,26 @@ impl HostAgent for SimulatorAgent {
                     backing_file: None,
                 };
                 Ok(s.volumes.entry(cmd.install_path.clone()).or_insert(v).clone())
+            })
+        })
+    }
+
+    fn storage_capacity<'a>(
+        &'a self,
+        cmd: &'a StorageCapacityCmd,
+    ) -> BoxFuture<'a, Result<StorageCapacity, AgentError>> {
+        Box::pin(async move {
+            sim_apply(PATH_STORAGE_CAPACITY, cmd.validate(), |s| {
+                // A simulated 1 TiB filesystem less what simulated volumes under the path use.
+                const TOTAL: i64 = 1 << 40;
+                let prefix = format!("{}/", cmd.path.trim_end_matches('/'));
+                let used: i64 =
+                    s.volumes.values().filter(|v| v.install_path.starts_with(&prefix)).map(|v| v.actual_size).sum();
+                Ok(StorageCapacity {
+                    path: cmd.path.clone(),
+                    total_capacity: TOTAL,
+                    available_capacity: (TOTAL - used).max(0),
+                })
             })
         })
     }
@@ -515,6 +541,13 @@ impl HostAgent for KvmAgentClient {
 
     fn snapshot_volume<'a>(&'a self, cmd: &'a VolumeSnapshotCmd) -> BoxFuture<'a, Result<VolumeInfo, AgentError>> {
         Box::pin(self.command(PATH_VOLUME_SNAPSHOT, cmd, STORAGE_TIMEOUT))
+    }
+
+    fn storage_capacity<'a>(
+        &'a self,
+        cmd: &'a StorageCapacityCmd,
+    ) -> BoxFuture<'a, Result<StorageCapacity, AgentError>> {
+        Box::pin(self.command(PATH_STORAGE_CAPACITY, cmd, REQUEST_TIMEOUT))
     }
 
     fn start_vm<'a>(&'a self, cmd: &'a VmStartCmd) -> BoxFuture<'a, Result<VmState, AgentError>> {
