@@ -1243,9 +1243,9 @@ async fn create_vm_from_volume_snapshot() {
         (
             path.clone(),
             json!({"params": {"name": "x", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3],
-                "vmNicParams": "[]"}}),
-            "SYS.1007",
-            "parameter[vmNicParams] of CreateVmInstanceFromVolumeSnapshot is not supported".into(),
+                "vmNicParams": "[{"}}),
+            "SYS.1006",
+            "invalid json format, causes:".into(),
         ),
     ];
     for (p, b, code, text) in cases {
@@ -1320,4 +1320,113 @@ async fn devices_tpm_recorded_and_queryable() {
     assert_eq!(srv.query("/tpms").await.len(), 2, "a destroyed VM keeps its TPM");
     srv.ok("PUT", &format!("/vm-instances/{u}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
     assert!(srv.query(&format!("/tpms?q=vmInstanceUuid={u}")).await.is_empty());
+}
+
+#[tokio::test]
+async fn vm_nic_params_per_nic_ip_mac_driver_state() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let a = network(&srv, &t, "a", 10, 20).await;
+    let b = network(&srv, &t, "b", 30, 40).await;
+    let params = json!([
+        {"l3NetworkUuid": a, "ip": "192.168.10.15", "netmask": "255.255.255.0", "gateway": "192.168.10.1",
+         "mac": "FA:16:3E:00:00:02", "driverType": "e1000", "state": "disable", "metaData": "m1"},
+        {"l3NetworkUuid": b, "driverType": "rtl8139"}
+    ])
+    .to_string();
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"l3NetworkUuids": [a, b], "defaultL3NetworkUuid": a, "vmNicParams": params}))),
+        )
+        .await["inventory"]
+        .clone();
+    let nics = vm["vmNics"].as_array().unwrap();
+    let na = nics.iter().find(|n| n["l3NetworkUuid"] == a.as_str()).unwrap();
+    let nb = nics.iter().find(|n| n["l3NetworkUuid"] == b.as_str()).unwrap();
+    assert_eq!(na["ip"], "192.168.10.15");
+    assert_eq!(na["mac"], "fa:16:3e:00:00:02");
+    assert_eq!(na["driverType"], "e1000");
+    assert_eq!(na["state"], "disable");
+    assert_eq!(na["metaData"], "m1");
+    assert_eq!(na["deviceId"], 0);
+    assert_eq!(nb["driverType"], "rtl8139");
+    assert_eq!(nb["state"], "enable");
+    assert!(s(&nb["mac"]).starts_with("fa:") && s(&nb["mac"]).ends_with(":01"), "{nb}");
+    let ipb = s(&nb["ip"]);
+    let last: u8 = ipb.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((30..=40).contains(&last), "{ipb}");
+
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let two = json!([a, b]);
+    let p = |v: Value| v.to_string();
+    let cases: Vec<(Value, &str, String)> = vec![
+        (
+            json!({"vmNicParams": p(json!([{"l3NetworkUuid": a}]))}),
+            "SYS.1007",
+            "l3NetworkUuids cannot be empty when vmNicParams is provided".into(),
+        ),
+        (json!({"l3NetworkUuids": [a], "vmNicParams": "[{"}), "SYS.1006", "invalid json format, causes:".into()),
+        (
+            json!({"l3NetworkUuids": two, "defaultL3NetworkUuid": a, "vmNicParams": p(json!([{"l3NetworkUuid": a}, {"l3NetworkUuid": a}]))}),
+            "SYS.1007",
+            "duplicate nic params".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"ip": "192.168.10.16"}]))}),
+            "SYS.1007",
+            "l3NetworkUuid of vm nic can not be null".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": b}]))}),
+            "SYS.1007",
+            format!("l3NetworkUuid of vm nic is not in l3[{a}]"),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "outboundBandwidth": 1}]))}),
+            "SYS.1007",
+            "outbound bandwidth[1] of vm nic is out of [8192, 32212254720]".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "multiQueueNum": 300}]))}),
+            "SYS.1007",
+            "multi queue num[300] of vm nic is out of [1,256]".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "state": "on"}]))}),
+            "SYS.1007",
+            format!("vm nic of l3[uuid:{a}] state[on] is not enable or disable"),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "driverType": "ne2k"}]))}),
+            "SYS.1007",
+            "vm nic driver ne2k not support yet".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "inboundBandwidth": 10000}]))}),
+            "SYS.1007",
+            "vmNicParams field[inboundBandwidth] is not supported by this management node yet".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "ip": "192.168.10.15"}]))}),
+            "SYS.1007",
+            format!("IP[192.168.10.15] is not available on the L3 network[uuid:{a}] because: it is used"),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "ip": "192.168.10.16", "netmask": "255.255.0.0"}]))}),
+            "SYS.1006",
+            "netmask error, expect: 255.255.255.0, got: 255.255.0.0".into(),
+        ),
+        (
+            json!({"l3NetworkUuids": [a], "vmNicParams": p(json!([{"l3NetworkUuid": a, "mac": "fa:16:3e:00:00:02"}]))}),
+            "SYS.1007",
+            "Duplicate mac address [fa:16:3e:00:00:02]".into(),
+        ),
+    ];
+    for (extra, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra.clone()))).await;
+        assert_error(&e, code, &text);
+    }
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
 }

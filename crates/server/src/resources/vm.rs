@@ -225,11 +225,136 @@ struct CreateVm {
     data_volume_system_tags: Vec<String>,
     #[serde(default)]
     ssh_key_pair_uuids: Vec<String>,
+    vm_nic_params: Option<String>,
     virtio: Option<bool>,
     devices: Option<Devices>,
     /// CreateVmInstanceFromVolumeSnapshot: the snapshot the root volume copies
     #[serde(skip)]
     snapshot: Option<SnapSrc>,
+}
+
+/// One entry of `vmNicParams` (upstream `VmNicParam`), the parts this node honours.
+#[derive(Clone, Default)]
+struct NicParam {
+    l3: String,
+    ip: Option<String>,
+    mac: Option<String>,
+    netmask: Option<String>,
+    gateway: Option<String>,
+    meta_data: Option<String>,
+    driver: Option<String>,
+    state: Option<String>,
+}
+
+/// NIC drivers upstream supports (`VmInstanceManager.xml` supportNicDriverTypes).
+const NIC_DRIVERS: &[&str] = &["virtio", "e1000", "rtl8139", "pcnet"];
+/// upstream VM_NIC_QOS_MIN / VM_NIC_QOS_MAX
+const NIC_QOS_MIN: i64 = 8192;
+const NIC_QOS_MAX: i64 = 32_212_254_720;
+
+/// `vmNicParams`: a JSON array of VmNicParam, checked as upstream `VmNicUtils.validateVmParms`
+/// (texts and order); fields this node cannot honour yet (IPv6, QoS, multi-queue, security
+/// groups, NIC type) are refused by name, and so is a key VmNicParam does not have.
+fn parse_nic_params(text: &str, l3s: &[String]) -> Result<Vec<NicParam>> {
+    if l3s.is_empty() {
+        return Err(Error::argerr("l3NetworkUuids cannot be empty when vmNicParams is provided"));
+    }
+    let items: Vec<serde_json::Map<String, Value>> =
+        serde_json::from_str(text).map_err(|e| Error::operr(format!("invalid json format, causes: {e}")))?;
+    let l3_of = |m: &serde_json::Map<String, Value>| m.get("l3NetworkUuid").and_then(Value::as_str).map(str::to_string);
+    let mut distinct: Vec<Option<String>> = Vec::new();
+    for m in &items {
+        let l3 = l3_of(m);
+        if !distinct.contains(&l3) {
+            distinct.push(l3);
+        }
+    }
+    if distinct.len() != items.len() {
+        return Err(Error::argerr("duplicate nic params"));
+    }
+    let text_of = |m: &serde_json::Map<String, Value>, k: &str| -> Result<Option<String>> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => {
+                Err(Error::argerr(format!("invalid json format, causes: vmNicParams.{k} is not a string: {other}")))
+            }
+        }
+    };
+    let num_of = |m: &serde_json::Map<String, Value>, k: &str| -> Result<Option<i64>> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())).map(Some).ok_or_else(|| {
+                    Error::argerr(format!("invalid json format, causes: vmNicParams.{k} is not a number: {v}"))
+                })
+            }
+        }
+    };
+    let java_list = format!("[{}]", l3s.join(", "));
+    let mut out = Vec::new();
+    for m in &items {
+        let l3 = l3_of(m).filter(|s| !s.is_empty());
+        let Some(l3) = l3 else {
+            return Err(Error::argerr("l3NetworkUuid of vm nic can not be null"));
+        };
+        if !l3s.contains(&l3) {
+            return Err(Error::argerr(format!("l3NetworkUuid of vm nic is not in l3{java_list}")));
+        }
+        if let Some(b) = num_of(m, "outboundBandwidth")? {
+            if !(NIC_QOS_MIN..=NIC_QOS_MAX).contains(&b) {
+                return Err(Error::argerr(format!("outbound bandwidth[{b}] of vm nic is out of [8192, 32212254720]")));
+            }
+        }
+        if let Some(b) = num_of(m, "inboundBandwidth")? {
+            if !(NIC_QOS_MIN..=NIC_QOS_MAX).contains(&b) {
+                return Err(Error::argerr(format!("inbound bandwidth[{b}] of vm nic is out of [8192, 32212254720]")));
+            }
+        }
+        if let Some(q) = num_of(m, "multiQueueNum")? {
+            if !(1..=256).contains(&q) {
+                return Err(Error::argerr(format!("multi queue num[{q}] of vm nic is out of [1,256]")));
+            }
+        }
+        let state = text_of(m, "state")?;
+        if let Some(st) = &state {
+            if st != "enable" && st != "disable" {
+                return Err(Error::argerr(format!("vm nic of l3[uuid:{l3}] state[{st}] is not enable or disable ")));
+            }
+        }
+        let driver = text_of(m, "driverType")?.filter(|d| !d.is_empty());
+        if let Some(d) = &driver {
+            if !NIC_DRIVERS.contains(&d.as_str()) {
+                return Err(Error::argerr(format!("vm nic driver {d} not support yet")));
+            }
+        }
+        for (k, v) in m {
+            if v.is_null() {
+                continue;
+            }
+            match k.as_str() {
+                "l3NetworkUuid" | "ip" | "mac" | "netmask" | "gateway" | "metaData" | "driverType" | "state" => {}
+                "ip6" | "prefix6" | "gateway6" | "outboundBandwidth" | "inboundBandwidth" | "multiQueueNum"
+                | "sgUuids" | "VmNicType" | "isDefaultNic" => {
+                    return Err(Error::argerr(format!(
+                        "vmNicParams field[{k}] is not supported by this management node yet"
+                    )))
+                }
+                _ => return Err(Error::argerr(format!("vmNicParams field[{k}] is not a field of VmNicParam"))),
+            }
+        }
+        out.push(NicParam {
+            l3,
+            ip: text_of(m, "ip")?.filter(|s| !s.is_empty()),
+            mac: text_of(m, "mac")?.filter(|s| !s.is_empty()),
+            netmask: text_of(m, "netmask")?.filter(|s| !s.is_empty()),
+            gateway: text_of(m, "gateway")?.filter(|s| !s.is_empty()),
+            meta_data: text_of(m, "metaData")?,
+            driver,
+            state,
+        });
+    }
+    Ok(out)
 }
 
 /// `devices` (upstream `VmDevicesSpec`): only a TPM.
@@ -293,7 +418,6 @@ fn sizes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>
 
 /// Parameters of the spec's table this build cannot honour yet: refused, never dropped.
 const NOT_YET: &[&str] = &[
-    "vmNicParams",
     "dataVolumeTemplateUuids",
     "diskAOs",
     "dataVolumeSystemTagsOnIndex",
@@ -488,7 +612,7 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         }
     }
     // Only the VM_TAGS patterns pass the pipeline; parse them (checked below, in upstream order).
-    let tags = VmTags::parse(&msg.system_tags());
+    let mut tags = VmTags::parse(&msg.system_tags());
     // 1. instance settings
     let (cpu_num, memory_size, mut reserved, cpu_speed, allocator) = match &req.instance_offering_uuid {
         Some(o) => {
@@ -542,6 +666,29 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     for (_, mac) in &tags.macs {
         if !seen_macs.insert(mac.to_lowercase()) {
             return Err(Error::operr(format!("Not allowed same mac [{}]", mac.to_lowercase())));
+        }
+    }
+    // 4. vmNicParams: checked, then their IP / netmask / gateway / MAC join the tags' (the same
+    // availability and validity checks below), driver type, state and metadata go on the NIC
+    let nic_params = match req.vm_nic_params.as_deref().filter(|s| !s.is_empty()) {
+        None => Vec::new(),
+        Some(text) => parse_nic_params(text, &req.l3_network_uuids)?,
+    };
+    for p in &nic_params {
+        if let Some(ip) = &p.ip {
+            tags.ips.push((p.l3.clone(), ip.clone()));
+        }
+        if let Some(m) = &p.netmask {
+            tags.netmasks.push((p.l3.clone(), m.clone()));
+        }
+        if let Some(g) = &p.gateway {
+            tags.gateways.push((p.l3.clone(), g.clone()));
+        }
+        if let Some(mac) = &p.mac {
+            if !seen_macs.insert(mac.to_lowercase()) {
+                return Err(Error::operr(format!("Not allowed same mac [{}]", mac.to_lowercase())));
+            }
+            tags.macs.push((p.l3.clone(), mac.clone()));
         }
     }
     // 5. L3 networks
@@ -862,11 +1009,17 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         nics: req
             .l3_network_uuids
             .iter()
-            .map(|l3| Nic {
-                uuid: new_uuid(),
-                l3: l3.clone(),
-                ip: tags.ips.iter().find(|(l, _)| l == l3).map(|(_, ip)| ip.clone()),
-                mac: tags.macs.iter().find(|(l, _)| l == l3).map(|(_, m)| m.to_lowercase()),
+            .map(|l3| {
+                let p = nic_params.iter().find(|p| &p.l3 == l3).cloned().unwrap_or_default();
+                Nic {
+                    uuid: new_uuid(),
+                    l3: l3.clone(),
+                    ip: tags.ips.iter().find(|(l, _)| l == l3).map(|(_, ip)| ip.clone()),
+                    mac: tags.macs.iter().find(|(l, _)| l == l3).map(|(_, m)| m.to_lowercase()),
+                    driver: p.driver,
+                    state: p.state,
+                    meta_data: p.meta_data,
+                }
             })
             .collect(),
         user_tags: msg.user_tags(),
@@ -903,9 +1056,16 @@ pub struct Nic {
     /// a static IP (`staticIp::` tag)
     #[serde(default)]
     ip: Option<String>,
-    /// a custom MAC (`customMac::` tag), lower-cased
+    /// a custom MAC (`customMac::` tag or vmNicParams), lower-cased
     #[serde(default)]
     mac: Option<String>,
+    /// vmNicParams: driver type, state (enable|disable), metadata
+    #[serde(default)]
+    driver: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    meta_data: Option<String>,
 }
 
 /// Everything the creation saga needs, ids included; stored with its progress.
@@ -1790,8 +1950,8 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                 let n = tx
                     .execute(
                         "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
-                         driver_type, internal_name, device_id, type, state, create_date, last_op_date) \
-                         VALUES ($1, $2, $3, $4, $5, 4, $9, $6, $7, 'VNIC', 'enable', $8, $8) ON CONFLICT (mac) DO NOTHING",
+                         driver_type, internal_name, device_id, type, state, create_date, last_op_date, meta_data) \
+                         VALUES ($1, $2, $3, $4, $5, 4, $9, $6, $7, 'VNIC', $10, $8, $8, $11) ON CONFLICT (mac) DO NOTHING",
                         &[
                             Val::from(nic.uuid.as_str()),
                             Val::from(c.vm_uuid.as_str()),
@@ -1801,7 +1961,9 @@ fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<
                             Val::S(format!("vnic{internal_id}.{device}")),
                             Val::I(device),
                             Val::I(now),
-                            Val::from(c.nic_driver.as_deref().unwrap_or("virtio")),
+                            Val::from(nic.driver.as_deref().or(c.nic_driver.as_deref()).unwrap_or("virtio")),
+                            Val::from(nic.state.as_deref().unwrap_or("enable")),
+                            Val::from(nic.meta_data.clone()),
                         ],
                     )
                     .await?;
@@ -1951,6 +2113,7 @@ async fn create_vm_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
         cluster_uuid: parsed.cluster_uuid,
         host_uuid: parsed.host_uuid,
         primary_storage_uuid_for_root_volume: f.primary_storage_uuid,
+        vm_nic_params: parsed.vm_nic_params,
         default_l3_network_uuid: parsed.default_l3_network_uuid,
         strategy: parsed.strategy,
         platform: parsed.platform,
