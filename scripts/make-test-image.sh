@@ -10,7 +10,10 @@
 #   - runs DHCP on every NIC: RZSTACK-GUEST-NIC <if> mac=<mac> ip=<address|none>;
 #   - lists its block devices: RZSTACK-GUEST-DISK <name> size=<bytes>;
 #   - RZSTACK-GUEST-TPM <device> when a TPM is there;
-#   - prints RZSTACK-GUEST-UP ip=<first address, or none>, then waits for the power button.
+#   - prints RZSTACK-GUEST-UP ip=<first address, or none>;
+#   - with user data (QEMU fw_cfg opt/rzstack/userdata) words ping=<ip>: pings each and prints
+#     RZSTACK-GUEST-PING-OK <ip> tries=<n> or RZSTACK-GUEST-PING-FAIL <ip>;
+#   - then waits for the power button.
 #
 # Usage: scripts/make-test-image.sh [OUTDIR]   (default: target/test-guest)
 # Output: OUTDIR/guest.qcow2 and OUTDIR/manifest.txt. The downloaded .debs are cached in
@@ -152,6 +155,25 @@ for t in /dev/tpm0 /dev/tpmrm0; do
     [ -e "$t" ] && echo "RZSTACK-GUEST-TPM $t"
 done
 echo "RZSTACK-GUEST-UP ip=${first:-none}"
+# User data (QEMU firmware config opt/rzstack/userdata): words ping=<ip> make the guest ping
+# that address (retrying for about a minute, the peer may still be booting).
+ud=/sys/firmware/qemu_fw_cfg/by_name/opt/rzstack/userdata/raw
+if [ -r "$ud" ]; then
+    for w in $(cat "$ud"); do
+        case "$w" in
+        ping=*)
+            t=${w#ping=}
+            n=0
+            until ping -c 1 -W 1 "$t" >/dev/null 2>&1; do
+                n=$((n + 1))
+                [ $n -ge 60 ] && break
+                sleep 1
+            done
+            if [ $n -lt 60 ]; then echo "RZSTACK-GUEST-PING-OK $t tries=$((n + 1))"; else echo "RZSTACK-GUEST-PING-FAIL $t"; fi
+            ;;
+        esac
+    done
+fi
 while true; do sleep 3600; done
 INIT
 chmod +x "$ROOT/init"
@@ -192,7 +214,7 @@ qemu-img convert -f raw -O qcow2 "$DISK" "$WORK/guest.qcow2"
 {
     echo "kernel=$KPKG ($KVER)"
     for p in busybox-static syslinux mtools; do echo "$p=$(basename "$(fetch "$p")")"; done
-    echo "markers=RZSTACK-GUEST-BOOTED RZSTACK-GUEST-NIC RZSTACK-GUEST-DISK RZSTACK-GUEST-TPM RZSTACK-GUEST-UP RZSTACK-GUEST-POWEROFF"
+    echo "markers=RZSTACK-GUEST-BOOTED RZSTACK-GUEST-NIC RZSTACK-GUEST-DISK RZSTACK-GUEST-TPM RZSTACK-GUEST-UP RZSTACK-GUEST-PING-OK RZSTACK-GUEST-PING-FAIL RZSTACK-GUEST-POWEROFF"
     echo "script-sha256=$SCRIPT_HASH"
 } >"$WORK/manifest.txt"
 mv -f "$WORK/guest.qcow2" "$OUT/guest.qcow2"

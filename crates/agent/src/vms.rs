@@ -208,6 +208,9 @@ impl Vms {
             a.push("-device".into());
             a.push(format!("{model},netdev=net{i},mac={},id=nic{i}", n.mac.to_ascii_lowercase()));
         }
+        if cmd.user_data.is_some() {
+            a.extend(["-fw_cfg".into(), format!("name=opt/rzstack/userdata,file={}", p("userdata"))]);
+        }
         if cmd.tpm {
             a.extend([
                 "-chardev".into(),
@@ -294,7 +297,16 @@ impl Vms {
         if sock.as_os_str().len() > MAX_SOCKET_PATH || dir.join("qmp.sock").as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!("the data directory path is too long for unix sockets: {}", dir.display()));
         }
+        if dir.to_string_lossy().contains(',') {
+            return Err(format!("the data directory path must not contain ',': {}", dir.display()));
+        }
         sys::mkdirs(&dir)?;
+        match &cmd.user_data {
+            Some(u) => sys::write_atomic(&dir.join("userdata"), u.as_bytes())?,
+            None => {
+                let _ = std::fs::remove_file(dir.join("userdata"));
+            }
+        }
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
         let mut rec = Record { cmd: cmd.clone(), pid: None, swtpm_pid: None, stopped_by: None };

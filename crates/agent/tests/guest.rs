@@ -11,7 +11,14 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Built once per test run (the tests of this file run in parallel).
 fn build_image() -> Option<PathBuf> {
+    static BUILT: std::sync::Mutex<Option<Option<PathBuf>>> = std::sync::Mutex::new(None);
+    let mut b = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    b.get_or_insert_with(build_image_now).clone()
+}
+
+fn build_image_now() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
     let out = root.join("target/test-guest");
     let o = std::process::Command::new("bash")
@@ -140,5 +147,82 @@ async fn the_test_guest_boots_gets_its_lease_and_powers_off_on_acpi() {
         let r: Deleted = a.ok(PATH_VOLUME_DELETE, json!({"installPath": p})).await;
         assert!(r.deleted);
     }
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_guests_on_one_l3_ping_each_other() {
+    if !is_root() {
+        eprintln!("SKIP two guests: needs root (bridge, taps, dnsmasq)");
+        return;
+    }
+    let tools = [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"), ("dnsmasq", "dnsmasq-base")];
+    if !require("two guests", &tools) {
+        return;
+    }
+    let Some(image) = build_image() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let _kill = KillLeftovers(d.path().to_path_buf());
+    let a = Agent::start(d.path()).await;
+    let n = std::process::id() % 1000;
+    let (up, br) = (format!("rzh{n}u"), format!("br_rzh{n}u"));
+    let taps = [format!("rzh{n}a"), format!("rzh{n}b")];
+    let mut links = Links(vec![br.clone(), taps[0].clone(), taps[1].clone()]);
+    let peer = format!("{up}p");
+    if !sh(&["ip", "link", "add", &up, "type", "dummy"]) {
+        assert!(sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]));
+        links.0.push(peer);
+    }
+    links.0.push(up.clone());
+    let net = format!("10.254.{}", n % 250);
+    let vms = [uuid(), uuid()];
+    let macs = ["fa:16:3e:88:00:01", "fa:16:3e:88:00:02"];
+    let ips = [format!("{net}.31"), format!("{net}.32")];
+    let l3 = uuid();
+    let _: NetworkPrepared = a
+        .ok(
+            PATH_NETWORK_PREPARE,
+            json!({"bridges": [{"l2Uuid": uuid(), "physicalInterface": up}],
+                   "taps": [{"vmUuid": vms[0], "tapName": taps[0], "mac": macs[0], "bridgeName": br},
+                            {"vmUuid": vms[1], "tapName": taps[1], "mac": macs[1], "bridgeName": br}],
+                   "dhcp": [{"l3Uuid": l3, "bridgeName": br, "gateway": format!("{net}.1"), "netmask": "255.255.255.0",
+                             "leases": [{"mac": macs[0], "ip": ips[0]}, {"mac": macs[1], "ip": ips[1]}]}]}),
+        )
+        .await;
+    let image_uuid = uuid();
+    let cache: ImageCacheInfo = a.ok(PATH_IMAGE_CACHE, json!({"imageUuid": image_uuid, "sourcePath": image})).await;
+    let mut serials = Vec::new();
+    for i in 0..2 {
+        let root = d.path().join(format!("ps/{}.qcow2", vms[i]));
+        let _: VolumeInfo = a
+            .ok(
+                PATH_VOLUME_CREATE,
+                json!({"volumeUuid": vms[i], "installPath": root, "size": 0, "backingFile": cache.install_path}),
+            )
+            .await;
+        let st: VmState = a
+            .ok(
+                PATH_VM_START,
+                json!({"vmUuid": vms[i], "cpuNum": 1, "memorySize": 128 << 20,
+                       "rootVolume": {"volumeUuid": vms[i], "installPath": root, "deviceId": 0},
+                       "nics": [{"mac": macs[i], "tapName": taps[i], "deviceId": 0}],
+                       "userData": format!("ping={}", ips[1 - i])}),
+            )
+            .await;
+        serials.push(PathBuf::from(st.serial_log.unwrap()));
+    }
+    for i in 0..2 {
+        let log = wait_for(&serials[i], "RZSTACK-GUEST-PING-", Duration::from_secs(180)).await;
+        let up = format!("RZSTACK-GUEST-UP ip={}", ips[i]);
+        assert!(log.lines().any(|l| l.trim_end() == up), "{log}");
+        assert!(log.contains(&format!("RZSTACK-GUEST-PING-OK {}", ips[1 - i])), "{log}");
+    }
+    for v in &vms {
+        let st: VmState = a.ok(PATH_VM_STOP, json!({"vmUuid": v, "mode": "grace", "timeoutSecs": 60})).await;
+        assert_eq!(st.stopped_by.as_deref(), Some("graceful"));
+        let _: VmState = a.ok(PATH_VM_DESTROY, json!({"vmUuid": v})).await;
+    }
+    let _: Deleted = a.ok(PATH_NETWORK_RELEASE, json!({"taps": taps, "dhcp": [l3], "bridges": [br.clone()]})).await;
+    assert!(!Path::new("/sys/class/net").join(&br).exists());
     a.shutdown().await;
 }

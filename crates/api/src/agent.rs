@@ -429,7 +429,15 @@ pub struct VmStartCmd {
     /// A TPM 2.0 through swtpm (`devices.tpm.enable`).
     #[serde(default)]
     pub tpm: bool,
+    /// User data for the guest (upstream's `userdata`), readable inside the guest through
+    /// QEMU's firmware config as `opt/rzstack/userdata`
+    /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/rzstack/userdata/raw` on Linux).
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
+
+/// The most user data a VM takes (bytes).
+pub const MAX_USER_DATA: usize = 64 * 1024;
 
 fn yes() -> bool {
     true
@@ -476,6 +484,9 @@ impl VmStartCmd {
             if b != "CdRom" && b != "HardDisk" {
                 return Err(format!("unknown boot device {b:?}: use CdRom or HardDisk"));
             }
+        }
+        if self.user_data.as_ref().is_some_and(|u| u.len() > MAX_USER_DATA) {
+            return Err(format!("userData must be at most {MAX_USER_DATA} bytes"));
         }
         if self.boot_order.iter().any(|b| b == "CdRom") && self.cdrom.is_none() {
             return Err("bootOrder has CdRom but no cdrom is attached".into());
