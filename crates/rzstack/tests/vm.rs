@@ -1430,3 +1430,103 @@ async fn vm_nic_params_per_nic_ip_mac_driver_state() {
     }
     assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
 }
+
+#[tokio::test]
+async fn data_volume_templates_and_tags_on_index() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let bs = s(&srv.query("/backup-storage").await[0]["uuid"]);
+    let qcow = t._dir.path().join("d.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "128M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let tpl = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "dtpl", "url": format!("file://{}", qcow.display()), "format": "qcow2",
+                "mediaType": "DataVolumeTemplate", "backupStorageUuids": [bs]}})),
+        )
+        .await["inventory"]["uuid"]);
+    let off = s(&srv.ok("POST", "/disk-offerings", Some(json!({"params": {"name": "d5", "diskSize": 5 * GB}}))).await
+        ["inventory"]["uuid"]);
+    let before = usage(&srv, &t).await;
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"dataDiskSizes": [GB], "dataDiskOfferingUuids": [off], "dataVolumeTemplateUuids": [tpl],
+                    "dataVolumeSystemTags": ["volumeProvisioningStrategy::ThinProvisioning"],
+                    "dataVolumeSystemTagsOnIndex": {"1": ["volumeProvisioningStrategy::ThickProvisioning"]}}),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    let mut data: Vec<Value> =
+        vm["allVolumes"].as_array().unwrap().iter().filter(|v| v["type"] == "Data").cloned().collect();
+    data.sort_by_key(|v| v["deviceId"].as_i64());
+    assert_eq!(data.len(), 3);
+    // upstream order: disk offerings, then sizes, then templates
+    assert_eq!(data[0]["diskOfferingUuid"], off.as_str());
+    assert_eq!(data[0]["size"], 5 * GB);
+    assert_eq!(data[1]["size"], GB);
+    assert!(data[1].get("diskOfferingUuid").is_none());
+    assert_eq!(data[2]["size"], 128 * MB, "sized as the template image");
+    assert_eq!(data[2]["rootImageUuid"], tpl.as_str());
+    assert_eq!(data[2]["deviceId"], 3);
+    assert_eq!(usage(&srv, &t).await.1, before.1 - 64 * MB - 5 * GB - GB - 128 * MB);
+    let tags_of = |r: String| {
+        let srv = &srv;
+        async move {
+            srv.query(&format!("/system-tags?q=resourceUuid={r}"))
+                .await
+                .iter()
+                .map(|x| s(&x["tag"]))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tags_of(s(&data[0]["uuid"])).await, vec!["volumeProvisioningStrategy::ThinProvisioning"]);
+    assert_eq!(
+        tags_of(s(&data[1]["uuid"])).await,
+        vec!["volumeProvisioningStrategy::ThickProvisioning"],
+        "index 1 wins"
+    );
+    assert_eq!(tags_of(s(&data[2]["uuid"])).await, vec!["volumeProvisioningStrategy::ThinProvisioning"]);
+
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let cases: Vec<(Value, &str, String)> = vec![
+        (
+            json!({"dataVolumeTemplateUuids": [t.image]}),
+            "SYS.1007",
+            format!("image[uuid:{}] is of mediaType: RootVolumeTemplate, only DataVolumeTemplate can be used", t.image),
+        ),
+        (
+            json!({"dataVolumeTemplateUuids": ["0123456789abcdef0123456789abcdef"]}),
+            "SYS.1003",
+            "type:ImageVO] not found".into(),
+        ),
+        (
+            json!({"dataDiskSizes": [GB], "dataVolumeSystemTagsOnIndex": {"1": ["volumeProvisioningStrategy::ThinProvisioning"]}}),
+            "SYS.1007",
+            "dataVolumeSystemTagsOnIndex[1] is invalid, it must be between 1 and 1".into(),
+        ),
+        (
+            json!({"dataDiskSizes": [GB], "dataVolumeSystemTagsOnIndex": {"0": ["capability::virtio-scsi"]}}),
+            "SYS.1007",
+            "volume system tag[capability::virtio-scsi] is not supported".into(),
+        ),
+    ];
+    for (extra, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra.clone()))).await;
+        assert_error(&e, code, &text);
+    }
+    srv.ok("PUT", &format!("/images/{tpl}/actions"), Some(json!({"changeImageState": {"stateEvent": "disable"}})))
+        .await;
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"dataVolumeTemplateUuids": [tpl]})))).await;
+    assert_error(&e, "SYS.1006", &format!("image[uuid:{tpl}] is Disabled, can't create vm from it"));
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+}

@@ -226,6 +226,10 @@ struct CreateVm {
     #[serde(default)]
     ssh_key_pair_uuids: Vec<String>,
     vm_nic_params: Option<String>,
+    #[serde(default)]
+    data_volume_template_uuids: Vec<String>,
+    #[serde(default)]
+    data_volume_system_tags_on_index: std::collections::BTreeMap<String, Vec<String>>,
     virtio: Option<bool>,
     devices: Option<Devices>,
     /// CreateVmInstanceFromVolumeSnapshot: the snapshot the root volume copies
@@ -418,10 +422,7 @@ fn sizes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>
 
 /// Parameters of the spec's table this build cannot honour yet: refused, never dropped.
 const NOT_YET: &[&str] = &[
-    "dataVolumeTemplateUuids",
-    "diskAOs",
-    "dataVolumeSystemTagsOnIndex",
-    // no TagPatternVO (tag2) resources exist in this management node to check them against
+    "diskAOs", // no TagPatternVO (tag2) resources exist in this management node to check them against
     "tagUuids",
 ];
 
@@ -712,7 +713,8 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
     }
     // static IPs and custom MACs (upstream StaticIpOperator / MacOperator validators)
     check_nic_tags(app, &tags, &req.l3_network_uuids).await?;
-    for t in req.root_volume_system_tags.iter().chain(&req.data_volume_system_tags) {
+    let on_index = req.data_volume_system_tags_on_index.values().flatten();
+    for t in req.root_volume_system_tags.iter().chain(&req.data_volume_system_tags).chain(on_index) {
         match t.strip_prefix("volumeProvisioningStrategy::") {
             Some("ThinProvisioning") | Some("ThickProvisioning") => {}
             _ => {
@@ -951,13 +953,65 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             _ => vec!["KVM".into(), "Simulator".into()],
         };
     }
-    let mut data_volumes: Vec<DataVol> =
-        req.data_disk_sizes.iter().map(|s| DataVol { uuid: new_uuid(), size: *s, offering: None }).collect();
+    // data volumes in upstream's order: disk offerings, then dataDiskSizes (upstream merges the
+    // temporary offerings it makes of them after the given ones), then data volume templates
+    let mut data_volumes: Vec<DataVol> = Vec::new();
     for o in &req.data_disk_offering_uuids {
         data_volumes.push(DataVol {
             uuid: new_uuid(),
             size: offering_size.get(o).copied().unwrap_or(0),
             offering: Some(o.clone()),
+            ..DataVol::default()
+        });
+    }
+    for sz in &req.data_disk_sizes {
+        data_volumes.push(DataVol { uuid: new_uuid(), size: *sz, ..DataVol::default() });
+    }
+    // dataVolumeSystemTagsOnIndex: extra system tags for the n-th of those data volumes
+    let n_disks = data_volumes.len();
+    for (k, vtags) in &req.data_volume_system_tags_on_index {
+        if vtags.is_empty() {
+            continue;
+        }
+        match k.trim().parse::<usize>() {
+            Ok(i) if i < n_disks => data_volumes[i].tags.extend(vtags.iter().cloned()),
+            _ => {
+                return Err(Error::argerr(format!(
+                    "dataVolumeSystemTagsOnIndex[{k}] is invalid, it must be between 1 and {n_disks}"
+                )))
+            }
+        }
+    }
+    // data volumes from DataVolumeTemplate images, sized as the image
+    for (i, img) in req.data_volume_template_uuids.iter().enumerate() {
+        if req.data_volume_template_uuids[..i].contains(img) {
+            return Err(Error::argerr(format!(
+                "duplicate data volume template[uuid:{img}] in dataVolumeTemplateUuids"
+            )));
+        }
+        let row = one_row(app, "SELECT state, status, media_type, size, actual_size FROM image WHERE uuid = $1", img)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("image[uuid:{img}] is not found")))?;
+        let state: String = row.try_get(0)?;
+        let status: String = row.try_get(1)?;
+        let media: String = row.try_get(2)?;
+        if media != "DataVolumeTemplate" {
+            return Err(Error::argerr(format!(
+                "image[uuid:{img}] is of mediaType: {media}, only DataVolumeTemplate can be used in dataVolumeTemplateUuids"
+            )));
+        }
+        if state == "Disabled" {
+            return Err(Error::operr(format!("image[uuid:{img}] is Disabled, can't create vm from it")));
+        }
+        if status != "Ready" {
+            return Err(Error::operr(format!("image[uuid:{img}] is not ready yet, can't create vm from it")));
+        }
+        data_volumes.push(DataVol {
+            uuid: new_uuid(),
+            size: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+            actual: row.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
+            image: Some(img.clone()),
+            ..DataVol::default()
         });
     }
     let allocator = if req.host_uuid.is_some() {
@@ -1042,11 +1096,19 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
 // ---------------------------------------------------------------------------------------
 // The saga
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct DataVol {
     uuid: String,
     size: i64,
     offering: Option<String>,
+    /// a DataVolumeTemplate image the volume is made from
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    actual: i64,
+    /// system tags for this volume only (dataVolumeSystemTagsOnIndex)
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -1597,9 +1659,9 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
                 format!("DATA-for-{}", c.name),
                 "Data",
                 d.size,
-                0,
+                d.actual,
                 d.offering.clone(),
-                None,
+                d.image.clone(),
                 i as i64 + 1,
             ));
         }
@@ -1628,8 +1690,13 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
             )
             .await?;
             super::own(tx, &uuid, VOLUME.vo, &c.account_uuid).await?;
-            let vtags = if ty == "Root" { &c.root_volume_tags } else { &c.data_volume_tags };
-            super::tag::attach_create_tags(tx, &uuid, VOLUME.vo, vtags, &[]).await?;
+            let mut vtags = if ty == "Root" { c.root_volume_tags.clone() } else { c.data_volume_tags.clone() };
+            if let Some(d) = c.data_volumes.iter().find(|d| d.uuid == uuid) {
+                // a tag on the volume's index wins over the general one of the same kind
+                vtags.retain(|t| !d.tags.iter().any(|x| x.split("::").next() == t.split("::").next()));
+                vtags.extend(d.tags.iter().cloned());
+            }
+            super::tag::attach_create_tags(tx, &uuid, VOLUME.vo, &vtags, &[]).await?;
             tx.execute(
                 "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1 WHERE uuid = $2",
                 &[Val::I(size), Val::from(c.vm_uuid.as_str())],
@@ -2200,7 +2267,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("architecture").max(32).values(ARCHITECTURES),
             Param::bool("virtio"),
             Param::objects("diskAOs"),
-            Param::list("dataVolumeTemplateUuids"),
+            Param::list("dataVolumeTemplateUuids").resource(&IMAGE),
             Param::map("devices"),
         ],
         tags: VM_TAGS,
