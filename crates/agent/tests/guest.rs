@@ -139,11 +139,39 @@ async fn the_test_guest_boots_gets_its_lease_and_powers_off_on_acpi() {
     let log = std::fs::read_to_string(&serial).unwrap();
     assert!(log.contains("RZSTACK-GUEST-POWEROFF"), "{log}");
 
+    // A snapshot of the stopped root volume, a new volume on it, a new VM booting from that
+    // (CreateVmInstanceFromVolumeSnapshot's agent part).
+    let snap_path = ps.join(format!("snapshots/{root_uuid}/s1.qcow2"));
+    let _: VolumeInfo = a
+        .ok(
+            PATH_VOLUME_SNAPSHOT,
+            json!({"snapshotUuid": uuid(), "volumeInstallPath": root_path, "installPath": snap_path}),
+        )
+        .await;
+    let (vm2, root2) = (uuid(), uuid());
+    let root2_path = ps.join(format!("rootVolumes/acct-t/vol-{root2}/{root2}.qcow2"));
+    let _: VolumeInfo = a
+        .ok(
+            PATH_VOLUME_CREATE,
+            json!({"volumeUuid": root2, "installPath": root2_path, "size": 0, "backingFile": snap_path}),
+        )
+        .await;
+    let st2: VmState = a
+        .ok(
+            PATH_VM_START,
+            json!({"vmUuid": vm2, "cpuNum": 1, "memorySize": 128 << 20,
+                   "rootVolume": {"volumeUuid": root2, "installPath": root2_path, "deviceId": 0}}),
+        )
+        .await;
+    let log2 = wait_for(Path::new(&st2.serial_log.unwrap()), "RZSTACK-GUEST-UP", Duration::from_secs(120)).await;
+    assert!(log2.contains("RZSTACK-GUEST-DISK vda size=34603008"), "{log2}");
+    let _: VmState = a.ok(PATH_VM_DESTROY, json!({"vmUuid": vm2})).await;
+
     let _: VmState = a.ok(PATH_VM_DESTROY, json!({"vmUuid": vm})).await;
     if with_net {
         let _: Deleted = a.ok(PATH_NETWORK_RELEASE, json!({"taps": [tap], "dhcp": [l3], "bridges": [br]})).await;
     }
-    for p in [&root_path, &data_path] {
+    for p in [&root_path, &data_path, &root2_path, &snap_path] {
         let r: Deleted = a.ok(PATH_VOLUME_DELETE, json!({"installPath": p})).await;
         assert!(r.deleted);
     }
