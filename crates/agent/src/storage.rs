@@ -93,24 +93,33 @@ impl Storage {
             sys::mkdirs(&dir)?;
             let tmp = tmp_of(&dest);
             remove_if_exists(&tmp)?;
-            let format = if iso { "iso".to_string() } else { img_info(src, true).await?.format };
-            let backed = !iso && img_info(src, true).await?.backing_file.is_some();
-            match format.as_str() {
-                "qcow2" | "iso" if !backed => {
-                    // Same filesystem: a hard link costs nothing; else a copy.
-                    if std::fs::hard_link(src, &tmp).is_err() {
-                        tokio::fs::copy(src, &tmp)
-                            .await
-                            .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), tmp.display()))?;
+            let filled = async {
+                let format = if iso { "iso".to_string() } else { img_info(src, true).await?.format };
+                let backed = !iso && img_info(src, true).await?.backing_file.is_some();
+                match format.as_str() {
+                    "qcow2" | "iso" if !backed => {
+                        // Same filesystem: a hard link costs nothing; else a copy.
+                        if std::fs::hard_link(src, &tmp).is_err() {
+                            tokio::fs::copy(src, &tmp)
+                                .await
+                                .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), tmp.display()))?;
+                        }
+                    }
+                    "qcow2" | "raw" => {
+                        let (s, t) = (src.to_string_lossy().into_owned(), tmp.to_string_lossy().into_owned());
+                        sys::run(QEMU_IMG, &["convert", "-U", "-f", &format, "-O", "qcow2", &s, &t]).await?;
+                    }
+                    other => {
+                        return Err(format!("the image {} has format {other:?}, not qcow2 or raw", cmd.source_path))
                     }
                 }
-                "qcow2" | "raw" => {
-                    let (s, t) = (src.to_string_lossy().into_owned(), tmp.to_string_lossy().into_owned());
-                    sys::run(QEMU_IMG, &["convert", "-U", "-f", &format, "-O", "qcow2", &s, &t]).await?;
-                }
-                other => return Err(format!("the image {} has format {other:?}, not qcow2 or raw", cmd.source_path)),
+                rename(&tmp, &dest)
             }
-            rename(&tmp, &dest)?;
+            .await;
+            if let Err(e) = filled {
+                let _ = remove_if_exists(&tmp);
+                return Err(e);
+            }
         }
         let (format, size) = if iso {
             ("iso".to_string(), std::fs::metadata(&dest).map(|m| m.len() as i64).unwrap_or(0))

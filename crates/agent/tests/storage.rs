@@ -193,6 +193,15 @@ async fn raw_images_are_converted_and_isos_kept() {
     assert_eq!((c.format.as_str(), c.size), ("iso", 4096));
     assert!(c.install_path.ends_with(&format!("imagecache/iso/{u}/{u}.iso")));
 
+    // A format the cache does not take: refused, nothing left in the cache.
+    let vmdk = d.path().join("img.vmdk").to_string_lossy().into_owned();
+    qemu_img(&["create", "-q", "-f", "vmdk", &vmdk, "16M"]);
+    let u = uuid();
+    let e = a.fails(PATH_IMAGE_CACHE, json!({"imageUuid": u, "sourcePath": vmdk})).await;
+    assert!(e.contains("not qcow2 or raw"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(d.path().join(format!("imagecache/template/{u}"))).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
     let e = a.fails(PATH_IMAGE_CACHE, json!({"imageUuid": "nope", "sourcePath": raw})).await;
     assert!(e.contains("not a uuid"), "{e}");
     let e = a.fails(PATH_IMAGE_CACHE, json!({"imageUuid": uuid(), "sourcePath": raw, "format": "vmdk"})).await;
