@@ -499,7 +499,7 @@ async fn images_are_really_copied_and_checked() {
     assert!(!Path::new(&install).exists(), "expunge removes the file");
     let bs_after = srv.query(&format!("/backup-storage/{bu}")).await[0]["availableCapacity"].as_i64().unwrap();
     let img3_size = srv.query(&format!("/images/{img3}")).await[0]["actualSize"].as_i64().unwrap();
-    let iso_size = srv.query(&format!("/images?q=name=iso")).await[0]["actualSize"].as_i64().unwrap();
+    let iso_size = srv.query("/images?q=name=iso").await[0]["actualSize"].as_i64().unwrap();
     assert_eq!(bs_after, bs_avail - img3_size - iso_size, "expunge gives the capacity back");
 }
 

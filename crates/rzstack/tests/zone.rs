@@ -114,6 +114,7 @@ async fn bad_inputs_change_nothing() {
     let zones = s.query("/zones").await;
     assert_eq!(zones.len(), 1);
     assert_eq!(zones[0]["name"], "zone1");
+    assert_eq!(zones[0]["uuid"], uuid);
 }
 
 #[tokio::test]
