@@ -465,7 +465,7 @@ async fn interceptor_checks_leave_nothing() {
         (json!({"dataDiskSizes": [0]}), "SYS.1006", "Unexpected data disk settings. dataDiskSizes need to be greater than 0".into()),
         (json!({"strategy": "CreatedPaused"}), "SYS.1007", "CreatedPaused".into()),
         (json!({"imageUuid": "0123456789abcdef0123456789abcdef"}), "SYS.1003", "type:ImageVO] not found".into()),
-        (json!({"diskAOs": [{"boot": true}]}), "SYS.1007", "parameter[diskAOs] of CreateVmInstance is not supported".into()),
+        (json!({"diskAOs": [{"boot": false, "size": GB}]}), "SYS.1007", "missing root disk".into()),
     ];
     for (extra, code, text) in cases {
         let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra.clone()))).await;
@@ -1529,4 +1529,197 @@ async fn data_volume_templates_and_tags_on_index() {
     let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"dataVolumeTemplateUuids": [tpl]})))).await;
     assert_error(&e, "SYS.1006", &format!("image[uuid:{tpl}] is Disabled, can't create vm from it"));
     assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+}
+
+#[tokio::test]
+async fn disk_aos_boot_from_volume_and_other_disks() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 30).await;
+    let vol = |name: &'static str| {
+        let srv = &srv;
+        let ps = t.ps.clone();
+        async move {
+            s(&srv
+                .ok(
+                    "POST",
+                    "/volumes/data",
+                    Some(json!({"params": {"name": name, "diskSize": 2 * GB, "primaryStorageUuid": ps}})),
+                )
+                .await["inventory"]["uuid"])
+        }
+    };
+    let boot_vol = vol("boot").await;
+    let kp = "ff03c7091617357eb4022d11c6860e00";
+    // the spec's first request body, uuids replaced: it names no CPU/memory (upstream's first
+    // check), and its second disk sets none of size / templateUuid / diskOfferingUuid / sourceUuid
+    let mut body = json!({"params": {"name": "vm1", "l3NetworkUuids": [l3], "clusterUuid": t.cluster,
+        "description": "this is a vm", "strategy": "InstantStart",
+        "diskAOs": [
+            {"boot": true, "platform": "Linux", "guestOsType": "Helix 8", "architecture": "x86_64",
+             "primaryStorageUuid": t.ps, "size": 0, "sourceType": "VolumeVO", "sourceUuid": boot_vol,
+             "systemTags": ["volumeProvisioningStrategy::ThickProvisioning"], "name": "root-volume"},
+            {"boot": false, "primaryStorageUuid": t.ps, "size": 0, "name": "data-volume"}],
+        "devices": {"tpm": {"enable": true, "keyProviderUuid": kp, "resourceKeyCreatedNew": false}}},
+        "systemTags": [], "userTags": []});
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let e = srv.fails("POST", "/vm-instances", Some(body.clone())).await;
+    assert_error(&e, "SYS.1006", "Missing CPU/memory settings");
+    body["params"]["cpuNum"] = json!(1);
+    body["params"]["memorySize"] = json!(GB);
+    let e = srv.fails("POST", "/vm-instances", Some(body.clone())).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        "Need to set one of the following properties, and can only be one of them: templateUuid, diskOfferingUuid, size, sourceUuid",
+    );
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+    body["params"]["diskAOs"][1]["size"] = json!(GB);
+    let vm = srv.ok("POST", "/vm-instances", Some(body.clone())).await["inventory"].clone();
+    let u = s(&vm["uuid"]);
+    assert_eq!(vm["state"], "Running");
+    assert_eq!(vm["platform"], "Linux");
+    assert_eq!(vm["guestOsType"], "Helix 8");
+    assert_eq!(vm["architecture"], "x86_64");
+    assert!(vm.get("imageUuid").is_none());
+    assert_eq!(vm["rootVolumeUuid"], boot_vol.as_str(), "the boot disk is the existing volume");
+    let vols = vm["allVolumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 2);
+    let root = vols.iter().find(|v| v["uuid"] == boot_vol.as_str()).unwrap();
+    assert_eq!(root["type"], "Root");
+    assert_eq!(root["deviceId"], 0);
+    assert_eq!(root["size"], 2 * GB);
+    assert_eq!(root["name"], "boot");
+    let data = vols.iter().find(|v| v["type"] == "Data").unwrap();
+    assert_eq!(data["name"], "data-volume");
+    assert_eq!(data["size"], GB);
+    assert_eq!(data["deviceId"], 1);
+    assert_eq!(data["primaryStorageUuid"], t.ps.as_str());
+    // only the new disk took capacity (the boot volume had its own)
+    let after = usage(&srv, &t).await;
+    assert_eq!(after.1, before.0 .1 - GB);
+    assert_eq!(srv.query(&format!("/tpms?q=vmInstanceUuid={u}")).await[0]["keyProviderUuid"], kp);
+    // no driver::virtio on the boot disk: virtio false (no tag); the Linux platform keeps virtio NICs
+    let tags: Vec<String> =
+        srv.query(&format!("/system-tags?q=resourceUuid={u}")).await.iter().map(|x| s(&x["tag"])).collect();
+    assert!(tags.is_empty(), "{tags:?}");
+
+    // non-boot disks from an offering, a template-less size, an existing volume; boot from the image
+    let off = s(&srv.ok("POST", "/disk-offerings", Some(json!({"params": {"name": "d3", "diskSize": 3 * GB}}))).await
+        ["inventory"]["uuid"]);
+    let extra = vol("extra").await;
+    let vm2 = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"name": "vm2", "diskAOs": [
+                    {"boot": true, "platform": "Windows", "guestOsType": "Windows 10", "architecture": "x86_64",
+                     "systemTags": ["driver::virtio"]},
+                    {"diskOfferingUuid": off, "systemTags": ["volumeProvisioningStrategy::ThinProvisioning"]},
+                    {"sourceType": "VolumeVO", "sourceUuid": extra}]}),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm2["platform"], "Windows");
+    assert_eq!(vm2["imageUuid"], t.image.as_str());
+    let mut d: Vec<Value> =
+        vm2["allVolumes"].as_array().unwrap().iter().filter(|v| v["type"] == "Data").cloned().collect();
+    d.sort_by_key(|v| v["deviceId"].as_i64());
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0]["diskOfferingUuid"], off.as_str());
+    assert_eq!(d[0]["size"], 3 * GB);
+    assert_eq!(d[1]["uuid"], extra.as_str());
+    assert_eq!(d[1]["vmInstanceUuid"], vm2["uuid"]);
+    let u2 = s(&vm2["uuid"]);
+    let tags: Vec<String> =
+        srv.query(&format!("/system-tags?q=resourceUuid={u2}")).await.iter().map(|x| s(&x["tag"])).collect();
+    assert_eq!(tags, vec!["driver::virtio"]);
+
+    // refusals, nothing changed
+    let free = vol("free").await;
+    let before = (usage(&srv, &t).await, rows(&srv).await);
+    let cases: Vec<(Value, &str, String)> = vec![
+        (
+            json!({"diskAOs": [{"boot": true}, {"size": GB, "diskOfferingUuid": off}]}),
+            "SYS.1006",
+            "Cannot set the following properties at the same time: diskOfferingUuid, size, ".into(),
+        ),
+        (
+            json!({"diskAOs": [{"boot": true, "sourceType": "VolumeVO", "sourceUuid": extra}]}),
+            "SYS.1006",
+            "could not create vm instance from a attached volume.".into(),
+        ),
+        (
+            json!({"diskAOs": [{"boot": true, "sourceType": "VolumeSnapshotVO", "sourceUuid": free}]}),
+            "SYS.1007",
+            "diskAOs sourceType[VolumeSnapshotVO] is not supported".into(),
+        ),
+        (json!({"diskAOs": [{"boot": true, "bus": "scsi"}]}), "SYS.1007", "unknown field".into()),
+        (
+            json!({"diskAOs": [{"boot": true, "systemTags": ["capability::virtio-scsi"]}]}),
+            "SYS.1007",
+            "diskAOs system tag[capability::virtio-scsi] is not supported".into(),
+        ),
+        (
+            json!({"diskAOs": [{"boot": true}, {"sourceUuid": free}, {"sourceUuid": free}]}),
+            "SYS.1007",
+            format!("duplicated diskAOs.sourceUuid: {free}"),
+        ),
+    ];
+    for (extra, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra.clone()))).await;
+        assert_error(&e, code, &text);
+    }
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await), before);
+    assert!(srv.query(&format!("/volumes/{free}")).await[0].get("vmInstanceUuid").is_none());
+}
+
+/// A saga failure after the volumes step gives adopted volumes back, detached and as they were.
+#[tokio::test]
+async fn disk_aos_source_volumes_are_given_back_on_failure() {
+    let srv = Server::start_with_env(vec![("RZSTACK_TEST_FAIL_STEP".into(), "create-cdrom".into())]).await;
+    let t = topology(&srv, 1).await;
+    let mk = |name: &'static str| {
+        let srv = &srv;
+        let ps = t.ps.clone();
+        async move {
+            s(&srv
+                .ok(
+                    "POST",
+                    "/volumes/data",
+                    Some(json!({"params": {"name": name, "diskSize": GB, "primaryStorageUuid": ps}})),
+                )
+                .await["inventory"]["uuid"])
+        }
+    };
+    let b = mk("b").await;
+    let d = mk("d").await;
+    let before = (usage(&srv, &t).await, srv.query("/volumes").await);
+    let e = srv
+        .fails(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"imageUuid": null, "instanceOfferingUuid": t.offering, "diskAOs": [
+                    {"boot": true, "platform": "Linux", "guestOsType": "x", "architecture": "x86_64", "sourceUuid": b, "sourceType": "VolumeVO"},
+                    {"sourceUuid": d, "sourceType": "VolumeVO"}, {"size": GB}]}),
+            )),
+        )
+        .await;
+    assert_error(&e, "SYS.1006", "test fault injected at saga step[create-cdrom]");
+    let after = (usage(&srv, &t).await, srv.query("/volumes").await);
+    assert_eq!(after.0, before.0);
+    let strip = |v: &Vec<Value>| {
+        v.iter()
+            .map(|x| {
+                (x["uuid"].clone(), x["type"].clone(), x.get("vmInstanceUuid").cloned(), x.get("deviceId").cloned())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&after.1), strip(&before.1));
+    assert!(srv.query("/vm-instances").await.is_empty());
 }

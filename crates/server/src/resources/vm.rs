@@ -226,6 +226,8 @@ struct CreateVm {
     #[serde(default)]
     ssh_key_pair_uuids: Vec<String>,
     vm_nic_params: Option<String>,
+    #[serde(default, rename = "diskAOs")]
+    disk_aos: Vec<DiskAo>,
     #[serde(default)]
     data_volume_template_uuids: Vec<String>,
     #[serde(default)]
@@ -235,6 +237,60 @@ struct CreateVm {
     /// CreateVmInstanceFromVolumeSnapshot: the snapshot the root volume copies
     #[serde(skip)]
     snapshot: Option<SnapSrc>,
+}
+
+/// One entry of `diskAOs` (upstream `APICreateVmInstanceMsg.DiskAO`).
+#[derive(Deserialize, Clone, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DiskAo {
+    #[serde(default)]
+    boot: bool,
+    platform: Option<String>,
+    guest_os_type: Option<String>,
+    architecture: Option<String>,
+    primary_storage_uuid: Option<String>,
+    #[serde(default)]
+    size: i64,
+    template_uuid: Option<String>,
+    disk_offering_uuid: Option<String>,
+    source_type: Option<String>,
+    source_uuid: Option<String>,
+    #[serde(default)]
+    system_tags: Vec<String>,
+    name: Option<String>,
+}
+
+/// An existing volume a diskAO names (`sourceType: VolumeVO`): detached, not shareable, Ready
+/// and Enabled (upstream CreateVmInstanceFromVolume's conditions); returns it and its primary storage.
+async fn source_volume(app: &App, ao: &DiskAo) -> Result<(String, String)> {
+    let src = ao.source_uuid.clone().unwrap_or_default();
+    if let Some(t) = ao.source_type.as_deref().filter(|t| *t != "VolumeVO") {
+        return Err(Error::argerr(format!(
+            "diskAOs sourceType[{t}] is not supported by this management node yet: only VolumeVO"
+        )));
+    }
+    let row = one_row(
+        app,
+        "SELECT vm_instance_uuid, is_shareable, status, state, primary_storage_uuid FROM volume WHERE uuid = $1",
+        &src,
+    )
+    .await?
+    .ok_or_else(|| {
+        Error::not_found(format!("invalid field[diskAOs.sourceUuid], resource[uuid:{src}, type:VolumeVO] not found"))
+    })?;
+    if row.try_get::<i64, _>(1)? != 0 {
+        return Err(Error::operr("cannot create vm instance from a shareable volume."));
+    }
+    if opt_str(&row, 0)?.is_some() {
+        return Err(Error::operr("could not create vm instance from a attached volume."));
+    }
+    let status: String = row.try_get(2)?;
+    let state: String = row.try_get(3)?;
+    let ps = opt_str(&row, 4)?;
+    match ps {
+        Some(ps) if status == "Ready" && state == "Enabled" => Ok((src, ps)),
+        _ => Err(Error::operr(format!("volume[uuid:{src}] could not satisfy conditions[state:Enabled status:Ready]"))),
+    }
 }
 
 /// One entry of `vmNicParams` (upstream `VmNicParam`), the parts this node honours.
@@ -422,7 +478,7 @@ fn sizes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>
 
 /// Parameters of the spec's table this build cannot honour yet: refused, never dropped.
 const NOT_YET: &[&str] = &[
-    "diskAOs", // no TagPatternVO (tag2) resources exist in this management node to check them against
+    // no TagPatternVO (tag2) resources exist in this management node to check them against
     "tagUuids",
 ];
 
@@ -813,6 +869,80 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             "could not create vm, because at least one of field (l3NetworkUuids,zoneUuid,clusterUuid,hostUuid) should be set",
         ));
     }
+    // 10. diskAOs: the boot disk sets platform / guestOsType / architecture (and virtio from its
+    // `driver::virtio` tag); it may be an existing volume, or name the root's template / size /
+    // offering; every disk may name the (one) primary storage
+    let mut root_from_volume: Option<String> = None;
+    let mut root_name: Option<String> = None;
+    let mut boot_tags: Vec<String> = Vec::new();
+    if !req.disk_aos.is_empty() {
+        let Some(boot) = req.disk_aos.iter().find(|d| d.boot).cloned() else {
+            return Err(Error::argerr("missing root disk"));
+        };
+        req.platform = boot.platform.clone();
+        req.guest_os_type = boot.guest_os_type.clone();
+        req.architecture = boot.architecture.clone();
+        req.virtio = Some(boot.system_tags.iter().any(|t| t == "driver::virtio"));
+        for ao in &req.disk_aos {
+            if let Some(p) = &ao.primary_storage_uuid {
+                if one_row(app, "SELECT 1 FROM primary_storage WHERE uuid = $1", p).await?.is_none() {
+                    return Err(Error::not_found(format!(
+                        "invalid field[diskAOs.primaryStorageUuid], resource[uuid:{p}, type:PrimaryStorageVO] not found"
+                    )));
+                }
+                match &req.primary_storage_uuid_for_root_volume {
+                    Some(q) if q != p => return Err(Error::argerr(format!(
+                        "diskAOs on different primary storages[{q}, {p}] are not supported by this management node yet"
+                    ))),
+                    _ => req.primary_storage_uuid_for_root_volume = Some(p.clone()),
+                }
+            }
+            for t in &ao.system_tags {
+                let ok = matches!(
+                    t.strip_prefix("volumeProvisioningStrategy::"),
+                    Some("ThinProvisioning" | "ThickProvisioning")
+                ) || (ao.boot && t == "driver::virtio");
+                if !ok {
+                    return Err(Error::argerr(format!(
+                        "diskAOs system tag[{t}] is not supported: only volumeProvisioningStrategy::ThinProvisioning, \
+                         volumeProvisioningStrategy::ThickProvisioning (and driver::virtio on the boot disk) are accepted"
+                    )));
+                }
+            }
+        }
+        root_name = boot.name.clone();
+        boot_tags = boot.system_tags.iter().filter(|t| *t != "driver::virtio").cloned().collect();
+        if boot.source_uuid.is_some() {
+            let (v, ps) = source_volume(app, &boot).await?;
+            if req.primary_storage_uuid_for_root_volume.as_ref().is_some_and(|p| *p != ps) {
+                return Err(Error::argerr(format!(
+                    "the boot disk volume[uuid:{v}] is on primary storage[uuid:{ps}], not on the one asked for"
+                )));
+            }
+            req.primary_storage_uuid_for_root_volume = Some(ps);
+            root_from_volume = Some(v);
+        } else {
+            let conflict = |what: &str| Error::argerr(format!("the boot disk's {what} conflicts with the message's"));
+            if let Some(t) = &boot.template_uuid {
+                if req.image_uuid.as_ref().is_some_and(|i| i != t) {
+                    return Err(conflict("templateUuid"));
+                }
+                req.image_uuid = Some(t.clone());
+            }
+            if boot.size > 0 {
+                if req.root_disk_size.is_some_and(|s| s != boot.size) {
+                    return Err(conflict("size"));
+                }
+                req.root_disk_size = Some(boot.size);
+            }
+            if let Some(o) = &boot.disk_offering_uuid {
+                if req.root_disk_offering_uuid.as_ref().is_some_and(|x| x != o) {
+                    return Err(conflict("diskOfferingUuid"));
+                }
+                req.root_disk_offering_uuid = Some(o.clone());
+            }
+        }
+    }
     // 11. image
     let mut platform = req.platform.clone();
     let mut guest_os = req.guest_os_type.clone();
@@ -844,7 +974,9 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
                 if platform.is_none()
                     || guest_os.is_none()
                     || arch.is_none()
-                    || (req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none())
+                    || (req.root_disk_offering_uuid.is_none()
+                        && req.root_disk_size.is_none()
+                        && root_from_volume.is_none())
                 {
                     return Err(Error::argerr(
                     "when imageUuid is null, [platform] is required, [guestOsType] is required, [architecture] is required, \
@@ -939,7 +1071,9 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         (None, Some(s)) => Some(s),
         _ => None,
     };
-    let root_size = if req.snapshot.is_some() {
+    let root_size = if root_from_volume.is_some() {
+        0
+    } else if req.snapshot.is_some() {
         image_size
     } else if req.image_uuid.is_none() || iso {
         asked.unwrap_or(0)
@@ -1014,6 +1148,93 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             ..DataVol::default()
         });
     }
+    // 15. non-boot diskAOs: exactly one of size / templateUuid / diskOfferingUuid / sourceUuid
+    let keys = java_hash_set_order(&["size", "templateUuid", "diskOfferingUuid", "sourceUuid"]);
+    for ao in req.disk_aos.iter().filter(|d| !d.boot) {
+        let set: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| match *k {
+                "size" => ao.size > 0,
+                "templateUuid" => ao.template_uuid.is_some(),
+                "diskOfferingUuid" => ao.disk_offering_uuid.is_some(),
+                _ => ao.source_uuid.is_some(),
+            })
+            .collect();
+        if set.len() > 1 {
+            let mut list = String::new();
+            for k in &set {
+                list += &format!("{k}, ");
+            }
+            return Err(Error::operr(format!("Cannot set the following properties at the same time: {list}")));
+        }
+        if set.is_empty() {
+            return Err(Error::operr(format!(
+                "Need to set one of the following properties, and can only be one of them: {}",
+                keys.join(", ")
+            )));
+        }
+    }
+    for ao in req.disk_aos.iter().filter(|d| !d.boot) {
+        let mut d =
+            DataVol { uuid: new_uuid(), name: ao.name.clone(), tags: ao.system_tags.clone(), ..DataVol::default() };
+        if ao.size > 0 {
+            d.size = ao.size;
+        } else if let Some(o) = &ao.disk_offering_uuid {
+            let row = one_row(app, "SELECT state, disk_size FROM disk_offering WHERE uuid = $1", o).await?.ok_or_else(
+                || {
+                    Error::not_found(format!(
+                        "invalid field[diskAOs.diskOfferingUuid], resource[uuid:{o}, type:DiskOfferingVO] not found"
+                    ))
+                },
+            )?;
+            if row.try_get::<String, _>(0)? == "Disabled" {
+                return Err(Error::operr(format!(
+                    "disk offerings[uuids:[{o}]] are Disabled, can not create vm from it"
+                )));
+            }
+            d.size = row.try_get(1)?;
+            d.offering = Some(o.clone());
+        } else if let Some(img) = &ao.template_uuid {
+            let row =
+                one_row(app, "SELECT state, status, media_type, size, actual_size FROM image WHERE uuid = $1", img)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "invalid field[diskAOs.templateUuid], resource[uuid:{img}, type:ImageVO] not found"
+                        ))
+                    })?;
+            let media: String = row.try_get(2)?;
+            if media != "DataVolumeTemplate" {
+                return Err(Error::argerr(format!(
+                    "image[uuid:{img}] is of mediaType: {media}, only DataVolumeTemplate can be used as a diskAOs templateUuid"
+                )));
+            }
+            if row.try_get::<String, _>(0)? == "Disabled" || row.try_get::<String, _>(1)? != "Ready" {
+                return Err(Error::operr(format!(
+                    "image[uuid:{img}] is Disabled or not ready yet, can't create vm from it"
+                )));
+            }
+            d.size = row.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
+            d.actual = row.try_get::<Option<i64>, _>(4)?.unwrap_or(0);
+            d.image = Some(img.clone());
+        } else {
+            let (v, ps) = source_volume(app, ao).await?;
+            if req.primary_storage_uuid_for_root_volume.as_ref().is_some_and(|p| *p != ps) {
+                return Err(Error::argerr(format!(
+                    "the disk volume[uuid:{v}] is on primary storage[uuid:{ps}], not on the one the other disks use"
+                )));
+            }
+            if data_volumes.iter().any(|x| x.uuid == v) || root_from_volume.as_ref() == Some(&v) {
+                return Err(Error::argerr(format!("duplicated diskAOs.sourceUuid: {v}")));
+            }
+            req.primary_storage_uuid_for_root_volume = Some(ps);
+            d.uuid = v;
+            d.adopt = true;
+            d.tags.clear();
+        }
+        data_volumes.push(d);
+    }
     let allocator = if req.host_uuid.is_some() {
         "DesignatedHostAllocatorStrategy".to_string()
     } else {
@@ -1053,7 +1274,9 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         strategy,
         hypervisors,
         primary_storage_for_root: req.primary_storage_uuid_for_root_volume.clone(),
-        root_volume_uuid: new_uuid(),
+        root_volume_uuid: root_from_volume.clone().unwrap_or_else(new_uuid),
+        root_from_volume: root_from_volume.is_some(),
+        root_name,
         root_size,
         root_actual_size: image_actual,
         root_disk_offering: req.root_disk_offering_uuid.clone(),
@@ -1085,7 +1308,7 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
             resource_key_created_new: t.resource_key_created_new,
         }),
         from_snapshot: req.snapshot.as_ref().map(|s| s.uuid.clone()),
-        root_volume_tags: req.root_volume_system_tags.clone(),
+        root_volume_tags: req.root_volume_system_tags.iter().chain(&boot_tags).cloned().collect(),
         data_volume_tags: req.data_volume_system_tags.clone(),
         ssh_key_pairs: req.ssh_key_pair_uuids.clone(),
         host: None,
@@ -1106,9 +1329,15 @@ pub struct DataVol {
     image: Option<String>,
     #[serde(default)]
     actual: i64,
-    /// system tags for this volume only (dataVolumeSystemTagsOnIndex)
+    /// system tags for this volume only (dataVolumeSystemTagsOnIndex, diskAOs)
     #[serde(default)]
     tags: Vec<String>,
+    /// a diskAO's name for the volume
+    #[serde(default)]
+    name: Option<String>,
+    /// an existing volume (diskAOs sourceUuid) attached as it is: nothing created or reserved
+    #[serde(default)]
+    adopt: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -1158,6 +1387,12 @@ pub struct Ctx {
     root_size: i64,
     root_actual_size: i64,
     root_disk_offering: Option<String>,
+    /// the root volume is an existing volume (boot diskAO with sourceUuid), attached as it is
+    #[serde(default)]
+    root_from_volume: bool,
+    /// the boot diskAO's name for the root volume
+    #[serde(default)]
+    root_name: Option<String>,
     data_volumes: Vec<DataVol>,
     cdrom_uuid: String,
     default_l3: Option<String>,
@@ -1645,7 +1880,7 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
         let now = now_ms();
         let mut vols = vec![(
             c.root_volume_uuid.clone(),
-            format!("ROOT-for-{}", c.name),
+            c.root_name.clone().unwrap_or_else(|| format!("ROOT-for-{}", c.name)),
             "Root",
             c.root_size,
             c.root_actual_size,
@@ -1653,10 +1888,19 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
             c.image_uuid.clone(),
             0i64,
         )];
+        let mut adopted = Vec::new();
+        if c.root_from_volume {
+            vols.clear();
+            adopted.push((c.root_volume_uuid.clone(), "Root", 0i64));
+        }
         for (i, d) in c.data_volumes.iter().enumerate() {
+            if d.adopt {
+                adopted.push((d.uuid.clone(), "Data", i as i64 + 1));
+                continue;
+            }
             vols.push((
                 d.uuid.clone(),
-                format!("DATA-for-{}", c.name),
+                d.name.clone().unwrap_or_else(|| format!("DATA-for-{}", c.name)),
                 "Data",
                 d.size,
                 d.actual,
@@ -1664,6 +1908,27 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
                 d.image.clone(),
                 i as i64 + 1,
             ));
+        }
+        // existing volumes (diskAOs sourceUuid) are attached as they are, if still free
+        for (uuid, ty, device) in adopted {
+            let n = tx
+                .execute(
+                    "UPDATE volume SET vm_instance_uuid = $1, type = $2, device_id = $3, last_attach_date = $4, \
+                     last_op_date = $4 WHERE uuid = $5 AND vm_instance_uuid IS NULL AND status = 'Ready' AND state = 'Enabled'",
+                    &[
+                        Val::from(c.vm_uuid.as_str()),
+                        Val::from(ty),
+                        Val::I(device),
+                        Val::I(now),
+                        Val::from(uuid.as_str()),
+                    ],
+                )
+                .await?;
+            if n != 1 {
+                return Err(Error::operr(format!(
+                    "volume[uuid:{uuid}] could not satisfy conditions[state:Enabled status:Ready] or is attached to another vm"
+                )));
+            }
         }
         for (uuid, name, ty, size, actual, offering, image, device) in vols {
             let dir = if ty == "Root" { "rootVolumes" } else { "dataVolumes" };
@@ -1714,8 +1979,22 @@ fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
 
 fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
+        // existing volumes go back to being detached data volumes
+        let mut adopted: Vec<String> = c.data_volumes.iter().filter(|d| d.adopt).map(|d| d.uuid.clone()).collect();
+        if c.root_from_volume {
+            adopted.push(c.root_volume_uuid.clone());
+        }
+        for u in &adopted {
+            tx.execute(
+                "UPDATE volume SET vm_instance_uuid = NULL, type = 'Data', device_id = NULL WHERE uuid = $1 \
+                 AND vm_instance_uuid = $2",
+                &[Val::from(u.as_str()), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        }
         let mut uuids = vec![c.root_volume_uuid.clone()];
         uuids.extend(c.data_volumes.iter().map(|d| d.uuid.clone()));
+        uuids.retain(|u| !adopted.contains(u));
         for u in uuids {
             let Some(row) = tx
                 .fetch_optional(
