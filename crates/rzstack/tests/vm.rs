@@ -1320,6 +1320,11 @@ async fn devices_tpm_recorded_and_queryable() {
     assert_eq!(srv.query("/tpms").await.len(), 2, "a destroyed VM keeps its TPM");
     srv.ok("PUT", &format!("/vm-instances/{u}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
     assert!(srv.query(&format!("/tpms?q=vmInstanceUuid={u}")).await.is_empty());
+    // destroying a Created VM removes it at once, with its TPM
+    let jcu = s(&jc["inventory"]["uuid"]);
+    srv.ok("DELETE", &format!("/vm-instances/{jcu}"), None).await;
+    assert!(srv.query(&format!("/tpms?q=vmInstanceUuid={jcu}")).await.is_empty());
+    assert_eq!(srv.query("/tpms").await.len(), 0);
 }
 
 #[tokio::test]
