@@ -632,25 +632,6 @@ async fn update_image(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChangeImageState {
-    uuid: String,
-    state_event: String,
-}
-
-async fn change_image_state(app: App, msg: Msg) -> Result<Reply> {
-    let req: ChangeImageState = msg.parse()?;
-    let state = if req.state_event.eq_ignore_ascii_case("enable") { "Enabled" } else { "Disabled" };
-    app.db
-        .execute(
-            "UPDATE image SET state = $1, last_op_date = $2 WHERE uuid = $3",
-            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
-}
-
 struct Ref {
     bs: String,
     status: String,
@@ -940,7 +921,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(&["enable", "disable"]),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_image_state(a, m))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &IMAGE, super::enable_disable))),
     },
     ApiDef {
         name: "DeleteImage",

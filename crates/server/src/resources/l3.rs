@@ -427,25 +427,6 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChangeState {
-    uuid: String,
-    state_event: String,
-}
-
-async fn change_state(app: App, msg: Msg) -> Result<Reply> {
-    let req: ChangeState = msg.parse()?;
-    let state = if req.state_event == "enable" { "Enabled" } else { "Disabled" };
-    app.db
-        .execute(
-            "UPDATE l3_network SET state = $1, last_op_date = $2 WHERE uuid = $3",
-            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
-}
-
 async fn delete(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
@@ -1437,7 +1418,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(&["enable", "disable"]),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_state(a, m))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &L3_NETWORK, super::enable_disable))),
     },
     ApiDef {
         name: "DeleteL3Network",

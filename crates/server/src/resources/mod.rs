@@ -17,9 +17,11 @@ pub mod volume;
 pub mod zone;
 
 use crate::db::{Val, WriteTx};
-use crate::api::Msg;
+use crate::api::{Msg, Reply};
 use crate::error::{Error, Result};
-use crate::query::ResourceDef;
+use crate::query::{self, ResourceDef};
+use crate::App;
+use serde::Deserialize;
 use crate::util::now_ms;
 
 /// Record the owner account of a new resource (upstream `AccountResourceRefVO`), in the
@@ -57,4 +59,46 @@ pub async fn disown(tx: &mut WriteTx, resource_uuid: &str) -> Result<()> {
     tx.execute("DELETE FROM account_resource_ref WHERE resource_uuid = $1", &[Val::from(resource_uuid)])
         .await?;
     Ok(())
+}
+
+/// Answer with the current inventory of `uuid` (`{"inventory": ...}` with its schema).
+pub async fn inventory_reply(app: &App, def: &'static ResourceDef, uuid: &str) -> Result<Reply> {
+    match query::get(&app.db, def, uuid).await? {
+        Some(inv) => Ok(Reply::inventory(def, inv)),
+        None => Err(Error::not_found(format!(
+            "unable to find {}[uuid:{uuid}], it may have been deleted",
+            def.vo.trim_end_matches("VO")
+        ))),
+    }
+}
+
+/// The body of every `changeXxxState` action.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeState {
+    pub uuid: String,
+    pub state_event: String,
+}
+
+/// `stateEvent` enable / disable → state Enabled / Disabled (the values are validated before).
+pub fn enable_disable(event: &str) -> &'static str {
+    if event.eq_ignore_ascii_case("enable") {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
+
+/// The common ChangeXxxState API: the state `state_of(stateEvent)` written to `def`'s row, and
+/// the inventory as the answer. Resources whose state change cascades have their own handler.
+pub async fn change_state(
+    app: App,
+    msg: Msg,
+    def: &'static ResourceDef,
+    state_of: fn(&str) -> &'static str,
+) -> Result<Reply> {
+    let req: ChangeState = msg.parse()?;
+    let sql = format!("UPDATE {} SET state = $1, last_op_date = $2 WHERE uuid = $3", def.table);
+    app.db.execute(&sql, &[Val::from(state_of(&req.state_event)), Val::I(now_ms()), Val::from(req.uuid.as_str())]).await?;
+    inventory_reply(&app, def, &req.uuid).await
 }

@@ -84,14 +84,6 @@ pub const INSTANCE_OFFERING_TYPES: &[&str] = &["UserVm", "VirtualRouter"];
 
 const MIB: i64 = 1024 * 1024;
 
-fn state_of(event: &str) -> &'static str {
-    if event.eq_ignore_ascii_case("enable") {
-        "Enabled"
-    } else {
-        "Disabled"
-    }
-}
-
 async fn reply(app: &App, def: &'static ResourceDef, uuid: &str) -> Result<Reply> {
     match query::get(&app.db, def, uuid).await? {
         Some(inv) => Ok(Reply::inventory(def, inv)),
@@ -206,22 +198,6 @@ async fn update_instance_offering(app: App, msg: Msg) -> Result<Reply> {
             .await?;
     }
     reply(&app, &INSTANCE_OFFERING, &req.uuid).await
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChangeState {
-    uuid: String,
-    state_event: String,
-}
-
-async fn change_state(app: App, msg: Msg, def: &'static ResourceDef) -> Result<Reply> {
-    let req: ChangeState = msg.parse()?;
-    let sql = format!("UPDATE {} SET state = $1, last_op_date = $2 WHERE uuid = $3", def.table);
-    app.db
-        .execute(&sql, &[Val::from(state_of(&req.state_event)), Val::I(now_ms()), Val::from(req.uuid.as_str())])
-        .await?;
-    reply(&app, def, &req.uuid).await
 }
 
 async fn delete(app: App, msg: Msg, def: &'static ResourceDef) -> Result<Reply> {
@@ -376,7 +352,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(STATE_EVENTS),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_state(a, m, &INSTANCE_OFFERING))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &INSTANCE_OFFERING, super::enable_disable))),
     },
     ApiDef {
         name: "DeleteInstanceOffering",
@@ -458,7 +434,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(STATE_EVENTS),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_state(a, m, &DISK_OFFERING))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &DISK_OFFERING, super::enable_disable))),
     },
     ApiDef {
         name: "DeleteDiskOffering",

@@ -260,28 +260,14 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChangeState {
-    uuid: String,
-    state_event: String,
-}
-
-async fn change_state(app: App, msg: Msg) -> Result<Reply> {
-    let req: ChangeState = msg.parse()?;
-    let state = match req.state_event.to_ascii_lowercase().as_str() {
+/// Primary storage also has maintenance and deletion states.
+fn ps_state_of(event: &str) -> &'static str {
+    match event.to_ascii_lowercase().as_str() {
         "enable" => "Enabled",
         "disable" => "Disabled",
         "maintain" => "Maintenance",
         _ => "Deleting",
-    };
-    app.db
-        .execute(
-            "UPDATE primary_storage SET state = $1, last_op_date = $2 WHERE uuid = $3",
-            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
+    }
 }
 
 async fn delete(app: App, msg: Msg) -> Result<Reply> {
@@ -509,7 +495,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(&["enable", "disable", "maintain", "deleting"]),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_state(a, m))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &PRIMARY_STORAGE, ps_state_of))),
     },
     ApiDef {
         name: "DeletePrimaryStorage",

@@ -4,7 +4,7 @@ use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, FType, ResourceDef};
+use crate::query::{field, FType, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
@@ -31,10 +31,7 @@ pub static ZONE: ResourceDef = ResourceDef {
 };
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &ZONE, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&ZONE, inv)),
-        None => Err(Error::not_found(format!("zone[uuid:{uuid}] is not found"))),
-    }
+    super::inventory_reply(app, &ZONE, uuid).await
 }
 
 #[derive(Deserialize)]
@@ -107,25 +104,6 @@ async fn update_zone(app: App, msg: Msg) -> Result<Reply> {
     )
     .await?;
     tx.commit().await?;
-    reply(&app, &req.uuid).await
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChangeZoneState {
-    uuid: String,
-    state_event: String,
-}
-
-async fn change_zone_state(app: App, msg: Msg) -> Result<Reply> {
-    let req: ChangeZoneState = msg.parse()?;
-    let state = if req.state_event.eq_ignore_ascii_case("enable") { "Enabled" } else { "Disabled" };
-    app.db
-        .execute(
-            "UPDATE zone SET state = $1, last_op_date = $2 WHERE uuid = $3",
-            &[Val::from(state), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
     reply(&app, &req.uuid).await
 }
 
@@ -238,7 +216,7 @@ pub static APIS: &[ApiDef] = &[
             Param::str("stateEvent").required().values(&["enable", "disable"]),
         ],
         tags: &[],
-        handler: Some(|a, m| boxed(change_zone_state(a, m))),
+        handler: Some(|a, m| boxed(super::change_state(a, m, &ZONE, super::enable_disable))),
     },
     ApiDef {
         name: "DeleteZone",
