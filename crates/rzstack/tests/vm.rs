@@ -1728,3 +1728,196 @@ async fn disk_aos_source_volumes_are_given_back_on_failure() {
     assert_eq!(strip(&after.1), strip(&before.1));
     assert!(srv.query("/vm-instances").await.is_empty());
 }
+
+/// Retrying CreateVmInstance with the VM's resourceUuid: the same request (keys in any order)
+/// answers with the VM as it is now, taking nothing more; another request is refused.
+#[tokio::test]
+async fn resource_uuid_retry_returns_the_vm_or_is_refused() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "net", 10, 19).await;
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    let body = create(&t, json!({"l3NetworkUuids": [l3], "resourceUuid": uuid, "description": "d"}));
+    let first = srv.ok("POST", "/vm-instances", Some(body.clone())).await["inventory"].clone();
+    assert_eq!(first["uuid"], uuid.as_str());
+    let ip = s(&first["vmNics"][0]["ip"]);
+    let snap = || async { (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await) };
+    let before = snap().await;
+    assert_eq!(before.1, (1, 1, 1));
+
+    // the same parameters, keys in another order: the same VM, nothing more taken
+    let mut p: Vec<(String, Value)> = body["params"].as_object().unwrap().clone().into_iter().collect();
+    p.reverse();
+    let reordered = json!({"params": p.into_iter().collect::<serde_json::Map<String, Value>>()});
+    let again = srv.ok("POST", "/vm-instances", Some(reordered)).await["inventory"].clone();
+    assert_eq!(again["uuid"], uuid.as_str());
+    assert_eq!(s(&again["vmNics"][0]["ip"]), ip);
+    assert_eq!(again["state"], "Running");
+    assert_eq!(snap().await, before);
+
+    // different parameters with the same resourceUuid: refused, nothing changed
+    for extra in [
+        json!({"l3NetworkUuids": [l3], "resourceUuid": uuid, "description": "other"}),
+        json!({"l3NetworkUuids": [l3], "resourceUuid": uuid, "description": "d", "strategy": "CreateStopped"}),
+        json!({"l3NetworkUuids": [l3], "resourceUuid": uuid}),
+    ] {
+        let err = srv.fails("POST", "/vm-instances", Some(create(&t, extra))).await;
+        assert_error(&err, "SYS.1007", &format!("resourceUuid[{uuid}] is already used by vm instance[uuid:{uuid}]"));
+        assert_error(&err, "SYS.1007", "created with different parameters");
+        assert_eq!(snap().await, before);
+    }
+    let vm = &srv.query(&format!("/vm-instances/{uuid}")).await[0];
+    assert_eq!((vm["description"].clone(), vm["state"].clone()), (json!("d"), json!("Running")));
+
+    // a retry answers with the VM's current inventory
+    srv.ok("PUT", &format!("/vm-instances/{uuid}/actions"), Some(json!({"stopVmInstance": {}}))).await;
+    let stopped = srv.ok("POST", "/vm-instances", Some(body.clone())).await["inventory"].clone();
+    assert_eq!((stopped["uuid"].clone(), stopped["state"].clone()), (json!(uuid), json!("Stopped")));
+    assert_eq!(srv.query("/vm-instances").await.len(), 1);
+
+    // another resourceUuid with the same parameters is a second VM
+    let other = uuid::Uuid::new_v4().simple().to_string();
+    let second =
+        srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3], "resourceUuid": other})))).await;
+    assert_eq!(second["inventory"]["uuid"], other.as_str());
+    assert_eq!(rows(&srv).await, (2, 2, 2));
+}
+
+/// Submit an async API call (expect 202) and return its job location.
+async fn submit(srv: &Server, path: &str, body: Value) -> String {
+    let r = srv.request("POST", path, Some(body), Some(&srv.session), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    s(&r.body["location"])
+}
+
+/// Poll a job location gently until it ends (or the deadline passes).
+async fn poll_until(srv: &Server, loc: &str, deadline: std::time::Instant) -> common::Resp {
+    loop {
+        let r = srv.request("GET", loc, None, None, &[]).await;
+        if r.status != 202 {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {loc} did not end in time");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Capacity taken, as the inventories say: (host CPU, host memory, PS) used.
+async fn taken(srv: &Server, t: &Topo) -> (i64, i64, i64) {
+    let (mut cpu, mut mem) = (0, 0);
+    for u in &t.hosts {
+        let h = &srv.query(&format!("/hosts/{u}")).await[0];
+        cpu += h["totalCpuCapacity"].as_i64().unwrap() - h["availableCpuCapacity"].as_i64().unwrap();
+        mem += h["totalMemoryCapacity"].as_i64().unwrap() - h["availableMemoryCapacity"].as_i64().unwrap();
+    }
+    let ps = &srv.query(&format!("/primary-storage/{}", t.ps)).await[0];
+    (cpu, mem, ps["totalCapacity"].as_i64().unwrap() - ps["availableCapacity"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_creates_on_ten_free_ips() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "ten", 10, 19).await; // exactly 10 addresses
+    assert_eq!(taken(&srv, &t).await, (0, 0, 0));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let srv = srv.clone();
+        // 64 MiB, 1 CPU: host capacity is ample for all 200, only IPs run out
+        let body = create(
+            &t,
+            json!({"name": format!("v{i}"), "instanceOfferingUuid": null, "cpuNum": 1, "memorySize": 64 * MB,
+                "l3NetworkUuids": [l3]}),
+        );
+        tasks.push(tokio::spawn(async move {
+            let loc = submit(&srv, "/vm-instances", body).await;
+            poll_until(&srv, &loc, std::time::Instant::now() + std::time::Duration::from_secs(90)).await
+        }));
+    }
+    let mut ok = std::collections::HashSet::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ok.insert(s(&r.body["inventory"]["uuid"]));
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text);
+            assert_eq!(r.body["error"]["code"], "SYS.1006", "{}", r.text);
+            assert_error(&r.body["error"]["cause"], "L3.1000", "no ip is available in this l3Network[name:ten");
+        }
+    }
+    assert_eq!(ok.len(), 10);
+    let vms: std::collections::HashSet<String> =
+        srv.query("/vm-instances").await.iter().map(|v| s(&v["uuid"])).collect();
+    assert_eq!(vms, ok);
+    let nics = srv.query("/vm-instances/nics").await;
+    let ips: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["ip"])).collect();
+    let macs: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["mac"])).collect();
+    assert_eq!((nics.len(), ips.len(), macs.len()), (10, 10, 10));
+    assert_eq!(used_ips(&srv).await, 10);
+    let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
+    assert_eq!(cap.body["usedIpAddressNumber"], 10, "{}", cap.text);
+    assert_eq!(cap.body["availableCapacity"], 0, "{}", cap.text);
+    assert_eq!(taken(&srv, &t).await, (10, 10 * 64 * MB, 10 * 64 * MB));
+    assert_eq!(rows(&srv).await, (10, 10, 10));
+}
+
+#[tokio::test]
+async fn kill9_during_fifty_concurrent_creates_leaks_nothing() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "big", 10, 90).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let srv = srv.clone();
+        let body = create(
+            &t,
+            json!({"name": format!("k{i}"), "instanceOfferingUuid": null, "cpuNum": 1, "memorySize": 64 * MB,
+                "l3NetworkUuids": [l3]}),
+        );
+        tasks.push(tokio::spawn(async move { submit(&srv, "/vm-instances", body).await }));
+    }
+    let mut locs = Vec::new();
+    for task in tasks {
+        // the restarted server listens on another port: keep the job path only
+        let loc = task.await.unwrap();
+        locs.push(format!("/api-jobs/{}", loc.rsplit('/').next().unwrap()));
+    }
+    // kill while the creations are under way: some VMs exist, not all jobs ended
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while srv.query("/vm-instances").await.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut srv = std::sync::Arc::try_unwrap(srv).unwrap_or_else(|_| panic!("server still shared"));
+    srv.kill9();
+    srv.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut ok = std::collections::HashSet::new();
+    for loc in &locs {
+        let r = poll_until(&srv, loc, deadline).await;
+        match r.status {
+            200 => {
+                ok.insert(s(&r.body["inventory"]["uuid"]));
+            }
+            503 => {}
+            other => panic!("job {loc} ended with {other}: {}", r.text),
+        }
+    }
+    let vms = srv.query("/vm-instances").await;
+    let uuids: std::collections::HashSet<String> = vms.iter().map(|v| s(&v["uuid"])).collect();
+    assert_eq!(uuids, ok, "the VMs are exactly those of the jobs that succeeded");
+    for v in &vms {
+        assert_eq!(v["state"], "Running", "no VM is left in a transient state: {v}");
+    }
+    let nics = srv.query("/vm-instances/nics").await;
+    let ips: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["ip"])).collect();
+    let macs: std::collections::HashSet<String> = nics.iter().map(|n| s(&n["mac"])).collect();
+    assert_eq!((nics.len(), ips.len(), macs.len()), (vms.len(), vms.len(), vms.len()));
+    assert_eq!(used_ips(&srv).await, nics.len());
+    let cap = srv.get(&format!("/ip-capacity?l3NetworkUuids={l3}")).await;
+    assert_eq!(cap.body["usedIpAddressNumber"].as_u64(), Some(nics.len() as u64), "{}", cap.text);
+    let volumes = srv.query("/volumes").await;
+    assert_eq!(volumes.len(), vms.len());
+    let volume_bytes: i64 = volumes.iter().map(|v| v["size"].as_i64().unwrap()).sum();
+    let running = vms.len() as i64;
+    assert_eq!(taken(&srv, &t).await, (running, running * 64 * MB, volume_bytes));
+}

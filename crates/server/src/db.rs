@@ -155,6 +155,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_vm.sql")),
     (7, include_str!("migrations/0007_issue3_fixes.sql")),
     (8, include_str!("migrations/0008_vm_more.sql")),
+    (9, include_str!("migrations/0009_vm_create_request.sql")),
 ];
 
 impl Db {

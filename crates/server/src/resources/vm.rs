@@ -891,9 +891,11 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
                     )));
                 }
                 match &req.primary_storage_uuid_for_root_volume {
-                    Some(q) if q != p => return Err(Error::argerr(format!(
+                    Some(q) if q != p => {
+                        return Err(Error::argerr(format!(
                         "diskAOs on different primary storages[{q}, {p}] are not supported by this management node yet"
-                    ))),
+                    )))
+                    }
                     _ => req.primary_storage_uuid_for_root_volume = Some(p.clone()),
                 }
             }
@@ -1313,6 +1315,7 @@ async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx>
         ssh_key_pairs: req.ssh_key_pair_uuids.clone(),
         host: None,
         ps: None,
+        request: None,
     })
 }
 
@@ -1422,6 +1425,9 @@ pub struct Ctx {
     host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
     ps: Option<String>,
+    /// the canonical JSON of the request (see [`request_fingerprint`]), kept with the VM
+    #[serde(default)]
+    request: Option<String>,
 }
 
 impl Ctx {
@@ -1519,8 +1525,8 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
             "INSERT INTO vm_instance (uuid, name, description, zone_uuid, cluster_uuid, image_uuid, instance_offering_uuid, \
              platform, architecture, type, memory_size, reserved_memory_size, cpu_num, cpu_speed, allocator_strategy, state, \
              internal_id, guest_os_type, create_date, last_op_date, reserved_cpu, reserved_memory, reserved_ps_size, \
-             default_l3_network_uuid) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, 0, 0, 0, $20)",
+             default_l3_network_uuid, create_request) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, 0, 0, 0, $20, $21)",
             &[
                 Val::from(c.vm_uuid.as_str()),
                 Val::from(c.name.as_str()),
@@ -1542,6 +1548,7 @@ fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutur
                 Val::from(c.guest_os_type.clone()),
                 Val::I(now),
                 Val::from(c.default_l3.clone()),
+                Val::from(c.request.clone()),
             ],
         )
         .await?;
@@ -2466,35 +2473,80 @@ async fn create_vm_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
         root_volume_system_tags: parsed.root_volume_system_tags,
         ..CreateVm::default()
     };
-    let uuid = msg.resource_uuid();
-    match snapshot_source(&app, &f.volume_snapshot_uuid).await {
-        Ok(src) => req.snapshot = Some(src),
-        // a replayed job whose VM exists answers with it, whatever became of the snapshot
-        Err(e) => {
-            if msg.replay && query::get(&app.db, &VM, &uuid).await?.is_some() {
-                return reply(&app, &uuid).await;
-            }
-            return Err(e);
-        }
+    // a replay or a retry whose VM exists answers with it, whatever became of the snapshot
+    if let Some(r) = existing_vm(&app, &msg).await? {
+        return Ok(r);
     }
+    req.snapshot = Some(snapshot_source(&app, &f.volume_snapshot_uuid).await?);
     create(app, msg, req).await
+}
+
+/// The canonical form of a value: object keys sorted, null members dropped (absent and null
+/// parameters mean the same), recursively.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.iter().filter(|(_, x)| !x.is_null()).map(|(k, _)| k).collect();
+            keys.sort();
+            let mut m = serde_json::Map::new();
+            for k in keys {
+                m.insert(k.clone(), canonical(&o[k.as_str()]));
+            }
+            Value::Object(m)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        x => x.clone(),
+    }
+}
+
+/// What makes two create requests "the same": the API and its validated fields (body, URL
+/// variables, tags, resourceUuid) in canonical JSON; headers and the job uuid play no part.
+fn request_fingerprint(msg: &Msg) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("api".into(), Value::String(msg.api.clone()));
+    m.insert("fields".into(), Value::Object(msg.fields.clone()));
+    canonical(&Value::Object(m)).to_string()
+}
+
+/// The VM a create with this resourceUuid already made, answered as it is now: on a replay
+/// (after unwinding what the earlier attempt left unfinished) or when the request is the same
+/// as the one that created it. Another request reusing the uuid is refused (SYS.1007).
+async fn existing_vm(app: &App, msg: &Msg) -> Result<Option<Reply>> {
+    let uuid = msg.resource_uuid();
+    if msg.replay {
+        saga::unwind_for_job(app, &msg.job_uuid).await?;
+    }
+    let Some(row) = app
+        .db
+        .fetch_optional("SELECT create_request FROM vm_instance WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let stored: Option<String> = row.try_get(0)?;
+    if msg.replay || stored.as_deref() == Some(request_fingerprint(msg).as_str()) {
+        return reply(app, &uuid).await.map(Some);
+    }
+    Err(Error::argerr(format!(
+        "resourceUuid[{uuid}] is already used by vm instance[uuid:{uuid}] that was created with different \
+         parameters; retry with the same parameters to get that vm, or use another resourceUuid"
+    )))
 }
 
 async fn create(app: App, msg: Msg, mut req: CreateVm) -> Result<Reply> {
     let uuid = msg.resource_uuid();
-    if msg.replay {
-        saga::unwind_for_job(&app, &msg.job_uuid).await?;
+    if let Some(r) = existing_vm(&app, &msg).await? {
+        return Ok(r);
     }
-    {
-        let mut tx = app.db.begin_write().await?;
-        if !super::is_new(&mut tx, &VM, &uuid, &msg).await? {
-            drop(tx);
-            return reply(&app, &uuid).await;
-        }
-    }
-    let ctx = check_and_plan(&app, &msg, &mut req).await?;
+    let mut ctx = check_and_plan(&app, &msg, &mut req).await?;
+    ctx.request = Some(request_fingerprint(&msg));
     let def = if ctx.strategy == "JustCreate" { &JUST_CREATE } else { &CREATE_VM };
     if let Err(e) = saga::run(&app, def, &msg.job_uuid, &uuid, ctx).await {
+        // a concurrent create with this resourceUuid won the insert: answer as a retry would
+        // (its VM when the request is the same, SYS.1007 when not)
+        if let Some(r) = existing_vm(&app, &Msg { replay: false, ..msg.clone() }).await? {
+            return Ok(r);
+        }
         let cause = e.to_error_code();
         let details = cause.details.clone().unwrap_or_default();
         return Err(Error::Api(ErrorCode::new(rzstack_api::codes::SYS_1006, details).with_cause(cause)));
