@@ -10,7 +10,7 @@ use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIME
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::query::{field, FType, Refs, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
@@ -61,10 +61,7 @@ pub static BACKUP_STORAGE: ResourceDef = ResourceDef {
 };
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &BACKUP_STORAGE, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&BACKUP_STORAGE, inv)),
-        None => Err(Error::not_found(format!("backup storage[uuid:{uuid}] is not found"))),
-    }
+    super::inventory_reply(app, &BACKUP_STORAGE, uuid).await
 }
 
 fn is_hostname(h: &str) -> bool {

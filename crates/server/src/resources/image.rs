@@ -12,7 +12,7 @@ use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIME
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, Child, FType, ResourceDef};
+use crate::query::{field, Child, FType, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use md5::{Digest, Md5};
@@ -84,10 +84,7 @@ const FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "iso"];
 const BLACKLIST: &str = "/**/.*/**;/**/~*/**;/etc/**;/usr/local/zstack/**;/var/log/**;/dev/**;/proc/**;/sys/**";
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &IMAGE, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&IMAGE, inv)),
-        None => Err(Error::not_found(format!("image[uuid:{uuid}] is not found"))),
-    }
+    super::inventory_reply(app, &IMAGE, uuid).await
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> Error {

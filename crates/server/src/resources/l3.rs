@@ -243,10 +243,7 @@ impl Subnet {
 // L3 networks
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &L3_NETWORK, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&L3_NETWORK, inv)),
-        None => Err(Error::not_found(format!("unable to find L3Network[uuid:{uuid}], it may have been deleted"))),
-    }
+    super::inventory_reply(app, &L3_NETWORK, uuid).await
 }
 
 const CATEGORIES: &[&str] = &["Public", "Private", "System"];

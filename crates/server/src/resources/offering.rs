@@ -5,7 +5,7 @@ use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIME
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, FType, ResourceDef};
+use crate::query::{field, FType, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
@@ -85,10 +85,7 @@ pub const INSTANCE_OFFERING_TYPES: &[&str] = &["UserVm", "VirtualRouter"];
 const MIB: i64 = 1024 * 1024;
 
 async fn reply(app: &App, def: &'static ResourceDef, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, def, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(def, inv)),
-        None => Err(Error::not_found(format!("invalid field[uuid], resource[uuid:{uuid}, type:{}] not found", def.vo))),
-    }
+    super::inventory_reply(app, def, uuid).await
 }
 
 #[derive(Deserialize)]

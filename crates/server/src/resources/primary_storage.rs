@@ -10,7 +10,7 @@ use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIME
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::query::{field, FType, Refs, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
@@ -82,10 +82,7 @@ fn forbidden_folder(path: &str) -> bool {
 }
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &PRIMARY_STORAGE, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&PRIMARY_STORAGE, inv)),
-        None => Err(Error::not_found(format!("primary storage[uuid:{uuid}] is not found"))),
-    }
+    super::inventory_reply(app, &PRIMARY_STORAGE, uuid).await
 }
 
 #[derive(Deserialize)]
