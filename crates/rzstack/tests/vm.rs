@@ -1921,3 +1921,24 @@ async fn kill9_during_fifty_concurrent_creates_leaks_nothing() {
     let running = vms.len() as i64;
     assert_eq!(taken(&srv, &t).await, (running, running * 64 * MB, volume_bytes));
 }
+
+/// The same request sent concurrently with one resourceUuid: one VM, every job answers with it.
+#[tokio::test]
+async fn concurrent_retries_with_one_resource_uuid_make_one_vm() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "net", 10, 19).await;
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    let body = create(&t, json!({"l3NetworkUuids": [l3], "resourceUuid": uuid}));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (srv, body) = (srv.clone(), body.clone());
+        tasks.push(tokio::spawn(async move { srv.ok("POST", "/vm-instances", Some(body)).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap()["inventory"]["uuid"], uuid.as_str());
+    }
+    assert_eq!(rows(&srv).await, (1, 1, 1));
+    assert_eq!(used_ips(&srv).await, 1);
+    assert_eq!(taken(&srv, &t).await, (1, GB, 64 * MB));
+}
