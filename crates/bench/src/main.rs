@@ -77,7 +77,8 @@ async fn start_node(http: &reqwest::Client, database: Option<&str>) -> Res<Node>
         return Err(format!("{} not found: build it with `cargo build --release -p rzstack`", rzstack.display()));
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let mut cmd = Command::new(rzstack);
     cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(dir.path());
     if let Some(db) = database {
@@ -247,19 +248,29 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("{cpu}, {cores} cores")
 }
 
-async fn create(c: Arc<Client>, t: &Topology, n: usize, conc: usize) -> Res<(Duration, Vec<Duration>, Vec<Duration>, usize)> {
+async fn create(
+    c: Arc<Client>,
+    t: &Topology,
+    n: usize,
+    conc: usize,
+) -> Res<(Duration, Vec<Duration>, Vec<Duration>, usize)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
         let (c, next) = (c.clone(), next.clone());
-        let body = json!({"params": {"instanceOfferingUuid": t.offering, "imageUuid": t.image, "l3NetworkUuids": [t.l3]}});
+        let body =
+            json!({"params": {"instanceOfferingUuid": t.offering, "imageUuid": t.image, "l3NetworkUuids": [t.l3]}});
         tasks.push(tokio::spawn(async move {
             let mut acc = Vec::new();
             let mut done = Vec::new();

@@ -11,6 +11,10 @@ async fn zone_round_trip() {
     let found = s.query(&format!("/zones/{}", z["uuid"].as_str().unwrap())).await;
     assert_eq!(found.len(), 1);
     let err = s.fails("POST", "/zones", Some(json!({"params": {}}))).await;
-    assert_error(&err, "SYS.1007", "field[name] of message[org.zstack.header.message.ApiMessageParamValidator] is mandatory, can not be null");
+    assert_error(
+        &err,
+        "SYS.1007",
+        "field[name] of message[org.zstack.header.message.ApiMessageParamValidator] is mandatory, can not be null",
+    );
     assert_eq!(s.query("/zones").await.len(), 1);
 }

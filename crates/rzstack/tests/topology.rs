@@ -19,8 +19,12 @@ async fn build_query_and_delete_a_simulated_cloud() {
     // zone → cluster → hosts
     let zone = uuid(&s.ok("POST", "/zones", Some(json!({"params": {"name": "zone1"}}))).await);
     let cluster = uuid(
-        &s.ok("POST", "/clusters", Some(json!({"params": {"zoneUuid": zone, "name": "c1", "hypervisorType": "Simulator"}})))
-            .await,
+        &s.ok(
+            "POST",
+            "/clusters",
+            Some(json!({"params": {"zoneUuid": zone, "name": "c1", "hypervisorType": "Simulator"}})),
+        )
+        .await,
     );
     let mut hosts = Vec::new();
     for i in 1..=3 {
@@ -85,8 +89,10 @@ async fn build_query_and_delete_a_simulated_cloud() {
         .ok(
             "POST",
             "/images",
-            Some(json!({"params": {"name": "guest", "url": format!("file://{}", img_path.display()), "format": "qcow2",
-                "mediaType": "RootVolumeTemplate", "platform": "Linux", "backupStorageUuids": [bs]}})),
+            Some(
+                json!({"params": {"name": "guest", "url": format!("file://{}", img_path.display()), "format": "qcow2",
+                "mediaType": "RootVolumeTemplate", "platform": "Linux", "backupStorageUuids": [bs]}}),
+            ),
         )
         .await;
     assert_eq!(image["inventory"]["status"], "Ready", "{image}");
@@ -95,14 +101,20 @@ async fn build_query_and_delete_a_simulated_cloud() {
 
     // offerings
     let io = uuid(
-        &s.ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}}))).await,
+        &s.ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}})))
+            .await,
     );
-    let dof = uuid(&s.ok("POST", "/disk-offerings", Some(json!({"params": {"name": "10g", "diskSize": 10 * GB}}))).await);
+    let dof =
+        uuid(&s.ok("POST", "/disk-offerings", Some(json!({"params": {"name": "10g", "diskSize": 10 * GB}}))).await);
 
     // L2 → cluster, L3, IP range, DHCP
     let l2 = uuid(
-        &s.ok("POST", "/l2-networks/no-vlan", Some(json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": "eth1"}})))
-            .await,
+        &s.ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": "eth1"}})),
+        )
+        .await,
     );
     let a = s.ok("POST", &format!("/l2-networks/{l2}/clusters/{cluster}"), Some(json!({"null": {}}))).await;
     assert_eq!(a["inventory"]["attachedClusterUuids"], json!([cluster]));
@@ -139,8 +151,12 @@ async fn build_query_and_delete_a_simulated_cloud() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["uuid"], l3.as_str());
     assert_eq!(found[0]["ipRanges"].as_array().unwrap().len(), 1);
-    let services: Vec<&str> =
-        found[0]["networkServices"].as_array().unwrap().iter().filter_map(|n| n["networkServiceType"].as_str()).collect();
+    let services: Vec<&str> = found[0]["networkServices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["networkServiceType"].as_str())
+        .collect();
     assert!(services.contains(&"DHCP"), "{services:?}");
     assert_eq!(s.query("/l3-networks?q=ipRanges.startIp=10.9.9.9").await.len(), 0);
     let r = s.get(&format!("/l3-networks/{l3}")).await;

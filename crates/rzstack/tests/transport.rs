@@ -22,9 +22,7 @@ fn is_hex32(s: &str) -> bool {
 /// `Nov 14, 2017 2:20:57 PM`, i.e. `^[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} (AM|PM)$`,
 /// into seconds (time zone ignored: only differences are compared). `None` if it does not match.
 fn date_secs(s: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let digits = |t: &str, lo: usize, hi: usize| -> Option<i64> {
         if t.len() < lo || t.len() > hi || !t.bytes().all(|c| c.is_ascii_digit()) {
             return None;
@@ -52,11 +50,7 @@ fn date_secs(s: &str) -> Option<i64> {
         _ => return None,
     };
     // days from civil (proleptic Gregorian)
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
+    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -66,9 +60,7 @@ fn date_secs(s: &str) -> Option<i64> {
 }
 
 fn date_of(v: &Value) -> i64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a date string: {v}"));
+    let s = v.as_str().unwrap_or_else(|| panic!("not a date string: {v}"));
     date_secs(s).unwrap_or_else(|| panic!("not an upstream date: {s:?}"))
 }
 
@@ -81,27 +73,19 @@ fn date_parser_self_check() {
 }
 
 async fn zone_names(s: &Server) -> Vec<String> {
-    s.query("/zones")
-        .await
-        .iter()
-        .map(|z| z["name"].as_str().unwrap_or("").to_string())
-        .collect()
+    s.query("/zones").await.iter().map(|z| z["name"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// POST CreateZone with the admin session and extra headers; expect 202; return the body.
 async fn post_zone(s: &Server, body: Value, headers: &[(&str, &str)]) -> Value {
-    let r = s
-        .request("POST", "/zones", Some(body), Some(&s.session), headers)
-        .await;
+    let r = s.request("POST", "/zones", Some(body), Some(&s.session), headers).await;
     assert_eq!(r.status, 202, "{}", r.text);
     r.body
 }
 
 fn job_uuid_of(location: &Value) -> String {
     let loc = location.as_str().expect("location");
-    let (_, job) = loc
-        .rsplit_once("/api-jobs/")
-        .expect("location has /api-jobs/");
+    let (_, job) = loc.rsplit_once("/api-jobs/").expect("location has /api-jobs/");
     job.to_string()
 }
 
@@ -117,9 +101,7 @@ fn delay_env(ms: u64) -> Vec<(String, String)> {
 async fn rest_base_paths_zstack_v1_and_v1() {
     let s = Server::start().await;
     s.create_zone("z1").await;
-    let r = s
-        .request("GET", "/zones", None, Some(&s.session), &[])
-        .await;
+    let r = s.request("GET", "/zones", None, Some(&s.session), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["inventories"].as_array().map(Vec::len), Some(1));
     let bare = format!("http://127.0.0.1:{}/v1/zones", s.port);
@@ -146,21 +128,11 @@ async fn rest_base_paths_zstack_v1_and_v1() {
 #[tokio::test]
 async fn rest_unknown_path_is_404_plain_text() {
     let s = Server::start().await;
-    let r = s
-        .request("GET", "/no-such-things", None, Some(&s.session), &[])
-        .await;
+    let r = s.request("GET", "/no-such-things", None, Some(&s.session), &[]).await;
     assert_eq!(r.status, 404);
     // Upstream prints the path below the /zstack context.
     assert_eq!(r.text, "no api mapping to /v1/no-such-things");
-    let r = s
-        .request(
-            "POST",
-            "/zones/x/y/z",
-            Some(json!({})),
-            Some(&s.session),
-            &[],
-        )
-        .await;
+    let r = s.request("POST", "/zones/x/y/z", Some(json!({})), Some(&s.session), &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.text, "no api mapping to /v1/zones/x/y/z");
     let bare = format!("http://127.0.0.1:{}/v1/nothing-here", s.port);
@@ -175,36 +147,15 @@ async fn rest_put_on_shared_actions_path_without_action_key_is_400() {
     let z = s.create_zone("z1").await;
     let u = z["uuid"].as_str().unwrap();
     let path = format!("/zones/{u}/actions");
-    for body in [
-        json!({"noSuchAction": {}}),
-        json!({}),
-        json!({"params": {"name": "x"}}),
-    ] {
-        let r = s
-            .request("PUT", &path, Some(body), Some(&s.session), &[])
-            .await;
+    for body in [json!({"noSuchAction": {}}), json!({}), json!({"params": {"name": "x"}})] {
+        let r = s.request("PUT", &path, Some(body), Some(&s.session), &[]).await;
         assert_eq!(r.status, 400);
-        assert_eq!(
-            r.text,
-            format!("the body doesn't contain action mapping to the URL[/v1/zones/{u}/actions]")
-        );
+        assert_eq!(r.text, format!("the body doesn't contain action mapping to the URL[/v1/zones/{u}/actions]"));
     }
     // A known action key picks its API.
-    let r = s
-        .ok(
-            "PUT",
-            &path,
-            Some(json!({"changeZoneState": {"stateEvent": "disable"}})),
-        )
-        .await;
+    let r = s.ok("PUT", &path, Some(json!({"changeZoneState": {"stateEvent": "disable"}}))).await;
     assert_eq!(r["inventory"]["state"], "Disabled");
-    let r = s
-        .ok(
-            "PUT",
-            &path,
-            Some(json!({"updateZone": {"name": "renamed"}})),
-        )
-        .await;
+    let r = s.ok("PUT", &path, Some(json!({"updateZone": {"name": "renamed"}}))).await;
     assert_eq!(r["inventory"]["name"], "renamed");
     assert_eq!(r["inventory"]["state"], "Disabled");
 }
@@ -226,20 +177,9 @@ async fn rest_wrong_method_on_shared_path_is_405() {
             )
             .await;
         assert_eq!(r.status, 405, "{m}: {}", r.text);
-        assert_eq!(
-            r.text,
-            format!("The method[{m}] is not allowed for the path[/zstack/v1/zones/{u}/actions]")
-        );
+        assert_eq!(r.text, format!("The method[{m}] is not allowed for the path[/zstack/v1/zones/{u}/actions]"));
     }
-    let r = s
-        .request(
-            "PATCH",
-            "/zones",
-            Some(json!({"params": {"name": "x"}})),
-            Some(&s.session),
-            &[],
-        )
-        .await;
+    let r = s.request("PATCH", "/zones", Some(json!({"params": {"name": "x"}})), Some(&s.session), &[]).await;
     assert_eq!(r.status, 405, "{}", r.text);
     assert_eq!(zone_names(&s).await, ["z1"]);
 }
@@ -247,26 +187,14 @@ async fn rest_wrong_method_on_shared_path_is_405() {
 #[tokio::test]
 async fn rest_params_body_key() {
     let s = Server::start().await;
-    let r = s
-        .ok(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z1", "description": "d1"}})),
-        )
-        .await;
+    let r = s.ok("POST", "/zones", Some(json!({"params": {"name": "z1", "description": "d1"}}))).await;
     assert_eq!(r["inventory"]["name"], "z1");
     assert_eq!(r["inventory"]["description"], "d1");
     // Fields outside `params` are not message fields: name is then missing.
     let err = s.fails("POST", "/zones", Some(json!({"name": "z2"}))).await;
-    assert_error(
-        &err,
-        "SYS.1007",
-        &format!("field[name] of message[{VALIDATOR}] is mandatory, can not be null"),
-    );
+    assert_error(&err, "SYS.1007", &format!("field[name] of message[{VALIDATOR}] is mandatory, can not be null"));
     // An empty body is a message with all fields unset.
-    let r = s
-        .request("POST", "/zones", None, Some(&s.session), &[])
-        .await;
+    let r = s.request("POST", "/zones", None, Some(&s.session), &[]).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let p = s.poll(r.body["location"].as_str().unwrap()).await;
     assert_eq!(p.status, 503);
@@ -278,13 +206,7 @@ async fn rest_params_body_key() {
 async fn rest_validation_only_tag_top_level_and_inside_params() {
     let s = Server::start().await;
     // Top level.
-    let r = s
-        .ok(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "v1"}, "systemTags": ["validationOnly"]})),
-        )
-        .await;
+    let r = s.ok("POST", "/zones", Some(json!({"params": {"name": "v1"}, "systemTags": ["validationOnly"]}))).await;
     assert_eq!(r, json!({}));
     // Inside params (as the Java SDK sends it), userTags alongside.
     let r = s
@@ -295,27 +217,12 @@ async fn rest_validation_only_tag_top_level_and_inside_params() {
         )
         .await;
     assert_eq!(r, json!({}));
-    assert!(
-        zone_names(&s).await.is_empty(),
-        "validationOnly must not create anything"
-    );
+    assert!(zone_names(&s).await.is_empty(), "validationOnly must not create anything");
     // validationOnly still runs the parameter checks.
-    let err = s
-        .fails(
-            "POST",
-            "/zones",
-            Some(json!({"params": {}, "systemTags": ["validationOnly"]})),
-        )
-        .await;
+    let err = s.fails("POST", "/zones", Some(json!({"params": {}, "systemTags": ["validationOnly"]}))).await;
     assert_error(&err, "SYS.1007", "field[name]");
     // userTags at the top level are accepted.
-    let r = s
-        .ok(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "real"}, "userTags": ["u1"]})),
-        )
-        .await;
+    let r = s.ok("POST", "/zones", Some(json!({"params": {"name": "real"}, "userTags": ["u1"]}))).await;
     assert_eq!(r["inventory"]["name"], "real");
     assert_eq!(zone_names(&s).await, ["real"]);
 }
@@ -347,22 +254,10 @@ async fn rest_top_level_tags_win_over_params_tags() {
 #[tokio::test]
 async fn rest_unknown_system_tag_is_sys_1007() {
     let s = Server::start().await;
-    let err = s
-        .fails(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z"}, "systemTags": ["noSuchTag::x"]})),
-        )
-        .await;
+    let err = s.fails("POST", "/zones", Some(json!({"params": {"name": "z"}, "systemTags": ["noSuchTag::x"]}))).await;
     assert_error(&err, "SYS.1007", "no system tag matches noSuchTag::x");
     assert_eq!(err["details"], "no system tag matches noSuchTag::x");
-    let err = s
-        .fails(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z", "systemTags": ["other"]}})),
-        )
-        .await;
+    let err = s.fails("POST", "/zones", Some(json!({"params": {"name": "z", "systemTags": ["other"]}}))).await;
     assert_eq!(err["details"], "no system tag matches other");
     assert!(zone_names(&s).await.is_empty());
 }
@@ -387,19 +282,9 @@ async fn rest_invalid_json_body_is_400() {
 #[tokio::test]
 async fn rest_boolean_type_check_is_400() {
     let s = Server::start().await;
-    for (v, shown) in [
-        (json!("maybe"), "maybe"),
-        (json!("yes"), "yes"),
-        (json!(1.5), "1.5"),
-    ] {
+    for (v, shown) in [(json!("maybe"), "maybe"), (json!("yes"), "yes"), (json!(1.5), "1.5")] {
         let r = s
-            .request(
-                "POST",
-                "/zones",
-                Some(json!({"params": {"name": "z", "isDefault": v}})),
-                Some(&s.session),
-                &[],
-            )
+            .request("POST", "/zones", Some(json!({"params": {"name": "z", "isDefault": v}})), Some(&s.session), &[])
             .await;
         assert_eq!(r.status, 400, "{}", r.text);
         assert_eq!(
@@ -411,21 +296,9 @@ async fn rest_boolean_type_check_is_400() {
     }
     assert!(zone_names(&s).await.is_empty());
     // true/false in any case are fine.
-    let r = s
-        .ok(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z", "isDefault": "TRUE"}})),
-        )
-        .await;
+    let r = s.ok("POST", "/zones", Some(json!({"params": {"name": "z", "isDefault": "TRUE"}}))).await;
     assert_eq!(r["inventory"]["isDefault"], true);
-    let r = s
-        .ok(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "y", "isDefault": "false"}})),
-        )
-        .await;
+    let r = s.ok("POST", "/zones", Some(json!({"params": {"name": "y", "isDefault": "false"}}))).await;
     assert_eq!(r["inventory"]["isDefault"], false);
 }
 
@@ -433,34 +306,13 @@ async fn rest_boolean_type_check_is_400() {
 async fn rest_integer_type_check_is_400() {
     let s = Server::start().await;
     let path = format!("/accounts/sessions/{}/renew", s.session);
-    for (v, shown) in [
-        (json!("abc"), "abc"),
-        (json!(1.5), "1.5"),
-        (json!("600.5"), "600.5"),
-    ] {
-        let r = s
-            .request(
-                "PUT",
-                &path,
-                Some(json!({"renewSession": {"duration": v}})),
-                Some(&s.session),
-                &[],
-            )
-            .await;
+    for (v, shown) in [(json!("abc"), "abc"), (json!(1.5), "1.5"), (json!("600.5"), "600.5")] {
+        let r = s.request("PUT", &path, Some(json!({"renewSession": {"duration": v}})), Some(&s.session), &[]).await;
         assert_eq!(r.status, 400, "{}", r.text);
-        assert_eq!(
-            r.text,
-            format!("[duration] field is excepted an int or long, but was [{shown}].")
-        );
+        assert_eq!(r.text, format!("[duration] field is excepted an int or long, but was [{shown}]."));
     }
     // An integral value, also as a string, is accepted.
-    let r = s
-        .ok(
-            "PUT",
-            &path,
-            Some(json!({"renewSession": {"duration": "600"}})),
-        )
-        .await;
+    let r = s.ok("PUT", &path, Some(json!({"renewSession": {"duration": "600"}}))).await;
     let inv = &r["inventory"];
     assert!(date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]) >= 600);
 }
@@ -472,9 +324,7 @@ async fn rest_delete_params_from_query_string() {
     let b = s.create_zone("b").await;
     let (ua, ub) = (a["uuid"].as_str().unwrap(), b["uuid"].as_str().unwrap());
     // An invalid deleteMode in the query string is checked like a body field.
-    let err = s
-        .fails("DELETE", &format!("/zones/{ua}?deleteMode=Bogus"), None)
-        .await;
+    let err = s.fails("DELETE", &format!("/zones/{ua}?deleteMode=Bogus"), None).await;
     assert_error(
         &err,
         "SYS.1007",
@@ -483,22 +333,10 @@ async fn rest_delete_params_from_query_string() {
         ),
     );
     assert_eq!(zone_names(&s).await, ["a", "b"]);
-    let r = s
-        .ok(
-            "DELETE",
-            &format!("/zones/{ua}?deleteMode=Permissive"),
-            None,
-        )
-        .await;
+    let r = s.ok("DELETE", &format!("/zones/{ua}?deleteMode=Permissive"), None).await;
     assert_eq!(r, json!({}));
     assert_eq!(zone_names(&s).await, ["b"]);
-    let r = s
-        .ok(
-            "DELETE",
-            &format!("/zones/{ub}?deleteMode=Enforcing&unknownKey=1"),
-            None,
-        )
-        .await;
+    let r = s.ok("DELETE", &format!("/zones/{ub}?deleteMode=Enforcing&unknownKey=1"), None).await;
     assert_eq!(r, json!({}));
     assert!(zone_names(&s).await.is_empty());
 }
@@ -510,46 +348,27 @@ async fn rest_delete_params_from_query_string() {
 #[tokio::test]
 async fn job_location_echoes_host_header_and_default_timeout() {
     let s = Server::start().await;
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "z"}}),
-        &[("Host", "mn.example.com:8080")],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {"name": "z"}}), &[("Host", "mn.example.com:8080")]).await;
     let loc = r["location"].as_str().unwrap();
     let job = job_uuid_of(&r["location"]);
     assert!(is_hex32(&job), "{loc}");
-    assert_eq!(
-        loc,
-        format!("http://mn.example.com:8080/zstack/v1/api-jobs/{job}")
-    );
+    assert_eq!(loc, format!("http://mn.example.com:8080/zstack/v1/api-jobs/{job}"));
     assert_eq!(r["apiTimeout"], json!(1800000));
     assert!(r["apiTimeout"].is_u64());
     assert_eq!(r.as_object().unwrap().len(), 2, "{r}");
     // Without a custom Host header the location is this server's address.
     let r = post_zone(&s, json!({"params": {"name": "y"}}), &[]).await;
     let job2 = job_uuid_of(&r["location"]);
-    assert_eq!(
-        r["location"],
-        format!("http://127.0.0.1:{}/zstack/v1/api-jobs/{job2}", s.port)
-    );
+    assert_eq!(r["location"], format!("http://127.0.0.1:{}/zstack/v1/api-jobs/{job2}", s.port));
     assert_ne!(job, job2);
-    assert_eq!(
-        s.poll(&s.url(&format!("/api-jobs/{job}"))).await.status,
-        200
-    );
+    assert_eq!(s.poll(&s.url(&format!("/api-jobs/{job}"))).await.status, 200);
     assert_eq!(s.poll(r["location"].as_str().unwrap()).await.status, 200);
 }
 
 #[tokio::test]
 async fn job_api_timeout_header() {
     let s = Server::start().await;
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "z"}}),
-        &[("X-API-Timeout", "60")],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {"name": "z"}}), &[("X-API-Timeout", "60")]).await;
     assert_eq!(r["apiTimeout"], json!(60000));
     assert_eq!(s.poll(r["location"].as_str().unwrap()).await.status, 200);
 }
@@ -575,10 +394,7 @@ async fn job_poll_schema_only_with_header() {
     let loc = r["location"].as_str().unwrap().to_string();
     let with = s.poll(&loc).await; // the harness poll sends X-JSON-Schema
     assert_eq!(with.status, 200);
-    assert_eq!(
-        with.body["schema"]["inventory"],
-        "org.zstack.header.zone.ZoneInventory"
-    );
+    assert_eq!(with.body["schema"]["inventory"], "org.zstack.header.zone.ZoneInventory");
     let without = s.request("GET", &loc, None, None, &[]).await;
     assert_eq!(without.status, 200);
     assert!(without.body.get("schema").is_none(), "{}", without.text);
@@ -593,52 +409,31 @@ async fn job_poll_schema_only_with_header() {
 async fn job_failure_is_503_with_error_object() {
     let s = Server::start().await;
     let r = post_zone(&s, json!({"params": {"description": "no name"}}), &[]).await;
-    let p = s
-        .request(
-            "GET",
-            r["location"].as_str().unwrap(),
-            None,
-            None,
-            &[("X-JSON-Schema", "true")],
-        )
-        .await;
-    let p = if p.status == 202 {
-        s.poll(r["location"].as_str().unwrap()).await
-    } else {
-        p
-    };
+    let p = s.request("GET", r["location"].as_str().unwrap(), None, None, &[("X-JSON-Schema", "true")]).await;
+    let p = if p.status == 202 { s.poll(r["location"].as_str().unwrap()).await } else { p };
     assert_eq!(p.status, 503, "{}", p.text);
     let obj = p.body.as_object().unwrap();
     assert_eq!(obj.keys().collect::<Vec<_>>(), ["error"]);
     let e = &p.body["error"];
     assert_eq!(e["code"], "SYS.1007");
     assert_eq!(e["description"], "One or more API argument is invalid");
-    assert_eq!(
-        e["details"],
-        format!("field[name] of message[{VALIDATOR}] is mandatory, can not be null")
-    );
+    assert_eq!(e["details"], format!("field[name] of message[{VALIDATOR}] is mandatory, can not be null"));
     assert!(zone_names(&s).await.is_empty());
 }
 
 #[tokio::test]
 async fn job_unknown_uuid_is_404_and_non_get_is_405() {
     let s = Server::start().await;
-    let r = s
-        .request("GET", &format!("/api-jobs/{}", uuid32()), None, None, &[])
-        .await;
+    let r = s.request("GET", &format!("/api-jobs/{}", uuid32()), None, None, &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.text, "the job has been expired");
-    let r = s
-        .request("GET", "/api-jobs/not-a-uuid", None, None, &[])
-        .await;
+    let r = s.request("GET", "/api-jobs/not-a-uuid", None, None, &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.text, "the job has been expired");
     let r = post_zone(&s, json!({"params": {"name": "z"}}), &[]).await;
     let loc = r["location"].as_str().unwrap().to_string();
     for m in ["PUT", "POST", "DELETE"] {
-        let r = s
-            .request(m, &loc, Some(json!({})), Some(&s.session), &[])
-            .await;
+        let r = s.request(m, &loc, Some(json!({})), Some(&s.session), &[]).await;
         assert_eq!(r.status, 405, "{m}");
         assert_eq!(r.text, "only GET method is allowed for querying job status");
     }
@@ -652,16 +447,8 @@ async fn job_unknown_uuid_is_404_and_non_get_is_405() {
 async fn job_x_job_uuid_header() {
     let s = Server::start().await;
     let job = uuid32();
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "z"}}),
-        &[("X-Job-UUID", &job)],
-    )
-    .await;
-    assert_eq!(
-        r["location"],
-        format!("http://127.0.0.1:{}/zstack/v1/api-jobs/{job}", s.port)
-    );
+    let r = post_zone(&s, json!({"params": {"name": "z"}}), &[("X-Job-UUID", &job)]).await;
+    assert_eq!(r["location"], format!("http://127.0.0.1:{}/zstack/v1/api-jobs/{job}", s.port));
     let p = s.poll(&s.url(&format!("/api-jobs/{job}"))).await;
     assert_eq!(p.status, 200);
     assert_eq!(p.body["inventory"]["name"], "z");
@@ -680,19 +467,8 @@ async fn job_x_job_uuid_header() {
     assert_eq!(r.text, format!("Duplicate job uuid[{job}]"));
     // Also on DELETE and PUT.
     let u = p.body["inventory"]["uuid"].as_str().unwrap().to_string();
-    let r = s
-        .request(
-            "DELETE",
-            &format!("/zones/{u}"),
-            None,
-            Some(&s.session),
-            &[("X-Job-UUID", &job)],
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.text.as_str()),
-        (400, format!("Duplicate job uuid[{job}]").as_str())
-    );
+    let r = s.request("DELETE", &format!("/zones/{u}"), None, Some(&s.session), &[("X-Job-UUID", &job)]).await;
+    assert_eq!((r.status, r.text.as_str()), (400, format!("Duplicate job uuid[{job}]").as_str()));
     let r = s
         .request(
             "PUT",
@@ -705,11 +481,7 @@ async fn job_x_job_uuid_header() {
     assert_eq!(r.status, 400);
 
     // Not 32 characters → 400.
-    for bad in [
-        "abc",
-        "36c27e8f-f05c-4780-bf6d-2fa65700f22e",
-        &format!("{job}0"),
-    ] {
+    for bad in ["abc", "36c27e8f-f05c-4780-bf6d-2fa65700f22e", &format!("{job}0")] {
         let r = s
             .request(
                 "POST",
@@ -720,17 +492,11 @@ async fn job_x_job_uuid_header() {
             )
             .await;
         assert_eq!(r.status, 400, "{bad}");
-        assert_eq!(
-            r.text,
-            "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped"
-        );
+        assert_eq!(r.text, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped");
     }
     assert_eq!(zone_names(&s).await, ["z"]);
     // The first job's result is unchanged.
-    assert_eq!(
-        s.poll(&s.url(&format!("/api-jobs/{job}"))).await.body,
-        p.body
-    );
+    assert_eq!(s.poll(&s.url(&format!("/api-jobs/{job}"))).await.body, p.body);
 }
 
 // --- web hooks --------------------------------------------------------------------------
@@ -759,19 +525,10 @@ async fn hook_handler(
 /// A web-hook receiver on 127.0.0.1:0; returns its URL and the stream of calls.
 async fn start_hook(
     fail_first: usize,
-) -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, String)>,
-) {
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, String)>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let h = Arc::new(Hook {
-        fail_first,
-        calls: AtomicUsize::new(0),
-        tx,
-    });
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(hook_handler))
-        .with_state(h);
+    let h = Arc::new(Hook { fail_first, calls: AtomicUsize::new(0), tx });
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook_handler)).with_state(h);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -799,41 +556,23 @@ async fn webhook_success_and_failure() {
     let (url, mut rx) = start_hook(0).await;
 
     let job = uuid32();
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "hooked"}}),
-        &[("X-Web-Hook", &url), ("X-Job-UUID", &job)],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {"name": "hooked"}}), &[("X-Web-Hook", &url), ("X-Job-UUID", &job)]).await;
     let (h, body) = next_call(&mut rx).await;
     assert_eq!(hdr(&h, "x-job-uuid"), job);
     assert_eq!(hdr(&h, "x-job-success"), "true");
-    assert!(
-        hdr(&h, "content-type").starts_with("application/json"),
-        "{:?}",
-        h
-    );
-    let p = s
-        .request("GET", r["location"].as_str().unwrap(), None, None, &[])
-        .await;
+    assert!(hdr(&h, "content-type").starts_with("application/json"), "{:?}", h);
+    let p = s.request("GET", r["location"].as_str().unwrap(), None, None, &[]).await;
     assert_eq!(p.status, 200);
     let hook_body: Value = serde_json::from_str(&body).expect("hook body is JSON");
     assert_eq!(hook_body, p.body);
     assert_eq!(hook_body["inventory"]["name"], "hooked");
 
     let job = uuid32();
-    let r = post_zone(
-        &s,
-        json!({"params": {}}),
-        &[("X-Web-Hook", &url), ("X-Job-UUID", &job)],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {}}), &[("X-Web-Hook", &url), ("X-Job-UUID", &job)]).await;
     let (h, body) = next_call(&mut rx).await;
     assert_eq!(hdr(&h, "x-job-uuid"), job);
     assert_eq!(hdr(&h, "x-job-success"), "false");
-    let p = s
-        .request("GET", r["location"].as_str().unwrap(), None, None, &[])
-        .await;
+    let p = s.request("GET", r["location"].as_str().unwrap(), None, None, &[]).await;
     assert_eq!(p.status, 503);
     let hook_body: Value = serde_json::from_str(&body).expect("hook body is JSON");
     assert_eq!(hook_body, p.body);
@@ -846,12 +585,7 @@ async fn webhook_retried_after_error_answer() {
     let s = Server::start().await;
     let (url, mut rx) = start_hook(1).await;
     let job = uuid32();
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "retry"}}),
-        &[("X-Web-Hook", &url), ("X-Job-UUID", &job)],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {"name": "retry"}}), &[("X-Web-Hook", &url), ("X-Job-UUID", &job)]).await;
     let (h1, b1) = next_call(&mut rx).await; // answered 500
     let (h2, b2) = next_call(&mut rx).await; // the retry, answered 200
     assert_eq!(hdr(&h1, "x-job-uuid"), job);
@@ -859,18 +593,11 @@ async fn webhook_retried_after_error_answer() {
     assert_eq!(hdr(&h2, "x-job-success"), "true");
     assert_eq!(b1, b2);
     // The job stays pollable and the body is the poll result.
-    let p = s
-        .request("GET", r["location"].as_str().unwrap(), None, None, &[])
-        .await;
+    let p = s.request("GET", r["location"].as_str().unwrap(), None, None, &[]).await;
     assert_eq!(p.status, 200);
     assert_eq!(serde_json::from_str::<Value>(&b2).unwrap(), p.body);
     // No more calls after a 2xx.
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), rx.recv())
-            .await
-            .is_err(),
-        "called again after a 200"
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.is_err(), "called again after a 200");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -881,23 +608,13 @@ async fn webhook_retried_after_error_answer() {
 async fn crash_during_job_resumes_after_restart() {
     let mut s = Server::start_with_env(delay_env(3000)).await;
     let job = uuid32();
-    post_zone(
-        &s,
-        json!({"params": {"name": "crash"}}),
-        &[("X-Job-UUID", &job)],
-    )
-    .await;
+    post_zone(&s, json!({"params": {"name": "crash"}}), &[("X-Job-UUID", &job)]).await;
     let path = format!("/api-jobs/{job}");
     assert_eq!(s.request("GET", &path, None, None, &[]).await.status, 202);
     s.kill9();
     s.restart().await;
     let p = s.poll(&s.url(&path)).await; // 60 s deadline
-    assert!(
-        p.status == 200 || p.status == 503,
-        "job stayed {}: {}",
-        p.status,
-        p.text
-    );
+    assert!(p.status == 200 || p.status == 503, "job stayed {}: {}", p.status, p.text);
     let zones = s.query("/zones").await;
     if p.status == 200 {
         assert_eq!(zones.len(), 1, "{zones:?}");
@@ -908,13 +625,7 @@ async fn crash_during_job_resumes_after_restart() {
     }
     // After the crash the session is still good and the job uuid still taken.
     let r = s
-        .request(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "x"}})),
-            Some(&s.session),
-            &[("X-Job-UUID", &job)],
-        )
+        .request("POST", "/zones", Some(json!({"params": {"name": "x"}})), Some(&s.session), &[("X-Job-UUID", &job)])
         .await;
     assert_eq!(r.status, 400);
 }
@@ -924,12 +635,7 @@ async fn crash_resumed_create_keeps_resource_uuid() {
     // resourceUuid fixed by the caller: the resumed job makes exactly that zone, once.
     let mut s = Server::start_with_env(delay_env(3000)).await;
     let ru = uuid32(); // a UUID4: matches upstream's resourceUuid pattern
-    let r = post_zone(
-        &s,
-        json!({"params": {"name": "fixed", "resourceUuid": ru}}),
-        &[],
-    )
-    .await;
+    let r = post_zone(&s, json!({"params": {"name": "fixed", "resourceUuid": ru}}), &[]).await;
     let job = job_uuid_of(&r["location"]);
     s.kill9();
     s.restart().await;
@@ -945,31 +651,19 @@ async fn crash_resumed_create_keeps_resource_uuid() {
 async fn crash_three_times_fails_job_with_sys_1000() {
     let mut s = Server::start_with_env(delay_env(6000)).await;
     let job = uuid32();
-    post_zone(
-        &s,
-        json!({"params": {"name": "doomed"}}),
-        &[("X-Job-UUID", &job)],
-    )
-    .await;
+    post_zone(&s, json!({"params": {"name": "doomed"}}), &[("X-Job-UUID", &job)]).await;
     let path = format!("/api-jobs/{job}");
     assert_eq!(s.request("GET", &path, None, None, &[]).await.status, 202);
     for attempt in 2..=3 {
         s.restart().await; // kill -9, start again: the job is resumed
         let r = s.request("GET", &path, None, None, &[]).await;
-        assert_eq!(
-            r.status, 202,
-            "attempt {attempt} should be running: {}",
-            r.text
-        );
+        assert_eq!(r.status, 202, "attempt {attempt} should be running: {}", r.text);
     }
     s.restart().await;
     let p = s.poll(&s.url(&path)).await;
     assert_eq!(p.status, 503, "{}", p.text);
     assert_error(&p.body["error"], "SYS.1000", &format!("job[uuid:{job}]"));
-    assert_eq!(
-        p.body["error"]["description"],
-        "An internal error happened in system"
-    );
+    assert_eq!(p.body["error"]["description"], "An internal error happened in system");
     assert!(zone_names(&s).await.is_empty());
 }
 
@@ -977,24 +671,13 @@ async fn crash_three_times_fails_job_with_sys_1000() {
 async fn sigterm_is_clean_and_data_survives() {
     let mut s = Server::start().await;
     let z = s.create_zone("kept").await;
-    assert!(
-        s.terminate(),
-        "SIGTERM must end the server with exit status 0"
-    );
+    assert!(s.terminate(), "SIGTERM must end the server with exit status 0");
     s.restart().await;
     let zones = s.query("/zones").await;
     assert_eq!(zones.len(), 1);
     assert_eq!(zones[0], z);
     // The session made before the restart still works.
-    let v = s
-        .request(
-            "GET",
-            &format!("/accounts/sessions/{}/valid", s.session),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    let v = s.request("GET", &format!("/accounts/sessions/{}/valid", s.session), None, None, &[]).await;
     assert_eq!(v.body, json!({"valid": true}));
 }
 
@@ -1002,25 +685,11 @@ async fn sigterm_is_clean_and_data_survives() {
 async fn sigterm_waits_for_running_job() {
     let mut s = Server::start_with_env(delay_env(2000)).await;
     let job = uuid32();
-    post_zone(
-        &s,
-        json!({"params": {"name": "finishing"}}),
-        &[("X-Job-UUID", &job)],
-    )
-    .await;
-    assert!(
-        s.terminate(),
-        "SIGTERM must end the server with exit status 0"
-    );
+    post_zone(&s, json!({"params": {"name": "finishing"}}), &[("X-Job-UUID", &job)]).await;
+    assert!(s.terminate(), "SIGTERM must end the server with exit status 0");
     s.restart().await;
-    let p = s
-        .request("GET", &format!("/api-jobs/{job}"), None, None, &[])
-        .await;
-    assert_eq!(
-        p.status, 200,
-        "the running job should have finished before exit: {}",
-        p.text
-    );
+    let p = s.request("GET", &format!("/api-jobs/{job}"), None, None, &[]).await;
+    assert_eq!(p.status, 200, "the running job should have finished before exit: {}", p.text);
     assert_eq!(zone_names(&s).await, ["finishing"]);
 }
 
@@ -1044,10 +713,7 @@ async fn session_login_inventory() {
     let s = Server::start().await;
     let r = login_raw(&s, ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(
-        r.body.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["inventory"]
-    );
+    assert_eq!(r.body.as_object().unwrap().keys().collect::<Vec<_>>(), ["inventory"]);
     let inv = &r.body["inventory"];
     assert!(is_hex32(inv["uuid"].as_str().unwrap()));
     assert_ne!(inv["uuid"], s.session.as_str());
@@ -1055,17 +721,11 @@ async fn session_login_inventory() {
     assert_eq!(inv["userUuid"], "36c27e8ff05c4780bf6d2fa65700f22e");
     assert_eq!(inv["noSessionEvaluation"], false);
     // Default identity.session.timeout is 7200 s.
-    assert_eq!(
-        date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]),
-        7200
-    );
+    assert_eq!(date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]), 7200);
     // With X-JSON-Schema the reply carries the schema.
     let r = login_raw(&s, ADMIN_PASSWORD, &[("X-JSON-Schema", "true")]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.body["schema"]["inventory"],
-        "org.zstack.header.identity.SessionInventory"
-    );
+    assert_eq!(r.body["schema"]["inventory"], "org.zstack.header.identity.SessionInventory");
     // The new session works.
     let u = r.body["inventory"]["uuid"].as_str().unwrap();
     let q = s.request("GET", "/zones", None, Some(u), &[]).await;
@@ -1093,15 +753,8 @@ async fn session_wrong_password_is_id_1000() {
     assert_eq!(r.status, 503);
     assert_eq!(r.body["error"]["code"], "ID.1000");
     // Missing password: a parameter error.
-    let r = s
-        .request(
-            "PUT",
-            "/accounts/login",
-            Some(json!({"logInByAccount": {"accountName": "admin"}})),
-            None,
-            &[],
-        )
-        .await;
+    let r =
+        s.request("PUT", "/accounts/login", Some(json!({"logInByAccount": {"accountName": "admin"}})), None, &[]).await;
     assert_eq!(r.status, 503);
     assert_error(&r.body["error"], "SYS.1007", "field[password]");
 }
@@ -1110,46 +763,15 @@ async fn session_wrong_password_is_id_1000() {
 async fn session_authorization_header_checks() {
     let s = Server::start().await;
     let r = s.request("GET", "/zones", None, None, &[]).await;
-    assert_eq!(
-        (r.status, r.text.as_str()),
-        (400, "missing header 'Authorization'")
-    );
-    let r = s
-        .request(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z"}})),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.text.as_str()),
-        (400, "missing header 'Authorization'")
-    );
+    assert_eq!((r.status, r.text.as_str()), (400, "missing header 'Authorization'"));
+    let r = s.request("POST", "/zones", Some(json!({"params": {"name": "z"}})), None, &[]).await;
+    assert_eq!((r.status, r.text.as_str()), (400, "missing header 'Authorization'"));
     for auth in ["Basic x", "Bearer abc", &format!("ZStacky {}", s.session)] {
-        let r = s
-            .request("GET", "/zones", None, None, &[("Authorization", auth)])
-            .await;
-        assert_eq!(
-            (r.status, r.text.as_str()),
-            (400, "Authorization type must be 'OAuth'"),
-            "{auth}"
-        );
-        let r = s
-            .request(
-                "POST",
-                "/zones",
-                Some(json!({"params": {"name": "z"}})),
-                None,
-                &[("Authorization", auth)],
-            )
-            .await;
-        assert_eq!(
-            (r.status, r.text.as_str()),
-            (400, "Authorization type must be 'OAuth'"),
-            "{auth}"
-        );
+        let r = s.request("GET", "/zones", None, None, &[("Authorization", auth)]).await;
+        assert_eq!((r.status, r.text.as_str()), (400, "Authorization type must be 'OAuth'"), "{auth}");
+        let r =
+            s.request("POST", "/zones", Some(json!({"params": {"name": "z"}})), None, &[("Authorization", auth)]).await;
+        assert_eq!((r.status, r.text.as_str()), (400, "Authorization type must be 'OAuth'"), "{auth}");
     }
     assert!(zone_names(&s).await.is_empty());
 }
@@ -1162,21 +784,10 @@ async fn session_unknown_on_query_and_async() {
     assert_eq!(r.status, 503, "{}", r.text);
     let e = &r.body["error"];
     assert_eq!(e["code"], "ID.1001");
-    assert_eq!(
-        e["description"],
-        "The session is invalid, either wrong session id or the session has been expired"
-    );
+    assert_eq!(e["description"], "The session is invalid, either wrong session id or the session has been expired");
     assert_eq!(e["details"], "Session expired");
     // Async: accepted, then the job fails.
-    let r = s
-        .request(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z"}})),
-            Some(&bogus),
-            &[],
-        )
-        .await;
+    let r = s.request("POST", "/zones", Some(json!({"params": {"name": "z"}})), Some(&bogus), &[]).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let p = s.poll(r.body["location"].as_str().unwrap()).await;
     assert_eq!(p.status, 503);
@@ -1188,15 +799,7 @@ async fn session_unknown_on_query_and_async() {
 async fn session_parameter_errors_come_before_session_errors() {
     let s = Server::start().await;
     let bogus = uuid32();
-    let r = s
-        .request(
-            "POST",
-            "/zones",
-            Some(json!({"params": {}})),
-            Some(&bogus),
-            &[],
-        )
-        .await;
+    let r = s.request("POST", "/zones", Some(json!({"params": {}})), Some(&bogus), &[]).await;
     assert_eq!(r.status, 202);
     let p = s.poll(r.body["location"].as_str().unwrap()).await;
     assert_eq!(p.status, 503);
@@ -1224,16 +827,7 @@ async fn session_validate_and_logout() {
     let other = s.login().await;
     let valid = |u: String| {
         let s = &s;
-        async move {
-            s.request(
-                "GET",
-                &format!("/accounts/sessions/{u}/valid"),
-                None,
-                None,
-                &[],
-            )
-            .await
-        }
+        async move { s.request("GET", &format!("/accounts/sessions/{u}/valid"), None, None, &[]).await }
     };
     let r = valid(other.clone()).await;
     assert_eq!((r.status, &r.body), (200, &json!({"valid": true})));
@@ -1241,15 +835,7 @@ async fn session_validate_and_logout() {
     assert_eq!((r.status, &r.body), (200, &json!({"valid": false})));
 
     // Logout needs no Authorization.
-    let r = s
-        .request(
-            "DELETE",
-            &format!("/accounts/sessions/{other}"),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    let r = s.request("DELETE", &format!("/accounts/sessions/{other}"), None, None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({}));
     assert_eq!(valid(other.clone()).await.body, json!({"valid": false}));
@@ -1257,15 +843,7 @@ async fn session_validate_and_logout() {
     assert_eq!(q.status, 503);
     assert_eq!(q.body["error"]["code"], "ID.1001");
     // Logging out twice is fine; the admin session is untouched.
-    let r = s
-        .request(
-            "DELETE",
-            &format!("/accounts/sessions/{other}"),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    let r = s.request("DELETE", &format!("/accounts/sessions/{other}"), None, None, &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(valid(s.session.clone()).await.body, json!({"valid": true}));
 }
@@ -1275,15 +853,7 @@ async fn session_renew() {
     let s = Server::start().await;
     let other = s.login().await;
     let path = format!("/accounts/sessions/{other}/renew");
-    let r = s
-        .request(
-            "PUT",
-            &path,
-            Some(json!({"renewSession": {"duration": 600}})),
-            Some(&other),
-            &[],
-        )
-        .await;
+    let r = s.request("PUT", &path, Some(json!({"renewSession": {"duration": 600}})), Some(&other), &[]).await;
     assert_eq!(r.status, 202, "renew is async: {}", r.text);
     let p = s.poll(r.body["location"].as_str().unwrap()).await;
     assert_eq!(p.status, 200, "{}", p.text);
@@ -1293,50 +863,20 @@ async fn session_renew() {
     // expiredDate ≈ now + 600 s (createDate is the login time, a moment ago).
     let d = date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]);
     assert!((600..=660).contains(&d), "expiredDate - createDate = {d}");
-    assert_eq!(
-        p.body["schema"]["inventory"],
-        "org.zstack.header.identity.SessionInventory"
-    );
-    let v = s
-        .request(
-            "GET",
-            &format!("/accounts/sessions/{other}/valid"),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    assert_eq!(p.body["schema"]["inventory"], "org.zstack.header.identity.SessionInventory");
+    let v = s.request("GET", &format!("/accounts/sessions/{other}/valid"), None, None, &[]).await;
     assert_eq!(v.body, json!({"valid": true}));
 
     // Out of range: SYS.1007, expiry unchanged.
     for bad in [10, 59, 31536001i64] {
-        let r = s
-            .request(
-                "PUT",
-                &path,
-                Some(json!({"renewSession": {"duration": bad}})),
-                Some(&other),
-                &[],
-            )
-            .await;
+        let r = s.request("PUT", &path, Some(json!({"renewSession": {"duration": bad}})), Some(&other), &[]).await;
         assert_eq!(r.status, 202);
         let p = s.poll(r.body["location"].as_str().unwrap()).await;
         assert_eq!(p.status, 503);
-        assert_error(
-            &p.body["error"],
-            "SYS.1007",
-            "field[duration] must be in range of [60, 31536000]",
-        );
+        assert_error(&p.body["error"], "SYS.1007", "field[duration] must be in range of [60, 31536000]");
     }
-    let again = s
-        .ok(
-            "PUT",
-            &path,
-            Some(json!({"renewSession": {"duration": 60}})),
-        )
-        .await;
-    let d =
-        date_of(&again["inventory"]["expiredDate"]) - date_of(&again["inventory"]["createDate"]);
+    let again = s.ok("PUT", &path, Some(json!({"renewSession": {"duration": 60}}))).await;
+    let d = date_of(&again["inventory"]["expiredDate"]) - date_of(&again["inventory"]["createDate"]);
     assert!((60..=120).contains(&d), "{d}");
 }
 
@@ -1344,40 +884,20 @@ async fn session_renew() {
 async fn session_expires_after_identity_session_timeout() {
     let mut s = Server::start().await;
     // UpdateGlobalConfig is not available yet: write the config and restart.
-    s.write_global_config("identity", "session.timeout", "3")
-        .await;
+    s.write_global_config("identity", "session.timeout", "3").await;
     s.restart().await;
     let r = login_raw(&s, ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status, 200);
     let inv = &r.body["inventory"];
-    assert_eq!(
-        date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]),
-        3
-    );
+    assert_eq!(date_of(&inv["expiredDate"]) - date_of(&inv["createDate"]), 3);
     let short = inv["uuid"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    let v = s
-        .request(
-            "GET",
-            &format!("/accounts/sessions/{short}/valid"),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    let v = s.request("GET", &format!("/accounts/sessions/{short}/valid"), None, None, &[]).await;
     assert_eq!(v.body, json!({"valid": false}));
     let q = s.request("GET", "/zones", None, Some(&short), &[]).await;
     assert_eq!(q.status, 503);
     assert_error(&q.body["error"], "ID.1001", "Session expired");
-    let r = s
-        .request(
-            "POST",
-            "/zones",
-            Some(json!({"params": {"name": "z"}})),
-            Some(&short),
-            &[],
-        )
-        .await;
+    let r = s.request("POST", "/zones", Some(json!({"params": {"name": "z"}})), Some(&short), &[]).await;
     assert_eq!(r.status, 202);
     let p = s.poll(r.body["location"].as_str().unwrap()).await;
     assert_error(&p.body["error"], "ID.1001", "Session expired");
@@ -1388,28 +908,15 @@ async fn session_expires_after_identity_session_timeout() {
 #[tokio::test]
 async fn session_max_concurrent_is_id_1006() {
     let mut s = Server::start().await;
-    s.write_global_config("identity", "session.maxConcurrent", "2")
-        .await;
+    s.write_global_config("identity", "session.maxConcurrent", "2").await;
     s.restart().await;
     // The harness session is the first; one more fits.
     let second = s.login().await;
     let r = login_raw(&s, ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status, 503, "{}", r.text);
-    assert_error(
-        &r.body["error"],
-        "ID.1006",
-        "Login sessions hit limit of max allowed concurrent login sessions",
-    );
+    assert_error(&r.body["error"], "ID.1006", "Login sessions hit limit of max allowed concurrent login sessions");
     // Logging one out makes room again.
-    let r = s
-        .request(
-            "DELETE",
-            &format!("/accounts/sessions/{second}"),
-            None,
-            None,
-            &[],
-        )
-        .await;
+    let r = s.request("DELETE", &format!("/accounts/sessions/{second}"), None, None, &[]).await;
     assert_eq!(r.status, 200);
     let r = login_raw(&s, ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -1422,21 +929,10 @@ async fn session_max_concurrent_is_id_1006() {
 #[tokio::test]
 async fn mn_get_version() {
     let s = Server::start().await;
-    let r = s
-        .request(
-            "PUT",
-            "/management-nodes/actions",
-            Some(json!({"getVersion": {}})),
-            None,
-            &[],
-        )
-        .await;
+    let r = s.request("PUT", "/management-nodes/actions", Some(json!({"getVersion": {}})), None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let v = r.body["version"].as_str().expect("version string");
-    assert!(
-        !v.is_empty() && v.split('.').all(|p| p.parse::<u32>().is_ok()),
-        "{v}"
-    );
+    assert!(!v.is_empty() && v.split('.').all(|p| p.parse::<u32>().is_ok()), "{v}");
     // upstream maps every reply field: {"success": true, "version": ...}
     assert_eq!(r.body["success"], true);
     assert_eq!(r.body.as_object().unwrap().len(), 2);
@@ -1445,16 +941,11 @@ async fn mn_get_version() {
 #[tokio::test]
 async fn mn_ready_and_query() {
     let s = Server::start().await;
-    let r = s
-        .request("GET", "/management-nodes/ready", None, None, &[])
-        .await;
+    let r = s.request("GET", "/management-nodes/ready", None, None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({}));
     let r = s.request("GET", "/management-nodes", None, None, &[]).await;
-    assert_eq!(
-        (r.status, r.text.as_str()),
-        (400, "missing header 'Authorization'")
-    );
+    assert_eq!((r.status, r.text.as_str()), (400, "missing header 'Authorization'"));
     let r = s.get("/management-nodes").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let nodes = r.body["inventories"].as_array().unwrap();
@@ -1465,8 +956,5 @@ async fn mn_ready_and_query() {
     let join = date_of(&n["joinDate"]);
     let beat = date_of(&n["heartBeat"]);
     assert!(beat >= join);
-    assert_eq!(
-        r.body["schema"]["inventories[0]"],
-        "org.zstack.header.managementnode.ManagementNodeInventory"
-    );
+    assert_eq!(r.body["schema"]["inventories[0]"], "org.zstack.header.managementnode.ManagementNodeInventory");
 }

@@ -30,7 +30,11 @@ async fn create_query_update_state_delete() {
 
     // Update
     let u = s
-        .ok("PUT", &format!("/zones/{uuid}/actions"), Some(json!({"updateZone": {"name": "renamed", "description": "d2"}})))
+        .ok(
+            "PUT",
+            &format!("/zones/{uuid}/actions"),
+            Some(json!({"updateZone": {"name": "renamed", "description": "d2"}})),
+        )
         .await;
     assert_eq!(u["inventory"]["name"], "renamed");
     assert_eq!(u["inventory"]["description"], "d2");
@@ -66,14 +70,25 @@ async fn create_query_update_state_delete() {
         "inventory class[class org.zstack.header.zone.ZoneInventory] not having field[nosuchfield]",
     );
     let r = s.get("/zones?sort=-nosuchfield").await;
-    assert_error(&r.body["error"], "SYS.1000", "invalid order by clause, inventory[ZoneInventory] doesn't have field[nosuchfield]");
+    assert_error(
+        &r.body["error"],
+        "SYS.1000",
+        "invalid order by clause, inventory[ZoneInventory] doesn't have field[nosuchfield]",
+    );
     let r = s.get("/zones?limit=1&limit=2").await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.text, "Invalid query parameter[limit], only one value is allowed for the parameter but multiple values found");
+    assert_eq!(
+        r.text,
+        "Invalid query parameter[limit], only one value is allowed for the parameter but multiple values found"
+    );
     // An empty value is a condition on the empty string, not an error.
     assert_eq!(s.query("/zones?q=name=").await.len(), 0);
     let err = s.fails("POST", "/zones", Some(json!({"params": {"name": "bad/name"}}))).await;
-    assert_error(&err, "SYS.1007", r#"valid regex value for field[name] of message[org.zstack.header.message.ApiMessageParamValidator] are ^(?! )[\u4e00-\u9fa5a-zA-Z0-9\-_.():+" ]*(?<! )$, but bad/name found"#);
+    assert_error(
+        &err,
+        "SYS.1007",
+        r#"valid regex value for field[name] of message[org.zstack.header.message.ApiMessageParamValidator] are ^(?! )[\u4e00-\u9fa5a-zA-Z0-9\-_.():+" ]*(?<! )$, but bad/name found"#,
+    );
 
     // Delete, then deleting again succeeds (the resource is gone), and a malformed uuid does not.
     let d = s.ok("DELETE", &format!("/zones/{uuid}?deleteMode=Permissive"), None).await;
@@ -91,13 +106,15 @@ async fn bad_inputs_change_nothing() {
     let uuid = z["uuid"].as_str().unwrap();
 
     let err = s.fails("POST", "/zones", Some(json!({"params": {"description": "no name"}}))).await;
-    assert_error(&err, "SYS.1007", "field[name] of message[org.zstack.header.message.ApiMessageParamValidator] is mandatory, can not be null");
+    assert_error(
+        &err,
+        "SYS.1007",
+        "field[name] of message[org.zstack.header.message.ApiMessageParamValidator] is mandatory, can not be null",
+    );
     let long = "x".repeat(256);
     let err = s.fails("POST", "/zones", Some(json!({"params": {"name": long}}))).await;
     assert_error(&err, "SYS.1007", "exceeds max length of string. expected was <= 255, actual was 256");
-    let err = s
-        .fails("POST", "/zones", Some(json!({"params": {"name": "z", "resourceUuid": "not-valid"}})))
-        .await;
+    let err = s.fails("POST", "/zones", Some(json!({"params": {"name": "z", "resourceUuid": "not-valid"}}))).await;
     assert_error(&err, "SYS.1007", "resourceUuid[not-valid] is not a valid uuid");
     let err = s
         .fails("PUT", "/zones/0123456789abcdef0123456789abcdef/actions", Some(json!({"updateZone": {"name": "x"}})))
@@ -107,9 +124,20 @@ async fn bad_inputs_change_nothing() {
         "SYS.1003",
         "invalid field[uuid], resource[uuid:0123456789abcdef0123456789abcdef, type:ZoneVO] not found",
     );
-    let r = s.request("POST", "/zones", Some(json!({"params": {"name": "z", "isDefault": "perhaps"}})), Some(&s.session), &[]).await;
+    let r = s
+        .request(
+            "POST",
+            "/zones",
+            Some(json!({"params": {"name": "z", "isDefault": "perhaps"}})),
+            Some(&s.session),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.text, "Invalid value for boolean field [isDefault], [perhaps] is not a valid boolean string[true, false].");
+    assert_eq!(
+        r.text,
+        "Invalid value for boolean field [isDefault], [perhaps] is not a valid boolean string[true, false]."
+    );
 
     let zones = s.query("/zones").await;
     assert_eq!(zones.len(), 1);

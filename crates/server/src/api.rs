@@ -147,10 +147,7 @@ impl Msg {
 
     /// The account the caller acts as.
     pub fn account_uuid(&self) -> &str {
-        self.session
-            .as_ref()
-            .map(|s| s.account_uuid.as_str())
-            .unwrap_or(crate::identity::ADMIN_UUID)
+        self.session.as_ref().map(|s| s.account_uuid.as_str()).unwrap_or(crate::identity::ADMIN_UUID)
     }
 }
 

@@ -169,17 +169,12 @@ impl Db {
             if !file.is_empty() && file != ":memory:" {
                 if let Some(dir) = std::path::Path::new(file).parent() {
                     if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|e| {
-                            Error::Internal(format!("cannot create {}: {e}", dir.display()))
-                        })?;
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
                     }
                 }
             }
-            let url = if path.contains('?') {
-                format!("sqlite://{path}")
-            } else {
-                format!("sqlite://{path}?mode=rwc")
-            };
+            let url = if path.contains('?') { format!("sqlite://{path}") } else { format!("sqlite://{path}?mode=rwc") };
             (DbKind::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (DbKind::Postgres, url.to_string())
@@ -226,25 +221,16 @@ impl Db {
         .await?;
         for (version, sql) in MIGRATIONS {
             let done = tx
-                .fetch_optional(
-                    "SELECT version FROM rzstack_migration WHERE version = $1",
-                    &[Val::I(*version)],
-                )
+                .fetch_optional("SELECT version FROM rzstack_migration WHERE version = $1", &[Val::I(*version)])
                 .await?
                 .is_some();
             if done {
                 continue;
             }
             // Comment lines go first, so a `;` inside a comment does not split a statement.
-            let sql: String = sql
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let sql: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                tx.execute(stmt, &[])
-                    .await
-                    .map_err(|e| Error::Migrate(format!("migration {version}: {e}: {stmt}")))?;
+                tx.execute(stmt, &[]).await.map_err(|e| Error::Migrate(format!("migration {version}: {e}: {stmt}")))?;
             }
             tx.execute(
                 "INSERT INTO rzstack_migration (version, applied) VALUES ($1, $2)",

@@ -115,9 +115,7 @@ impl Globals {
             Ok(v) => v,
             Err(p) => p.into_inner(),
         };
-        v.get(&(def.category.to_string(), def.name.to_string()))
-            .cloned()
-            .unwrap_or_else(|| def.default.to_string())
+        v.get(&(def.category.to_string(), def.name.to_string())).cloned().unwrap_or_else(|| def.default.to_string())
     }
 
     pub fn get_i64(&self, def: &ConfigDef) -> i64 {

@@ -85,10 +85,7 @@ pub async fn check(app: &App, session_uuid: Option<&str>) -> Result<SessionInfo>
     let now = now_ms();
     let row = app
         .db
-        .fetch_optional(
-            "SELECT account_uuid, user_uuid, expired_date FROM session WHERE uuid = $1",
-            &[Val::from(uuid)],
-        )
+        .fetch_optional("SELECT account_uuid, user_uuid, expired_date FROM session WHERE uuid = $1", &[Val::from(uuid)])
         .await?;
     let Some(row) = row else {
         return Err(session_invalid());
@@ -106,11 +103,7 @@ pub async fn check(app: &App, session_uuid: Option<&str>) -> Result<SessionInfo>
             )
             .await?;
     }
-    Ok(SessionInfo {
-        uuid: uuid.to_string(),
-        account_uuid: row.try_get(0)?,
-        user_uuid: row.try_get(1)?,
-    })
+    Ok(SessionInfo { uuid: uuid.to_string(), account_uuid: row.try_get(0)?, user_uuid: row.try_get(1)? })
 }
 
 fn session_inventory(uuid: &str, account: &str, user: &str, expired: i64, created: i64) -> Map<String, Value> {

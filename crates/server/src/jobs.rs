@@ -99,10 +99,7 @@ pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook:
         let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await {
             Ok(Ok(r)) => r,
             Ok(Err(_panic)) => Err(Error::Internal(format!("the API {} panicked", api.name))),
-            Err(_) => Err(Error::code(
-                codes::SYS_1001,
-                format!("API[{}] timeout after {timeout_ms} ms", api.name),
-            )),
+            Err(_) => Err(Error::code(codes::SYS_1001, format!("API[{}] timeout after {timeout_ms} ms", api.name))),
         };
         match &result {
             Ok(_) => tracing::info!(job = %job, api = api.name, ms = started.elapsed().as_millis() as u64, "job done"),
@@ -175,10 +172,7 @@ async fn call_web_hook(http: reqwest::Client, url: String, job: String, success:
 pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, Value)>> {
     let row = app
         .db
-        .fetch_optional(
-            "SELECT state, success, result, schema_map FROM api_job WHERE uuid = $1",
-            &[Val::from(uuid)],
-        )
+        .fetch_optional("SELECT state, success, result, schema_map FROM api_job WHERE uuid = $1", &[Val::from(uuid)])
         .await?;
     let Some(row) = row else { return Ok(None) };
     let state: String = row.try_get(0)?;
@@ -262,10 +256,5 @@ pub async fn recover(app: &App) -> Result<usize> {
 /// Delete finished jobs older than `rest.completedApi.expiredPeriod`.
 pub async fn purge_expired(app: &App) -> Result<u64> {
     let period = app.globals.get_i64(&globals::COMPLETED_API_EXPIRED_PERIOD) * 1000;
-    app.db
-        .execute(
-            "DELETE FROM api_job WHERE state = 'done' AND finish_date < $1",
-            &[Val::I(now_ms() - period)],
-        )
-        .await
+    app.db.execute("DELETE FROM api_job WHERE state = 'done' AND finish_date < $1", &[Val::I(now_ms() - period)]).await
 }

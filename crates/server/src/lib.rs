@@ -17,8 +17,8 @@ pub mod pipeline;
 pub mod query;
 pub mod resources;
 pub mod rest;
-pub mod saga;
 pub mod routes;
+pub mod saga;
 pub mod tags;
 pub mod util;
 

@@ -56,9 +56,7 @@ pub async fn heart_beat(app: &App) -> Result<()> {
 
 /// Remove this node's row at a clean shutdown.
 pub async fn leave(app: &App) -> Result<()> {
-    app.db
-        .execute("DELETE FROM management_node WHERE uuid = $1", &[Val::from(app.mn_uuid.as_str())])
-        .await?;
+    app.db.execute("DELETE FROM management_node WHERE uuid = $1", &[Val::from(app.mn_uuid.as_str())]).await?;
     Ok(())
 }
 

@@ -146,12 +146,8 @@ impl Param {
 }
 
 /// Parameters every message has (upstream `APIMessage`/`APICreateMessage` superclass fields).
-pub const COMMON: &[Param] = &[
-    Param::list("systemTags"),
-    Param::list("userTags"),
-    Param::str("resourceUuid"),
-    Param::list("tagUuids"),
-];
+pub const COMMON: &[Param] =
+    &[Param::list("systemTags"), Param::list("userTags"), Param::str("resourceUuid"), Param::list("tagUuids")];
 
 fn show(v: &Value) -> String {
     match v {
@@ -269,9 +265,7 @@ pub fn from_query_string(params: &[Param], pairs: &[(String, String)]) -> Map<St
 }
 
 fn mandatory(name: &str) -> Error {
-    Error::argerr(format!(
-        "field[{name}] of message[{VALIDATOR_CLASS}] is mandatory, can not be null"
-    ))
+    Error::argerr(format!("field[{name}] of message[{VALIDATOR_CLASS}] is mandatory, can not be null"))
 }
 
 /// What the validator decided.
@@ -339,10 +333,7 @@ async fn resource_exists(app: &App, def: &ResourceDef, uuid: &str) -> Result<boo
 }
 
 fn wrong_type(p: &Param, what: &str) -> Error {
-    Error::argerr(format!(
-        "field[{}] of message[{VALIDATOR_CLASS}] must be {what}",
-        p.name
-    ))
+    Error::argerr(format!("field[{}] of message[{VALIDATOR_CLASS}] must be {what}", p.name))
 }
 
 fn check_one(p: &Param, v: &mut Value) -> Result<()> {
@@ -388,10 +379,7 @@ fn check_one(p: &Param, v: &mut Value) -> Result<()> {
             for item in items.iter_mut() {
                 match item {
                     Value::Null => {
-                        return Err(Error::argerr(format!(
-                            "field[{}] cannot contain a NULL element",
-                            p.name
-                        )))
+                        return Err(Error::argerr(format!("field[{}] cannot contain a NULL element", p.name)))
                     }
                     Value::String(s) => {
                         if !p.no_trim {
@@ -412,11 +400,7 @@ fn check_one(p: &Param, v: &mut Value) -> Result<()> {
                 Value::Number(n) => n.as_f64().unwrap_or(0.0),
                 Value::String(s) => match s.trim().parse::<f64>() {
                     Ok(f) => {
-                        *v = if p.ty == PType::Int {
-                            Value::from(f as i64)
-                        } else {
-                            Value::from(f)
-                        };
+                        *v = if p.ty == PType::Int { Value::from(f as i64) } else { Value::from(f) };
                         f
                     }
                     Err(_) => return Err(wrong_type(p, "a number")),
@@ -456,10 +440,7 @@ fn check_one(p: &Param, v: &mut Value) -> Result<()> {
                     return Err(Error::argerr(format!("field[{}] must be a nonempty list", p.name)));
                 }
                 if a.iter().any(Value::is_null) {
-                    return Err(Error::argerr(format!(
-                        "field[{}] cannot contain a NULL element",
-                        p.name
-                    )));
+                    return Err(Error::argerr(format!("field[{}] cannot contain a NULL element", p.name)));
                 }
             }
             _ => return Err(wrong_type(p, "a list")),

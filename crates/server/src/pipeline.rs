@@ -32,10 +32,7 @@ pub async fn process(app: &App, api: &'static ApiDef, mut msg: Msg) -> Result<Re
         return Ok(Reply::empty());
     }
     let Some(handler) = api.handler else {
-        return Err(Error::code(
-            rzstack_api::codes::SYS_1008,
-            format!("No service deals with message: {}", api.name),
-        ));
+        return Err(Error::code(rzstack_api::codes::SYS_1008, format!("No service deals with message: {}", api.name)));
     };
     handler(app.clone(), msg).await
 }

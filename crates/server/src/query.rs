@@ -230,14 +230,18 @@ pub fn parse_params(pairs: &[(String, String)]) -> Result<QueryParams, RestError
         match k.as_str() {
             "q" => p.conds.push(parse_cond(v)?),
             "limit" => {
-                p.limit = Some(v.trim().parse().map_err(|_| {
-                    RestError::bad_request("Invalid query parameter. 'limit' must be an integer")
-                })?)
+                p.limit = Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| RestError::bad_request("Invalid query parameter. 'limit' must be an integer"))?,
+                )
             }
             "start" => {
-                p.start = Some(v.trim().parse().map_err(|_| {
-                    RestError::bad_request("Invalid query parameter. 'start' must be an integer")
-                })?)
+                p.start = Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| RestError::bad_request("Invalid query parameter. 'start' must be an integer"))?,
+                )
             }
             "count" => p.count = parse_bool(v),
             "replyWithCount" => p.reply_with_count = parse_bool(v),
@@ -296,10 +300,7 @@ fn no_sort_field(def: &ResourceDef, name: &str) -> Error {
 fn no_projection_field(def: &ResourceDef, name: &str) -> Error {
     Error::code(
         rzstack_api::codes::SYS_1000,
-        format!(
-            "org.zstack.header.exception.CloudRuntimeException: inventory[{}] has no field[{name}]",
-            def.class
-        ),
+        format!("org.zstack.header.exception.CloudRuntimeException: inventory[{}] has no field[{name}]", def.class),
     )
 }
 
@@ -360,14 +361,10 @@ impl SqlBuilder<'_> {
             };
             if let Some(op) = positive {
                 let inner = self.leaf(def, "tg", &f, &Cond { op, ..c.clone() })?;
-                return Ok(format!(
-                    "{alias}.uuid NOT IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"
-                ));
+                return Ok(format!("{alias}.uuid NOT IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"));
             }
             let inner = self.leaf(def, "tg", &f, c)?;
-            return Ok(format!(
-                "{alias}.uuid IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"
-            ));
+            return Ok(format!("{alias}.uuid IN (SELECT tg.resource_uuid FROM {table} tg WHERE {inner})"));
         }
         let Some(f) = def.field(name) else {
             return Err(no_field(def, name));
@@ -376,10 +373,7 @@ impl SqlBuilder<'_> {
             let a = format!("r{depth}");
             let vf = Field { name: f.name, col: r.value, ty: FType::Str };
             let inner = self.leaf(def, &a, &vf, c)?;
-            return Ok(format!(
-                "{alias}.{} IN (SELECT {a}.{} FROM {} {a} WHERE {inner})",
-                f.col, r.fk, r.table
-            ));
+            return Ok(format!("{alias}.{} IN (SELECT {a}.{} FROM {} {a} WHERE {inner})", f.col, r.fk, r.table));
         }
         self.leaf(def, alias, f, c)
     }
@@ -439,11 +433,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
     for c in &qp.conds {
         wheres.push(b.cond(def, "t", 0, &c.name, c)?);
     }
-    let where_sql = if wheres.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", wheres.join(" AND "))
-    };
+    let where_sql = if wheres.is_empty() { String::new() } else { format!(" WHERE {}", wheres.join(" AND ")) };
 
     let mut total = None;
     if qp.count || qp.reply_with_count {
@@ -492,11 +482,7 @@ pub async fn run(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> Result
     if select.is_empty() {
         select.push("t.uuid".into());
     }
-    let sql = format!(
-        "SELECT {} FROM {} t{where_sql}{order} LIMIT {lp} OFFSET {sp}",
-        select.join(", "),
-        def.table
-    );
+    let sql = format!("SELECT {} FROM {} t{where_sql}{order} LIMIT {lp} OFFSET {sp}", select.join(", "), def.table);
     let rows = query_with(&sql, &b.vals).fetch_all(&db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(rows.len()); kids.len()];
@@ -546,12 +532,7 @@ fn attach_children<'a>(
 
 /// Rows of `def` whose `col` is one of `keys`, as (key, inventory) pairs, with their own
 /// children attached.
-fn load_where_in<'a>(
-    db: &'a Db,
-    def: &'static ResourceDef,
-    col: &'static str,
-    keys: &'a [&'a String],
-) -> Keyed<'a> {
+fn load_where_in<'a>(db: &'a Db, def: &'static ResourceDef, col: &'static str, keys: &'a [&'a String]) -> Keyed<'a> {
     Box::pin(async move {
         let cols: Vec<&'static Field> = def.fields.iter().collect();
         let mut select: Vec<String> = cols.iter().map(|f| format!("t.{}", f.col)).collect();
@@ -628,13 +609,13 @@ pub fn row_to_json(row: &AnyRow, cols: &[&'static Field]) -> Result<Map<String, 
     let mut m = Map::with_capacity(cols.len());
     for (i, f) in cols.iter().enumerate() {
         let v = match f.ty {
-            FType::Str | FType::Refs(_) | FType::RefsOrdered(..) => row.try_get::<Option<String>, _>(i)?.map(Value::String),
+            FType::Str | FType::Refs(_) | FType::RefsOrdered(..) => {
+                row.try_get::<Option<String>, _>(i)?.map(Value::String)
+            }
             FType::Int => row.try_get::<Option<i64>, _>(i)?.map(Value::from),
             FType::Bool => row.try_get::<Option<i64>, _>(i)?.map(|b| Value::Bool(b != 0)),
             FType::Float => row.try_get::<Option<f64>, _>(i)?.map(Value::from),
-            FType::Date => row
-                .try_get::<Option<i64>, _>(i)?
-                .map(|ms| Value::String(date::format_millis(ms))),
+            FType::Date => row.try_get::<Option<i64>, _>(i)?.map(|ms| Value::String(date::format_millis(ms))),
         };
         if let Some(v) = v {
             m.insert(f.name.to_string(), v);
@@ -788,7 +769,12 @@ mod engine_tests {
             for d in 0..2i64 {
                 db.execute(
                     "INSERT INTO t_nic VALUES ($1, $2, $3, $4)",
-                    &[Val::S(format!("nic{i}-{d}")), Val::S(format!("vm{i}")), Val::S(format!("10.0.{d}.{i}")), Val::I(d)],
+                    &[
+                        Val::S(format!("nic{i}-{d}")),
+                        Val::S(format!("vm{i}")),
+                        Val::S(format!("10.0.{d}.{i}")),
+                        Val::I(d),
+                    ],
                 )
                 .await
                 .unwrap();

@@ -38,7 +38,13 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The axum fallback: every request goes through here.
-pub async fn handle(State(app): State<App>, method: axum::http::Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(app): State<App>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match handle_inner(&app, &method, &uri, &headers, &body).await {
         Ok(r) => r,
         Err(e) => text_response(e),
@@ -71,29 +77,26 @@ async fn handle_inner(
             uri.path()
         )));
     };
-    let pairs: Vec<(String, String)> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let pairs: Vec<(String, String)> =
+        uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
 
     // POST/PUT bodies are JSON objects; an empty body is an empty message.
-    let body_json: Map<String, Value> = if matches!(m, Method::Post | Method::Put) && !body.iter().all(u8::is_ascii_whitespace) {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return Err(RestError::bad_request("the body must be a JSON object")),
-            Err(e) => return Err(RestError::bad_request(format!("Invalid JSON body: {e}"))),
-        }
-    } else {
-        Map::new()
-    };
+    let body_json: Map<String, Value> =
+        if matches!(m, Method::Post | Method::Put) && !body.iter().all(u8::is_ascii_whitespace) {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(o)) => o,
+                Ok(_) => return Err(RestError::bad_request("the body must be a JSON object")),
+                Err(e) => return Err(RestError::bad_request(format!("Invalid JSON body: {e}"))),
+            }
+        } else {
+            Map::new()
+        };
 
     let (api, vars) = match app.routes.find(m, path, &|k| body_json.contains_key(k)) {
         Matched::Api(api, vars) => (api, vars),
         Matched::NoMapping => return Err(RestError::not_found(format!("no api mapping to {shown}"))),
         Matched::NoAction => {
-            return Err(RestError::bad_request(format!(
-                "the body doesn't contain action mapping to the URL[{shown}]"
-            )))
+            return Err(RestError::bad_request(format!("the body doesn't contain action mapping to the URL[{shown}]")))
         }
         Matched::MethodNotAllowed => {
             return Err(RestError::method_not_allowed(format!(
@@ -163,9 +166,7 @@ async fn handle_inner(
     msg.job_uuid = match header(headers, "x-job-uuid") {
         Some(j) if j.len() == 32 => j.to_string(),
         Some(_) => {
-            return Err(RestError::bad_request(
-                "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped",
-            ))
+            return Err(RestError::bad_request("Invalid header[X-Job-UUID], it must be a UUID with '-' stripped"))
         }
         None => crate::util::new_uuid(),
     };
@@ -187,7 +188,11 @@ async fn handle_inner(
     let timeout_ms = match header(headers, "x-api-timeout") {
         Some(t) => match t.trim().parse::<u64>() {
             Ok(s) if s > 0 => s.saturating_mul(1000),
-            _ => return Err(RestError::bad_request(format!("Invalid header[X-API-Timeout], {t} is not a positive integer"))),
+            _ => {
+                return Err(RestError::bad_request(format!(
+                    "Invalid header[X-API-Timeout], {t} is not a positive integer"
+                )))
+            }
         },
         None => api.timeout_ms(),
     };

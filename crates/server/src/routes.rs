@@ -110,7 +110,8 @@ impl Routes {
                 }
             }
         }
-        let literal: Vec<(String, usize)> = keys.iter().filter(|(k, _)| !k.contains('{')).map(|(k, i)| (k.clone(), *i)).collect();
+        let literal: Vec<(String, usize)> =
+            keys.iter().filter(|(k, _)| !k.contains('{')).map(|(k, i)| (k.clone(), *i)).collect();
         // Fewer variables first: the most specific pattern wins, as with AntPathMatcher.
         let mut order: Vec<usize> = (0..groups.len()).collect();
         order.sort_by_key(|i| groups[*i].vars);
@@ -154,10 +155,8 @@ impl Routes {
         }
         let chosen = match method {
             Method::Put => {
-                let found = group
-                    .patterns
-                    .iter()
-                    .find(|p| p.api.method == Method::Put && action_keys(&p.api.action_name()));
+                let found =
+                    group.patterns.iter().find(|p| p.api.method == Method::Put && action_keys(&p.api.action_name()));
                 match found {
                     Some(p) => p,
                     // Upstream answers a PUT without a matching action key the same way

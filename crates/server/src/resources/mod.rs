@@ -16,13 +16,13 @@ pub mod vm;
 pub mod volume;
 pub mod zone;
 
-use crate::db::{Val, WriteTx};
 use crate::api::{Msg, Reply};
+use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::query::{self, ResourceDef};
+use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
-use crate::util::now_ms;
 
 /// Record the owner account of a new resource (upstream `AccountResourceRefVO`), in the
 /// transaction that creates it.
@@ -48,16 +48,12 @@ pub async fn is_new(tx: &mut WriteTx, def: &ResourceDef, uuid: &str, msg: &Msg) 
     if msg.replay {
         return Ok(false);
     }
-    Err(Error::argerr(format!(
-        "resourceUuid[{uuid}] is already used by another resource[type:{}]",
-        def.vo
-    )))
+    Err(Error::argerr(format!("resourceUuid[{uuid}] is already used by another resource[type:{}]", def.vo)))
 }
 
 /// Forget the owner of a deleted resource, in the deleting transaction.
 pub async fn disown(tx: &mut WriteTx, resource_uuid: &str) -> Result<()> {
-    tx.execute("DELETE FROM account_resource_ref WHERE resource_uuid = $1", &[Val::from(resource_uuid)])
-        .await?;
+    tx.execute("DELETE FROM account_resource_ref WHERE resource_uuid = $1", &[Val::from(resource_uuid)]).await?;
     Ok(())
 }
 
@@ -99,6 +95,8 @@ pub async fn change_state(
 ) -> Result<Reply> {
     let req: ChangeState = msg.parse()?;
     let sql = format!("UPDATE {} SET state = $1, last_op_date = $2 WHERE uuid = $3", def.table);
-    app.db.execute(&sql, &[Val::from(state_of(&req.state_event)), Val::I(now_ms()), Val::from(req.uuid.as_str())]).await?;
+    app.db
+        .execute(&sql, &[Val::from(state_of(&req.state_event)), Val::I(now_ms()), Val::from(req.uuid.as_str())])
+        .await?;
     inventory_reply(&app, def, &req.uuid).await
 }
