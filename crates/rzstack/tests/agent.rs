@@ -194,3 +194,99 @@ async fn agent_refuses_callers_without_its_token() {
     assert_eq!(b["facts"]["cpuNum"], cpu_count());
     assert_eq!(b["facts"]["accelerator"], expected_accel());
 }
+
+/// Wait (up to `limit`) until host `hu` shows `status`; the host as last seen.
+async fn wait_status(s: &Server, hu: &str, status: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let h = s.query(&format!("/hosts/{hu}")).await[0].clone();
+        if h["status"] == status || Instant::now() > deadline {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn periodic_ping_keeps_host_status_true() {
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start(agent_dir.path(), 0).await;
+    let token = agent.token();
+    let s = Server::start_with_env(vec![("RZSTACK_KVM_AGENT_PORT".into(), agent.port.to_string())]).await;
+
+    // The ping configs are listed with upstream's defaults.
+    let all = s.query("/global-configurations?q=category=host").await;
+    for (name, default) in
+        [("ping.interval", "60"), ("ping.timeout", "10"), ("ping.maxFailure", "3"), ("ping.parallelismDegree", "100")]
+    {
+        let c = all.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("host/{name} listed"));
+        assert_eq!(c["value"], default, "{name}");
+        assert_eq!(c["defaultValue"], default, "{name}");
+        assert!(c["description"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+    }
+    // A value that is not a number is refused and changes nothing.
+    let err = s
+        .fails(
+            "PUT",
+            "/global-configurations/host/ping.interval/actions",
+            Some(json!({"updateGlobalConfig": {"value": "often"}})),
+        )
+        .await;
+    assert_error(&err, "SYS.1007", "the value[often] cannot be converted to that type");
+    let r = s.get("/global-configurations?q=category=host&q=name=ping.interval").await;
+    assert_eq!(r.body["inventories"][0]["value"], "60");
+
+    let zone = uuid_of(&s.create_zone("zone1").await);
+    let cluster = |name: &str, hv: &str| json!({"params": {"zoneUuid": zone, "name": name, "hypervisorType": hv}});
+    let kvm = uuid_of(&s.ok("POST", "/clusters", Some(cluster("kvm", "KVM"))).await["inventory"]);
+    let simc = uuid_of(&s.ok("POST", "/clusters", Some(cluster("sim", "Simulator"))).await["inventory"]);
+    let h = s
+        .ok(
+            "POST",
+            "/hosts/kvm",
+            Some(json!({"params": {"name": "host1", "managementIp": "127.0.0.1", "clusterUuid": kvm,
+                "username": "root", "password": token}})),
+        )
+        .await;
+    let hu = uuid_of(&h["inventory"]);
+    assert_eq!(h["inventory"]["status"], "Connected");
+    let sim = s
+        .ok(
+            "POST",
+            "/hosts/simulators",
+            Some(json!({"params": {"name": "sim1", "managementIp": "10.0.0.9", "clusterUuid": simc}})),
+        )
+        .await;
+    let su = uuid_of(&sim["inventory"]);
+
+    // Ping every second, Disconnected after 2 failures in a row.
+    for (name, value) in [("ping.interval", "1"), ("ping.timeout", "2"), ("ping.maxFailure", "2")] {
+        let b = s
+            .ok(
+                "PUT",
+                &format!("/global-configurations/host/{name}/actions"),
+                Some(json!({"updateGlobalConfig": {"value": value}})),
+            )
+            .await;
+        assert_eq!(b["inventory"]["value"], value);
+    }
+    // A live agent keeps its host Connected through several rounds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(s.query(&format!("/hosts/{hu}")).await[0]["status"], "Connected");
+
+    // The agent stops: without any host API call the host becomes Disconnected.
+    agent.stop();
+    let h = wait_status(&s, &hu, "Disconnected", Duration::from_secs(60)).await;
+    assert_eq!(h["status"], "Disconnected", "{h}");
+    assert_eq!(h["state"], "Enabled");
+    // Simulator hosts are not pinged: still Connected.
+    assert_eq!(s.query(&format!("/hosts/{su}")).await[0]["status"], "Connected");
+
+    // Back on the same port and data directory (same token): Connected again, facts refreshed.
+    let _agent = Agent::start(agent_dir.path(), agent.port).await;
+    let h = wait_status(&s, &hu, "Connected", Duration::from_secs(60)).await;
+    assert_eq!(h["status"], "Connected", "{h}");
+    assert_eq!(h["cpuNum"], cpu_count());
+    assert_eq!(h["totalMemoryCapacity"], mem_total_bytes());
+    assert_eq!(s.query(&format!("/hosts/{su}")).await[0]["status"], "Connected");
+}

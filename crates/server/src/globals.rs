@@ -72,6 +72,31 @@ pub const KVM_RESERVED_CPU: ConfigDef = ConfigDef {
     description: "The CPU capacity reserved on all KVM hosts for the agent and other host applications",
 };
 
+pub const HOST_PING_INTERVAL: ConfigDef = ConfigDef {
+    category: "host",
+    name: "ping.interval",
+    default: "60",
+    description: "The interval management server sends ping command to host, in seconds",
+};
+pub const HOST_PING_TIMEOUT: ConfigDef = ConfigDef {
+    category: "host",
+    name: "ping.timeout",
+    default: "10",
+    description: "The timeout value of agent ping, in seconds",
+};
+pub const HOST_PING_MAX_FAILURE: ConfigDef = ConfigDef {
+    category: "host",
+    name: "ping.maxFailure",
+    default: "3",
+    description: "The maximum count of ping failure before reconnecting host",
+};
+pub const HOST_PING_PARALLELISM_DEGREE: ConfigDef = ConfigDef {
+    category: "host",
+    name: "ping.parallelismDegree",
+    default: "100",
+    description: "The max hosts management server sends ping command to host in parallel",
+};
+
 /// Every global config rzstack knows.
 pub const ALL: &[ConfigDef] = &[
     SESSION_TIMEOUT,
@@ -83,6 +108,10 @@ pub const ALL: &[ConfigDef] = &[
     HOST_CPU_OVER_PROVISIONING_RATIO,
     KVM_RESERVED_MEMORY,
     KVM_RESERVED_CPU,
+    HOST_PING_INTERVAL,
+    HOST_PING_TIMEOUT,
+    HOST_PING_MAX_FAILURE,
+    HOST_PING_PARALLELISM_DEGREE,
 ];
 
 #[derive(Default)]

@@ -161,6 +161,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     saga::recover(&app).await?;
     let resumed = jobs::recover(&app).await?;
     background(app.clone());
+    resources::host::start_tracker(app.clone());
     tracing::info!(
         listen = ?addr,
         database = ?app.db.kind,

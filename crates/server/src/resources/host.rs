@@ -24,6 +24,8 @@ use rzstack_api::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::Row;
+use std::collections::HashMap;
+use std::time::Duration;
 
 pub const HOST_1002: Code = Code { code: "HOST.1002", description: "Unable to reconnect host" };
 pub const HOST_1003: Code = Code { code: "HOST.1003", description: "An error happened when connecting to host" };
@@ -722,6 +724,128 @@ async fn get_cpu_memory_capacity(app: App, msg: Msg) -> Result<Reply> {
         ("capacityData", Value::Array(data)),
         ("resourceType", Value::from(resource_type)),
     ]))
+}
+
+/// The host tracker (upstream `HostTracker`): every `host.ping.interval` seconds, ping each
+/// KVM host this node tracks, at most `host.ping.parallelismDegree` at once, each ping bounded
+/// by `host.ping.timeout`. A Connected host whose pings fail `host.ping.maxFailure` times in a
+/// row becomes Disconnected; a Disconnected host whose agent answers a ping again is
+/// reconnected (Connected, facts refreshed). Simulator hosts are never pinged: they stay as
+/// they are. Hosts being connected by an API (`Connecting`) are left alone for that round.
+pub fn start_tracker(app: App) {
+    tokio::spawn(async move {
+        let mut failures: HashMap<String, i64> = HashMap::new();
+        let mut last = std::time::Instant::now();
+        loop {
+            // Wake every second so a new interval takes effect without waiting out the old one.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let interval = app.globals.get_i64(&globals::HOST_PING_INTERVAL).max(1) as u64;
+            if last.elapsed() < Duration::from_secs(interval) {
+                continue;
+            }
+            last = std::time::Instant::now();
+            if let Err(e) = track_once(&app, &mut failures).await {
+                tracing::warn!(error = %e, "host ping round failed");
+            }
+        }
+    });
+}
+
+/// A small stable hash (FNV-1a) spreading hosts over the live management nodes.
+fn host_slot(uuid: &str, n: usize) -> usize {
+    let h = uuid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (h % n.max(1) as u64) as usize
+}
+
+/// The KVM hosts this node tracks (uuid, status): each host belongs to exactly one of the
+/// management nodes with a recent heart beat.
+async fn tracked_hosts(app: &App) -> Result<Vec<(String, String)>> {
+    let stale = now_ms() - 60_000;
+    let nodes: Vec<String> = app
+        .db
+        .fetch_all("SELECT uuid FROM management_node WHERE heart_beat > $1 ORDER BY uuid", &[Val::I(stale)])
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    let me = nodes.iter().position(|u| *u == app.mn_uuid);
+    let rows = app
+        .db
+        .fetch_all(
+            "SELECT uuid, status FROM host WHERE hypervisor_type = 'KVM' AND status IN ('Connected', 'Disconnected') \
+             ORDER BY uuid",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let uuid: String = r.try_get(0)?;
+        let status: String = r.try_get(1)?;
+        if me.is_none_or(|i| host_slot(&uuid, nodes.len()) == i) {
+            out.push((uuid, status));
+        }
+    }
+    Ok(out)
+}
+
+/// One ping of one host, bounded by `timeout`.
+async fn ping_host(app: &App, uuid: &str, timeout: Duration) -> std::result::Result<(), String> {
+    let agent = crate::hostagent::agent_for_host(&app.db, uuid).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, agent.ping(uuid)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer from {} within {} seconds", agent.url(), timeout.as_secs())),
+    }
+}
+
+/// One round of the host tracker.
+async fn track_once(app: &App, failures: &mut HashMap<String, i64>) -> Result<()> {
+    use futures::StreamExt;
+    let hosts = tracked_hosts(app).await?;
+    failures.retain(|u, _| hosts.iter().any(|(h, _)| h == u));
+    let timeout = Duration::from_secs(app.globals.get_i64(&globals::HOST_PING_TIMEOUT).max(1) as u64);
+    let max_failure = app.globals.get_i64(&globals::HOST_PING_MAX_FAILURE).max(1);
+    let parallel = app.globals.get_i64(&globals::HOST_PING_PARALLELISM_DEGREE).clamp(1, 10_000) as usize;
+    let results: Vec<(String, String, std::result::Result<(), String>)> = futures::stream::iter(hosts)
+        .map(|(uuid, status)| async move {
+            let r = ping_host(app, &uuid, timeout).await;
+            (uuid, status, r)
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    for (uuid, status, r) in results {
+        match (status.as_str(), r) {
+            ("Connected", Ok(())) => {
+                failures.remove(&uuid);
+            }
+            ("Connected", Err(e)) => {
+                let n = failures.entry(uuid.clone()).or_default();
+                *n += 1;
+                tracing::warn!(host = %uuid, failures = *n, error = %e, "host ping failed");
+                if *n >= max_failure {
+                    failures.remove(&uuid);
+                    app.db
+                        .execute(
+                            "UPDATE host SET status = 'Disconnected', last_op_date = $1 \
+                             WHERE uuid = $2 AND status = 'Connected'",
+                            &[Val::I(now_ms()), Val::from(uuid.as_str())],
+                        )
+                        .await?;
+                    tracing::warn!(host = %uuid, "host is Disconnected after {max_failure} failed pings");
+                }
+            }
+            (_, Ok(())) => {
+                failures.remove(&uuid);
+                match reconnect(app, &uuid).await {
+                    Ok(()) => tracing::info!(host = %uuid, "host answers again: reconnected"),
+                    Err(e) => tracing::warn!(host = %uuid, error = %e, "reconnecting a host that answers failed"),
+                }
+            }
+            (_, Err(_)) => {}
+        }
+    }
+    Ok(())
 }
 
 const HOST_COMMON: [Param; 4] = [
