@@ -30,6 +30,9 @@ use super::primary_storage::PRIMARY_STORAGE;
 use super::volume::VOLUME;
 use super::zone::ZONE;
 
+#[path = "vm_kvm.rs"]
+mod kvm;
+
 pub const HOST_ALLOCATION_1000: Code = Code { code: "HOST_ALLOCATION.1000", description: "No available host found" };
 pub const PS_1000: Code = Code {
     code: "PS.1000",
@@ -2056,8 +2059,8 @@ fn cdrom_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFutu
     })
 }
 
-/// Create the VM on its host. Simulator hosts run it by definition; KVM hosts need the host
-/// agent's VM protocol, which is not there yet.
+/// Create the VM on its host. Simulator hosts run it by definition; KVM hosts through the host
+/// agent: image cache → volumes → network → QEMU.
 fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let h = c.host.clone().unwrap_or_default();
@@ -2068,6 +2071,14 @@ fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> Box
             .transpose()?;
         match hv.as_deref() {
             Some("Simulator") => Ok(()),
+            Some("KVM") => {
+                let plan = kvm::plan(tx, c, &h).await?;
+                if let Err(e) = kvm::instantiate(&plan).await {
+                    kvm::teardown(&plan).await;
+                    return Err(e);
+                }
+                Ok(())
+            }
             other => Err(Error::Api(ErrorCode::new(
                 HOST_1005,
                 format!(
@@ -2080,9 +2091,22 @@ fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> Box
     })
 }
 
-fn instantiate_undo<'a>(_app: &'a App, _tx: &'a mut WriteTx, _c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
-    // Destroying a simulated VM has nothing to do.
-    Box::pin(async { Ok(()) })
+fn instantiate_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    // Destroying a simulated VM has nothing to do; a KVM VM is torn down through its agent.
+    Box::pin(async move {
+        let h = c.host.clone().unwrap_or_default();
+        let hv: Option<String> = tx
+            .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        if hv.as_deref() == Some("KVM") {
+            if let Ok(plan) = kvm::plan(tx, c, &h).await {
+                kvm::teardown(&plan).await;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The final state: Running on its host (InstantStart), or Stopped with the host's capacity
@@ -3094,6 +3118,13 @@ async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -
 
 async fn stop_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    // A guest on a KVM host is powered off by its agent first (outside the write transaction).
+    if matches!(one_row(&app, "SELECT state FROM vm_instance WHERE uuid = $1", &uuid).await?, Some(r) if {
+        let st: String = r.try_get(0)?;
+        VmOp::Stop.check(&st).is_ok() && st != "Stopped"
+    }) {
+        kvm::stop_on_host(&app.db, &uuid, msg.str("type") == Some("cold")).await?;
+    }
     let mut tx = app.db.begin_write().await?;
     let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
     VmOp::Stop.check(&state)?;
@@ -3150,6 +3181,15 @@ async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
         }
         _ => VmOp::Destroy.check(&state)?,
     }
+    // A guest on a KVM host is destroyed by its agent first (outside the write transaction).
+    drop(tx);
+    kvm::destroy_on_host(&app.db, &uuid).await?;
+    let mut tx = app.db.begin_write().await?;
+    let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
+    if state == "Destroyed" {
+        return Ok(Reply::empty());
+    }
+    VmOp::Destroy.check(&state)?;
     move_state(&mut tx, VmOp::Destroy, &uuid, &state, "Destroyed").await?;
     release_host(&mut tx, &uuid).await?;
     let now = now_ms();

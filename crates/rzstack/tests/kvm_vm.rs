@@ -1,0 +1,292 @@
+//! CreateVmInstance on a real KVM host: a real `rzstack agent` driven by a real `rzstack serve`
+//! boots the test guest image under QEMU (image cache, thin root overlay, bridge on a veth end,
+//! tap, static DHCP lease); the guest reports the NIC's IP on its serial console; destroy ends
+//! the QEMU process. Skips with a reason when not root, or QEMU / dnsmasq / the test image are
+//! unavailable.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agent {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Agent {
+    async fn start(data_dir: &Path) -> Agent {
+        let http = reqwest::Client::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_rzstack"))
+                .arg("agent")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .env("RZSTACK_LOG", "warn")
+                .env_remove("RZSTACK_AGENT_TOKEN")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn rzstack agent");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let r = http.post(format!("http://127.0.0.1:{port}/v1/host/ping")).body("{}").send().await;
+                if r.is_ok_and(|r| r.status().as_u16() == 401) {
+                    return Agent { child: Some(child), port, data_dir: data_dir.to_path_buf() };
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("rzstack agent did not start");
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token")).expect("token file").trim().to_string()
+    }
+
+    async fn vm_status(&self, vm: &str) -> Value {
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/v1/vm/status", self.port))
+            .bearer_auth(self.token())
+            .json(&json!({"version": 1, "vmUuids": [vm]}))
+            .send()
+            .await
+            .expect("vm status");
+        let b: Value = r.json().await.expect("json");
+        assert_eq!(b["success"], true, "{b}");
+        b["result"]["vms"][0].clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Links(Vec<String>);
+impl Drop for Links {
+    fn drop(&mut self) {
+        for l in self.0.iter().rev() {
+            if Path::new("/sys/class/net").join(l).exists() {
+                sh(&["ip", "link", "del", "dev", l]);
+            }
+        }
+    }
+}
+
+/// The test guest image (scripts/make-test-image.sh, cached in target/test-guest).
+fn guest_image() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
+    let out = root.join("target/test-guest");
+    let o = Command::new("bash").arg(root.join("scripts/make-test-image.sh")).arg(&out).output().expect("bash");
+    if !o.status.success() {
+        eprintln!("SKIP kvm_vm: scripts/make-test-image.sh failed: {}", String::from_utf8_lossy(&o.stderr));
+        return None;
+    }
+    Some(out.join("guest.qcow2"))
+}
+
+/// QEMU processes whose command line names `vm`.
+fn qemu_pids(vm: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("qemu-system") && cmd.contains(vm) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn u(v: &Value) -> String {
+    v["uuid"].as_str().expect("uuid").to_string()
+}
+
+#[tokio::test]
+async fn create_vm_boots_a_guest_on_a_kvm_host() {
+    if !is_root() {
+        eprintln!("SKIP kvm_vm: needs root (bridges, taps, dnsmasq)");
+        return;
+    }
+    for t in ["qemu-system-x86_64", "qemu-img", "dnsmasq", "ip"] {
+        if !have(t) {
+            eprintln!("SKIP kvm_vm: {t} is not installed");
+            return;
+        }
+    }
+    let Some(image_file) = guest_image() else { return };
+
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let ps_dir = tempfile::tempdir().expect("tempdir");
+    let bs_dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(agent_dir.path()).await;
+    let s = Server::start_with_env(vec![("RZSTACK_KVM_AGENT_PORT".into(), agent.port.to_string())]).await;
+
+    // A veth end as the L2's physical interface (no dummy interfaces on this kernel; never eth0).
+    let n = std::process::id() % 1000;
+    let up = format!("rzk{n}u");
+    let peer = format!("rzk{n}p");
+    let mut links = Links(vec![format!("br_{up}")]);
+    assert!(sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair");
+    links.0.insert(0, peer.clone());
+    links.0.insert(0, up.clone());
+
+    let zone = u(&s.create_zone("z").await);
+    let cluster = u(&s
+        .ok("POST", "/clusters", Some(json!({"params": {"zoneUuid": zone, "name": "kvm", "hypervisorType": "KVM"}})))
+        .await["inventory"]);
+    let h = s
+        .ok(
+            "POST",
+            "/hosts/kvm",
+            Some(json!({"params": {"name": "h", "managementIp": "127.0.0.1", "clusterUuid": cluster,
+                "username": "root", "password": agent.token()}})),
+        )
+        .await;
+    assert_eq!(h["inventory"]["status"], "Connected", "{h}");
+    let host = u(&h["inventory"]);
+    let ps = u(&s
+        .ok(
+            "POST",
+            "/primary-storage/local-storage",
+            Some(json!({"params": {"name": "local", "url": ps_dir.path(), "zoneUuid": zone}})),
+        )
+        .await["inventory"]);
+    s.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
+    let bs = u(&s
+        .ok(
+            "POST",
+            "/backup-storage/image-store",
+            Some(json!({"params": {"name": "store", "url": bs_dir.path(), "hostname": "127.0.0.1",
+                "username": "root", "password": "p", "sshPort": 22}})),
+        )
+        .await["inventory"]);
+    s.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
+    let image = u(&s
+        .ok(
+            "POST",
+            "/images",
+            Some(
+                json!({"params": {"name": "guest", "url": format!("file://{}", image_file.display()), "format": "qcow2",
+                "backupStorageUuids": [bs], "platform": "Linux", "architecture": "x86_64"}}),
+            ),
+        )
+        .await["inventory"]);
+    let l2 = u(&s
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": up}})),
+        )
+        .await["inventory"]);
+    s.ok("POST", &format!("/l2-networks/{l2}/clusters/{cluster}"), None).await;
+    let l3 =
+        u(&s.ok("POST", "/l3-networks", Some(json!({"params": {"name": "l3", "l2NetworkUuid": l2}}))).await
+            ["inventory"]);
+    let net = format!("10.252.{}", n % 250);
+    s.ok(
+        "POST",
+        &format!("/l3-networks/{l3}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": format!("{net}.10"), "endIp": format!("{net}.20"),
+            "netmask": "255.255.255.0", "gateway": format!("{net}.1")}})),
+    )
+    .await;
+    let flat = u(&s.query("/network-services/providers?q=type=Flat").await[0]);
+    s.ok(
+        "POST",
+        &format!("/l3-networks/{l3}/network-services"),
+        Some(json!({"params": {"networkServices": {flat: ["DHCP", "DNS"]}}})),
+    )
+    .await;
+    let offering = u(&s
+        .ok(
+            "POST",
+            "/instance-offerings",
+            Some(json!({"params": {"name": "tiny", "cpuNum": 1, "memorySize": 256u64 << 20}})),
+        )
+        .await["inventory"]);
+
+    // CreateVmInstance: Running on the KVM host, QEMU runs it, the guest gets the NIC's IP.
+    let vm = s
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "vm1", "instanceOfferingUuid": offering, "imageUuid": image,
+                "l3NetworkUuids": [l3]}})),
+        )
+        .await["inventory"]
+        .clone();
+    let vu = u(&vm);
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert_eq!(vm["hostUuid"], host.as_str());
+    let ip = vm["vmNics"][0]["ip"].as_str().expect("nic ip").to_string();
+    assert!(ip.starts_with(&net), "{ip}");
+    let st = agent.vm_status(&vu).await;
+    assert_eq!(st["state"], "Running", "{st}");
+    let pid = st["pid"].as_u64().expect("pid") as u32;
+    assert!(qemu_pids(&vu).contains(&pid), "a QEMU process runs the VM: {st}");
+    let root_path = std::fs::read_dir(ps_dir.path().join("rootVolumes")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(root_path, 1, "the root volume is on the local primary storage");
+    let log = st["serialLog"].as_str().expect("serial log").to_string();
+    let marker = format!("RZSTACK-GUEST-UP ip={ip}");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains(&marker) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {marker} on the serial console:\n{t}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Destroy: the QEMU process is gone and the agent no longer runs it.
+    s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
+    assert_eq!(s.query(&format!("/vm-instances/{vu}")).await[0]["state"], "Destroyed");
+    assert!(qemu_pids(&vu).is_empty(), "no QEMU process is left for the VM");
+    assert_ne!(agent.vm_status(&vu).await["state"], "Running");
+    drop(links);
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

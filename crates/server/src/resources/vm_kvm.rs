@@ -1,0 +1,408 @@
+//! A VM on a KVM host: the create saga's instantiate step through the host agent
+//! (image cache → volumes → bridges, taps and DHCP → QEMU) and its undo (destroy → release the
+//! network → delete the volumes); stop / destroy of running KVM VMs.
+
+use super::{Ctx, HOST_1005};
+use crate::db::{Val, WriteTx};
+use crate::error::{Error, Result};
+use crate::hostagent::{
+    AgentError, DhcpLease, HostAgent, ImageCacheCmd, KvmAgentClient, NetworkPrepareCmd, NetworkReleaseCmd,
+    Provisioning, StopMode, VmDestroyCmd, VmStartCmd, VmStopCmd, VolumeCreateCmd, VolumeDeleteCmd, PROTOCOL_VERSION,
+};
+use rzstack_api::agent::{BridgeSpec, DhcpRelease, DhcpSpec, TapSpec, VmDisk, VmNicSpec};
+use rzstack_api::ErrorCode;
+use sqlx::Row;
+
+/// One volume of the VM.
+pub struct Vol {
+    pub uuid: String,
+    pub path: String,
+    pub root: bool,
+    pub size: i64,
+    pub device: i64,
+}
+
+/// One NIC of the VM with its network.
+pub struct NicPlan {
+    pub mac: String,
+    pub ip: Option<String>,
+    pub device: i64,
+    pub tap: String,
+    pub l3: String,
+    pub l2: String,
+    pub interface: String,
+    pub vlan: Option<u16>,
+    pub gateway: Option<String>,
+    pub netmask: Option<String>,
+}
+
+/// Everything the agent needs, read in the saga's transaction.
+pub struct Plan {
+    pub host: String,
+    pub ip: String,
+    pub token: String,
+    pub vm_uuid: String,
+    pub name: String,
+    pub cpu_num: i64,
+    pub memory_size: i64,
+    pub virtio: bool,
+    pub tpm: bool,
+    /// (image uuid, file on the backup storage, format)
+    pub image: Option<(String, String, String)>,
+    pub cache_root: Option<String>,
+    pub thick: bool,
+    pub vols: Vec<Vol>,
+    pub nics: Vec<NicPlan>,
+}
+
+impl Plan {
+    fn agent(&self) -> KvmAgentClient {
+        KvmAgentClient::new(&self.ip, &self.token)
+    }
+
+    fn err(&self, what: &str, e: AgentError) -> Error {
+        Error::Api(ErrorCode::new(
+            HOST_1005,
+            format!("failed to {what} for vm[uuid:{}] on host[uuid:{}, ip:{}]: {e}", self.vm_uuid, self.host, self.ip),
+        ))
+    }
+}
+
+/// The tap of NIC `device` of `vm` (at most 15 characters).
+pub fn tap_name(vm: &str, device: i64) -> String {
+    format!("tap{}{}", vm.get(..8).unwrap_or(vm), device)
+}
+
+pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
+    let row = tx
+        .fetch_optional("SELECT management_ip, password FROM host WHERE uuid = $1", &[Val::from(host)])
+        .await?
+        .ok_or_else(|| Error::not_found(format!("host[uuid:{host}] is not found, it may have been deleted")))?;
+    let ip: String = row.try_get(0)?;
+    let token: Option<String> = row.try_get(1)?;
+    let refuse = |why: &str| {
+        Error::Api(ErrorCode::new(
+            HOST_1005,
+            format!("cannot start vm[uuid:{}] on KVM host[uuid:{host}]: {why}", c.vm_uuid),
+        ))
+    };
+    if c.root_from_volume || c.from_snapshot.is_some() {
+        return Err(refuse("a root volume from an existing volume or a snapshot is not supported on KVM hosts yet"));
+    }
+    let mut image = None;
+    let mut virtio = c.nic_driver.as_deref().map_or(true, |d| d == "virtio");
+    if let Some(img) = &c.image_uuid {
+        let r = tx
+            .fetch_optional(
+                "SELECT r.install_path, i.format, i.virtio FROM image_backup_storage_ref r JOIN image i ON i.uuid = r.image_uuid \
+                 WHERE r.image_uuid = $1 AND r.status = 'Ready' AND r.install_path IS NOT NULL ORDER BY r.create_date LIMIT 1",
+                &[Val::from(img.as_str())],
+            )
+            .await?
+            .ok_or_else(|| refuse(&format!("image[uuid:{img}] is on no backup storage")))?;
+        let path: String = r.try_get(0)?;
+        let format: String = r.try_get(1)?;
+        let v: i64 = r.try_get(2)?;
+        virtio = virtio && v != 0;
+        if format == "iso" {
+            return Err(refuse("booting from an ISO image is not supported on KVM hosts yet"));
+        }
+        image = Some((img.clone(), path, format));
+    }
+    let cache_root = match &c.ps {
+        Some(ps) => tx
+            .fetch_optional("SELECT url FROM primary_storage WHERE uuid = $1", &[Val::from(ps.as_str())])
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+            .filter(|u| u.starts_with('/')),
+        None => None,
+    };
+    let mut vols = Vec::new();
+    for r in tx
+        .fetch_all(
+            "SELECT uuid, install_path, type, size, device_id FROM volume WHERE vm_instance_uuid = $1 ORDER BY device_id",
+            &[Val::from(c.vm_uuid.as_str())],
+        )
+        .await?
+    {
+        let ty: String = r.try_get(2)?;
+        let path: Option<String> = r.try_get(1)?;
+        vols.push(Vol {
+            uuid: r.try_get(0)?,
+            path: path.unwrap_or_default(),
+            root: ty == "Root",
+            size: r.try_get(3)?,
+            device: r.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
+        });
+    }
+    let thick = tx
+        .fetch_optional(
+            "SELECT 1 FROM system_tag WHERE resource_uuid = $1 AND tag = 'volumeProvisioningStrategy::ThickProvisioning'",
+            &[Val::from(c.root_volume_uuid.as_str())],
+        )
+        .await?
+        .is_some();
+    let mut nics = Vec::new();
+    for r in tx
+        .fetch_all(
+            "SELECT n.mac, n.ip, n.device_id, n.l3_network_uuid, l2.uuid, l2.physical_interface, l2.vlan, l2.type \
+             FROM vm_nic n JOIN l3_network l3 ON l3.uuid = n.l3_network_uuid JOIN l2_network l2 ON l2.uuid = l3.l2_network_uuid \
+             WHERE n.vm_instance_uuid = $1 ORDER BY n.device_id",
+            &[Val::from(c.vm_uuid.as_str())],
+        )
+        .await?
+    {
+        let l3: String = r.try_get(3)?;
+        let device: i64 = r.try_get(2)?;
+        let ty: String = r.try_get(7)?;
+        let vlan: Option<i64> = r.try_get(6)?;
+        let range = tx
+            .fetch_optional(
+                "SELECT gateway, netmask FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4 \
+                 ORDER BY create_date LIMIT 1",
+                &[Val::from(l3.as_str())],
+            )
+            .await?;
+        let (gateway, netmask) = match range {
+            Some(g) => (g.try_get::<Option<String>, _>(0)?, Some(g.try_get::<String, _>(1)?)),
+            None => (None, None),
+        };
+        nics.push(NicPlan {
+            mac: r.try_get(0)?,
+            ip: r.try_get(1)?,
+            device,
+            tap: tap_name(&c.vm_uuid, device),
+            l3,
+            l2: r.try_get(4)?,
+            interface: r.try_get(5)?,
+            vlan: if ty == "L2VlanNetwork" { vlan.and_then(|v| u16::try_from(v).ok()) } else { None },
+            gateway,
+            netmask,
+        });
+    }
+    Ok(Plan {
+        host: host.to_string(),
+        ip,
+        token: token.unwrap_or_default(),
+        vm_uuid: c.vm_uuid.clone(),
+        name: c.name.clone(),
+        cpu_num: c.cpu_num,
+        memory_size: c.memory_size,
+        virtio,
+        tpm: c.tpm.is_some(),
+        image,
+        cache_root,
+        thick,
+        vols,
+        nics,
+    })
+}
+
+fn bridge_of(n: &NicPlan) -> BridgeSpec {
+    BridgeSpec { l2_uuid: n.l2.clone(), physical_interface: n.interface.clone(), vlan: n.vlan, bridge_name: None }
+}
+
+/// Cache the image, create the volumes, prepare the network, start QEMU.
+pub async fn instantiate(p: &Plan) -> Result<()> {
+    let agent = p.agent();
+    let cached = match &p.image {
+        Some((uuid, path, format)) => Some(
+            agent
+                .cache_image(&ImageCacheCmd {
+                    version: PROTOCOL_VERSION,
+                    image_uuid: uuid.clone(),
+                    source_path: path.clone(),
+                    format: Some(format.clone()),
+                    cache_root: p.cache_root.clone(),
+                })
+                .await
+                .map_err(|e| p.err("cache the image", e))?
+                .install_path,
+        ),
+        None => None,
+    };
+    for v in &p.vols {
+        let backing = if v.root { cached.clone() } else { None };
+        agent
+            .create_volume(&VolumeCreateCmd {
+                version: PROTOCOL_VERSION,
+                volume_uuid: v.uuid.clone(),
+                install_path: v.path.clone(),
+                size: v.size,
+                backing_file: backing,
+                provisioning: if v.root && p.thick {
+                    Provisioning::ThickProvisioning
+                } else {
+                    Provisioning::ThinProvisioning
+                },
+            })
+            .await
+            .map_err(|e| p.err("create a volume", e))?;
+    }
+    let mut net = NetworkPrepareCmd { version: PROTOCOL_VERSION, ..Default::default() };
+    for n in &p.nics {
+        let b = bridge_of(n);
+        let bridge = b.name();
+        if !net.bridges.iter().any(|x| x.name() == bridge) {
+            net.bridges.push(b);
+        }
+        net.taps.push(TapSpec {
+            vm_uuid: p.vm_uuid.clone(),
+            tap_name: n.tap.clone(),
+            mac: n.mac.clone(),
+            bridge_name: bridge.clone(),
+        });
+        if let (Some(gw), Some(mask), Some(ip)) = (&n.gateway, &n.netmask, &n.ip) {
+            let lease = DhcpLease { mac: n.mac.clone(), ip: ip.clone(), hostname: None };
+            match net.dhcp.iter_mut().find(|d| d.l3_uuid == n.l3) {
+                Some(d) => d.leases.push(lease),
+                None => net.dhcp.push(DhcpSpec {
+                    l3_uuid: n.l3.clone(),
+                    bridge_name: bridge,
+                    gateway: gw.clone(),
+                    netmask: mask.clone(),
+                    dns: vec![],
+                    dns_domain: None,
+                    leases: vec![lease],
+                }),
+            }
+        }
+    }
+    if !net.taps.is_empty() {
+        agent.prepare_network(&net).await.map_err(|e| p.err("prepare the network", e))?;
+    }
+    let root = p
+        .vols
+        .iter()
+        .find(|v| v.root)
+        .ok_or_else(|| Error::operr(format!("vm[uuid:{}] has no root volume", p.vm_uuid)))?;
+    let disk = |v: &Vol| VmDisk { volume_uuid: v.uuid.clone(), install_path: v.path.clone(), device_id: v.device };
+    agent
+        .start_vm(&VmStartCmd {
+            version: PROTOCOL_VERSION,
+            vm_uuid: p.vm_uuid.clone(),
+            name: p.name.clone(),
+            cpu_num: p.cpu_num,
+            memory_size: p.memory_size,
+            virtio: p.virtio,
+            root_volume: VmDisk { device_id: 0, ..disk(root) },
+            data_volumes: p.vols.iter().filter(|v| !v.root).map(disk).collect(),
+            cdrom: None,
+            nics: p
+                .nics
+                .iter()
+                .map(|n| VmNicSpec { mac: n.mac.clone(), tap_name: n.tap.clone(), device_id: n.device })
+                .collect(),
+            boot_order: vec![],
+            tpm: p.tpm,
+            user_data: None,
+        })
+        .await
+        .map_err(|e| p.err("start the vm", e))?;
+    Ok(())
+}
+
+/// Best effort: destroy the QEMU process, release taps and leases, delete the volume files.
+pub async fn teardown(p: &Plan) {
+    let agent = p.agent();
+    if let Err(e) = agent.destroy_vm(&VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: p.vm_uuid.clone() }).await {
+        tracing::warn!("destroying vm {} on host {}: {e}", p.vm_uuid, p.host);
+    }
+    release(p, &agent).await;
+    for v in &p.vols {
+        if v.path.is_empty() {
+            continue;
+        }
+        if let Err(e) =
+            agent.delete_volume(&VolumeDeleteCmd { version: PROTOCOL_VERSION, install_path: v.path.clone() }).await
+        {
+            tracing::warn!("deleting volume {} on host {}: {e}", v.path, p.host);
+        }
+    }
+}
+
+async fn release(p: &Plan, agent: &KvmAgentClient) {
+    if p.nics.is_empty() {
+        return;
+    }
+    let mut cmd = NetworkReleaseCmd { version: PROTOCOL_VERSION, ..Default::default() };
+    for n in &p.nics {
+        cmd.taps.push(n.tap.clone());
+        match cmd.leases.iter_mut().find(|l| l.l3_uuid == n.l3) {
+            Some(l) => l.macs.push(n.mac.clone()),
+            None => cmd.leases.push(DhcpRelease { l3_uuid: n.l3.clone(), macs: vec![n.mac.clone()] }),
+        }
+    }
+    if let Err(e) = agent.release_network(&cmd).await {
+        tracing::warn!("releasing the network of vm {} on host {}: {e}", p.vm_uuid, p.host);
+    }
+}
+
+/// The agent of the KVM host a VM runs on (none for simulator hosts or VMs without a host).
+pub async fn agent_of_vm(db: &crate::db::Db, vm: &str) -> Result<Option<KvmAgentClient>> {
+    let row = db
+        .fetch_optional(
+            "SELECT h.management_ip, h.password FROM vm_instance v JOIN host h ON h.uuid = v.host_uuid \
+             WHERE v.uuid = $1 AND h.hypervisor_type = 'KVM'",
+            &[Val::from(vm)],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let ip: String = r.try_get(0)?;
+    let token: Option<String> = r.try_get(1)?;
+    Ok(Some(KvmAgentClient::new(&ip, token.as_deref().unwrap_or_default())))
+}
+
+fn agent_err(vm: &str, what: &str, e: AgentError) -> Error {
+    Error::operr(format!("failed to {what} vm[uuid:{vm}] on its KVM host: {e}"))
+}
+
+/// Stop a VM's QEMU on its KVM host (taps and leases stay for the next start).
+pub async fn stop_on_host(db: &crate::db::Db, vm: &str, cold: bool) -> Result<()> {
+    if let Some(agent) = agent_of_vm(db, vm).await? {
+        agent
+            .stop_vm(&VmStopCmd {
+                version: PROTOCOL_VERSION,
+                vm_uuid: vm.to_string(),
+                mode: if cold { StopMode::Cold } else { StopMode::Grace },
+                timeout_secs: None,
+            })
+            .await
+            .map_err(|e| agent_err(vm, "stop", e))?;
+    }
+    Ok(())
+}
+
+/// Destroy a VM's QEMU on its KVM host and release its taps and DHCP leases (its volumes stay
+/// until expunge).
+pub async fn destroy_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
+    let Some(agent) = agent_of_vm(db, vm).await? else { return Ok(()) };
+    agent
+        .destroy_vm(&VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: vm.to_string() })
+        .await
+        .map_err(|e| agent_err(vm, "destroy", e))?;
+    let mut cmd = NetworkReleaseCmd { version: PROTOCOL_VERSION, ..Default::default() };
+    for r in db
+        .fetch_all(
+            "SELECT mac, device_id, l3_network_uuid FROM vm_nic WHERE vm_instance_uuid = $1 ORDER BY device_id",
+            &[Val::from(vm)],
+        )
+        .await?
+    {
+        let mac: String = r.try_get(0)?;
+        let device: i64 = r.try_get(1)?;
+        let l3: Option<String> = r.try_get(2)?;
+        cmd.taps.push(tap_name(vm, device));
+        if let Some(l3) = l3 {
+            match cmd.leases.iter_mut().find(|l| l.l3_uuid == l3) {
+                Some(l) => l.macs.push(mac),
+                None => cmd.leases.push(DhcpRelease { l3_uuid: l3, macs: vec![mac] }),
+            }
+        }
+    }
+    if !cmd.taps.is_empty() {
+        agent.release_network(&cmd).await.map_err(|e| agent_err(vm, "release the network of", e))?;
+    }
+    Ok(())
+}
