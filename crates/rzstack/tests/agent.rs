@@ -232,7 +232,23 @@ async fn periodic_ping_keeps_host_status_true() {
             Some(json!({"updateGlobalConfig": {"value": "often"}})),
         )
         .await;
-    assert_error(&err, "SYS.1007", "the value[often] cannot be converted to that type");
+    assert_error(
+        &err,
+        "SYS.1007",
+        "GlobalConfig[category:host, name:ping.interval] is of type java.lang.Integer, the value[often] cannot be converted to that type",
+    );
+    let err = s
+        .fails(
+            "PUT",
+            "/global-configurations/host/ping.interval/actions",
+            Some(json!({"updateGlobalConfig": {"value": "0"}})),
+        )
+        .await;
+    assert_error(
+        &err,
+        "SYS.1007",
+        "Global config[category: host, name: ping.interval] should not less than 1, but got 0",
+    );
     let r = s.get("/global-configurations?q=category=host&q=name=ping.interval").await;
     assert_eq!(r.body["inventories"][0]["value"], "60");
 

@@ -69,6 +69,12 @@ fn rule_of(d: &ConfigDef) -> Rule {
         ("host", "cpu.overProvisioning.ratio") => {
             Rule::Number { class: "java.lang.Integer", min: Some(1), max: Some(1000) }
         }
+        ("host", "ping.interval" | "ping.timeout") => {
+            Rule::Number { class: "java.lang.Integer", min: Some(1), max: None }
+        }
+        ("host", "ping.maxFailure" | "ping.parallelismDegree") => {
+            Rule::Number { class: "java.lang.Integer", min: Some(0), max: None }
+        }
         ("kvm", "reservedMemory") => Rule::Size { max: 1 << 40 },
         ("kvm", "reservedCpu") => Rule::Number { class: "java.lang.Long", min: Some(-1), max: None },
         _ if d.default.parse::<i64>().is_ok() => Rule::Number { class: "java.lang.Long", min: None, max: None },
