@@ -265,8 +265,9 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     assert_eq!(st["state"], "Running", "{st}");
     let pid = st["pid"].as_u64().expect("pid") as u32;
     assert!(qemu_pids(&vu).contains(&pid), "a QEMU process runs the VM: {st}");
-    let root_path = std::fs::read_dir(ps_dir.path().join("rootVolumes")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(root_path, 1, "the root volume is on the local primary storage");
+    let roots: Vec<PathBuf> =
+        walk(ps_dir.path()).into_iter().filter(|p| p.to_string_lossy().contains("rootVolumes")).collect();
+    assert_eq!(roots.len(), 1, "the root volume is on the local primary storage: {roots:?}");
     let log = st["serialLog"].as_str().expect("serial log").to_string();
     let marker = format!("RZSTACK-GUEST-UP ip={ip}");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -279,14 +280,48 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Stop (cold): no QEMU; start: QEMU again, on the same thin root volume, same IP.
+    let act = format!("/vm-instances/{vu}/actions");
+    let r = s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert_eq!(r["inventory"]["state"], "Stopped");
+    assert!(qemu_pids(&vu).is_empty(), "stop leaves no QEMU process");
+    assert_eq!(agent.vm_status(&vu).await["state"], "Stopped");
+    let r = s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    let st = agent.vm_status(&vu).await;
+    assert_eq!(st["state"], "Running", "{st}");
+    let pid2 = st["pid"].as_u64().expect("pid") as u32;
+    assert_ne!(pid2, pid, "a new QEMU process");
+    assert_eq!(qemu_pids(&vu), vec![pid2]);
+
     // Destroy: the QEMU process is gone and the agent no longer runs it.
     s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     assert_eq!(s.query(&format!("/vm-instances/{vu}")).await[0]["state"], "Destroyed");
     assert!(qemu_pids(&vu).is_empty(), "no QEMU process is left for the VM");
     assert_ne!(agent.vm_status(&vu).await["state"], "Running");
+    let root_file =
+        |d: &Path| walk(d).into_iter().filter(|p| p.to_string_lossy().contains("rootVolumes")).collect::<Vec<_>>();
+    assert_eq!(root_file(ps_dir.path()).len(), 1, "destroy keeps the root volume until expunge");
+    s.ok("PUT", &act, Some(json!({"expungeVmInstance": {}}))).await;
+    assert!(s.query(&format!("/vm-instances/{vu}")).await.is_empty());
+    assert!(root_file(ps_dir.path()).is_empty(), "expunge deletes the root volume file");
     drop(links);
 }
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The files under `d`.
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -3113,6 +3113,8 @@ async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -
         )
         .await?;
     }
+    // On a KVM host the agent starts QEMU (a failure rolls the whole start back).
+    kvm::start_existing(tx, uuid, &host).await?;
     Ok(())
 }
 
@@ -3293,6 +3295,8 @@ async fn recover_vm(app: App, msg: Msg) -> Result<Reply> {
 
 async fn expunge_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    // the root volume file on a KVM host goes once the rows are gone
+    let file = kvm::expunge_target(&app.db, &uuid).await?;
     let mut tx = app.db.begin_write().await?;
     let Some(state) = vm_state(&mut tx, &uuid).await? else {
         // expunged already (a replayed job)
@@ -3308,6 +3312,9 @@ async fn expunge_vm(app: App, msg: Msg) -> Result<Reply> {
     }
     remove_vm_rows(&mut tx, &uuid).await?;
     tx.commit().await?;
+    if let Some((agent, path)) = file {
+        kvm::delete_file(&agent, &path).await;
+    }
     Ok(Reply::empty())
 }
 

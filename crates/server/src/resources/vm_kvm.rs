@@ -53,6 +53,8 @@ pub struct Plan {
     pub thick: bool,
     pub vols: Vec<Vol>,
     pub nics: Vec<NicPlan>,
+    /// false: the volumes exist (starting a stopped VM)
+    pub create_volumes: bool,
 }
 
 impl Plan {
@@ -118,11 +120,33 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             .filter(|u| u.starts_with('/')),
         None => None,
     };
+    let (vols, thick, nics) = vols_and_nics(tx, &c.vm_uuid, &c.root_volume_uuid).await?;
+    Ok(Plan {
+        host: host.to_string(),
+        ip,
+        token: token.unwrap_or_default(),
+        vm_uuid: c.vm_uuid.clone(),
+        name: c.name.clone(),
+        cpu_num: c.cpu_num,
+        memory_size: c.memory_size,
+        virtio,
+        tpm: c.tpm.is_some(),
+        image,
+        cache_root,
+        thick,
+        vols,
+        nics,
+        create_volumes: true,
+    })
+}
+
+/// The VM's volumes (by device id), whether its root volume is thick, and its NICs with their networks.
+async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<(Vec<Vol>, bool, Vec<NicPlan>)> {
     let mut vols = Vec::new();
     for r in tx
         .fetch_all(
             "SELECT uuid, install_path, type, size, device_id FROM volume WHERE vm_instance_uuid = $1 ORDER BY device_id",
-            &[Val::from(c.vm_uuid.as_str())],
+            &[Val::from(vm)],
         )
         .await?
     {
@@ -139,7 +163,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
     let thick = tx
         .fetch_optional(
             "SELECT 1 FROM system_tag WHERE resource_uuid = $1 AND tag = 'volumeProvisioningStrategy::ThickProvisioning'",
-            &[Val::from(c.root_volume_uuid.as_str())],
+            &[Val::from(root_volume)],
         )
         .await?
         .is_some();
@@ -149,7 +173,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             "SELECT n.mac, n.ip, n.device_id, n.l3_network_uuid, l2.uuid, l2.physical_interface, l2.vlan, l2.type \
              FROM vm_nic n JOIN l3_network l3 ON l3.uuid = n.l3_network_uuid JOIN l2_network l2 ON l2.uuid = l3.l2_network_uuid \
              WHERE n.vm_instance_uuid = $1 ORDER BY n.device_id",
-            &[Val::from(c.vm_uuid.as_str())],
+            &[Val::from(vm)],
         )
         .await?
     {
@@ -172,7 +196,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             mac: r.try_get(0)?,
             ip: r.try_get(1)?,
             device,
-            tap: tap_name(&c.vm_uuid, device),
+            tap: tap_name(vm, device),
             l3,
             l2: r.try_get(4)?,
             interface: r.try_get(5)?,
@@ -181,22 +205,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             netmask,
         });
     }
-    Ok(Plan {
-        host: host.to_string(),
-        ip,
-        token: token.unwrap_or_default(),
-        vm_uuid: c.vm_uuid.clone(),
-        name: c.name.clone(),
-        cpu_num: c.cpu_num,
-        memory_size: c.memory_size,
-        virtio,
-        tpm: c.tpm.is_some(),
-        image,
-        cache_root,
-        thick,
-        vols,
-        nics,
-    })
+    Ok((vols, thick, nics))
 }
 
 fn bridge_of(n: &NicPlan) -> BridgeSpec {
@@ -222,7 +231,7 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
         ),
         None => None,
     };
-    for v in &p.vols {
+    for v in p.vols.iter().filter(|_| p.create_volumes) {
         let backing = if v.root { cached.clone() } else { None };
         agent
             .create_volume(&VolumeCreateCmd {
@@ -405,4 +414,68 @@ pub async fn destroy_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
         agent.release_network(&cmd).await.map_err(|e| agent_err(vm, "release the network of", e))?;
     }
     Ok(())
+}
+
+/// Start a stopped VM on the KVM host `host` (its volumes exist): network, then QEMU. Nothing
+/// to do when the host is not a KVM host.
+pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()> {
+    let Some(row) = tx
+        .fetch_optional(
+            "SELECT h.management_ip, h.password, v.name, v.cpu_num, v.memory_size, v.root_volume_uuid, \
+             COALESCE((SELECT i.virtio FROM image i WHERE i.uuid = v.image_uuid), 1) \
+             FROM host h JOIN vm_instance v ON v.uuid = $2 WHERE h.uuid = $1 AND h.hypervisor_type = 'KVM'",
+            &[Val::from(host), Val::from(vm)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let root: Option<String> = row.try_get(5)?;
+    let root = root.unwrap_or_default();
+    let (vols, thick, nics) = vols_and_nics(tx, vm, &root).await?;
+    let tpm = tx.fetch_optional("SELECT 1 FROM tpm WHERE vm_instance_uuid = $1", &[Val::from(vm)]).await?.is_some();
+    let plan = Plan {
+        host: host.to_string(),
+        ip: row.try_get(0)?,
+        token: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+        vm_uuid: vm.to_string(),
+        name: row.try_get(2)?,
+        cpu_num: row.try_get(3)?,
+        memory_size: row.try_get(4)?,
+        virtio: row.try_get::<i64, _>(6)? != 0,
+        tpm,
+        image: None,
+        cache_root: None,
+        thick,
+        vols,
+        nics,
+        create_volumes: false,
+    };
+    instantiate(&plan).await
+}
+
+/// The agent and root volume file of a Destroyed VM whose last host is a KVM host.
+pub async fn expunge_target(db: &crate::db::Db, vm: &str) -> Result<Option<(KvmAgentClient, String)>> {
+    let row = db
+        .fetch_optional(
+            "SELECT h.management_ip, h.password, vol.install_path FROM vm_instance v \
+             JOIN host h ON h.uuid = v.last_host_uuid JOIN volume vol ON vol.vm_instance_uuid = v.uuid AND vol.type = 'Root' \
+             WHERE v.uuid = $1 AND v.state = 'Destroyed' AND h.hypervisor_type = 'KVM'",
+            &[Val::from(vm)],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let ip: String = r.try_get(0)?;
+    let token: Option<String> = r.try_get(1)?;
+    let path: Option<String> = r.try_get(2)?;
+    Ok(path.filter(|p| p.starts_with('/')).map(|p| (KvmAgentClient::new(&ip, token.as_deref().unwrap_or_default()), p)))
+}
+
+/// Best effort: delete an expunged VM's root volume file on its host.
+pub async fn delete_file(agent: &KvmAgentClient, path: &str) {
+    if let Err(e) =
+        agent.delete_volume(&VolumeDeleteCmd { version: PROTOCOL_VERSION, install_path: path.to_string() }).await
+    {
+        tracing::warn!("deleting volume {path}: {e}");
+    }
 }
