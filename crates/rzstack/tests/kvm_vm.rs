@@ -280,8 +280,16 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Stop (cold): no QEMU; start: QEMU again, on the same thin root volume, same IP.
+    // Reboot: the guest runs again under QEMU.
     let act = format!("/vm-instances/{vu}/actions");
+    let r = s.ok("PUT", &act, Some(json!({"rebootVmInstance": {}}))).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    let st = agent.vm_status(&vu).await;
+    assert_eq!(st["state"], "Running", "{st}");
+    let pid = st["pid"].as_u64().expect("pid") as u32;
+    assert_eq!(qemu_pids(&vu), vec![pid]);
+
+    // Stop (cold): no QEMU; start: QEMU again, on the same thin root volume, same IP.
     let r = s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
     assert_eq!(r["inventory"]["state"], "Stopped");
     assert!(qemu_pids(&vu).is_empty(), "stop leaves no QEMU process");
@@ -305,6 +313,45 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     s.ok("PUT", &act, Some(json!({"expungeVmInstance": {}}))).await;
     assert!(s.query(&format!("/vm-instances/{vu}")).await.is_empty());
     assert!(root_file(ps_dir.path()).is_empty(), "expunge deletes the root volume file");
+
+    // An L2 on an interface the host does not have: the network cannot be prepared, the
+    // creation fails with HOST.1005 and is undone (no VM, no volume file, no QEMU, the IP free).
+    let bad_if = format!("rzk{n}x");
+    let l2b = u(&s
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "l2b", "zoneUuid": zone, "physicalInterface": bad_if}})),
+        )
+        .await["inventory"]);
+    s.ok("POST", &format!("/l2-networks/{l2b}/clusters/{cluster}"), None).await;
+    let l3b = u(&s.ok("POST", "/l3-networks", Some(json!({"params": {"name": "l3b", "l2NetworkUuid": l2b}}))).await
+        ["inventory"]);
+    s.ok(
+        "POST",
+        &format!("/l3-networks/{l3b}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": "10.251.0.10", "endIp": "10.251.0.10",
+            "netmask": "255.255.255.0", "gateway": "10.251.0.1"}})),
+    )
+    .await;
+    let ps_before = s.query(&format!("/primary-storage/{ps}")).await[0]["availableCapacity"].clone();
+    let e = s
+        .fails(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "vm2", "instanceOfferingUuid": offering, "imageUuid": image,
+                "l3NetworkUuids": [l3b]}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1006", "the interface rzk");
+    assert_error(&e["cause"], "HOST.1005", "failed to prepare the network");
+    assert!(s.query("/vm-instances?q=name=vm2").await.is_empty(), "no VM is left");
+    assert!(root_file(ps_dir.path()).is_empty(), "the root volume file is deleted again");
+    assert!(!Path::new("/sys/class/net").join(format!("br_{bad_if}")).exists());
+    assert_eq!(s.query(&format!("/primary-storage/{ps}")).await[0]["availableCapacity"], ps_before);
+    let cap = s.get(&format!("/ip-capacity?l3NetworkUuids={l3b}")).await;
+    assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
+    assert_eq!(cap.body["availableCapacity"], 1, "{}", cap.text);
     drop(links);
 }
 

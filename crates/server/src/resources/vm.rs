@@ -3148,6 +3148,12 @@ async fn stop_vm(app: App, msg: Msg) -> Result<Reply> {
 
 async fn reboot_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    // A guest on a KVM host is rebooted by its agent first (outside the write transaction).
+    if let Some(r) = one_row(&app, "SELECT state FROM vm_instance WHERE uuid = $1", &uuid).await? {
+        let st: String = r.try_get(0)?;
+        VmOp::Reboot.check(&st)?;
+        kvm::reboot_on_host(&app.db, &uuid).await?;
+    }
     let mut tx = app.db.begin_write().await?;
     let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
     VmOp::Reboot.check(&state)?;

@@ -479,3 +479,19 @@ pub async fn delete_file(agent: &KvmAgentClient, path: &str) {
         tracing::warn!("deleting volume {path}: {e}");
     }
 }
+
+/// Reboot a VM's QEMU on its KVM host (grace: ACPI power-down, then a fresh start).
+pub async fn reboot_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
+    if let Some(agent) = agent_of_vm(db, vm).await? {
+        agent
+            .reboot_vm(&VmStopCmd {
+                version: PROTOCOL_VERSION,
+                vm_uuid: vm.to_string(),
+                mode: StopMode::Grace,
+                timeout_secs: None,
+            })
+            .await
+            .map_err(|e| agent_err(vm, "reboot", e))?;
+    }
+    Ok(())
+}
