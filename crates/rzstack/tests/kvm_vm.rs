@@ -306,6 +306,7 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     assert_eq!(s.query(&format!("/vm-instances/{vu}")).await[0]["state"], "Destroyed");
     assert!(qemu_pids(&vu).is_empty(), "no QEMU process is left for the VM");
+    assert!(!Path::new("/sys/class/net").join(format!("tap{}0", &vu[..8])).exists(), "destroy deletes the tap");
     assert_ne!(agent.vm_status(&vu).await["state"], "Running");
     let root_file =
         |d: &Path| walk(d).into_iter().filter(|p| p.to_string_lossy().contains("rootVolumes")).collect::<Vec<_>>();
@@ -313,6 +314,43 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     s.ok("PUT", &act, Some(json!({"expungeVmInstance": {}}))).await;
     assert!(s.query(&format!("/vm-instances/{vu}")).await.is_empty());
     assert!(root_file(ps_dir.path()).is_empty(), "expunge deletes the root volume file");
+
+    // ThickProvisioning root volume and a data volume: a fully allocated independent root file,
+    // a data file of the offering's size; destroy + expunge delete the root file.
+    let disk = u(&s
+        .ok("POST", "/disk-offerings", Some(json!({"params": {"name": "d", "diskSize": 32u64 << 20}})))
+        .await["inventory"]);
+    let vm3 = s
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "vm3", "instanceOfferingUuid": offering, "imageUuid": image,
+                "l3NetworkUuids": [l3], "dataDiskOfferingUuids": [disk],
+                "rootVolumeSystemTags": ["volumeProvisioningStrategy::ThickProvisioning"]}})),
+        )
+        .await["inventory"]
+        .clone();
+    let v3 = u(&vm3);
+    assert_eq!(vm3["state"], "Running", "{vm3}");
+    assert_eq!(agent.vm_status(&v3).await["state"], "Running");
+    let vols = &vm3["allVolumes"];
+    let root3 = vols.as_array().expect("allVolumes").iter().find(|v| v["type"] == "Root").expect("root").clone();
+    let data3 = vols.as_array().expect("allVolumes").iter().find(|v| v["type"] == "Data").expect("data").clone();
+    let info = |p: &str| -> Value {
+        let o = Command::new("qemu-img").args(["info", "--output=json", "-U", p]).output().expect("qemu-img");
+        assert!(o.status.success(), "qemu-img info {p}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("json")
+    };
+    let ri = info(root3["installPath"].as_str().expect("installPath"));
+    assert!(ri.get("backing-filename").is_none(), "a thick root volume has no backing file: {ri}");
+    let (vsize, actual) = (ri["virtual-size"].as_i64().expect("size"), ri["actual-size"].as_i64().expect("actual"));
+    assert!(actual * 10 >= vsize * 9, "thick: actual {actual} of {vsize}");
+    let di = info(data3["installPath"].as_str().expect("installPath"));
+    assert_eq!(di["virtual-size"], 32u64 << 20, "{di}");
+    s.ok("DELETE", &format!("/vm-instances/{v3}"), None).await;
+    assert!(qemu_pids(&v3).is_empty());
+    s.ok("PUT", &format!("/vm-instances/{v3}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    assert!(root_file(ps_dir.path()).is_empty(), "expunge deletes the thick root volume file");
 
     // An L2 on an interface the host does not have: the network cannot be prepared, the
     // creation fails with HOST.1005 and is undone (no VM, no volume file, no QEMU, the IP free).
