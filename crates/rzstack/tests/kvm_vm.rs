@@ -352,6 +352,29 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     s.ok("PUT", &format!("/vm-instances/{v3}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
     assert!(root_file(ps_dir.path()).is_empty(), "expunge deletes the thick root volume file");
 
+    // CreateStopped: volumes only, no QEMU until StartVmInstance.
+    let vm4 = s
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "vm4", "instanceOfferingUuid": offering, "imageUuid": image,
+                "l3NetworkUuids": [l3], "strategy": "CreateStopped"}})),
+        )
+        .await["inventory"]
+        .clone();
+    let v4 = u(&vm4);
+    assert_eq!(vm4["state"], "Stopped", "{vm4}");
+    assert!(qemu_pids(&v4).is_empty(), "a CreateStopped VM does not run");
+    assert_eq!(root_file(ps_dir.path()).len(), 1, "its root volume exists");
+    let r = s.ok("PUT", &format!("/vm-instances/{v4}/actions"), Some(json!({"startVmInstance": {}}))).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    assert_eq!(agent.vm_status(&v4).await["state"], "Running");
+    assert_eq!(qemu_pids(&v4).len(), 1);
+    s.ok("DELETE", &format!("/vm-instances/{v4}"), None).await;
+    assert!(qemu_pids(&v4).is_empty());
+    s.ok("PUT", &format!("/vm-instances/{v4}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    assert!(root_file(ps_dir.path()).is_empty());
+
     // An L2 on an interface the host does not have: the network cannot be prepared, the
     // creation fails with HOST.1005 and is undone (no VM, no volume file, no QEMU, the IP free).
     let bad_if = format!("rzk{n}x");

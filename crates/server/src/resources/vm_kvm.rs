@@ -55,6 +55,8 @@ pub struct Plan {
     pub nics: Vec<NicPlan>,
     /// false: the volumes exist (starting a stopped VM)
     pub create_volumes: bool,
+    /// false: only the volumes (CreateStopped); network and QEMU come with StartVmInstance
+    pub start: bool,
 }
 
 impl Plan {
@@ -137,6 +139,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         vols,
         nics,
         create_volumes: true,
+        start: c.strategy != "CreateStopped",
     })
 }
 
@@ -248,6 +251,9 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
             })
             .await
             .map_err(|e| p.err("create a volume", e))?;
+    }
+    if !p.start {
+        return Ok(());
     }
     let mut net = NetworkPrepareCmd { version: PROTOCOL_VERSION, ..Default::default() };
     for n in &p.nics {
@@ -450,6 +456,7 @@ pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()
         vols,
         nics,
         create_volumes: false,
+        start: true,
     };
     instantiate(&plan).await
 }
