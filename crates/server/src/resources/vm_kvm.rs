@@ -94,7 +94,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         return Err(refuse("a root volume from an existing volume or a snapshot is not supported on KVM hosts yet"));
     }
     let mut image = None;
-    let mut virtio = c.nic_driver.as_deref().map_or(true, |d| d == "virtio");
+    let mut virtio = c.nic_driver.as_deref().is_none_or(|d| d == "virtio");
     if let Some(img) = &c.image_uuid {
         let r = tx
             .fetch_optional(
