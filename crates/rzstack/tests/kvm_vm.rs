@@ -80,6 +80,12 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Guests, dnsmasq and swtpm run detached from the agent (they survive its restarts by
+        // design); the test ends them itself: each has the agent's data directory on its
+        // command line.
+        if let Some(dir) = self.data_dir.to_str() {
+            let _ = Command::new("pkill").arg("-f").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
     }
 }
 
