@@ -2,78 +2,11 @@
 //! AddKVMHost learns this machine's facts through it, the token guards it, and a stopped
 //! agent shows as a Disconnected host.
 mod common;
+use common::agent::Agent;
 use common::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A running `rzstack agent` on a loopback port; killed on drop.
-struct Agent {
-    child: Option<Child>,
-    port: u16,
-    data_dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-impl Agent {
-    /// Start on `port` (0 = a free one) with the token file of `data_dir`.
-    async fn start(data_dir: &Path, port: u16) -> Agent {
-        let http = reqwest::Client::new();
-        for _ in 0..5 {
-            let port = if port == 0 { free_port() } else { port };
-            let mut child = Command::new(env!("CARGO_BIN_EXE_rzstack"))
-                .arg("agent")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--data-dir")
-                .arg(data_dir)
-                .env("RZSTACK_LOG", "warn")
-                .env_remove("RZSTACK_AGENT_TOKEN")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn rzstack agent");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                // Without a token the agent answers 401: it is up.
-                let r = http.post(format!("http://127.0.0.1:{port}/v1/host/ping")).body("{}").send().await;
-                if r.is_ok_and(|r| r.status().as_u16() == 401) {
-                    return Agent { child: Some(child), port, data_dir: data_dir.to_path_buf() };
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("rzstack agent did not start");
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("token")).expect("token file").trim().to_string()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// This machine's facts, read here independently of the agent.
 fn cpu_count() -> i64 {

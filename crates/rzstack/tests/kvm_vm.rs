@@ -4,90 +4,12 @@
 //! the QEMU process. Skips with a reason when not root, or QEMU / dnsmasq / the test image are
 //! unavailable.
 mod common;
+use common::agent::Agent;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Agent {
-    child: Option<Child>,
-    port: u16,
-    data_dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-impl Agent {
-    async fn start(data_dir: &Path) -> Agent {
-        let http = reqwest::Client::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_rzstack"))
-                .arg("agent")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--data-dir")
-                .arg(data_dir)
-                .env("RZSTACK_LOG", "warn")
-                .env_remove("RZSTACK_AGENT_TOKEN")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn rzstack agent");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                let r = http.post(format!("http://127.0.0.1:{port}/v1/host/ping")).body("{}").send().await;
-                if r.is_ok_and(|r| r.status().as_u16() == 401) {
-                    return Agent { child: Some(child), port, data_dir: data_dir.to_path_buf() };
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("rzstack agent did not start");
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("token")).expect("token file").trim().to_string()
-    }
-
-    async fn vm_status(&self, vm: &str) -> Value {
-        let r = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/v1/vm/status", self.port))
-            .bearer_auth(self.token())
-            .json(&json!({"version": 1, "vmUuids": [vm]}))
-            .send()
-            .await
-            .expect("vm status");
-        let b: Value = r.json().await.expect("json");
-        assert_eq!(b["success"], true, "{b}");
-        b["result"]["vms"][0].clone()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Guests, dnsmasq and swtpm run detached from the agent (they survive its restarts by
-        // design); the test ends them itself: each has the agent's data directory on its
-        // command line.
-        if let Some(dir) = self.data_dir.to_str() {
-            let _ = Command::new("pkill").arg("-f").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
-    }
-}
 
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -165,7 +87,7 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     let agent_dir = tempfile::tempdir().expect("tempdir");
     let ps_dir = tempfile::tempdir().expect("tempdir");
     let bs_dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start(agent_dir.path()).await;
+    let agent = Agent::start(agent_dir.path(), 0).await;
     let s = Server::start_with_env(vec![("RZSTACK_KVM_AGENT_PORT".into(), agent.port.to_string())]).await;
 
     // A veth end as the L2's physical interface (no dummy interfaces on this kernel; never eth0).

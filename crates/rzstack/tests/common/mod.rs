@@ -3,6 +3,8 @@
 //! `RZSTACK_TEST_DATABASE_URL` is set) and talks to it over HTTP as a ZStack client would.
 #![allow(dead_code)]
 
+pub mod agent;
+
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
