@@ -205,8 +205,6 @@ pub struct QueryParams {
     /// (field, ascending)
     pub sort: Option<(String, bool)>,
     pub fields: Vec<String>,
-    pub group_by: Option<String>,
-    pub filter_name: Option<String>,
 }
 
 /// Upstream's default page size.
@@ -260,14 +258,12 @@ pub fn parse_params(pairs: &[(String, String)]) -> Result<QueryParams, RestError
                     return Err(RestError::bad_request("Invalid query parameter. 'fields' contains zero field"));
                 }
             }
-            "groupBy" => p.group_by = Some(v.clone()),
-            "filterName" => {
-                if !v.contains(':') {
-                    return Err(RestError::bad_request(format!(
-                        "Invalid query parameter. 'filterName' must be in format of 'type:condition', but got {v}"
-                    )));
-                }
-                p.filter_name = Some(v.clone())
+            // Accepted parameters are honoured or refused, never ignored: these two are not
+            // implemented yet.
+            "groupBy" | "filterName" => {
+                return Err(RestError::bad_request(format!(
+                    "Invalid query parameter. '{k}' is not supported by this management node yet"
+                )))
             }
             _ => tracing::debug!(key = %k, "ignoring unknown query parameter"),
         }
@@ -679,6 +675,10 @@ mod tests {
         let c = parse_cond(" name =a b").unwrap();
         assert_eq!((c.name.as_str(), c.value.as_str()), ("name", "a b"));
         assert!(parse_cond("name").unwrap_err().text.contains("doesn't contain any query operator"));
+        for k in ["groupBy", "filterName"] {
+            let e = parse_params(&[(k.to_string(), "type:x".to_string())]).unwrap_err();
+            assert_eq!((e.status, e.text.contains("not supported")), (400, true), "{k}");
+        }
         assert!(parse_cond("=x").unwrap_err().text.contains("is not a key-value pair split by ="));
         assert!(parse_cond("~=x").unwrap_err().text.contains("is not a key-value pair split by like"));
         let c = parse_cond("name=").unwrap();
