@@ -1,0 +1,255 @@
+//! NICs and IPs: MACs, IP allocation (atomic, UNIQUE-guarded), the NIC saga step.
+
+use super::*;
+
+/// Eight random bytes (from a v4 uuid).
+pub(super) fn random_bytes() -> [u8; 8] {
+    let u = new_uuid();
+    let mut out = [0u8; 8];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(u.get(i * 2..i * 2 + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
+/// A MAC in upstream's scheme: `fa:` + four random bytes + the device id.
+pub(super) fn mac_for(device: i64) -> String {
+    let r = random_bytes();
+    format!("fa:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2], r[3], device & 0xff)
+}
+
+pub const L3_1000: Code = Code { code: "L3.1000", description: "Unable to allocate an ip address from L3Network" };
+
+/// Take a free address of `l3` (random strategy): a random free candidate of a random range is
+/// inserted into `used_ip`, whose UNIQUE (l3, ipInLong) makes a double allocation impossible;
+/// a conflict means someone else took it, so pick again.
+pub(super) async fn allocate_ip(
+    tx: &mut WriteTx,
+    l3: &str,
+    nic_uuid: &str,
+    ip_uuid: &str,
+    required: Option<&str>,
+) -> Result<(String, String, Option<String>)> {
+    if let Some(ip) = required {
+        return allocate_required_ip(tx, l3, nic_uuid, ip_uuid, ip).await;
+    }
+    let ranges = tx
+        .fetch_all(
+            "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
+             WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY random()",
+            &[Val::from(l3)],
+        )
+        .await?;
+    // reserved IP ranges of the L3 are never handed out by the allocator (a static IP may name one)
+    let mut reserved: Vec<(i64, i64)> = Vec::new();
+    for r in tx
+        .fetch_all(
+            "SELECT start_ip, end_ip FROM reserved_ip_range WHERE l3_network_uuid = $1 AND ip_version = 4",
+            &[Val::from(l3)],
+        )
+        .await?
+    {
+        let a: String = r.try_get(0)?;
+        let b: String = r.try_get(1)?;
+        if let (Some(a), Some(b)) = (crate::resources::l3::ipv4(&a), crate::resources::l3::ipv4(&b)) {
+            reserved.push((i64::from(a.min(b)), i64::from(a.max(b))));
+        }
+    }
+    let is_reserved = |n: i64| reserved.iter().any(|(a, b)| *a <= n && n <= *b);
+    for r in ranges {
+        let range: String = r.try_get(0)?;
+        let start: i64 = r.try_get(1)?;
+        let end: i64 = r.try_get(2)?;
+        let netmask: String = r.try_get(3)?;
+        let gateway: Option<String> = r.try_get(4)?;
+        let gw = gateway.as_deref().and_then(crate::resources::l3::ipv4).map(i64::from);
+        for _attempt in 0..16 {
+            let used: std::collections::HashSet<i64> = tx
+                .fetch_all(
+                    "SELECT ip_in_long FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
+                    &[Val::from(l3), Val::I(start), Val::I(end)],
+                )
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i64, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            let free: Vec<i64> =
+                (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n)).take(256).collect();
+            if free.is_empty() {
+                break;
+            }
+            let pick = free[(u64::from_le_bytes(random_bytes()) % free.len() as u64) as usize];
+            let ip = crate::resources::l3::ipv4_str(pick as u32);
+            let n = tx
+                .execute(
+                    "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
+                     used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
+                     ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
+                    &[
+                        Val::from(ip_uuid),
+                        Val::from(range.as_str()),
+                        Val::from(l3),
+                        Val::from(ip.as_str()),
+                        Val::I(pick),
+                        Val::from(netmask.as_str()),
+                        Val::from(gateway.clone()),
+                        Val::from(nic_uuid),
+                        Val::I(now_ms()),
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                return Ok((ip, netmask, gateway));
+            }
+        }
+    }
+    let name: String = tx
+        .fetch_optional("SELECT name FROM l3_network WHERE uuid = $1", &[Val::from(l3)])
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_default();
+    Err(Error::Api(ErrorCode::new(
+        L3_1000,
+        format!(
+            "IP allocator strategy[RandomIpAllocatorStrategy] failed, because no ip is available in this l3Network[name:{name}, uuid:{l3}]"
+        ),
+    )))
+}
+
+/// Take one given address of `l3` (a static IP): inserted into `used_ip`, whose UNIQUE
+/// (l3, ipInLong) refuses it when someone else holds it.
+pub(super) async fn allocate_required_ip(
+    tx: &mut WriteTx,
+    l3: &str,
+    nic_uuid: &str,
+    ip_uuid: &str,
+    ip: &str,
+) -> Result<(String, String, Option<String>)> {
+    let not_available = || {
+        Error::Api(ErrorCode::new(
+            L3_1000,
+            format!("IP allocator strategy[RandomIpAllocatorStrategy] failed, because IP[{ip}] is not available"),
+        ))
+    };
+    let n = i64::from(crate::resources::l3::ipv4(ip).ok_or_else(not_available)?);
+    let Some(r) = tx
+        .fetch_optional(
+            "SELECT uuid, netmask, gateway FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4 \
+             AND start_ip_long <= $2 AND end_ip_long >= $2 ORDER BY create_date LIMIT 1",
+            &[Val::from(l3), Val::I(n)],
+        )
+        .await?
+    else {
+        return Err(not_available());
+    };
+    let range: String = r.try_get(0)?;
+    let netmask: String = r.try_get(1)?;
+    let gateway: Option<String> = r.try_get(2)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
+             used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
+             ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
+            &[
+                Val::from(ip_uuid),
+                Val::from(range.as_str()),
+                Val::from(l3),
+                Val::from(ip),
+                Val::I(n),
+                Val::from(netmask.as_str()),
+                Val::from(gateway.clone()),
+                Val::from(nic_uuid),
+                Val::I(now_ms()),
+            ],
+        )
+        .await?;
+    if inserted != 1 {
+        return Err(not_available());
+    }
+    Ok((ip.to_string(), netmask, gateway))
+}
+
+/// NICs in device-id order, each with a unique `fa:` MAC (UNIQUE constraint, retried) and an
+/// address of its L3 network.
+pub(super) fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let internal_id: i64 = tx
+            .fetch_optional("SELECT internal_id FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0);
+        let hv: Option<String> = tx
+            .fetch_optional("SELECT hypervisor_type FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten();
+        let now = now_ms();
+        for (device, nic) in c.nics.iter().enumerate() {
+            let device = device as i64;
+            let mut inserted = false;
+            let tries = if nic.mac.is_some() { 1 } else { 32 };
+            for _ in 0..tries {
+                let n = tx
+                    .execute(
+                        "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
+                         driver_type, internal_name, device_id, type, state, create_date, last_op_date, meta_data) \
+                         VALUES ($1, $2, $3, $4, $5, 4, $9, $6, $7, 'VNIC', $10, $8, $8, $11) ON CONFLICT (mac) DO NOTHING",
+                        &[
+                            Val::from(nic.uuid.as_str()),
+                            Val::from(c.vm_uuid.as_str()),
+                            Val::from(nic.l3.as_str()),
+                            Val::S(nic.mac.clone().unwrap_or_else(|| mac_for(device))),
+                            Val::from(hv.clone()),
+                            Val::S(format!("vnic{internal_id}.{device}")),
+                            Val::I(device),
+                            Val::I(now),
+                            Val::from(nic.driver.as_deref().or(c.nic_driver.as_deref()).unwrap_or("virtio")),
+                            Val::from(nic.state.as_deref().unwrap_or("enable")),
+                            Val::from(nic.meta_data.clone()),
+                        ],
+                    )
+                    .await?;
+                if n == 1 {
+                    inserted = true;
+                    break;
+                }
+            }
+            if let (false, Some(m)) = (inserted, &nic.mac) {
+                return Err(Error::operr(format!("Duplicate mac address [{m}]")));
+            }
+            if !inserted {
+                return Err(Error::code(
+                    Code { code: "VM.1009", description: "Unable to allocate a mac address for vm's nic" },
+                    format!("cannot find a free mac address for the nic[deviceId:{device}] of vm[uuid:{}]", c.vm_uuid),
+                ));
+            }
+            let ip_uuid = new_uuid();
+            let (ip, netmask, gateway) = allocate_ip(tx, &nic.l3, &nic.uuid, &ip_uuid, nic.ip.as_deref()).await?;
+            tx.execute(
+                "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4 WHERE uuid = $5",
+                &[
+                    Val::from(ip_uuid.as_str()),
+                    Val::from(ip),
+                    Val::from(netmask),
+                    Val::from(gateway),
+                    Val::from(nic.uuid.as_str()),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn nics_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        for nic in &c.nics {
+            tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic.uuid.as_str())]).await?;
+            tx.execute("DELETE FROM vm_nic WHERE uuid = $1", &[Val::from(nic.uuid.as_str())]).await?;
+        }
+        Ok(())
+    })
+}

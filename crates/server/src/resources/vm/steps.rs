@@ -1,0 +1,816 @@
+//! The creation saga: its context, its steps and their undos (host, primary storage, volumes,
+//! CD-ROM, instantiate, finish).
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// The saga
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct DataVol {
+    pub(super) uuid: String,
+    pub(super) size: i64,
+    pub(super) offering: Option<String>,
+    /// a DataVolumeTemplate image the volume is made from
+    #[serde(default)]
+    pub(super) image: Option<String>,
+    #[serde(default)]
+    pub(super) actual: i64,
+    /// system tags for this volume only (dataVolumeSystemTagsOnIndex, diskAOs)
+    #[serde(default)]
+    pub(super) tags: Vec<String>,
+    /// a diskAO's name for the volume
+    #[serde(default)]
+    pub(super) name: Option<String>,
+    /// an existing volume (diskAOs sourceUuid) attached as it is: nothing created or reserved
+    #[serde(default)]
+    pub(super) adopt: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Nic {
+    pub(super) uuid: String,
+    pub(super) l3: String,
+    /// a static IP (`staticIp::` tag)
+    #[serde(default)]
+    pub(super) ip: Option<String>,
+    /// a custom MAC (`customMac::` tag or vmNicParams), lower-cased
+    #[serde(default)]
+    pub(super) mac: Option<String>,
+    /// vmNicParams: driver type, state (enable|disable), metadata
+    #[serde(default)]
+    pub(super) driver: Option<String>,
+    #[serde(default)]
+    pub(super) state: Option<String>,
+    #[serde(default)]
+    pub(super) meta_data: Option<String>,
+}
+
+/// Everything the creation saga needs, ids included; stored with its progress.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Ctx {
+    pub(super) vm_uuid: String,
+    pub(super) name: String,
+    pub(super) description: Option<String>,
+    pub(super) account_uuid: String,
+    pub(super) zone_uuid: Option<String>,
+    pub(super) cluster_uuid: Option<String>,
+    pub(super) designated_host: Option<String>,
+    pub(super) image_uuid: Option<String>,
+    pub(super) instance_offering_uuid: Option<String>,
+    pub(super) cpu_num: i64,
+    pub(super) cpu_speed: i64,
+    pub(super) memory_size: i64,
+    pub(super) reserved_memory_size: Option<i64>,
+    pub(super) platform: Option<String>,
+    pub(super) guest_os_type: Option<String>,
+    pub(super) architecture: Option<String>,
+    pub(super) vm_type: String,
+    pub(super) allocator_strategy: String,
+    pub(super) strategy: String,
+    pub(super) hypervisors: Vec<String>,
+    pub(super) primary_storage_for_root: Option<String>,
+    pub(super) root_volume_uuid: String,
+    pub(super) root_size: i64,
+    pub(super) root_actual_size: i64,
+    pub(super) root_disk_offering: Option<String>,
+    /// the root volume is an existing volume (boot diskAO with sourceUuid), attached as it is
+    #[serde(default)]
+    pub(super) root_from_volume: bool,
+    /// the boot diskAO's name for the root volume
+    #[serde(default)]
+    pub(super) root_name: Option<String>,
+    pub(super) data_volumes: Vec<DataVol>,
+    pub(super) cdrom_uuid: String,
+    pub(super) default_l3: Option<String>,
+    /// one NIC per L3 network, device ids in this order
+    pub(super) nics: Vec<Nic>,
+    pub(super) user_tags: Vec<String>,
+    /// system tags recorded on the VM (staticIp, ipv4Netmask, ipv4Gateway)
+    #[serde(default)]
+    pub(super) system_tags: Vec<String>,
+    /// system tags recorded on the root / data volumes
+    #[serde(default)]
+    pub(super) root_volume_tags: Vec<String>,
+    #[serde(default)]
+    pub(super) data_volume_tags: Vec<String>,
+    #[serde(default)]
+    pub(super) ssh_key_pairs: Vec<String>,
+    /// NIC driver type (virtio or e1000); None in plans stored before it existed (virtio)
+    #[serde(default)]
+    pub(super) nic_driver: Option<String>,
+    /// a TPM device (`devices.tpm.enable`)
+    #[serde(default)]
+    pub(super) tpm: Option<TpmPlan>,
+    /// the volume snapshot the root volume is a copy of (CreateVmInstanceFromVolumeSnapshot)
+    #[serde(default)]
+    pub(super) from_snapshot: Option<String>,
+    /// the host chosen (set by allocate-host)
+    pub(super) host: Option<String>,
+    /// the primary storage chosen (set by allocate-primary-storage)
+    pub(super) ps: Option<String>,
+    /// the canonical JSON of the request (see [`request_fingerprint`]), kept with the VM
+    #[serde(default)]
+    pub(super) request: Option<String>,
+}
+
+impl Ctx {
+    pub(super) fn disk_total(&self) -> i64 {
+        self.root_size + self.data_volumes.iter().map(|d| d.size).sum::<i64>()
+    }
+}
+
+pub static CREATE_VM: SagaDef<Ctx> = SagaDef {
+    kind: "create-vm",
+    steps: &[
+        Step { name: "create-vm-record", run: record_do, undo: record_undo },
+        Step { name: "allocate-host", run: host_do, undo: host_undo },
+        Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
+        Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
+        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
+        Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
+        Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
+        Step { name: "finish", run: finish_do, undo: saga::nothing },
+    ],
+};
+
+/// Starting a `Created` (JustCreate) VM: the rest of the creation plan, after the state moves
+/// from Created to Starting (undone back to Created).
+pub static START_CREATED: SagaDef<Ctx> = SagaDef {
+    kind: "start-created-vm",
+    steps: &[
+        Step { name: "mark-starting", run: starting_do, undo: starting_undo },
+        Step { name: "allocate-host", run: host_do, undo: host_undo },
+        Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
+        Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
+        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
+        Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
+        Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
+        Step { name: "finish", run: finish_do, undo: saga::nothing },
+    ],
+};
+
+pub(super) fn starting_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let n = tx
+            .execute(
+                "UPDATE vm_instance SET state = 'Starting', last_op_date = $1 WHERE uuid = $2 AND state = 'Created'",
+                &[Val::I(now_ms()), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        if n != 1 {
+            let state = vm_state(tx, &c.vm_uuid).await?.unwrap_or_else(|| "Destroyed".into());
+            return Err(VmOp::Start.refused(&state));
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn starting_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tx.execute(
+            "UPDATE vm_instance SET state = 'Created', cluster_uuid = $1, zone_uuid = $2 WHERE uuid = $3 AND state = 'Starting'",
+            &[Val::from(c.cluster_uuid.clone()), Val::from(c.zone_uuid.clone()), Val::from(c.vm_uuid.as_str())],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// `JustCreate`: only the record.
+pub static JUST_CREATE: SagaDef<Ctx> =
+    SagaDef { kind: "create-vm-just", steps: &[Step { name: "create-vm-record", run: record_do, undo: record_undo }] };
+
+/// Unwind a stored saga of one of this module's kinds; `Ok(false)` for an unknown kind.
+pub async fn unwind_saga(app: &App, kind: &str, id: &str, step: i64, state: &str, data: &str) -> Result<bool> {
+    let def = match kind {
+        "create-vm" => &CREATE_VM,
+        "create-vm-just" => &JUST_CREATE,
+        "start-created-vm" => &START_CREATED,
+        _ => return Ok(false),
+    };
+    saga::unwind_row(app, def, id, step, state, data).await?;
+    Ok(true)
+}
+
+pub(super) fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let row = tx
+            .fetch_optional(
+                "UPDATE vm_internal_id SET next_value = next_value + 1 WHERE id = 1 RETURNING next_value",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| Error::Internal("the vm internal id sequence is missing".into()))?;
+        let internal_id: i64 = row.try_get(0)?;
+        let now = now_ms();
+        let state = if c.strategy == "JustCreate" { "Created" } else { "Starting" };
+        tx.execute(
+            "INSERT INTO vm_instance (uuid, name, description, zone_uuid, cluster_uuid, image_uuid, instance_offering_uuid, \
+             platform, architecture, type, memory_size, reserved_memory_size, cpu_num, cpu_speed, allocator_strategy, state, \
+             internal_id, guest_os_type, create_date, last_op_date, reserved_cpu, reserved_memory, reserved_ps_size, \
+             default_l3_network_uuid, create_request) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, 0, 0, 0, $20, $21)",
+            &[
+                Val::from(c.vm_uuid.as_str()),
+                Val::from(c.name.as_str()),
+                Val::from(c.description.clone()),
+                Val::from(c.zone_uuid.clone()),
+                Val::from(c.cluster_uuid.clone()),
+                Val::from(c.image_uuid.clone()),
+                Val::from(c.instance_offering_uuid.clone()),
+                Val::from(c.platform.clone()),
+                Val::from(c.architecture.clone()),
+                Val::from(c.vm_type.as_str()),
+                Val::I(c.memory_size),
+                Val::from(c.reserved_memory_size),
+                Val::I(c.cpu_num),
+                Val::I(c.cpu_speed),
+                Val::from(c.allocator_strategy.as_str()),
+                Val::from(state),
+                Val::I(internal_id),
+                Val::from(c.guest_os_type.clone()),
+                Val::I(now),
+                Val::from(c.default_l3.clone()),
+                Val::from(c.request.clone()),
+            ],
+        )
+        .await?;
+        crate::resources::own(tx, &c.vm_uuid, VM.vo, &c.account_uuid).await?;
+        crate::resources::tag::attach_create_tags(tx, &c.vm_uuid, VM.vo, &c.system_tags, &c.user_tags).await?;
+        if let Some(t) = &c.tpm {
+            tx.execute(
+                "INSERT INTO tpm (uuid, name, vm_instance_uuid, key_provider_uuid, resource_key_created_new, create_date, \
+                 last_op_date) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                &[
+                    Val::from(t.uuid.as_str()),
+                    Val::S(format!("TPM-for-VM-{}", c.vm_uuid)),
+                    Val::from(c.vm_uuid.as_str()),
+                    Val::from(t.key_provider_uuid.clone()),
+                    Val::from(t.resource_key_created_new),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+            crate::resources::own(tx, &t.uuid, TPM.vo, &c.account_uuid).await?;
+        }
+        for k in &c.ssh_key_pairs {
+            tx.execute(
+                "INSERT INTO ssh_key_pair_ref (ssh_key_pair_uuid, resource_uuid, resource_type, create_date) \
+                 VALUES ($1, $2, 'VmInstanceVO', $3) ON CONFLICT (ssh_key_pair_uuid, resource_uuid) DO NOTHING",
+                &[Val::from(k.as_str()), Val::from(c.vm_uuid.as_str()), Val::I(now)],
+            )
+            .await?;
+        }
+        if c.strategy == "JustCreate" {
+            // upstream keeps the creation struct so a later start can replay it
+            let plan = serde_json::to_string(&*c)
+                .map_err(|e| Error::Internal(format!("cannot store the creation plan: {e}")))?;
+            tx.execute(
+                "UPDATE vm_instance SET creation = $1 WHERE uuid = $2",
+                &[Val::S(plan), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn record_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tx.execute("DELETE FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
+        tx.execute("DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
+        if let Some(t) = &c.tpm {
+            tx.execute("DELETE FROM tpm WHERE uuid = $1", &[Val::from(t.uuid.as_str())]).await?;
+            crate::resources::disown(tx, &t.uuid).await?;
+        }
+        crate::resources::tag::delete_for_resource(tx, &c.vm_uuid).await?;
+        crate::resources::disown(tx, &c.vm_uuid).await?;
+        Ok(())
+    })
+}
+
+pub(super) fn in_list(col: &str, first: usize, n: usize) -> String {
+    let ps: Vec<String> = (0..n).map(|i| format!("${}", first + i)).collect();
+    format!("{col} IN ({})", ps.join(", "))
+}
+
+pub(super) fn host_alloc_error(details: String) -> Error {
+    Error::Api(ErrorCode::new(HOST_ALLOCATION_1000, details))
+}
+
+/// Host allocation (facts 6.1): filters in SQL, sort by strategy, then the first host whose
+/// atomic reservation succeeds.
+pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        // location + state + hypervisor
+        let mut vals: Vec<Val> = Vec::new();
+        let mut base = String::from("h.state = 'Enabled' AND h.status = 'Connected'");
+        if let Some(h) = &c.designated_host {
+            vals.push(Val::from(h.as_str()));
+            base += &format!(" AND h.uuid = ${}", vals.len());
+        } else if let Some(cl) = &c.cluster_uuid {
+            vals.push(Val::from(cl.as_str()));
+            base += &format!(" AND h.cluster_uuid = ${}", vals.len());
+        } else if let Some(z) = &c.zone_uuid {
+            vals.push(Val::from(z.as_str()));
+            base += &format!(" AND h.zone_uuid = ${}", vals.len());
+        }
+        base += &format!(" AND {}", in_list("h.hypervisor_type", vals.len() + 1, c.hypervisors.len()));
+        vals.extend(c.hypervisors.iter().map(|h| Val::from(h.as_str())));
+        for l3 in c.nics.iter().map(|n| n.l3.as_str()) {
+            vals.push(Val::from(l3));
+            base += &format!(
+                " AND EXISTS (SELECT 1 FROM l3_network l JOIN l2_network_cluster_ref r ON r.l2_network_uuid = l.l2_network_uuid \
+                 WHERE l.uuid = ${} AND r.cluster_uuid = h.cluster_uuid)",
+                vals.len()
+            );
+        }
+        let count = |sql: String, vals: Vec<Val>| async move {
+            let row = tx_count(&app.db, &sql, &vals).await?;
+            Ok::<i64, Error>(row)
+        };
+        if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
+            return Err(host_alloc_error(format!(
+                "no host having state=Enabled status=Connected hypervisorType={} found",
+                c.hypervisors.join(",")
+            )));
+        }
+        if let (Some(img), None) = (&c.image_uuid, &c.from_snapshot) {
+            vals.push(Val::from(img.as_str()));
+            base += &format!(
+                " AND EXISTS (SELECT 1 FROM image_backup_storage_ref ibr JOIN backup_storage_zone_ref bz \
+                 ON bz.backup_storage_uuid = ibr.backup_storage_uuid JOIN backup_storage b ON b.uuid = ibr.backup_storage_uuid \
+                 WHERE ibr.image_uuid = ${} AND ibr.status = 'Ready' AND bz.zone_uuid = h.zone_uuid AND b.status = 'Connected')",
+                vals.len()
+            );
+            if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
+                return Err(host_alloc_error(format!(
+                    "no host found in zones that attaches to backup storage where image[{img}] is on"
+                )));
+            }
+        }
+        vals.push(Val::I(c.cpu_num));
+        vals.push(Val::I(c.memory_size));
+        base += &format!(
+            " AND h.available_cpu >= ${} AND h.available_memory >= ${m} AND h.total_physical_memory > ${m}",
+            vals.len() - 1,
+            m = vals.len()
+        );
+        if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
+            return Err(host_alloc_error(format!(
+                "no host having cpu[{}], memory[{} bytes] found",
+                c.cpu_num, c.memory_size
+            )));
+        }
+        let disk = c.disk_total();
+        vals.push(Val::I(disk));
+        let mut ps_filter = format!("p.available_capacity >= ${}", vals.len());
+        if let Some(p) = &c.primary_storage_for_root {
+            vals.push(Val::from(p.as_str()));
+            ps_filter += &format!(" AND p.uuid = ${}", vals.len());
+        }
+        base += &format!(
+            " AND EXISTS (SELECT 1 FROM primary_storage_cluster_ref r JOIN primary_storage p ON p.uuid = r.primary_storage_uuid \
+             WHERE r.cluster_uuid = h.cluster_uuid AND p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter})"
+        );
+        let order = if c.allocator_strategy.contains("LeastVmPreferred") {
+            "(SELECT COUNT(*) FROM vm_instance v WHERE v.host_uuid = h.uuid), random()"
+        } else {
+            "random()"
+        };
+        let rows = tx
+            .fetch_all(&format!("SELECT h.uuid, h.cluster_uuid, h.zone_uuid, h.hypervisor_type FROM host h WHERE {base} ORDER BY {order}"), &vals)
+            .await?;
+        if rows.is_empty() {
+            return Err(host_alloc_error(format!(
+                "cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"
+            )));
+        }
+        for row in rows {
+            let h: String = row.try_get(0)?;
+            if !crate::resources::host::reserve(app, tx, &h, c.cpu_num, c.memory_size).await? {
+                continue;
+            }
+            let cluster: String = row.try_get(1)?;
+            let zone: String = row.try_get(2)?;
+            let hv: String = row.try_get(3)?;
+            tx.execute(
+                "UPDATE vm_instance SET host_uuid = $1, cluster_uuid = $2, zone_uuid = $3, hypervisor_type = $4, \
+                 reserved_host_uuid = $1, reserved_cpu = $5, reserved_memory = $6, last_op_date = $7 WHERE uuid = $8",
+                &[
+                    Val::from(h.as_str()),
+                    Val::from(cluster.as_str()),
+                    Val::from(zone.as_str()),
+                    Val::from(hv),
+                    Val::I(c.cpu_num),
+                    Val::I(c.memory_size),
+                    Val::I(now_ms()),
+                    Val::from(c.vm_uuid.as_str()),
+                ],
+            )
+            .await?;
+            c.host = Some(h);
+            c.cluster_uuid = Some(cluster);
+            c.zone_uuid = Some(zone);
+            return Ok(());
+        }
+        Err(host_alloc_error(format!("no host having cpu[{}], memory[{} bytes] found", c.cpu_num, c.memory_size)))
+    })
+}
+
+pub(super) async fn tx_count(db: &crate::db::Db, sql: &str, vals: &[Val]) -> Result<i64> {
+    let row = db.fetch_optional(sql, vals).await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64, _>(0)?,
+        None => 0,
+    })
+}
+
+/// Give back the host capacity the VM row says it holds (compare-and-set: once only).
+pub(super) async fn release_host(tx: &mut WriteTx, vm_uuid: &str) -> Result<()> {
+    let Some(row) = tx
+        .fetch_optional(
+            "SELECT reserved_host_uuid, reserved_cpu, reserved_memory FROM vm_instance WHERE uuid = $1",
+            &[Val::from(vm_uuid)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(h): Option<String> = row.try_get(0)? else { return Ok(()) };
+    let cpu: i64 = row.try_get(1)?;
+    let mem: i64 = row.try_get(2)?;
+    let n = tx
+        .execute(
+            "UPDATE vm_instance SET reserved_host_uuid = NULL, reserved_cpu = 0, reserved_memory = 0 \
+             WHERE uuid = $1 AND reserved_host_uuid = $2 AND reserved_cpu = $3 AND reserved_memory = $4",
+            &[Val::from(vm_uuid), Val::from(h.as_str()), Val::I(cpu), Val::I(mem)],
+        )
+        .await?;
+    if n == 1 {
+        crate::resources::host::release(tx, &h, cpu, mem).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn host_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        release_host(tx, &c.vm_uuid).await?;
+        tx.execute(
+            "UPDATE vm_instance SET host_uuid = NULL, hypervisor_type = NULL WHERE uuid = $1",
+            &[Val::from(c.vm_uuid.as_str())],
+        )
+        .await?;
+        c.host = None;
+        Ok(())
+    })
+}
+
+/// Primary storage for the volumes (facts 6.2): Enabled + Connected, attached to the host's
+/// cluster, enough capacity, most available first; the reservation is one UPDATE.
+pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let cluster = c.cluster_uuid.clone().unwrap_or_default();
+        let size = c.disk_total();
+        let mut vals = vec![Val::from(cluster.as_str()), Val::I(size)];
+        let mut filter = String::new();
+        if let Some(p) = &c.primary_storage_for_root {
+            vals.push(Val::from(p.as_str()));
+            filter = " AND p.uuid = $3".into();
+        }
+        let rows = tx
+            .fetch_all(
+                &format!(
+                    "SELECT p.uuid FROM primary_storage p JOIN primary_storage_cluster_ref r ON r.primary_storage_uuid = p.uuid \
+                     WHERE r.cluster_uuid = $1 AND p.state = 'Enabled' AND p.status = 'Connected' \
+                     AND p.available_capacity >= $2{filter} ORDER BY p.available_capacity DESC, p.uuid"
+                ),
+                &vals,
+            )
+            .await?;
+        let now = now_ms();
+        for row in rows {
+            let p: String = row.try_get(0)?;
+            let n = tx
+                .execute(
+                    "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                     WHERE uuid = $3 AND available_capacity >= $1 AND state = 'Enabled' AND status = 'Connected'",
+                    &[Val::I(size), Val::I(now), Val::from(p.as_str())],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE vm_instance SET reserved_ps_uuid = $1, reserved_ps_size = $2 WHERE uuid = $3",
+                    &[Val::from(p.as_str()), Val::I(size), Val::from(c.vm_uuid.as_str())],
+                )
+                .await?;
+                c.ps = Some(p);
+                return Ok(());
+            }
+        }
+        Err(Error::Api(ErrorCode::new(
+            PS_1000,
+            format!(
+                "cannot find available primary storage[state: Enabled, status: Connected, available capacity {size} bytes] \
+                 in cluster[uuid:{cluster}]"
+            ),
+        )))
+    })
+}
+
+/// Give back the primary-storage capacity still held on the VM row (compare-and-set).
+pub(super) async fn release_ps(tx: &mut WriteTx, vm_uuid: &str) -> Result<()> {
+    let Some(row) = tx
+        .fetch_optional(
+            "SELECT reserved_ps_uuid, reserved_ps_size FROM vm_instance WHERE uuid = $1",
+            &[Val::from(vm_uuid)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(p): Option<String> = row.try_get(0)? else { return Ok(()) };
+    let size: i64 = row.try_get(1)?;
+    let n = tx
+        .execute(
+            "UPDATE vm_instance SET reserved_ps_uuid = NULL, reserved_ps_size = 0 \
+             WHERE uuid = $1 AND reserved_ps_uuid = $2 AND reserved_ps_size = $3",
+            &[Val::from(vm_uuid), Val::from(p.as_str()), Val::I(size)],
+        )
+        .await?;
+    if n == 1 && size > 0 {
+        tx.execute(
+            "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::I(size), Val::I(now_ms()), Val::from(p.as_str())],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) fn ps_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        release_ps(tx, &c.vm_uuid).await?;
+        c.ps = None;
+        Ok(())
+    })
+}
+
+/// Root and data volume rows; each takes its share of the VM's primary-storage reservation.
+pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let ps = c.ps.clone().ok_or_else(|| Error::Internal("no primary storage allocated".into()))?;
+        let url: String = tx
+            .fetch_optional("SELECT url FROM primary_storage WHERE uuid = $1", &[Val::from(ps.as_str())])
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+            .unwrap_or_default();
+        let url = url.trim_end_matches('/').to_string();
+        let now = now_ms();
+        let mut vols = vec![(
+            c.root_volume_uuid.clone(),
+            c.root_name.clone().unwrap_or_else(|| format!("ROOT-for-{}", c.name)),
+            "Root",
+            c.root_size,
+            c.root_actual_size,
+            c.root_disk_offering.clone(),
+            c.image_uuid.clone(),
+            0i64,
+        )];
+        let mut adopted = Vec::new();
+        if c.root_from_volume {
+            vols.clear();
+            adopted.push((c.root_volume_uuid.clone(), "Root", 0i64));
+        }
+        for (i, d) in c.data_volumes.iter().enumerate() {
+            if d.adopt {
+                adopted.push((d.uuid.clone(), "Data", i as i64 + 1));
+                continue;
+            }
+            vols.push((
+                d.uuid.clone(),
+                d.name.clone().unwrap_or_else(|| format!("DATA-for-{}", c.name)),
+                "Data",
+                d.size,
+                d.actual,
+                d.offering.clone(),
+                d.image.clone(),
+                i as i64 + 1,
+            ));
+        }
+        // existing volumes (diskAOs sourceUuid) are attached as they are, if still free
+        for (uuid, ty, device) in adopted {
+            let n = tx
+                .execute(
+                    "UPDATE volume SET vm_instance_uuid = $1, type = $2, device_id = $3, last_attach_date = $4, \
+                     last_op_date = $4 WHERE uuid = $5 AND vm_instance_uuid IS NULL AND status = 'Ready' AND state = 'Enabled'",
+                    &[
+                        Val::from(c.vm_uuid.as_str()),
+                        Val::from(ty),
+                        Val::I(device),
+                        Val::I(now),
+                        Val::from(uuid.as_str()),
+                    ],
+                )
+                .await?;
+            if n != 1 {
+                return Err(Error::operr(format!(
+                    "volume[uuid:{uuid}] could not satisfy conditions[state:Enabled status:Ready] or is attached to another vm"
+                )));
+            }
+        }
+        for (uuid, name, ty, size, actual, offering, image, device) in vols {
+            let dir = if ty == "Root" { "rootVolumes" } else { "dataVolumes" };
+            let path = format!("{url}/{dir}/acct-{}/vol-{uuid}/{uuid}.qcow2", c.account_uuid);
+            tx.execute(
+                "INSERT INTO volume (uuid, name, primary_storage_uuid, vm_instance_uuid, disk_offering_uuid, root_image_uuid, \
+                 install_path, type, format, size, actual_size, device_id, state, status, create_date, last_op_date, \
+                 is_shareable, last_attach_date, reserved_size) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'qcow2', $9, $10, $11, 'Enabled', 'Ready', $12, $12, 0, $12, $9)",
+                &[
+                    Val::from(uuid.as_str()),
+                    Val::from(name),
+                    Val::from(ps.as_str()),
+                    Val::from(c.vm_uuid.as_str()),
+                    Val::from(offering),
+                    Val::from(image),
+                    Val::from(path),
+                    Val::from(ty),
+                    Val::I(size),
+                    Val::I(actual),
+                    Val::I(device),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+            crate::resources::own(tx, &uuid, VOLUME.vo, &c.account_uuid).await?;
+            let mut vtags = if ty == "Root" { c.root_volume_tags.clone() } else { c.data_volume_tags.clone() };
+            if let Some(d) = c.data_volumes.iter().find(|d| d.uuid == uuid) {
+                // a tag on the volume's index wins over the general one of the same kind
+                vtags.retain(|t| !d.tags.iter().any(|x| x.split("::").next() == t.split("::").next()));
+                vtags.extend(d.tags.iter().cloned());
+            }
+            crate::resources::tag::attach_create_tags(tx, &uuid, VOLUME.vo, &vtags, &[]).await?;
+            tx.execute(
+                "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1 WHERE uuid = $2",
+                &[Val::I(size), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        }
+        tx.execute(
+            "UPDATE vm_instance SET root_volume_uuid = $1 WHERE uuid = $2",
+            &[Val::from(c.root_volume_uuid.as_str()), Val::from(c.vm_uuid.as_str())],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+pub(super) fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        // existing volumes go back to being detached data volumes
+        let mut adopted: Vec<String> = c.data_volumes.iter().filter(|d| d.adopt).map(|d| d.uuid.clone()).collect();
+        if c.root_from_volume {
+            adopted.push(c.root_volume_uuid.clone());
+        }
+        for u in &adopted {
+            tx.execute(
+                "UPDATE volume SET vm_instance_uuid = NULL, type = 'Data', device_id = NULL WHERE uuid = $1 \
+                 AND vm_instance_uuid = $2",
+                &[Val::from(u.as_str()), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        }
+        let mut uuids = vec![c.root_volume_uuid.clone()];
+        uuids.extend(c.data_volumes.iter().map(|d| d.uuid.clone()));
+        uuids.retain(|u| !adopted.contains(u));
+        for u in uuids {
+            let Some(row) = tx
+                .fetch_optional(
+                    "SELECT reserved_size FROM volume WHERE uuid = $1 AND vm_instance_uuid = $2",
+                    &[Val::from(u.as_str()), Val::from(c.vm_uuid.as_str())],
+                )
+                .await?
+            else {
+                continue;
+            };
+            let size: i64 = row.try_get(0)?;
+            let n = tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(u.as_str())]).await?;
+            if n == 1 {
+                // back to the VM's hold; the primary-storage undo returns it to the storage
+                tx.execute(
+                    "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size + $1 WHERE uuid = $2",
+                    &[Val::I(size), Val::from(c.vm_uuid.as_str())],
+                )
+                .await?;
+            }
+            crate::resources::tag::delete_for_resource(tx, &u).await?;
+            crate::resources::disown(tx, &u).await?;
+        }
+        tx.execute("UPDATE vm_instance SET root_volume_uuid = NULL WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
+            .await?;
+        Ok(())
+    })
+}
+
+/// One empty CD-ROM drive (upstream `vm.vmDefaultCdRomNum` = 1), device 0.
+pub(super) fn cdrom_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tx.execute(
+            "INSERT INTO vm_cdrom (uuid, vm_instance_uuid, device_id, name, create_date, last_op_date) \
+             VALUES ($1, $2, 0, $3, $4, $4)",
+            &[
+                Val::from(c.cdrom_uuid.as_str()),
+                Val::from(c.vm_uuid.as_str()),
+                Val::S(format!("vm-{}-cdRom", c.vm_uuid)),
+                Val::I(now_ms()),
+            ],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+pub(super) fn cdrom_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tx.execute("DELETE FROM vm_cdrom WHERE vm_instance_uuid = $1", &[Val::from(c.vm_uuid.as_str())]).await?;
+        Ok(())
+    })
+}
+
+/// Create the VM on its host. Simulator hosts run it by definition; KVM hosts through the host
+/// agent: image cache → volumes → network → QEMU.
+pub(super) fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let h = c.host.clone().unwrap_or_default();
+        let hv: Option<String> = tx
+            .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        match hv.as_deref() {
+            Some("Simulator") => Ok(()),
+            Some("KVM") => {
+                let plan = kvm::plan(tx, c, &h).await?;
+                if let Err(e) = kvm::instantiate(&plan).await {
+                    kvm::teardown(&plan).await;
+                    return Err(e);
+                }
+                Ok(())
+            }
+            other => Err(Error::Api(ErrorCode::new(
+                HOST_1005,
+                format!(
+                    "cannot start vm[uuid:{}] on host[uuid:{h}, hypervisorType:{}]: creating VMs on this hypervisor is not supported yet",
+                    c.vm_uuid,
+                    other.unwrap_or("unknown")
+                ),
+            ))),
+        }
+    })
+}
+
+pub(super) fn instantiate_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    // Destroying a simulated VM has nothing to do; a KVM VM is torn down through its agent.
+    Box::pin(async move {
+        let h = c.host.clone().unwrap_or_default();
+        let hv: Option<String> = tx
+            .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        if hv.as_deref() == Some("KVM") {
+            if let Ok(plan) = kvm::plan(tx, c, &h).await {
+                kvm::teardown(&plan).await;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The final state: Running on its host (InstantStart), or Stopped with the host's capacity
+/// given back and only lastHostUuid kept (CreateStopped).
+pub(super) fn finish_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let now = now_ms();
+        let v = Val::from(c.vm_uuid.as_str());
+        if c.strategy == "CreateStopped" {
+            release_host(tx, &c.vm_uuid).await?;
+            tx.execute(
+                "UPDATE vm_instance SET state = 'Stopped', last_host_uuid = host_uuid, host_uuid = NULL, last_op_date = $1 \
+                 WHERE uuid = $2",
+                &[Val::I(now), v],
+            )
+            .await?;
+        } else {
+            tx.execute(
+                "UPDATE vm_instance SET state = 'Running', last_host_uuid = host_uuid, last_op_date = $1 WHERE uuid = $2",
+                &[Val::I(now), v],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
