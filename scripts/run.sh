@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds rzstack and runs the management node: `rzstack serve` on its embedded SQLite default,
-# http://127.0.0.1:8080/zstack, data in ./rzstack-data (relative to the repository root).
-# Arguments are passed to `rzstack serve`, e.g. `bash scripts/run.sh --listen 0.0.0.0:8080`.
+# Builds rzstack (release) and the test guest image (scripts/make-test-image.sh, cached in
+# target/test-guest), then runs `rzstack up`: an all-in-one cloud on this machine (the management
+# node on its embedded SQLite at http://127.0.0.1:8080/zstack and the host agent in one process,
+# plus a default topology: zone, KVM cluster, this machine as a KVM host, local primary storage,
+# an image store holding the test guest, an L2/L3 network with Flat DHCP, an instance offering).
+# It prints a ready curl sequence that creates a VM. Data in ./rzstack-data (relative to the
+# repository root). Ctrl-C stops it; guests keep running and the next run re-adopts them.
+# Arguments are passed to `rzstack up`, e.g. `bash scripts/run.sh --listen 0.0.0.0:8080`.
 # Installs what it needs on Debian 12 (run as root); can be run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +22,7 @@ PACKAGES=(
     dnsmasq-base:dnsmasq # the agent's per-L3 DHCP servers (static leases)
     swtpm # TPM 2.0 for guests with devices.tpm.enable
     iproute2:ip # bridges, taps
+    curl # the printed commands
 )
 
 install_packages() {
@@ -46,5 +52,8 @@ fi
 echo "==== cargo build --release -p rzstack ===="
 cargo build --release -p rzstack
 
-echo "==== rzstack serve $* ===="
-exec target/release/rzstack serve "$@"
+echo "==== scripts/make-test-image.sh target/test-guest ===="
+bash scripts/make-test-image.sh target/test-guest
+
+echo "==== rzstack up $* ===="
+exec target/release/rzstack up "$@" # --image defaults to target/test-guest/guest.qcow2

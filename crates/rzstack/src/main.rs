@@ -1,4 +1,7 @@
-//! The `rzstack` binary: `rzstack serve` runs a management node, `rzstack agent` a host agent.
+//! The `rzstack` binary: `rzstack serve` runs a management node, `rzstack agent` a host agent,
+//! `rzstack up` both plus a default topology (an all-in-one cloud on this machine).
+
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,11 +51,40 @@ enum Command {
         #[arg(long, env = "RZSTACK_LOG_JSON")]
         log_json: bool,
     },
+    /// All-in-one cloud on this machine (as root): the management node (SQLite) and the host
+    /// agent in one process, plus a default topology made through the API (found again by name
+    /// on later runs); prints a ready curl sequence that creates a VM. Ctrl-C stops it; guests
+    /// keep running and are re-adopted by the next `rzstack up`.
+    Up {
+        /// Address the management node listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Directory for everything: the database, the agent's state, primary and backup storage.
+        #[arg(long, default_value = "./rzstack-data")]
+        data_dir: PathBuf,
+        /// The guest image added to the image store (built by scripts/make-test-image.sh).
+        #[arg(long, default_value = "target/test-guest/guest.qcow2")]
+        image: PathBuf,
+        /// Address the host agent listens on (the management node reaches it on this port).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        agent_listen: String,
+        /// QEMU accelerator: auto (KVM only where it really works), kvm or tcg.
+        #[arg(long, env = "RZSTACK_AGENT_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+        /// Log as JSON lines instead of text (logs go to stderr; `RZSTACK_LOG` sets the filter,
+        /// default `warn`).
+        #[arg(long, env = "RZSTACK_LOG_JSON")]
+        log_json: bool,
+    },
 }
 
 fn init_logs(json: bool) {
+    init_logs_with(json, "info,sqlx=warn")
+}
+
+fn init_logs_with(json: bool, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RZSTACK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -83,6 +115,17 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up { listen, data_dir, image, agent_listen, accel, log_json } => {
+            init_logs_with(log_json, "warn");
+            let accel = match accel.parse::<rzstack_agent::Accel>() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            up::main(up::UpConfig { listen, agent_listen, data_dir, image, accel }, shutdown_signal())
+        }
         Command::Agent { listen, data_dir, accel, token, log_json } => {
             init_logs(log_json);
             let accel = match accel.parse::<rzstack_agent::Accel>() {
