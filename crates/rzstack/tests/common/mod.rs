@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod kvm;
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};

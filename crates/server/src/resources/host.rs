@@ -818,6 +818,9 @@ async fn track_once(app: &App, failures: &mut HashMap<String, i64>) -> Result<()
         match (status.as_str(), r) {
             ("Connected", Ok(())) => {
                 failures.remove(&uuid);
+                if let Err(e) = super::vm::sync::sync_host(app, &uuid).await {
+                    tracing::warn!(host = %uuid, error = %e, "reading the VM states of a host failed");
+                }
             }
             ("Connected", Err(e)) => {
                 let n = failures.entry(uuid.clone()).or_default();

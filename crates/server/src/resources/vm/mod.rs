@@ -36,6 +36,7 @@ mod kvm;
 mod lifecycle;
 mod nics;
 mod steps;
+pub mod sync;
 
 use checks::*;
 use create::*;
