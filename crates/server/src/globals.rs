@@ -97,6 +97,36 @@ pub const HOST_PING_PARALLELISM_DEGREE: ConfigDef = ConfigDef {
     description: "The max hosts management server sends ping command to host in parallel",
 };
 
+pub const VM_DELETION_POLICY: ConfigDef = ConfigDef {
+    category: "vm",
+    name: "deletionPolicy",
+    default: "Delay",
+    description: "the behavior of deleting a vm, options are [Direct, Delay, Never]. Direct: delete the vm from database and \
+                  directly delete its root volume; Delay: change the vm's state to Destroyed in database; after the period \
+                  controlled by 'expungePeriod' passes, delete the vm from database and delete it's root volume; Never: the vm \
+                  stays Destroyed and is never expunged automatically",
+};
+pub const VM_EXPUNGE_PERIOD: ConfigDef = ConfigDef {
+    category: "vm",
+    name: "expungePeriod",
+    default: "604800",
+    description:
+        "the period before a destroyed vm being deleted from database and before its root volume being deleted \
+                  from primary storage, in seconds",
+};
+pub const VM_EXPUNGE_INTERVAL: ConfigDef = ConfigDef {
+    category: "vm",
+    name: "expungeInterval",
+    default: "3600",
+    description: "the interval the expunging vm task runs, in seconds",
+};
+pub const L3_IP_ALLOCATE_STRATEGY: ConfigDef = ConfigDef {
+    category: "l3Network",
+    name: "ipAllocateStrategy",
+    default: "RandomIpAllocatorStrategy",
+    description: "ip allocate strategy",
+};
+
 /// Every global config rzstack knows.
 pub const ALL: &[ConfigDef] = &[
     SESSION_TIMEOUT,
@@ -112,6 +142,10 @@ pub const ALL: &[ConfigDef] = &[
     HOST_PING_TIMEOUT,
     HOST_PING_MAX_FAILURE,
     HOST_PING_PARALLELISM_DEGREE,
+    VM_DELETION_POLICY,
+    VM_EXPUNGE_PERIOD,
+    VM_EXPUNGE_INTERVAL,
+    L3_IP_ALLOCATE_STRATEGY,
 ];
 
 #[derive(Default)]

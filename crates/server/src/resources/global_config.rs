@@ -57,6 +57,12 @@ enum Rule {
         max: Option<i64>,
     },
     Boolean,
+    /// One of a fixed list (`@GlobalConfigValidation(validValues)`); `unsupported`: upstream
+    /// values this node refuses with a clear error instead of ignoring them.
+    Values {
+        valid: &'static [&'static str],
+        unsupported: &'static [&'static str],
+    },
     /// A size string such as `1G` (kvm.reservedMemory), at most `max` bytes.
     Size {
         max: i64,
@@ -76,6 +82,17 @@ fn rule_of(d: &ConfigDef) -> Rule {
             Rule::Number { class: "java.lang.Integer", min: Some(0), max: None }
         }
         ("kvm", "reservedMemory") => Rule::Size { max: 1 << 40 },
+        ("vm", "deletionPolicy") => Rule::Values { valid: &["Direct", "Delay", "Never"], unsupported: &[] },
+        ("vm", "expungePeriod") => Rule::Number { class: "java.lang.Long", min: Some(0), max: None },
+        ("vm", "expungeInterval") => Rule::Number { class: "java.lang.Long", min: Some(1), max: None },
+        ("l3Network", "ipAllocateStrategy") => Rule::Values {
+            valid: &[
+                "FirstAvailableIpAllocatorStrategy",
+                "RandomIpAllocatorStrategy",
+                "AscDelayRecycleIpAllocatorStrategy",
+            ],
+            unsupported: &["AscDelayRecycleIpAllocatorStrategy"],
+        },
         ("kvm", "reservedCpu") => Rule::Number { class: "java.lang.Long", min: Some(-1), max: None },
         _ if d.default.parse::<i64>().is_ok() => Rule::Number { class: "java.lang.Long", min: None, max: None },
         _ if d.default == "true" || d.default == "false" => Rule::Boolean,
@@ -165,6 +182,17 @@ fn validate(d: &ConfigDef, value: Option<&str>) -> Result<String> {
             }
             Some(_) => {}
         },
+        Rule::Values { valid, unsupported } => {
+            if !valid.contains(&v) {
+                return Err(Error::argerr(format!("{v} is not a valid value. Valid values are [{}]", valid.join(", "))));
+            }
+            if unsupported.contains(&v) {
+                return Err(Error::argerr(format!(
+                    "{v} is not supported by this management node for {}",
+                    canonical_name(d)
+                )));
+            }
+        }
         Rule::Any => {}
     }
     Ok(v.to_string())

@@ -20,9 +20,84 @@ pub(super) fn mac_for(device: i64) -> String {
 
 pub const L3_1000: Code = Code { code: "L3.1000", description: "Unable to allocate an ip address from L3Network" };
 
-/// Take a free address of `l3` (random strategy): a random free candidate of a random range is
-/// inserted into `used_ip`, whose UNIQUE (l3, ipInLong) makes a double allocation impossible;
-/// a conflict means someone else took it, so pick again.
+pub const RANDOM_IP_STRATEGY: &str = "RandomIpAllocatorStrategy";
+pub const FIRST_AVAILABLE_IP_STRATEGY: &str = "FirstAvailableIpAllocatorStrategy";
+
+/// The IPv4 allocator strategy in force: global config `l3Network.ipAllocateStrategy`
+/// (upstream's resource config; this node has no per-L3 override), read inside the
+/// transaction so that every management node uses the stored value.
+pub(super) async fn ip_strategy(tx: &mut WriteTx) -> Result<&'static str> {
+    let v: Option<String> = tx
+        .fetch_optional(
+            "SELECT value FROM global_config WHERE category = $1 AND name = $2",
+            &[
+                Val::from(crate::globals::L3_IP_ALLOCATE_STRATEGY.category),
+                Val::from(crate::globals::L3_IP_ALLOCATE_STRATEGY.name),
+            ],
+        )
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?;
+    Ok(if v.as_deref() == Some(FIRST_AVAILABLE_IP_STRATEGY) { FIRST_AVAILABLE_IP_STRATEGY } else { RANDOM_IP_STRATEGY })
+}
+
+/// Record `n` (`ip`) of `range` as used by the NIC; false when someone holds it already (the
+/// UNIQUE (l3, ipInLong) constraint decides).
+#[allow(clippy::too_many_arguments)]
+async fn insert_used_ip(
+    tx: &mut WriteTx,
+    ip_uuid: &str,
+    range: &str,
+    l3: &str,
+    ip: &str,
+    n: i64,
+    netmask: &str,
+    gateway: Option<&str>,
+    nic_uuid: &str,
+) -> Result<bool> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
+             used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
+             ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
+            &[
+                Val::from(ip_uuid),
+                Val::from(range),
+                Val::from(l3),
+                Val::from(ip),
+                Val::I(n),
+                Val::from(netmask),
+                Val::from(gateway),
+                Val::from(nic_uuid),
+                Val::I(now_ms()),
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// The used addresses of `l3` between `start` and `end`.
+async fn used_in_range(tx: &mut WriteTx, l3: &str, start: i64, end: i64) -> Result<std::collections::HashSet<i64>> {
+    let rows = tx
+        .fetch_all(
+            "SELECT ip_in_long FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
+            &[Val::from(l3), Val::I(start), Val::I(end)],
+        )
+        .await?;
+    let mut out = std::collections::HashSet::new();
+    for row in rows {
+        out.insert(row.try_get::<i64, _>(0)?);
+    }
+    Ok(out)
+}
+
+/// Take a free address of `l3` with the strategy in force ([`ip_strategy`]):
+/// - random: a random free candidate of a random range;
+/// - first available: the lowest free address of the ranges in creation order.
+///
+/// The gateway and the L3's reserved ranges are never handed out. The pick is inserted into
+/// `used_ip`, whose UNIQUE (l3, ipInLong) makes a double allocation impossible; a conflict
+/// means someone else took it, so pick again.
 pub(super) async fn allocate_ip(
     tx: &mut WriteTx,
     l3: &str,
@@ -30,13 +105,18 @@ pub(super) async fn allocate_ip(
     ip_uuid: &str,
     required: Option<&str>,
 ) -> Result<(String, String, Option<String>)> {
+    let strategy = ip_strategy(tx).await?;
     if let Some(ip) = required {
-        return allocate_required_ip(tx, l3, nic_uuid, ip_uuid, ip).await;
+        return allocate_required_ip_with(tx, strategy, l3, nic_uuid, ip_uuid, ip).await;
     }
+    let first = strategy == FIRST_AVAILABLE_IP_STRATEGY;
     let ranges = tx
         .fetch_all(
-            "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
-             WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY random()",
+            &format!(
+                "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
+                 WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY {}",
+                if first { "create_date, uuid" } else { "random()" }
+            ),
             &[Val::from(l3)],
         )
         .await?;
@@ -63,16 +143,19 @@ pub(super) async fn allocate_ip(
         let netmask: String = r.try_get(3)?;
         let gateway: Option<String> = r.try_get(4)?;
         let gw = gateway.as_deref().and_then(crate::resources::l3::ipv4).map(i64::from);
+        if first {
+            // ascending: a conflict (a concurrent allocation took it) moves on to the next one
+            let used = used_in_range(tx, l3, start, end).await?;
+            for n in (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n)) {
+                let ip = crate::resources::l3::ipv4_str(n as u32);
+                if insert_used_ip(tx, ip_uuid, &range, l3, &ip, n, &netmask, gateway.as_deref(), nic_uuid).await? {
+                    return Ok((ip, netmask, gateway));
+                }
+            }
+            continue;
+        }
         for _attempt in 0..16 {
-            let used: std::collections::HashSet<i64> = tx
-                .fetch_all(
-                    "SELECT ip_in_long FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
-                    &[Val::from(l3), Val::I(start), Val::I(end)],
-                )
-                .await?
-                .iter()
-                .map(|row| row.try_get::<i64, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+            let used = used_in_range(tx, l3, start, end).await?;
             let free: Vec<i64> =
                 (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n)).take(256).collect();
             if free.is_empty() {
@@ -80,25 +163,7 @@ pub(super) async fn allocate_ip(
             }
             let pick = free[(u64::from_le_bytes(random_bytes()) % free.len() as u64) as usize];
             let ip = crate::resources::l3::ipv4_str(pick as u32);
-            let n = tx
-                .execute(
-                    "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
-                     used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
-                     ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
-                    &[
-                        Val::from(ip_uuid),
-                        Val::from(range.as_str()),
-                        Val::from(l3),
-                        Val::from(ip.as_str()),
-                        Val::I(pick),
-                        Val::from(netmask.as_str()),
-                        Val::from(gateway.clone()),
-                        Val::from(nic_uuid),
-                        Val::I(now_ms()),
-                    ],
-                )
-                .await?;
-            if n == 1 {
+            if insert_used_ip(tx, ip_uuid, &range, l3, &ip, pick, &netmask, gateway.as_deref(), nic_uuid).await? {
                 return Ok((ip, netmask, gateway));
             }
         }
@@ -111,16 +176,15 @@ pub(super) async fn allocate_ip(
         .unwrap_or_default();
     Err(Error::Api(ErrorCode::new(
         L3_1000,
-        format!(
-            "IP allocator strategy[RandomIpAllocatorStrategy] failed, because no ip is available in this l3Network[name:{name}, uuid:{l3}]"
-        ),
+        format!("IP allocator strategy[{strategy}] failed, because no ip is available in this l3Network[name:{name}, uuid:{l3}]"),
     )))
 }
 
 /// Take one given address of `l3` (a static IP): inserted into `used_ip`, whose UNIQUE
 /// (l3, ipInLong) refuses it when someone else holds it.
-pub(super) async fn allocate_required_ip(
+async fn allocate_required_ip_with(
     tx: &mut WriteTx,
+    strategy: &str,
     l3: &str,
     nic_uuid: &str,
     ip_uuid: &str,
@@ -129,7 +193,7 @@ pub(super) async fn allocate_required_ip(
     let not_available = || {
         Error::Api(ErrorCode::new(
             L3_1000,
-            format!("IP allocator strategy[RandomIpAllocatorStrategy] failed, because IP[{ip}] is not available"),
+            format!("IP allocator strategy[{strategy}] failed, because IP[{ip}] is not available"),
         ))
     };
     let n = i64::from(crate::resources::l3::ipv4(ip).ok_or_else(not_available)?);
@@ -146,25 +210,7 @@ pub(super) async fn allocate_required_ip(
     let range: String = r.try_get(0)?;
     let netmask: String = r.try_get(1)?;
     let gateway: Option<String> = r.try_get(2)?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO used_ip (uuid, ip_range_uuid, l3_network_uuid, ip_version, ip, ip_in_long, netmask, gateway, \
-             used_for, vm_nic_uuid, create_date, last_op_date) VALUES ($1, $2, $3, 4, $4, $5, $6, $7, NULL, $8, $9, $9) \
-             ON CONFLICT (l3_network_uuid, ip_in_long) DO NOTHING",
-            &[
-                Val::from(ip_uuid),
-                Val::from(range.as_str()),
-                Val::from(l3),
-                Val::from(ip),
-                Val::I(n),
-                Val::from(netmask.as_str()),
-                Val::from(gateway.clone()),
-                Val::from(nic_uuid),
-                Val::I(now_ms()),
-            ],
-        )
-        .await?;
-    if inserted != 1 {
+    if !insert_used_ip(tx, ip_uuid, &range, l3, ip, n, &netmask, gateway.as_deref(), nic_uuid).await? {
         return Err(not_available());
     }
     Ok((ip.to_string(), netmask, gateway))

@@ -1,0 +1,325 @@
+//! More VM behaviour through the public API, on simulator hosts: the first-available IP
+//! strategy, LastHostPreferred host allocation on start, the `vm.deletionPolicy` global
+//! config with the periodic expunge, and per-VM action queueing.
+mod common;
+
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+use std::process::Command;
+
+const GB: i64 = 1 << 30;
+const MB: i64 = 1 << 20;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_string()
+}
+
+struct Topo {
+    zone: String,
+    cluster: String,
+    hosts: Vec<String>,
+    ps: String,
+    image: String,
+    offering: String,
+    _dir: tempfile::TempDir,
+}
+
+/// zone, a Simulator cluster with `hosts` simulator hosts (4 CPUs, 8 GiB each), a simulator
+/// primary storage (100 GiB) attached, a simulator backup storage in the zone with a 64 MiB
+/// qcow2 image, an instance offering (1 CPU, 1 GiB; LeastVmPreferred by default).
+async fn topology(srv: &Server, hosts: usize) -> Topo {
+    let zone = s(&srv.create_zone("z").await["uuid"]);
+    let cluster = s(&srv
+        .ok(
+            "POST",
+            "/clusters",
+            Some(json!({"params": {"name": "c", "zoneUuid": zone, "hypervisorType": "Simulator"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let mut hs = Vec::new();
+    for i in 0..hosts {
+        let h = srv
+            .ok(
+                "POST",
+                "/hosts/simulators",
+                Some(json!({"params": {"name": format!("h{i}"), "managementIp": format!("10.0.0.{}", i + 1),
+                    "clusterUuid": cluster, "cpuCapacity": 4, "memoryCapacity": 8 * GB}})),
+            )
+            .await;
+        hs.push(s(&h["inventory"]["uuid"]));
+    }
+    let ps = s(&srv
+        .ok(
+            "POST",
+            "/primary-storage/simulators",
+            Some(json!({"params": {"name": "ps", "url": "/sim-ps", "zoneUuid": zone,
+                "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
+    let bs = s(&srv
+        .ok(
+            "POST",
+            "/backup-storage/simulators",
+            Some(json!({"params": {"name": "bs", "url": "/sim-bs", "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
+    let dir = tempfile::Builder::new().prefix("rzvm").tempdir().expect("tempdir");
+    let qcow = dir.path().join("t.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "64M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let image = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "img", "url": format!("file://{}", qcow.display()), "format": "qcow2",
+                "backupStorageUuids": [bs], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let offering = s(&srv
+        .ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}})))
+        .await["inventory"]["uuid"]);
+    Topo { zone, cluster, hosts: hs, ps, image, offering, _dir: dir }
+}
+
+/// An L2 NoVlan network attached to the cluster and an L3 on it with the range
+/// 192.168.10.`first`-`last` (gateway .1). Returns the L3 uuid.
+async fn network(srv: &Server, t: &Topo, name: &str, first: u8, last: u8) -> String {
+    let l2 = s(&srv
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": name, "zoneUuid": t.zone, "physicalInterface": format!("eth{first}")}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", t.cluster), None).await;
+    let l3 = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": name, "l2NetworkUuid": l2}}))).await
+        ["inventory"]["uuid"]);
+    srv.ok(
+        "POST",
+        &format!("/l3-networks/{l3}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": format!("192.168.10.{first}"), "endIp": format!("192.168.10.{last}"),
+            "netmask": "255.255.255.0", "gateway": "192.168.10.1"}})),
+    )
+    .await;
+    l3
+}
+
+/// Used IPs of the VMs (all L3s).
+async fn used_ips(srv: &Server) -> usize {
+    srv.query("/vm-instances/nics").await.iter().map(|n| n["usedIps"].as_array().map(|a| a.len()).unwrap_or(0)).sum()
+}
+
+/// What allocation touches: (per-host available cpu/memory, PS available capacity).
+async fn usage(srv: &Server, t: &Topo) -> (Vec<(i64, i64)>, i64) {
+    let mut h = Vec::new();
+    for u in &t.hosts {
+        let inv = &srv.query(&format!("/hosts/{u}")).await[0];
+        h.push((inv["availableCpuCapacity"].as_i64().unwrap(), inv["availableMemoryCapacity"].as_i64().unwrap()));
+    }
+    let ps = srv.query(&format!("/primary-storage/{}", t.ps)).await[0]["availableCapacity"].as_i64().unwrap();
+    (h, ps)
+}
+
+/// Rows a VM creation may leave: VMs, volumes, NICs.
+async fn rows(srv: &Server) -> (usize, usize, usize) {
+    (
+        srv.query("/vm-instances").await.len(),
+        srv.query("/volumes").await.len(),
+        srv.query("/vm-instances/nics").await.len(),
+    )
+}
+
+fn create(t: &Topo, extra: Value) -> Value {
+    let mut p =
+        json!({"name": "vm1", "instanceOfferingUuid": t.offering, "imageUuid": t.image, "clusterUuid": t.cluster});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            p.as_object_mut().unwrap().remove(k);
+        } else {
+            p[k] = v.clone();
+        }
+    }
+    json!({"params": p})
+}
+
+async fn sql(srv: &Server, stmt: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match &srv.database {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", srv.data_dir.path().join("rzstack.db").display()),
+    };
+    let mut c = sqlx::AnyConnection::connect(&url).await.expect("connect to the test database");
+    sqlx::query(stmt).execute(&mut c).await.expect("sql");
+}
+
+async fn set_config(srv: &Server, category: &str, name: &str, value: &str) -> Value {
+    srv.ok(
+        "PUT",
+        &format!("/global-configurations/{category}/{name}/actions"),
+        Some(json!({"updateGlobalConfig": {"value": value}})),
+    )
+    .await["inventory"]
+        .clone()
+}
+
+async fn config_value(srv: &Server, category: &str, name: &str) -> Value {
+    srv.query(&format!("/global-configurations?q=category={category}&q=name={name}")).await[0]["value"].clone()
+}
+
+fn ip_of(vm: &Value) -> String {
+    s(&vm["vmNics"][0]["ip"])
+}
+
+async fn action(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.ok("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+async fn refused(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.fails("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+/// `l3Network.ipAllocateStrategy` = FirstAvailableIpAllocatorStrategy: sequential creates get
+/// the lowest free addresses in order (the gateway and reserved ranges skipped), a freed
+/// address is handed out again first; the random default does not; bad values are refused.
+#[tokio::test]
+async fn first_available_ip_strategy() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    assert_eq!(config_value(&srv, "l3Network", "ipAllocateStrategy").await, "RandomIpAllocatorStrategy");
+    // .4-.5 are reserved: never handed out
+    let l3 = network(&srv, &t, "n", 2, 30).await;
+    sql(
+        &srv,
+        &format!(
+            "INSERT INTO reserved_ip_range (uuid, l3_network_uuid, start_ip, end_ip, ip_version, create_date, last_op_date) \
+             VALUES ('0123456789abcdef0123456789abcdef', '{l3}', '192.168.10.4', '192.168.10.5', 4, 0, 0)"
+        ),
+    )
+    .await;
+
+    // bad values: refused, nothing changed
+    let e = srv
+        .fails(
+            "PUT",
+            "/global-configurations/l3Network/ipAllocateStrategy/actions",
+            Some(json!({"updateGlobalConfig": {"value": "Sequential"}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        "Sequential is not a valid value. Valid values are [FirstAvailableIpAllocatorStrategy, RandomIpAllocatorStrategy, AscDelayRecycleIpAllocatorStrategy]",
+    );
+    let e = srv
+        .fails(
+            "PUT",
+            "/global-configurations/l3Network/ipAllocateStrategy/actions",
+            Some(json!({"updateGlobalConfig": {"value": "AscDelayRecycleIpAllocatorStrategy"}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1007", "AscDelayRecycleIpAllocatorStrategy is not supported by this management node");
+    assert_eq!(config_value(&srv, "l3Network", "ipAllocateStrategy").await, "RandomIpAllocatorStrategy");
+
+    let inv = set_config(&srv, "l3Network", "ipAllocateStrategy", "FirstAvailableIpAllocatorStrategy").await;
+    assert_eq!(inv["value"], "FirstAvailableIpAllocatorStrategy");
+    assert_eq!(inv["defaultValue"], "RandomIpAllocatorStrategy");
+    let mut vms = Vec::new();
+    for (i, want) in [2, 3, 6, 7, 8].iter().enumerate() {
+        let vm = srv
+            .ok("POST", "/vm-instances", Some(create(&t, json!({"name": format!("v{i}"), "l3NetworkUuids": [l3]}))))
+            .await["inventory"]
+            .clone();
+        assert_eq!(ip_of(&vm), format!("192.168.10.{want}"), "create {i}");
+        assert_eq!(vm["vmNics"][0]["usedIps"][0]["ipInLong"], (0xc0a80a00i64 + want), "{vm}");
+        vms.push(vm);
+    }
+    // free .3 (destroy gives the address back): the next VM gets it again
+    srv.ok("DELETE", &format!("/vm-instances/{}", s(&vms[1]["uuid"])), None).await;
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "again", "l3NetworkUuids": [l3]})))).await
+        ["inventory"]
+        .clone();
+    assert_eq!(ip_of(&vm), "192.168.10.3");
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "next", "l3NetworkUuids": [l3]})))).await
+        ["inventory"]
+        .clone();
+    assert_eq!(ip_of(&vm), "192.168.10.9");
+
+    // a static IP is still honoured under the strategy; the lowest free one comes next
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"name": "st", "l3NetworkUuids": [l3], "systemTags": [format!("staticIp::{l3}::192.168.10.20")]}),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(ip_of(&vm), "192.168.10.20");
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "low", "l3NetworkUuids": [l3]})))).await
+        ["inventory"]
+        .clone();
+    assert_eq!(ip_of(&vm), "192.168.10.10");
+
+    // back to random: a fresh L3 of 30 addresses does not hand out .2, .3, .4 in order every time
+    set_config(&srv, "l3Network", "ipAllocateStrategy", "RandomIpAllocatorStrategy").await;
+    let l3b = network(&srv, &t, "r", 3, 200).await;
+    let mut ips = Vec::new();
+    for i in 0..4 {
+        let vm = srv
+            .ok("POST", "/vm-instances", Some(create(&t, json!({"name": format!("r{i}"), "l3NetworkUuids": [l3b]}))))
+            .await["inventory"]
+            .clone();
+        ips.push(ip_of(&vm));
+    }
+    assert_ne!(ips, vec!["192.168.10.3", "192.168.10.4", "192.168.10.5", "192.168.10.6"], "random strategy");
+}
+
+/// First-available under concurrency: 30 concurrent creates on an L3 with 20 free addresses:
+/// exactly 20 succeed, with exactly the 20 addresses, no address twice; the rest fail with
+/// L3.1000 naming the strategy.
+#[tokio::test]
+async fn first_available_concurrent_creates_never_share() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 29).await;
+    set_config(&srv, "l3Network", "ipAllocateStrategy", "FirstAvailableIpAllocatorStrategy").await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let srv = srv.clone();
+        let body = create(
+            &t,
+            json!({"name": format!("v{i}"), "instanceOfferingUuid": null, "cpuNum": 1, "memorySize": 64 * MB,
+                "l3NetworkUuids": [l3]}),
+        );
+        tasks.push(tokio::spawn(async move { srv.job("POST", "/vm-instances", Some(body)).await }));
+    }
+    let mut ips = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ips.push(ip_of(&r.body["inventory"]));
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text);
+            assert_error(
+                &r.body["error"]["cause"],
+                "L3.1000",
+                "IP allocator strategy[FirstAvailableIpAllocatorStrategy] failed, because no ip is available",
+            );
+            failed += 1;
+        }
+    }
+    assert_eq!((ips.len(), failed), (20, 10));
+    ips.sort_by_key(|ip| ip.rsplit('.').next().unwrap().parse::<u32>().unwrap());
+    let want: Vec<String> = (10..=29).map(|n| format!("192.168.10.{n}")).collect();
+    assert_eq!(ips, want);
+    assert_eq!(used_ips(&srv).await, 20);
+}
