@@ -4,175 +4,20 @@
 //! the QEMU process. Skips with a reason when not root, or QEMU / dnsmasq / the test image are
 //! unavailable.
 mod common;
-use common::agent::Agent;
+use common::kvm::{qemu_pids, uuid as u, walk, KvmCloud};
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Links(Vec<String>);
-impl Drop for Links {
-    fn drop(&mut self) {
-        for l in self.0.iter().rev() {
-            if Path::new("/sys/class/net").join(l).exists() {
-                sh(&["ip", "link", "del", "dev", l]);
-            }
-        }
-    }
-}
-
-/// The test guest image (scripts/make-test-image.sh, cached in target/test-guest).
-fn guest_image() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
-    let out = root.join("target/test-guest");
-    let o = Command::new("bash").arg(root.join("scripts/make-test-image.sh")).arg(&out).output().expect("bash");
-    if !o.status.success() {
-        eprintln!("SKIP kvm_vm: scripts/make-test-image.sh failed: {}", String::from_utf8_lossy(&o.stderr));
-        return None;
-    }
-    Some(out.join("guest.qcow2"))
-}
-
-/// QEMU processes whose command line names `vm`.
-fn qemu_pids(vm: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("qemu-system") && cmd.contains(vm) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn u(v: &Value) -> String {
-    v["uuid"].as_str().expect("uuid").to_string()
-}
 
 #[tokio::test]
 async fn create_vm_boots_a_guest_on_a_kvm_host() {
-    if !is_root() {
-        eprintln!("SKIP kvm_vm: needs root (bridges, taps, dnsmasq)");
-        return;
-    }
-    for t in ["qemu-system-x86_64", "qemu-img", "dnsmasq", "ip"] {
-        if !have(t) {
-            eprintln!("SKIP kvm_vm: {t} is not installed");
-            return;
-        }
-    }
-    let Some(image_file) = guest_image() else { return };
-
-    let agent_dir = tempfile::tempdir().expect("tempdir");
-    let ps_dir = tempfile::tempdir().expect("tempdir");
-    let bs_dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start(agent_dir.path(), 0).await;
-    let s = Server::start_with_env(vec![("RZSTACK_KVM_AGENT_PORT".into(), agent.port.to_string())]).await;
-
-    // A veth end as the L2's physical interface (no dummy interfaces on this kernel; never eth0).
+    let Some(c) = KvmCloud::setup("kvm_vm", "k").await else { return };
+    let (s, agent, ps_dir) = (&c.s, &c.agent, &c.ps_dir);
+    let (zone, cluster, host, ps) = (c.zone.clone(), c.cluster.clone(), c.host.clone(), c.ps.clone());
+    let (image, l3, net, offering) = (c.image.clone(), c.l3.clone(), c.net.clone(), c.offering.clone());
     let n = std::process::id() % 1000;
-    let up = format!("rzk{n}u");
-    let peer = format!("rzk{n}p");
-    let mut links = Links(vec![format!("br_{up}")]);
-    assert!(sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair");
-    links.0.insert(0, peer.clone());
-    links.0.insert(0, up.clone());
-
-    let zone = u(&s.create_zone("z").await);
-    let cluster = u(&s
-        .ok("POST", "/clusters", Some(json!({"params": {"zoneUuid": zone, "name": "kvm", "hypervisorType": "KVM"}})))
-        .await["inventory"]);
-    let h = s
-        .ok(
-            "POST",
-            "/hosts/kvm",
-            Some(json!({"params": {"name": "h", "managementIp": "127.0.0.1", "clusterUuid": cluster,
-                "username": "root", "password": agent.token()}})),
-        )
-        .await;
-    assert_eq!(h["inventory"]["status"], "Connected", "{h}");
-    let host = u(&h["inventory"]);
-    let ps = u(&s
-        .ok(
-            "POST",
-            "/primary-storage/local-storage",
-            Some(json!({"params": {"name": "local", "url": ps_dir.path(), "zoneUuid": zone}})),
-        )
-        .await["inventory"]);
-    s.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
-    let bs = u(&s
-        .ok(
-            "POST",
-            "/backup-storage/image-store",
-            Some(json!({"params": {"name": "store", "url": bs_dir.path(), "hostname": "127.0.0.1",
-                "username": "root", "password": "p", "sshPort": 22}})),
-        )
-        .await["inventory"]);
-    s.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
-    let image = u(&s
-        .ok(
-            "POST",
-            "/images",
-            Some(
-                json!({"params": {"name": "guest", "url": format!("file://{}", image_file.display()), "format": "qcow2",
-                "backupStorageUuids": [bs], "platform": "Linux", "architecture": "x86_64"}}),
-            ),
-        )
-        .await["inventory"]);
-    let l2 = u(&s
-        .ok(
-            "POST",
-            "/l2-networks/no-vlan",
-            Some(json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": up}})),
-        )
-        .await["inventory"]);
-    s.ok("POST", &format!("/l2-networks/{l2}/clusters/{cluster}"), None).await;
-    let l3 =
-        u(&s.ok("POST", "/l3-networks", Some(json!({"params": {"name": "l3", "l2NetworkUuid": l2}}))).await
-            ["inventory"]);
-    let net = format!("10.252.{}", n % 250);
-    s.ok(
-        "POST",
-        &format!("/l3-networks/{l3}/ip-ranges"),
-        Some(json!({"params": {"name": "r", "startIp": format!("{net}.10"), "endIp": format!("{net}.20"),
-            "netmask": "255.255.255.0", "gateway": format!("{net}.1")}})),
-    )
-    .await;
-    let flat = u(&s.query("/network-services/providers?q=type=Flat").await[0]);
-    s.ok(
-        "POST",
-        &format!("/l3-networks/{l3}/network-services"),
-        Some(json!({"params": {"networkServices": {flat: ["DHCP", "DNS"]}}})),
-    )
-    .await;
-    let offering = u(&s
-        .ok(
-            "POST",
-            "/instance-offerings",
-            Some(json!({"params": {"name": "tiny", "cpuNum": 1, "memorySize": 256u64 << 20}})),
-        )
-        .await["inventory"]);
 
     // CreateVmInstance: Running on the KVM host, QEMU runs it, the guest gets the NIC's IP.
     let vm = s
@@ -341,23 +186,4 @@ async fn create_vm_boots_a_guest_on_a_kvm_host() {
     let cap = s.get(&format!("/ip-capacity?l3NetworkUuids={l3b}")).await;
     assert_eq!(cap.body["usedIpAddressNumber"], 0, "{}", cap.text);
     assert_eq!(cap.body["availableCapacity"], 1, "{}", cap.text);
-    drop(links);
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// The files under `d`.
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

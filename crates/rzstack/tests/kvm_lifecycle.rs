@@ -14,7 +14,7 @@ async fn host_cpu(c: &KvmCloud) -> i64 {
 
 #[tokio::test]
 async fn a_guest_that_dies_becomes_stopped() {
-    let Some(c) = KvmCloud::setup("kvm_dead", "d").await else { return };
+    let Some(c) = KvmCloud::setup("kvm_lifecycle", "d").await else { return };
     c.s.ok(
         "PUT",
         "/global-configurations/host/ping.interval/actions",
@@ -57,7 +57,7 @@ async fn a_guest_that_dies_becomes_stopped() {
 
 #[tokio::test]
 async fn guests_survive_a_killed_agent_and_stay_controllable() {
-    let Some(mut c) = KvmCloud::setup("kvm_dead", "e").await else { return };
+    let Some(mut c) = KvmCloud::setup("kvm_lifecycle", "e").await else { return };
     let vm = c.create_vm("survives", json!({})).await;
     let vu = uuid(&vm);
     c.wait_serial(&vu, "RZSTACK-GUEST-UP").await;
@@ -87,5 +87,23 @@ async fn guests_survive_a_killed_agent_and_stay_controllable() {
     assert_eq!(qemu_pids(&vu).len(), 1);
     c.s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     assert!(qemu_pids(&vu).is_empty());
+    c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+}
+
+#[tokio::test]
+async fn a_grace_stop_powers_the_guest_off_through_acpi() {
+    let Some(c) = KvmCloud::setup("kvm_lifecycle", "g").await else { return };
+    let vm = c.create_vm("graceful", json!({})).await;
+    let vu = uuid(&vm);
+    c.wait_serial(&vu, "RZSTACK-GUEST-UP").await;
+    // The default stop is a grace stop: ACPI power button first; this guest answers it.
+    let r = c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"stopVmInstance": {}}))).await;
+    assert_eq!(r["inventory"]["state"], "Stopped", "{r}");
+    assert!(qemu_pids(&vu).is_empty());
+    let st = c.agent.vm_status(&vu).await;
+    assert_eq!(st["stoppedBy"], "graceful", "the guest powered itself off: {st}");
+    let log = std::fs::read_to_string(c.serial_log(&vu).await).expect("serial log");
+    assert!(log.contains("RZSTACK-GUEST-POWEROFF"), "the guest saw the power button:\n{log}");
+    c.s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
 }
