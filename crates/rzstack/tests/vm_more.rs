@@ -323,3 +323,108 @@ async fn first_available_concurrent_creates_never_share() {
     assert_eq!(ips, want);
     assert_eq!(used_ips(&srv).await, 20);
 }
+
+async fn host_of(srv: &Server, vm: &str) -> String {
+    s(&srv.query(&format!("/vm-instances/{vm}")).await[0]["hostUuid"])
+}
+
+/// An instance offering with LastHostPreferredAllocatorStrategy: a stopped VM starts again on
+/// its last host even when that host runs more VMs; when the last host has no room left it
+/// starts on another host. A LeastVmPreferred VM in the same spot goes to the emptier host.
+#[tokio::test]
+async fn last_host_preferred_on_start() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let off = s(&srv
+        .ok(
+            "POST",
+            "/instance-offerings",
+            Some(json!({"params": {"name": "lh", "cpuNum": 1, "memorySize": GB,
+                "allocatorStrategy": "LastHostPreferredAllocatorStrategy"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let a = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "a", "instanceOfferingUuid": off, "l3NetworkUuids": [l3]}))),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(a["allocatorStrategy"], "LastHostPreferredAllocatorStrategy");
+    let a = s(&a["uuid"]);
+    let h = host_of(&srv, &a).await;
+    let other = t.hosts.iter().find(|x| **x != h).unwrap().clone();
+    // a LeastVmPreferred VM on the same host
+    let b = s(&srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "b", "hostUuid": h, "l3NetworkUuids": [l3]}))))
+        .await["inventory"]["uuid"]);
+    assert_eq!(host_of(&srv, &b).await, h);
+    // two more VMs on h: it is the busier host
+    for i in 0..2 {
+        srv.ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"name": format!("busy{i}"), "hostUuid": h, "instanceOfferingUuid": null,
+                "cpuNum": 1, "memorySize": 64 * MB}),
+            )),
+        )
+        .await;
+    }
+    // LastHostPreferred: back on h, every time
+    for _ in 0..3 {
+        let r = action(&srv, &a, json!({"stopVmInstance": {}})).await;
+        assert_eq!(r["inventory"]["lastHostUuid"], h.as_str());
+        let r = action(&srv, &a, json!({"startVmInstance": {}})).await;
+        assert_eq!(r["inventory"]["state"], "Running");
+        assert_eq!(r["inventory"]["hostUuid"], h.as_str(), "the last host is preferred");
+    }
+    // b is created with a designated host, so its strategy is Designated: also its last host
+    let r = action(&srv, &b, json!({"stopVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["allocatorStrategy"], "DesignatedHostAllocatorStrategy");
+    assert_eq!(action(&srv, &b, json!({"startVmInstance": {}})).await["inventory"]["hostUuid"], h.as_str());
+    // a LeastVmPreferred VM whose last host is the busy one starts on the emptier host
+    let c = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "c", "l3NetworkUuids": [l3]})))).await
+        ["inventory"]
+        .clone();
+    assert_eq!(c["allocatorStrategy"], "LeastVmPreferredHostAllocatorStrategy");
+    let c = s(&c["uuid"]);
+    // move c's last host to h: stop, start designated on h, stop
+    action(&srv, &c, json!({"stopVmInstance": {}})).await;
+    assert_eq!(
+        action(&srv, &c, json!({"startVmInstance": {"hostUuid": h}})).await["inventory"]["hostUuid"],
+        h.as_str()
+    );
+    let r = action(&srv, &c, json!({"stopVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["lastHostUuid"], h.as_str());
+    assert_eq!(
+        action(&srv, &c, json!({"startVmInstance": {}})).await["inventory"]["hostUuid"],
+        other.as_str(),
+        "LeastVmPreferred: the host with fewer VMs"
+    );
+
+    // the last host full: a LastHostPreferred VM starts on another host
+    action(&srv, &a, json!({"stopVmInstance": {}})).await;
+    let hinv = srv.query(&format!("/hosts/{h}")).await[0].clone();
+    let avail = hinv["availableMemoryCapacity"].as_i64().unwrap();
+    srv.ok(
+        "POST",
+        "/vm-instances",
+        Some(create(
+            &t,
+            json!({"name": "filler", "hostUuid": h, "instanceOfferingUuid": null, "cpuNum": 1,
+            "memorySize": avail - 512 * MB}),
+        )),
+    )
+    .await;
+    let r = action(&srv, &a, json!({"startVmInstance": {}})).await;
+    assert_eq!(r["inventory"]["state"], "Running");
+    assert_eq!(r["inventory"]["hostUuid"], other.as_str(), "no room on the last host");
+    // both hosts' capacity accounts for it
+    let (hosts, _) = usage(&srv, &t).await;
+    let oi = t.hosts.iter().position(|x| *x == other).unwrap();
+    assert!(hosts[oi].1 <= 8 * GB - 2 * GB, "{hosts:?}");
+}

@@ -195,14 +195,23 @@ pub(super) async fn start_vm(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-/// Start a Stopped VM in one transaction: a host (the designated one, else the cluster's, the
-/// last host first) whose cluster reaches the root volume's primary storage and every NIC's
-/// L2 network, its capacity reserved atomically; addresses for NICs that lost theirs.
+/// Start a Stopped VM in one transaction: a host whose cluster reaches the root volume's
+/// primary storage and every NIC's L2 network, its capacity reserved atomically; addresses
+/// for NICs that lost theirs.
+///
+/// Host order (upstream `VmAllocateHostForStoppedVmFlow` + the strategy's chain): a given
+/// host, a given cluster other than the VM's, or a VM without NICs → Designated; else the
+/// VM's `allocatorStrategy` (LeastVmPreferred when it has none). Designated and
+/// LastHostPreferred try the last host first (upstream `LastHostAllocatorFlow` keeps only the
+/// last host when it passed the filters, capacity included), then the others in random order;
+/// LeastVmPreferred orders by running VMs per host (ties: the last host first, then random);
+/// Default is random. A host whose reservation fails is skipped for the next one.
 pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -> Result<()> {
     move_state(tx, VmOp::Start, uuid, "Stopped", "Starting").await?;
     let vm = tx
         .fetch_optional(
-            "SELECT cpu_num, memory_size, last_host_uuid, root_volume_uuid, hypervisor_type, allocator_strategy \
+            "SELECT cpu_num, memory_size, last_host_uuid, root_volume_uuid, hypervisor_type, allocator_strategy, \
+             cluster_uuid, (SELECT COUNT(*) FROM vm_nic n WHERE n.vm_instance_uuid = vm_instance.uuid) \
              FROM vm_instance WHERE uuid = $1",
             &[Val::from(uuid)],
         )
@@ -214,6 +223,8 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
     let root: Option<String> = vm.try_get(3)?;
     let hv: Option<String> = vm.try_get(4)?;
     let strategy: Option<String> = vm.try_get(5)?;
+    let vm_cluster: Option<String> = vm.try_get(6)?;
+    let nic_count: i64 = vm.try_get(7)?;
     let mut vals = vec![Val::from(uuid), Val::from(root.clone()), Val::from(hv.unwrap_or_else(|| "Simulator".into()))];
     let mut filter = String::from(
         "h.state = 'Enabled' AND h.status = 'Connected' AND h.hypervisor_type = $3 \
@@ -230,13 +241,23 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
         vals.push(Val::from(c.as_str()));
         filter += &format!(" AND h.cluster_uuid = ${}", vals.len());
     }
-    vals.push(Val::from(last.unwrap_or_default()));
-    let least = if strategy.as_deref().unwrap_or("LeastVmPreferred").contains("LeastVmPreferred") {
-        "(SELECT COUNT(*) FROM vm_instance o WHERE o.host_uuid = h.uuid), "
+    let designated = req.host_uuid.is_some()
+        || req.cluster_uuid.as_ref().is_some_and(|c| Some(c) != vm_cluster.as_ref())
+        || nic_count == 0;
+    let strategy = if designated {
+        "DesignatedHostAllocatorStrategy"
     } else {
-        ""
+        strategy.as_deref().unwrap_or("LeastVmPreferredHostAllocatorStrategy")
     };
-    let order = format!("CASE WHEN h.uuid = ${} THEN 0 ELSE 1 END, {least}random()", vals.len());
+    vals.push(Val::from(last.unwrap_or_default()));
+    let last_first = format!("CASE WHEN h.uuid = ${} THEN 0 ELSE 1 END", vals.len());
+    let order = match strategy {
+        "DesignatedHostAllocatorStrategy" | "LastHostPreferredAllocatorStrategy" => format!("{last_first}, random()"),
+        s if s.contains("LeastVmPreferred") => {
+            format!("(SELECT COUNT(*) FROM vm_instance o WHERE o.host_uuid = h.uuid), {last_first}, random()")
+        }
+        _ => "random()".to_string(),
+    };
     let hosts = tx
         .fetch_all(
             &format!("SELECT h.uuid, h.cluster_uuid, h.zone_uuid FROM host h WHERE {filter} ORDER BY {order}"),
