@@ -958,3 +958,70 @@ async fn mn_ready_and_query() {
     assert!(beat >= join);
     assert_eq!(r.body["schema"]["inventories[0]"], "org.zstack.header.managementnode.ManagementNodeInventory");
 }
+
+// ---------------------------------------------------------------------------------------
+// schema order (official Java SDK)
+// ---------------------------------------------------------------------------------------
+
+/// Every schema key that extends another key of the map (`a.b[0]` extends `a`) comes after it.
+fn assert_parents_first(schema: &Value) {
+    let keys: Vec<&String> = schema.as_object().expect("schema map").keys().collect();
+    for (i, k) in keys.iter().enumerate() {
+        for (j, p) in keys.iter().enumerate() {
+            if k.starts_with(&format!("{p}.")) {
+                assert!(j < i, "{p} must come before {k}: {keys:?}");
+            }
+        }
+    }
+}
+
+/// The Java SDK (`ApiResult.getResult`) walks `schema` in map order and rebuilds each path from
+/// the raw JSON with its SDK class: a child listed before its parent is lost when the parent is
+/// rebuilt (found with the SDK: `vmNics[0].usedIps` and a query's `inventories[0].vmNics` stayed
+/// raw maps). Upstream lists every parent before its children, in single and query replies.
+#[tokio::test]
+async fn schema_lists_parents_before_children() {
+    let s = Server::start().await;
+    let zone = s.create_zone("z").await["uuid"].as_str().unwrap().to_string();
+    let l2 = s
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "l2", "zoneUuid": zone, "physicalInterface": "eth0"}})),
+        )
+        .await["inventory"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let l3 = s.ok("POST", "/l3-networks", Some(json!({"params": {"name": "l3", "l2NetworkUuid": l2}}))).await
+        ["inventory"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (a, b) in [("10", "20"), ("30", "40")] {
+        s.ok(
+            "POST",
+            &format!("/l3-networks/{l3}/ip-ranges"),
+            Some(
+                json!({"params": {"name": "r", "startIp": format!("192.168.7.{a}"), "endIp": format!("192.168.7.{b}"),
+                "netmask": "255.255.255.0", "gateway": "192.168.7.1"}}),
+            ),
+        )
+        .await;
+    }
+    // single inventory (async job reply)
+    let body =
+        s.ok("PUT", &format!("/l3-networks/{l3}/actions"), Some(json!({"updateL3Network": {"name": "l3b"}}))).await;
+    let schema = &body["schema"];
+    assert_eq!(schema["inventory"], "org.zstack.header.network.l3.L3NetworkInventory", "{schema}");
+    assert_eq!(schema["inventory.ipRanges[1]"], "org.zstack.header.network.l3.IpRangeInventory", "{schema}");
+    assert_eq!(schema.as_object().unwrap().keys().next().map(String::as_str), Some("inventory"), "{schema}");
+    assert_parents_first(schema);
+    // query reply
+    let r = s.get(&format!("/l3-networks?q=uuid={l3}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let schema = &r.body["schema"];
+    assert_eq!(schema["inventories[0].ipRanges[0]"], "org.zstack.header.network.l3.IpRangeInventory", "{schema}");
+    assert_eq!(schema.as_object().unwrap().keys().next().map(String::as_str), Some("inventories[0]"), "{schema}");
+    assert_parents_first(schema);
+}

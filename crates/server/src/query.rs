@@ -630,8 +630,12 @@ pub async fn get(db: &Db, def: &'static ResourceDef, uuid: &str) -> Result<Optio
     Ok(run(db, def, &qp).await?.inventories.and_then(|mut v| v.pop()))
 }
 
-/// Add `schema` entries for one inventory at `path` (children first, as upstream does).
+/// Add `schema` entries for one inventory at `path`: the inventory itself BEFORE its children
+/// (upstream reverses a post-order walk, so every parent precedes its children). The Java SDK
+/// rebuilds each path in map order from the raw JSON; a child listed before its parent is
+/// undone when the parent is rebuilt, leaving e.g. `vmNics[0].usedIps` as raw maps.
 pub fn schema_for(def: &ResourceDef, path: &str, inv: &Map<String, Value>, out: &mut Map<String, Value>) {
+    out.insert(path.to_string(), Value::String(def.class_of_row(inv).to_string()));
     for c in def.children {
         match inv.get(c.name) {
             Some(Value::Array(items)) => {
@@ -645,7 +649,6 @@ pub fn schema_for(def: &ResourceDef, path: &str, inv: &Map<String, Value>, out: 
             _ => {}
         }
     }
-    out.insert(path.to_string(), Value::String(def.class_of_row(inv).to_string()));
 }
 
 #[cfg(test)]

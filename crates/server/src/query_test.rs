@@ -154,7 +154,7 @@ async fn count_fields_children_and_errors() {
     let mut schema = Map::new();
     schema_for(&VM, "inventories[0]", &invs[0], &mut schema);
     let keys: Vec<&String> = schema.keys().collect();
-    assert_eq!(keys, ["inventories[0].vmNics[0]", "inventories[0].vmNics[1]", "inventories[0]"]);
+    assert_eq!(keys, ["inventories[0]", "inventories[0].vmNics[0]", "inventories[0].vmNics[1]"]);
 
     let pairs = vec![("fields".to_string(), "uuid, name".to_string()), ("limit".to_string(), "1".to_string())];
     let r = run(&db, &VM, &parse_params(&pairs).unwrap()).await.unwrap();
