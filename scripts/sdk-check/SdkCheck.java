@@ -125,6 +125,11 @@ public class SdkCheck {
 
     /** The checks every VM inventory returned by the SDK must pass. */
     static void checkVm(String p, VmInstanceInventory vm, String state) {
+        checkVm(p, vm, state, true);
+    }
+
+    /** withIps false: a recovered VM's NICs have no IP until it starts (upstream returns them on destroy). */
+    static void checkVm(String p, VmInstanceInventory vm, String state, boolean withIps) {
         check(p + ": uuid is 32 hex", vm.uuid != null && vm.uuid.matches("[0-9a-f]{32}"), vm.uuid);
         eq(p + ": state", state, vm.state);
         eq(p + ": type", "UserVm", vm.type);
@@ -138,7 +143,11 @@ public class SdkCheck {
                 continue;
             }
             VmNicInventory nic = (VmNicInventory) n;
-            check(p + ": nic ip", nic.ip != null && nic.ip.matches("\\d+\\.\\d+\\.\\d+\\.\\d+"), nic.ip);
+            if (withIps) {
+                check(p + ": nic ip", nic.ip != null && nic.ip.matches("\\d+\\.\\d+\\.\\d+\\.\\d+"), nic.ip);
+            } else {
+                check(p + ": nic without ip", nic.ip == null && nic.usedIps.isEmpty(), nic.ip);
+            }
             check(p + ": nic mac", nic.mac != null && nic.mac.matches("([0-9a-f]{2}:){5}[0-9a-f]{2}"), nic.mac);
             eq(p + ": nic vmInstanceUuid", vm.uuid, nic.vmInstanceUuid);
             check(p + ": nic createDate parsed", recent(nic.createDate), nic.createDate);
@@ -161,6 +170,11 @@ public class SdkCheck {
             }
         }
         check(p + ": allVolumes holds the root volume", root, vm.allVolumes.size());
+        if (vm.vmCdRoms != null) {
+            for (Object c : vm.vmCdRoms) {
+                check(p + ": vmCdRoms element is a VmCdRomInventory", c instanceof VmCdRomInventory, c.getClass());
+            }
+        }
     }
 
     /** Minimal servlet request/response adapters so ZSClient.webHookCallback can be fed. */
@@ -591,8 +605,11 @@ public class SdkCheck {
         // ---- web hook: the server POSTs the result; ZSClient.webHookCallback wakes the caller
         webHook(offering.uuid, img.uuid, l3[0], zone.uuid);
 
+        // ---- more VM and volume APIs
+        VmInstanceInventory other = moreApis(l3[0], img.uuid, ps.uuid, diskOffering.uuid, sn.uuid);
+
         // ---- destroy and expunge
-        for (VmInstanceInventory v : Arrays.asList(vm, fromSnap, asyncVm)) {
+        for (VmInstanceInventory v : Arrays.asList(vm, fromSnap, asyncVm, other)) {
             if (v == null) {
                 continue;
             }
@@ -624,6 +641,126 @@ public class SdkCheck {
             check("QueryVmInstance after LogOut: body carries ID.1001", ae.details != null && ae.details.contains("ID.1001"),
                     ae.details);
         }
+    }
+
+    /** CreateStopped without an offering, UpdateVmInstance, Recover, JustCreate, QueryVmNic, data volumes, snapshots. */
+    static VmInstanceInventory moreApis(String l3, String image, String ps, String diskOffering, String snapshot) {
+        CreateVmInstanceAction cs = new CreateVmInstanceAction();
+        cs.name = "sdk-stopped";
+        cs.cpuNum = 2;
+        cs.memorySize = 2 * GB;
+        cs.imageUuid = image;
+        cs.l3NetworkUuids = Collections.singletonList(l3);
+        cs.strategy = "CreateStopped";
+        cs.sessionId = session;
+        VmInstanceInventory v = ((CreateVmInstanceResult) ok("CreateVmInstance CreateStopped, cpuNum/memorySize", cs::call)).inventory;
+        checkVm("CreateVmInstance CreateStopped", v, "Stopped");
+        eq("CreateVmInstance CreateStopped: cpuNum", 2, v.cpuNum);
+        eq("CreateVmInstance CreateStopped: memorySize", 2 * GB, v.memorySize);
+        check("CreateVmInstance CreateStopped: no instanceOfferingUuid", v.instanceOfferingUuid == null, v.instanceOfferingUuid);
+
+        UpdateVmInstanceAction up = new UpdateVmInstanceAction();
+        up.uuid = v.uuid;
+        up.name = "sdk-stopped-renamed";
+        up.description = "updated";
+        up.cpuNum = 1;
+        up.sessionId = session;
+        VmInstanceInventory u = ((UpdateVmInstanceResult) ok("UpdateVmInstance", up::call)).inventory;
+        checkVm("UpdateVmInstance", u, "Stopped");
+        eq("UpdateVmInstance: name", "sdk-stopped-renamed", u.name);
+        eq("UpdateVmInstance: description", "updated", u.description);
+        eq("UpdateVmInstance: cpuNum", 1, u.cpuNum);
+
+        DestroyVmInstanceAction d = new DestroyVmInstanceAction();
+        d.uuid = v.uuid;
+        d.sessionId = session;
+        ok("DestroyVmInstance (to recover)", d::call);
+        RecoverVmInstanceAction rc = new RecoverVmInstanceAction();
+        rc.uuid = v.uuid;
+        rc.sessionId = session;
+        VmInstanceInventory r = ((RecoverVmInstanceResult) ok("RecoverVmInstance", rc::call)).inventory;
+        checkVm("RecoverVmInstance", r, "Stopped", false);
+        StartVmInstanceAction st = new StartVmInstanceAction();
+        st.uuid = v.uuid;
+        st.sessionId = session;
+        checkVm("StartVmInstance after recover", ((StartVmInstanceResult) ok("StartVmInstance after recover", st::call)).inventory,
+                "Running");
+
+        CreateVmInstanceAction jc = new CreateVmInstanceAction();
+        jc.name = "sdk-just-create";
+        jc.cpuNum = 1;
+        jc.memorySize = GB;
+        jc.imageUuid = image;
+        jc.l3NetworkUuids = Collections.singletonList(l3);
+        jc.strategy = "JustCreate";
+        jc.sessionId = session;
+        VmInstanceInventory j = ((CreateVmInstanceResult) ok("CreateVmInstance JustCreate", jc::call)).inventory;
+        System.out.println("     JustCreate state: " + j.state + ", volumes " + j.allVolumes.size() + ", nics " + j.vmNics.size());
+        DestroyVmInstanceAction jd = new DestroyVmInstanceAction();
+        jd.uuid = j.uuid;
+        jd.sessionId = session;
+        ok("DestroyVmInstance JustCreate VM", jd::call);
+        // upstream deletes a VM in state Created from the database at once (deletion policy DBOnly)
+        eq("DestroyVmInstance JustCreate VM: removed at once", 0,
+                queryVms("QueryVmInstance after destroying a Created VM", "uuid=" + j.uuid).size());
+        ExpungeVmInstanceAction jx = new ExpungeVmInstanceAction();
+        jx.uuid = j.uuid;
+        jx.sessionId = session;
+        ErrorCode jxe = fails("ExpungeVmInstance of a removed Created VM", jx::call);
+        if (jxe != null) {
+            eq("ExpungeVmInstance of a removed Created VM: code", "SYS.1003", jxe.code);
+        }
+
+        QueryVmNicAction qn = new QueryVmNicAction();
+        qn.conditions = Collections.singletonList("vmInstanceUuid=" + v.uuid);
+        qn.sessionId = session;
+        QueryVmNicResult nr = (QueryVmNicResult) ok("QueryVmNic vmInstanceUuid=", qn::call);
+        eq("QueryVmNic: one nic", 1, nr.inventories.size());
+        if (nr.inventories.size() == 1) {
+            Object n = nr.inventories.get(0);
+            check("QueryVmNic: element is a VmNicInventory", n instanceof VmNicInventory, n.getClass());
+            if (n instanceof VmNicInventory) {
+                for (Object ip : ((VmNicInventory) n).usedIps) {
+                    check("QueryVmNic: usedIps element is a UsedIpInventory", ip instanceof UsedIpInventory, ip.getClass());
+                }
+            }
+        }
+
+        CreateDataVolumeAction cd = new CreateDataVolumeAction();
+        cd.name = "sdk-data";
+        cd.diskOfferingUuid = diskOffering;
+        cd.primaryStorageUuid = ps;
+        cd.sessionId = session;
+        VolumeInventory dv = ((CreateDataVolumeResult) ok("CreateDataVolume", cd::call)).inventory;
+        eq("CreateDataVolume: type", "Data", dv.type);
+        eq("CreateDataVolume: size", GB, dv.size);
+        check("CreateDataVolume: createDate parsed", recent(dv.createDate), dv.createDate);
+        DeleteDataVolumeAction dd = new DeleteDataVolumeAction();
+        dd.uuid = dv.uuid;
+        dd.sessionId = session;
+        ok("DeleteDataVolume", dd::call);
+        ExpungeDataVolumeAction xd = new ExpungeDataVolumeAction();
+        xd.uuid = dv.uuid;
+        xd.sessionId = session;
+        ok("ExpungeDataVolume", xd::call);
+
+        QueryVolumeSnapshotAction qs = new QueryVolumeSnapshotAction();
+        qs.conditions = Collections.singletonList("uuid=" + snapshot);
+        qs.sessionId = session;
+        QueryVolumeSnapshotResult sr = (QueryVolumeSnapshotResult) ok("QueryVolumeSnapshot uuid=", qs::call);
+        eq("QueryVolumeSnapshot: one", 1, sr.inventories.size());
+        check("QueryVolumeSnapshot: element is a VolumeSnapshotInventory",
+                sr.inventories.size() == 1 && sr.inventories.get(0) instanceof VolumeSnapshotInventory, sr.inventories);
+        DeleteVolumeSnapshotAction ds = new DeleteVolumeSnapshotAction();
+        ds.uuid = snapshot;
+        ds.sessionId = session;
+        ok("DeleteVolumeSnapshot", ds::call);
+        QueryVolumeSnapshotAction qs2 = new QueryVolumeSnapshotAction();
+        qs2.conditions = Collections.singletonList("uuid=" + snapshot);
+        qs2.sessionId = session;
+        eq("DeleteVolumeSnapshot: gone", 0,
+                ((QueryVolumeSnapshotResult) ok("QueryVolumeSnapshot after delete", qs2::call)).inventories.size());
+        return v;
     }
 
     static void webHook(String offering, String image, String l3, String zone) throws Exception {
