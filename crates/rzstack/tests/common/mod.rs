@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod kvm;
+pub mod sim;
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
