@@ -37,6 +37,8 @@ async fn every_prerequisite_api_is_mapped_at_its_upstream_path() {
         ("POST", "/ssh-key-pair".into(), "params"),
         ("POST", "/system-tags".into(), "params"),
         ("POST", "/user-tags".into(), "params"),
+        ("POST", "/tags".into(), "params"),
+        ("POST", format!("/tags/{n}/resources"), "params"),
     ];
     for (method, path, key) in &asyncs {
         let mut body = serde_json::Map::new();
@@ -70,6 +72,7 @@ async fn every_prerequisite_api_is_mapped_at_its_upstream_path() {
         "/ssh-key-pair",
         "/system-tags",
         "/user-tags",
+        "/tags",
         "/accounts",
     ];
     let list_only = ["/primary-storage", "/global-configurations", "/network-services/providers"];

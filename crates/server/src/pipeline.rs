@@ -12,6 +12,9 @@ pub async fn process(app: &App, api: &'static ApiDef, mut msg: Msg) -> Result<Re
     if let Validated::SucceedEmpty = params::validate(app, api.params, &mut msg.fields).await? {
         return Ok(Reply::empty());
     }
+    if api.create {
+        crate::resources::tag::check_tag_uuids(app, &msg).await?;
+    }
     if api.auth {
         msg.session = Some(identity::check(app, msg.session_uuid.as_deref()).await?);
     }
@@ -34,5 +37,8 @@ pub async fn process(app: &App, api: &'static ApiDef, mut msg: Msg) -> Result<Re
     let Some(handler) = api.handler else {
         return Err(Error::code(rzstack_api::codes::SYS_1008, format!("No service deals with message: {}", api.name)));
     };
-    handler(app.clone(), msg).await
+    let tag_uuids = if api.create { crate::resources::tag::tag_uuids_of(&msg) } else { Vec::new() };
+    let reply = handler(app.clone(), msg).await?;
+    crate::resources::tag::attach_to_created(app, &reply, &tag_uuids).await?;
+    Ok(reply)
 }

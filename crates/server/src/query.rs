@@ -344,9 +344,11 @@ impl SqlBuilder<'_> {
                 child.pk, child.fk, child.def.table
             ));
         }
-        if name == "__systemTag__" || name == "__userTag__" {
+        if name == "__systemTag__" || name == "__userTag__" || name == "__tagUuid__" {
             let table = if name == "__systemTag__" { "system_tag" } else { "user_tag" };
-            let f = Field { name: "tag", col: "tag", ty: FType::Str };
+            // `__tagUuid__` (upstream ZQLMetadata.TAG_PATTERN_UUID): the tag patterns put on it.
+            let col = if name == "__tagUuid__" { "tag_pattern_uuid" } else { "tag" };
+            let f = Field { name: "tag", col, ty: FType::Str };
             // Upstream (TagZQLExtension): a negative operator selects the resources that do
             // NOT have a matching tag, i.e. NOT IN over the positive operator.
             let positive = match c.op {

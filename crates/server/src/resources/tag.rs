@@ -1,6 +1,12 @@
 //! System and user tags (upstream `SystemTagVO`, `UserTagVO`): create, update (system tags),
 //! delete, query; the tags a create API's `systemTags`/`userTags` put on its new resource; and
 //! the registry of system-tag patterns each resource type accepts.
+//!
+//! Tag patterns (upstream `TagPatternVO`, the "tag2" APIs CreateTag, UpdateTag, QueryTag,
+//! AttachTagToResources, DetachTagFromResources, and DeleteTag for patterns): a pattern is put
+//! on a resource as a user tag whose `tagPatternUuid` names it, so QueryUserTag and the
+//! `__userTag__` query condition see it. Every create API's `tagUuids` puts its (simple)
+//! patterns on the new resource once it is created.
 
 use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
 use crate::db::{Val, WriteTx};
@@ -10,6 +16,7 @@ use crate::query::{self, field, FType, ResourceDef};
 use crate::util::{new_uuid, now_ms};
 use crate::App;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use sqlx::Row;
 
 pub static SYSTEM_TAG: ResourceDef = ResourceDef {
@@ -52,6 +59,27 @@ pub static USER_TAG: ResourceDef = ResourceDef {
     class_of: None,
     order: "t.create_date, t.uuid",
     tag_type: None,
+};
+
+pub static TAG_PATTERN: ResourceDef = ResourceDef {
+    inventory: "TagPatternInventory",
+    vo: "TagPatternVO",
+    class: "org.zstack.header.tag.TagPatternInventory",
+    table: "tag_pattern",
+    fields: &[
+        field("uuid", "uuid", FType::Str),
+        field("name", "name", FType::Str),
+        field("value", "value", FType::Str),
+        field("description", "description", FType::Str),
+        field("color", "color", FType::Str),
+        field("type", "type", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.uuid",
+    tag_type: Some("TagPatternVO"),
 };
 
 /// System-tag patterns per resource type (upstream `*SystemTags` classes registered for
@@ -405,8 +433,393 @@ async fn delete_tag(app: App, msg: Msg) -> Result<Reply> {
     }
     tx.execute("DELETE FROM system_tag WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     tx.execute("DELETE FROM user_tag WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    // A tag pattern: its attachments go with it (upstream: foreign key ON DELETE CASCADE).
+    if tx.execute("DELETE FROM tag_pattern WHERE uuid = $1", &[Val::from(uuid.as_str())]).await? > 0 {
+        tx.execute("DELETE FROM user_tag WHERE tag_pattern_uuid = $1", &[Val::from(uuid.as_str())]).await?;
+        delete_for_resource(&mut tx, &uuid).await?;
+        super::disown(&mut tx, &uuid).await?;
+    }
     tx.commit().await?;
     Ok(Reply::empty())
+}
+
+// ---- tag patterns ----
+
+const SIMPLE: &str = "simple";
+const WITH_TOKEN: &str = "withToken";
+
+/// Upstream's colour rule: `#` and six hex digits.
+fn check_color(color: Option<&str>) -> Result<()> {
+    match color {
+        Some(c) if !(c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|x| x.is_ascii_hexdigit())) => {
+            Err(Error::argerr(format!("Invalid color specification[{c}], must like #FF00FF")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A `withToken` pattern value `name::{t1}::{t2}` or `{t1}::{t2}`: its leading name (if any)
+/// and its token names. `None` when the value is not such a format.
+fn parse_format(value: &str) -> Option<(Option<&str>, Vec<&str>)> {
+    let bad = |s: &str| s.is_empty() || s.contains(['{', '}', ':']);
+    let mut name = None;
+    let mut tokens = Vec::new();
+    for (i, seg) in value.split("::").enumerate() {
+        match seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+            Some(t) if !bad(t) => tokens.push(t),
+            Some(_) => return None,
+            None if i == 0 && !bad(seg) => name = Some(seg),
+            None => return None,
+        }
+    }
+    (!tokens.is_empty()).then_some((name, tokens))
+}
+
+fn bad_format(value: &str) -> Error {
+    Error::argerr(format!(
+        "Get format[{value}], format must like that name::{{tokenName1}}::{{tokenName2}} ... ::{{tokenNameN}} or \
+         {{tokenName1}}::{{tokenName2}} ... ::{{tokenNameN}} Name cannot contain '{{}}:'"
+    ))
+}
+
+/// A Java list's text: `[a, b]`.
+fn java_list<S: AsRef<str>>(items: &[S]) -> String {
+    format!("[{}]", items.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", "))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatePattern {
+    name: String,
+    value: String,
+    description: Option<String>,
+    color: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+}
+
+async fn create_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
+    let req: CreatePattern = msg.parse()?;
+    let ty = req.ty.as_deref().unwrap_or(SIMPLE);
+    check_color(req.color.as_deref())?;
+    if ty == WITH_TOKEN && parse_format(&req.value).is_none() {
+        return Err(bad_format(&req.value));
+    }
+    let uuid = msg.resource_uuid();
+    let now = now_ms();
+    let mut tx = app.db.begin_write().await?;
+    if super::is_new(&mut tx, &TAG_PATTERN, &uuid, &msg).await? {
+        tx.execute(
+            "INSERT INTO tag_pattern (uuid, name, value, description, color, type, create_date, last_op_date) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            &[
+                Val::from(uuid.as_str()),
+                Val::from(req.name.as_str()),
+                Val::from(req.value.as_str()),
+                Val::from(req.description),
+                Val::from(req.color),
+                Val::from(ty),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        super::own(&mut tx, &uuid, TAG_PATTERN.vo, msg.account_uuid()).await?;
+    }
+    tx.commit().await?;
+    super::inventory_reply(&app, &TAG_PATTERN, &uuid).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdatePattern {
+    uuid: String,
+    name: Option<String>,
+    value: Option<String>,
+    description: Option<String>,
+    color: Option<String>,
+}
+
+async fn update_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
+    let req: UpdatePattern = msg.parse()?;
+    check_color(req.color.as_deref())?;
+    if let Some(v) = &req.value {
+        let row = app
+            .db
+            .fetch_optional("SELECT type, value FROM tag_pattern WHERE uuid = $1", &[Val::from(req.uuid.as_str())])
+            .await?
+            .ok_or_else(|| not_found_pattern(&req.uuid))?;
+        let (ty, old): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        if ty == WITH_TOKEN {
+            // Only the token names may change: same leading name, same number of tokens.
+            let new = parse_format(v).ok_or_else(|| bad_format(v))?;
+            let same_shape = parse_format(&old).is_some_and(|o| o.0 == new.0 && o.1.len() == new.1.len());
+            if !same_shape {
+                return Err(Error::argerr("you can only update token name"));
+            }
+        } else if *v != old {
+            return Err(Error::argerr("cannot update simple tag pattern format"));
+        }
+    }
+    app.db
+        .execute(
+            "UPDATE tag_pattern SET name = COALESCE($1, name), value = COALESCE($2, value), \
+             description = COALESCE($3, description), color = COALESCE($4, color), last_op_date = $5 WHERE uuid = $6",
+            &[
+                Val::from(req.name),
+                Val::from(req.value),
+                Val::from(req.description),
+                Val::from(req.color),
+                Val::I(now_ms()),
+                Val::from(req.uuid.as_str()),
+            ],
+        )
+        .await?;
+    super::inventory_reply(&app, &TAG_PATTERN, &req.uuid).await
+}
+
+fn not_found_pattern(uuid: &str) -> Error {
+    Error::not_found(format!("invalid field[tagUuid], resource[uuid:{uuid}, type:TagPatternVO] not found"))
+}
+
+/// The text of the user tag a pattern puts on a resource: a simple pattern's value, or a
+/// `withToken` value with every `{token}` replaced by `tokens[token]`.
+fn tag_text(ty: &str, value: &str, tokens: &Map<String, Value>) -> Result<String> {
+    if ty != WITH_TOKEN {
+        if !tokens.is_empty() {
+            return Err(Error::argerr("simple tag pattern has no tokens"));
+        }
+        return Ok(value.to_string());
+    }
+    let names = parse_format(value).map(|(_, t)| t).unwrap_or_default();
+    let token_value = |n: &str| match tokens.get(n) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(x)) => Some(x.to_string()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        _ => None,
+    };
+    if names.iter().any(|n| token_value(n).is_none()) {
+        return Err(Error::argerr(format!("all tokens {} must be specify", java_list(&names))));
+    }
+    let mut out = value.to_string();
+    for n in names {
+        out = out.replace(&format!("{{{n}}}"), &token_value(n).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachPattern {
+    tag_uuid: String,
+    resource_uuids: Vec<String>,
+    #[serde(default)]
+    tokens: Option<Map<String, Value>>,
+}
+
+/// Put one pattern's user tag on a resource unless it is already there; its uuid.
+async fn put_pattern(
+    tx: &mut WriteTx,
+    pattern_uuid: &str,
+    resource_uuid: &str,
+    resource_type: &str,
+    text: &str,
+) -> Result<Option<String>> {
+    let vals = [Val::from(pattern_uuid), Val::from(resource_uuid), Val::from(text)];
+    tx.execute(
+        "INSERT INTO user_tag (uuid, resource_uuid, resource_type, tag, type, tag_pattern_uuid, create_date, \
+         last_op_date) SELECT $1, $2, $3, $4, 'User', p.uuid, $5, $5 FROM tag_pattern p WHERE p.uuid = $6 \
+         ON CONFLICT DO NOTHING",
+        &[
+            Val::from(new_uuid()),
+            Val::from(resource_uuid),
+            Val::from(resource_type),
+            Val::from(text),
+            Val::I(now_ms()),
+            Val::from(pattern_uuid),
+        ],
+    )
+    .await?;
+    let row = tx
+        .fetch_optional(
+            "SELECT uuid FROM user_tag WHERE tag_pattern_uuid = $1 AND resource_uuid = $2 AND tag = $3",
+            &vals,
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get(0)?),
+        None => None,
+    })
+}
+
+async fn attach_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
+    let req: AttachPattern = msg.parse()?;
+    let row = app
+        .db
+        .fetch_optional("SELECT type, value FROM tag_pattern WHERE uuid = $1", &[Val::from(req.tag_uuid.as_str())])
+        .await?
+        .ok_or_else(|| not_found_pattern(&req.tag_uuid))?;
+    let (ty, value): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    let text = tag_text(&ty, &value, &req.tokens.unwrap_or_default())?;
+    // The resources must belong to the pattern's owner (any account's, for the admin).
+    let owner = app
+        .db
+        .fetch_optional(
+            "SELECT account_uuid FROM account_resource_ref WHERE resource_uuid = $1",
+            &[Val::from(req.tag_uuid.as_str())],
+        )
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_else(|| msg.account_uuid().to_string());
+    let admin = msg.account_uuid() == crate::identity::ADMIN_UUID;
+    let mut targets = Vec::new();
+    let mut invalid = Vec::new();
+    for ru in &req.resource_uuids {
+        let r = app
+            .db
+            .fetch_optional(
+                "SELECT resource_type, account_uuid FROM account_resource_ref WHERE resource_uuid = $1",
+                &[Val::from(ru.as_str())],
+            )
+            .await?;
+        match r {
+            Some(r) => {
+                let (rt, acc): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                if admin || acc == owner {
+                    targets.push((ru.clone(), rt));
+                } else {
+                    invalid.push(ru.clone());
+                }
+            }
+            None => invalid.push(ru.clone()),
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(Error::argerr(format!(
+            "resource[uuids:{}] is not owned by account[uuid:{owner}]",
+            java_list(&invalid)
+        )));
+    }
+    let mut tx = app.db.begin_write().await?;
+    let mut tag_uuids = Vec::new();
+    for (ru, rt) in &targets {
+        tag_uuids.push(put_pattern(&mut tx, &req.tag_uuid, ru, rt, &text).await?);
+    }
+    tx.commit().await?;
+    let mut results = Vec::new();
+    let mut schema = Map::new();
+    for (i, tu) in tag_uuids.into_iter().enumerate() {
+        let mut r = Map::new();
+        r.insert("success".into(), Value::Bool(true));
+        if let Some(inv) = match tu {
+            Some(u) => query::get(&app.db, &USER_TAG, &u).await?,
+            None => None,
+        } {
+            query::schema_for(&USER_TAG, &format!("results[{i}].inventory"), &inv, &mut schema);
+            r.insert("inventory".into(), Value::Object(inv));
+        }
+        schema.insert(format!("results[{i}]"), Value::String("org.zstack.tag2.AttachTagResult".into()));
+        results.push(Value::Object(r));
+    }
+    let mut body = Map::new();
+    body.insert("results".into(), Value::Array(results));
+    Ok(Reply { body, schema })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DetachPattern {
+    tag_uuid: String,
+    resource_uuids: Vec<String>,
+}
+
+async fn detach_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
+    let req: DetachPattern = msg.parse()?;
+    let mut tx = app.db.begin_write().await?;
+    for ru in &req.resource_uuids {
+        tx.execute(
+            "DELETE FROM user_tag WHERE tag_pattern_uuid = $1 AND resource_uuid = $2",
+            &[Val::from(req.tag_uuid.as_str()), Val::from(ru.as_str())],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+/// The `tagUuids` of a message (upstream `APICreateMessage.tagUuids`).
+pub fn tag_uuids_of(msg: &Msg) -> Vec<String> {
+    match msg.fields.get("tagUuids") {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Upstream's checks of a create message's `tagUuids`: every one names a tag pattern
+/// (`@APIParam(resourceType = TagPatternVO.class)`, SYS.1003), and only simple patterns can be
+/// put on a new resource (there is no way to give tokens).
+pub async fn check_tag_uuids(app: &App, msg: &Msg) -> Result<()> {
+    let uuids = tag_uuids_of(msg);
+    let mut missing = Vec::new();
+    let mut not_simple = Vec::new();
+    for u in &uuids {
+        let row =
+            app.db.fetch_optional("SELECT type FROM tag_pattern WHERE uuid = $1", &[Val::from(u.as_str())]).await?;
+        match row {
+            None => missing.push(u.clone()),
+            Some(r) if r.try_get::<String, _>(0)? != SIMPLE => not_simple.push(u.clone()),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::not_found(format!(
+            "invalid field[tagUuids], resource[uuids:{}, type:{}] not found",
+            java_list(&missing),
+            TAG_PATTERN.vo
+        )));
+    }
+    if !not_simple.is_empty() {
+        return Err(Error::argerr(format!("illegal tag uuids {}, tag type must be simple,", java_list(&not_simple))));
+    }
+    Ok(())
+}
+
+/// Put the `tagUuids` patterns on the resource a create API has just made (the `inventory`
+/// of its reply), as upstream's `afterCreateTagFromMsg`. Runs only after a successful
+/// creation, so a failed one leaves no attachment; idempotent for a replayed job.
+pub async fn attach_to_created(app: &App, reply: &Reply, tag_uuids: &[String]) -> Result<()> {
+    if tag_uuids.is_empty() {
+        return Ok(());
+    }
+    let Some(uuid) = reply.body.get("inventory").and_then(|i| i.get("uuid")).and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let ref_type = app
+        .db
+        .fetch_optional("SELECT resource_type FROM account_resource_ref WHERE resource_uuid = $1", &[Val::from(uuid)])
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?;
+    // Without an owner record: the VO named after the inventory class.
+    let resource_type = match ref_type {
+        Some(t) => t,
+        None => match reply.schema.get("inventory").and_then(Value::as_str) {
+            Some(class) => {
+                let simple = class.rsplit('.').next().unwrap_or(class);
+                format!("{}VO", simple.strip_suffix("Inventory").unwrap_or(simple))
+            }
+            None => return Ok(()),
+        },
+    };
+    let mut tx = app.db.begin_write().await?;
+    for t in tag_uuids {
+        let row = tx.fetch_optional("SELECT value FROM tag_pattern WHERE uuid = $1", &[Val::from(t.as_str())]).await?;
+        if let Some(r) = row {
+            let value: String = r.try_get(0)?;
+            put_pattern(&mut tx, t, uuid, &resource_type, &value).await?;
+        }
+    }
+    tx.commit().await
 }
 
 const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
@@ -467,6 +880,90 @@ pub static APIS: &[ApiDef] = &[
         handler: Some(|a, m| boxed(delete_tag(a, m))),
     },
     ApiDef {
+        name: "CreateTag",
+        method: Method::Post,
+        path: "/tags",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: true,
+        params: &[
+            Param::str("name").required().max(128),
+            Param::str("value").required().max(128),
+            Param::str("description").max(2048),
+            Param::str("color"),
+            Param::str("type").values(&[SIMPLE, WITH_TOKEN]),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(create_tag_pattern(a, m))),
+    },
+    ApiDef {
+        name: "UpdateTag",
+        method: Method::Put,
+        path: "/tags/{uuid}/actions",
+        optional_paths: &[],
+        body: Body::Action,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("uuid").required().resource(&TAG_PATTERN),
+            Param::str("name").max(128),
+            Param::str("value").max(128),
+            Param::str("description").max(2048),
+            Param::str("color"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(update_tag_pattern(a, m))),
+    },
+    ApiDef {
+        name: "QueryTag",
+        method: Method::Get,
+        path: "/tags",
+        optional_paths: &["/tags/{uuid}"],
+        body: Body::Query,
+        kind: Kind::Query(&TAG_PATTERN),
+        auth: true,
+        create: false,
+        params: &[],
+        tags: &[],
+        handler: None,
+    },
+    ApiDef {
+        name: "AttachTagToResources",
+        method: Method::Post,
+        path: "/tags/{tagUuid}/resources",
+        optional_paths: &[],
+        body: Body::Params,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("tagUuid").required().resource(&TAG_PATTERN),
+            Param::list("resourceUuids").required().non_empty(),
+            Param::map("tokens"),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(attach_tag_pattern(a, m))),
+    },
+    ApiDef {
+        name: "DetachTagFromResources",
+        method: Method::Delete,
+        path: "/tags/{tagUuid}/resources",
+        optional_paths: &[],
+        body: Body::Query,
+        kind: ASYNC,
+        auth: true,
+        create: false,
+        params: &[
+            Param::str("tagUuid").required().resource(&TAG_PATTERN),
+            Param::list("resourceUuids").required().non_empty(),
+        ],
+        tags: &[],
+        handler: Some(|a, m| boxed(detach_tag_pattern(a, m))),
+    },
+    ApiDef {
         name: "QuerySystemTag",
         method: Method::Get,
         path: "/system-tags",
@@ -507,5 +1004,22 @@ mod tests {
         assert!(!pattern_matches("packer", "packer2"));
         assert!(is_valid_system_tag("InstanceOfferingVO", "instanceOfferingUserConfig::{}"));
         assert!(!is_valid_system_tag("ZoneVO", "hostname::x"));
+    }
+
+    #[test]
+    fn pattern_formats_and_tokens() {
+        assert_eq!(parse_format("owner::{name}"), Some((Some("owner"), vec!["name"])));
+        assert_eq!(parse_format("{a}::{b}"), Some((None, vec!["a", "b"])));
+        assert_eq!(parse_format("owner"), None);
+        assert_eq!(parse_format("owner::{}"), None);
+        assert_eq!(parse_format("a::b::{c}"), None);
+        assert_eq!(parse_format("{a:b}"), None);
+        let mut t = Map::new();
+        t.insert("name".into(), Value::String("alice".into()));
+        assert_eq!(tag_text(WITH_TOKEN, "owner::{name}", &t).unwrap(), "owner::alice");
+        assert!(tag_text(WITH_TOKEN, "{name}::{x}", &t).is_err());
+        assert!(tag_text(SIMPLE, "web", &t).is_err());
+        assert!(check_color(Some("#18aE0f")).is_ok());
+        assert!(check_color(Some("red")).is_err());
     }
 }
