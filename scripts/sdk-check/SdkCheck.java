@@ -425,6 +425,19 @@ public class SdkCheck {
             check("CreateVmInstance without l3NetworkUuids: an upstream code", le.code != null && le.code.matches("[A-Z0-9]+\\.\\d+"),
                     le.code);
         }
+        CreateVmInstanceAction big = new CreateVmInstanceAction();
+        big.name = "too-big";
+        big.cpuNum = 1;
+        big.memorySize = 64 * GB;
+        big.imageUuid = img.uuid;
+        big.l3NetworkUuids = Collections.singletonList(l3[0]);
+        big.sessionId = session;
+        ErrorCode ce = fails("CreateVmInstance beyond host memory", big::call);
+        if (ce != null) {
+            System.out.println("     error: " + err(ce) + " cause " + err(ce.cause));
+            eq("CreateVmInstance beyond host memory: code", "SYS.1006", ce.code);
+            eq("CreateVmInstance beyond host memory: cause code", "HOST_ALLOCATION.1000", ce.cause == null ? null : ce.cause.code);
+        }
         eq("failing creates leave no VM", before, queryVms("QueryVmInstance (count after failing creates)").size());
         CreateVmInstanceAction bs2 = new CreateVmInstanceAction();
         bs2.name = "bad-session";
@@ -603,7 +616,7 @@ public class SdkCheck {
         }
 
         // ---- web hook: the server POSTs the result; ZSClient.webHookCallback wakes the caller
-        webHook(offering.uuid, img.uuid, l3[0], zone.uuid);
+        webHook(offering.uuid, l3[0]);
 
         // ---- more VM and volume APIs
         VmInstanceInventory other = moreApis(l3[0], img.uuid, ps.uuid, diskOffering.uuid, sn.uuid);
@@ -763,7 +776,7 @@ public class SdkCheck {
         return v;
     }
 
-    static void webHook(String offering, String image, String l3, String zone) throws Exception {
+    static void webHook(String offering, String l3) throws Exception {
         HttpServer hs = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
         AtomicReference<Integer> status = new AtomicReference<>();
         hs.createContext("/hook", ex -> {
@@ -816,6 +829,21 @@ public class SdkCheck {
             if (e != null) {
                 eq("CreateVmInstance missing image via web hook: code", "SYS.1003", e.code);
             }
+            // web hook + call(Completion): the completion runs from webHookCallback
+            CreateZoneAction cz2 = new CreateZoneAction();
+            cz2.name = "sdk-webhook-async-zone";
+            cz2.sessionId = session;
+            CountDownLatch latch = new CountDownLatch(1);
+            AtomicReference<CreateZoneAction.Result> got = new AtomicReference<>();
+            cz2.call(r -> {
+                got.set(r);
+                latch.countDown();
+            });
+            check("CreateZone via web hook with call(Completion) completes", latch.await(60, TimeUnit.SECONDS), "timeout");
+            CreateZoneAction.Result r = got.get();
+            check("CreateZone via web hook with call(Completion): inventory",
+                    r != null && r.error == null && r.value != null && "sdk-webhook-async-zone".equals(r.value.inventory.name),
+                    r == null ? null : err(r.error));
         } catch (Abort a) {
             // recorded already
         } finally {
