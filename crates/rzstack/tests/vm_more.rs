@@ -428,3 +428,216 @@ async fn last_host_preferred_on_start() {
     let oi = t.hosts.iter().position(|x| *x == other).unwrap();
     assert!(hosts[oi].1 <= 8 * GB - 2 * GB, "{hosts:?}");
 }
+
+/// Poll until `f` holds (at most 60 s): for work done by the periodic expunge task.
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `vm.deletionPolicy`: values checked; Direct expunges at once (no Destroyed row, every
+/// address, NIC, volume and unit of capacity back); Delay leaves a Destroyed VM that the
+/// periodic task expunges after `vm.expungePeriod`; Never leaves it Destroyed for good (until
+/// ExpungeVmInstance, or until the policy changes).
+#[tokio::test]
+async fn deletion_policy_direct_delay_never() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    assert_eq!(config_value(&srv, "vm", "deletionPolicy").await, "Delay");
+    assert_eq!(config_value(&srv, "vm", "expungePeriod").await, "604800");
+    assert_eq!(config_value(&srv, "vm", "expungeInterval").await, "3600");
+    let e = srv
+        .fails(
+            "PUT",
+            "/global-configurations/vm/deletionPolicy/actions",
+            Some(json!({"updateGlobalConfig": {"value": "Later"}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1007", "Later is not a valid value. Valid values are [Direct, Delay, Never]");
+    let e = srv
+        .fails(
+            "PUT",
+            "/global-configurations/vm/expungePeriod/actions",
+            Some(json!({"updateGlobalConfig": {"value": "-1"}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1007", "Global config[category: vm, name: expungePeriod] should not less than 0, but got -1");
+    assert_eq!(config_value(&srv, "vm", "deletionPolicy").await, "Delay");
+    assert_eq!(config_value(&srv, "vm", "expungePeriod").await, "604800");
+
+    let new_vm = |name: &str| create(&t, json!({"name": name, "l3NetworkUuids": [l3]}));
+
+    // Direct
+    set_config(&srv, "vm", "deletionPolicy", "Direct").await;
+    let u = s(&srv.ok("POST", "/vm-instances", Some(new_vm("direct"))).await["inventory"]["uuid"]);
+    assert_ne!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    let r = srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+    assert_eq!(r.as_object().map(|o| o.keys().filter(|k| *k != "schema").count()), Some(0), "{r}");
+    assert_eq!(srv.query(&format!("/vm-instances/{u}")).await.len(), 0, "no Destroyed row under Direct");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    // a stopped VM too
+    let u = s(&srv.ok("POST", "/vm-instances", Some(new_vm("direct2"))).await["inventory"]["uuid"]);
+    action(&srv, &u, json!({"stopVmInstance": {}})).await;
+    srv.ok("DELETE", &format!("/vm-instances/{u}"), None).await;
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    // expunge of the gone VM: SYS.1003
+    assert_eq!(refused(&srv, &u, json!({"expungeVmInstance": {}})).await["code"], "SYS.1003");
+
+    // Never: Destroyed and kept by the task, however short the period
+    set_config(&srv, "vm", "deletionPolicy", "Never").await;
+    let never = s(&srv.ok("POST", "/vm-instances", Some(new_vm("never"))).await["inventory"]["uuid"]);
+    srv.ok("DELETE", &format!("/vm-instances/{never}"), None).await;
+    set_config(&srv, "vm", "expungePeriod", "0").await;
+    set_config(&srv, "vm", "expungeInterval", "1").await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await; // several task rounds
+    let inv = srv.query(&format!("/vm-instances/{never}")).await;
+    assert_eq!(inv[0]["state"], "Destroyed", "Never: not expunged by the task");
+    // ExpungeVmInstance still works under Never
+    action(&srv, &never, json!({"expungeVmInstance": {}})).await;
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+    // a VM destroyed under Never goes once the policy is Delay (the task reads the policy)
+    let kept = s(&srv.ok("POST", "/vm-instances", Some(new_vm("kept"))).await["inventory"]["uuid"]);
+    srv.ok("DELETE", &format!("/vm-instances/{kept}"), None).await;
+    assert_eq!(srv.query(&format!("/vm-instances/{kept}")).await[0]["state"], "Destroyed");
+
+    // Delay: Destroyed, then expunged by the periodic task once the period has passed
+    set_config(&srv, "vm", "deletionPolicy", "Delay").await;
+    let delay = s(&srv.ok("POST", "/vm-instances", Some(new_vm("delay"))).await["inventory"]["uuid"]);
+    srv.ok("DELETE", &format!("/vm-instances/{delay}"), None).await;
+    wait_for("the expunge task", || async { srv.query("/vm-instances").await.is_empty() }).await;
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before);
+
+    // Delay with the default period: a destroyed VM stays Destroyed (and recoverable)
+    set_config(&srv, "vm", "expungePeriod", "604800").await;
+    let d = s(&srv.ok("POST", "/vm-instances", Some(new_vm("d"))).await["inventory"]["uuid"]);
+    srv.ok("DELETE", &format!("/vm-instances/{d}"), None).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await; // several task rounds
+    assert_eq!(srv.query(&format!("/vm-instances/{d}")).await[0]["state"], "Destroyed");
+    assert_eq!(action(&srv, &d, json!({"recoverVmInstance": {}})).await["inventory"]["state"], "Stopped");
+}
+
+/// Actions on one VM are queued, not refused: 10 concurrent reboots all succeed; concurrent
+/// stops and starts all succeed and leave a consistent VM; a settled state that forbids the
+/// action is still VM.1010.
+#[tokio::test]
+async fn concurrent_actions_on_one_vm_are_queued() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let u =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3]})))).await["inventory"]
+            ["uuid"]);
+    let path = format!("/vm-instances/{u}/actions");
+    let run = |bodies: Vec<Value>| {
+        let srv = srv.clone();
+        let path = path.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for b in bodies {
+                let srv = srv.clone();
+                let path = path.clone();
+                tasks.push(tokio::spawn(async move { srv.job("PUT", &path, Some(b)).await }));
+            }
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(task.await.unwrap());
+            }
+            out
+        }
+    };
+    for r in run(vec![json!({"rebootVmInstance": {}}); 10]).await {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["inventory"]["state"], "Running");
+    }
+    for round in 0..3 {
+        let mut bodies = Vec::new();
+        for _ in 0..4 {
+            bodies.push(json!({"stopVmInstance": {}}));
+            bodies.push(json!({"startVmInstance": {}}));
+        }
+        for r in run(bodies).await {
+            assert_eq!(r.status, 200, "round {round}: {}", r.text);
+        }
+        let inv = srv.query(&format!("/vm-instances/{u}")).await[0].clone();
+        let (hosts, _) = usage(&srv, &t).await;
+        let busy = hosts.iter().filter(|(cpu, _)| *cpu < 40).count();
+        match inv["state"].as_str() {
+            Some("Running") => {
+                assert!(inv["hostUuid"].is_string());
+                assert_eq!(busy, 1, "{hosts:?}");
+            }
+            Some("Stopped") => {
+                assert!(inv.get("hostUuid").is_none());
+                assert_eq!(busy, 0, "{hosts:?}");
+            }
+            other => panic!("unsettled state {other:?}"),
+        }
+        assert_eq!(inv["vmNics"][0]["usedIps"].as_array().unwrap().len(), 1);
+    }
+    // destroy + start at once: whichever runs second sees a settled state; a start after the
+    // destroy is VM.1010 for Destroyed, never for a transitional state
+    action(&srv, &u, json!({"startVmInstance": {}})).await;
+    let del = {
+        let srv = srv.clone();
+        let u = u.clone();
+        tokio::spawn(async move { srv.job("DELETE", &format!("/vm-instances/{u}"), None).await })
+    };
+    let starts = run(vec![json!({"startVmInstance": {}}); 3]).await;
+    assert_eq!(del.await.unwrap().status, 200);
+    for r in starts {
+        if r.status != 200 {
+            assert_eq!(r.status, 503, "{}", r.text);
+            assert_error(&r.body["error"]["cause"], "VM.1010", "current vm instance state[Destroyed]");
+        }
+    }
+    assert_eq!(srv.query(&format!("/vm-instances/{u}")).await[0]["state"], "Destroyed");
+}
+
+/// An action on a VM whose creation is still running waits for the creation to end instead of
+/// being refused for the transitional state: the creation's instantiate step is held by the
+/// simulator's test gate while a stop is submitted; once the gate opens both succeed.
+#[tokio::test]
+async fn action_during_creation_waits_for_it() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("open");
+    let srv = Server::start_with_env(vec![("RZSTACK_TEST_AGENT_GATE".into(), gate.display().to_string())]).await;
+    let t = topology(&srv, 1).await;
+    let uuid = "5e1f0c3a9b2d4e6f8a7b6c5d4e3f2a1b";
+    let mut body = create(&t, json!({}));
+    body["params"]["resourceUuid"] = json!(uuid);
+    let r = srv.request("POST", "/vm-instances", Some(body), Some(&srv.session), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let create_loc = s(&r.body["location"]);
+    wait_for("the VM row", || async { srv.query(&format!("/vm-instances/{uuid}")).await.len() == 1 }).await;
+    assert_ne!(srv.query(&format!("/vm-instances/{uuid}")).await[0]["state"], "Running");
+    let r = srv
+        .request(
+            "PUT",
+            &format!("/vm-instances/{uuid}/actions"),
+            Some(json!({"stopVmInstance": {}})),
+            Some(&srv.session),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let stop_loc = s(&r.body["location"]);
+    // the creation cannot end before the gate opens, so neither can the queued stop
+    assert_eq!(srv.request("GET", &stop_loc, None, None, &[]).await.status, 202);
+    std::fs::write(&gate, b"").unwrap();
+    let c = srv.poll(&create_loc).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.body["inventory"]["state"], "Running");
+    let st = srv.poll(&stop_loc).await;
+    assert_eq!(st.status, 200, "{}", st.text);
+    assert_eq!(st.body["inventory"]["state"], "Stopped");
+    assert_eq!(srv.query(&format!("/vm-instances/{uuid}")).await[0]["state"], "Stopped");
+}

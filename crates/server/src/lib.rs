@@ -162,6 +162,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let resumed = jobs::recover(&app).await?;
     background(app.clone());
     resources::host::start_tracker(app.clone());
+    resources::vm::start_expunge_task(app.clone());
     tracing::info!(
         listen = ?addr,
         database = ?app.db.kind,

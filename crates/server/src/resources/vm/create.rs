@@ -175,6 +175,8 @@ pub(super) async fn existing_vm(app: &App, msg: &Msg) -> Result<Option<Reply>> {
 
 pub(super) async fn create(app: App, msg: Msg, mut req: CreateVm) -> Result<Reply> {
     let uuid = msg.resource_uuid();
+    // actions on the new VM wait until its creation ends
+    let _turn = queue::turn(&uuid).await;
     if let Some(r) = existing_vm(&app, &msg).await? {
         return Ok(r);
     }

@@ -114,6 +114,61 @@ pub fn java_hash_set_order<'a>(items: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// Per-VM action queue (upstream runs every operation of a VM in one chain task keyed by the
+/// VM, its `syncSignature`): an action waits for the one before it on the same VM and then
+/// runs against the state that one left, in arrival order (tokio's mutex is FIFO). The queue
+/// lives in this management node's memory: actions on one VM submitted to different nodes are
+/// not queued against each other; there the compare-and-set state changes still keep the VM
+/// consistent (the later one may then be refused with VM.1010). Entries go when idle.
+pub(super) mod queue {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    type Slot = Arc<tokio::sync::Mutex<()>>;
+
+    fn slots() -> &'static Mutex<HashMap<String, Slot>> {
+        static SLOTS: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
+        SLOTS.get_or_init(Default::default)
+    }
+
+    fn lock_slots() -> std::sync::MutexGuard<'static, HashMap<String, Slot>> {
+        match slots().lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The VM's turn: held until dropped.
+    pub struct Turn {
+        vm: String,
+        slot: Slot,
+        guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    }
+
+    pub async fn turn(vm: &str) -> Turn {
+        let slot = lock_slots().entry(vm.to_string()).or_default().clone();
+        let guard = slot.clone().lock_owned().await;
+        Turn { vm: vm.to_string(), slot, guard: Some(guard) }
+    }
+
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            drop(self.guard.take());
+            let mut m = lock_slots();
+            // only the map and this turn hold the slot: nobody waits, forget it
+            if m.get(&self.vm).is_some_and(|s| Arc::ptr_eq(s, &self.slot) && Arc::strong_count(s) == 2) {
+                m.remove(&self.vm);
+            }
+        }
+    }
+
+    /// VMs with a queue (tests and diagnostics).
+    #[allow(dead_code)]
+    pub fn len() -> usize {
+        lock_slots().len()
+    }
+}
+
 pub(super) async fn vm_state(tx: &mut WriteTx, uuid: &str) -> Result<Option<String>> {
     Ok(tx
         .fetch_optional("SELECT state FROM vm_instance WHERE uuid = $1", &[Val::from(uuid)])
@@ -155,6 +210,7 @@ pub(super) struct StartVm {
 
 pub(super) async fn start_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     let req: StartVm = msg.parse()?;
     if msg.replay {
         saga::unwind_for_job(&app, &msg.job_uuid).await?;
@@ -187,9 +243,14 @@ pub(super) async fn start_vm(app: App, msg: Msg) -> Result<Reply> {
             saga::run(&app, &START_CREATED, &msg.job_uuid, &uuid, ctx).await.map_err(wrap)?;
         }
         _ => {
-            let mut tx = app.db.begin_write().await?;
-            start_stopped(&app, &mut tx, &uuid, &req).await.map_err(wrap)?;
-            tx.commit().await?;
+            // host and addresses in a transaction, QEMU on a KVM host outside it (steps.rs)
+            let ctx = StartCtx {
+                vm_uuid: uuid.clone(),
+                host_uuid: req.host_uuid.clone(),
+                cluster_uuid: req.cluster_uuid.clone(),
+                ..StartCtx::default()
+            };
+            saga::run(&app, &START_STOPPED, &msg.job_uuid, &uuid, ctx).await.map_err(wrap)?;
         }
     }
     reply(&app, &uuid).await
@@ -206,7 +267,9 @@ pub(super) async fn start_vm(app: App, msg: Msg) -> Result<Reply> {
 /// last host when it passed the filters, capacity included), then the others in random order;
 /// LeastVmPreferred orders by running VMs per host (ties: the last host first, then random);
 /// Default is random. A host whose reservation fails is skipped for the next one.
-pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -> Result<()> {
+/// The VM is left Starting on the returned host; the start saga (steps.rs) has its agent start
+/// it outside the transaction, then marks it Running.
+pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: &StartVm) -> Result<String> {
     move_state(tx, VmOp::Start, uuid, "Stopped", "Starting").await?;
     let vm = tx
         .fetch_optional(
@@ -276,7 +339,7 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
         return Err(host_alloc_error(format!("no host having cpu[{cpu}], memory[{mem} bytes] found")));
     };
     tx.execute(
-        "UPDATE vm_instance SET state = 'Running', host_uuid = $1, last_host_uuid = $1, cluster_uuid = $2, zone_uuid = $3, \
+        "UPDATE vm_instance SET state = 'Starting', host_uuid = $1, last_host_uuid = $1, cluster_uuid = $2, zone_uuid = $3, \
          reserved_host_uuid = $1, reserved_cpu = $4, reserved_memory = $5, last_op_date = $6 WHERE uuid = $7",
         &[
             Val::from(host.as_str()),
@@ -323,13 +386,12 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
         )
         .await?;
     }
-    // On a KVM host the agent starts QEMU (a failure rolls the whole start back).
-    kvm::start_existing(tx, uuid, &host).await?;
-    Ok(())
+    Ok(host)
 }
 
 pub(super) async fn stop_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     // A guest on a KVM host is powered off by its agent first (outside the write transaction).
     if matches!(one_row(&app, "SELECT state FROM vm_instance WHERE uuid = $1", &uuid).await?, Some(r) if {
         let st: String = r.try_get(0)?;
@@ -358,6 +420,7 @@ pub(super) async fn stop_vm(app: App, msg: Msg) -> Result<Reply> {
 
 pub(super) async fn reboot_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     // A guest on a KVM host is rebooted by its agent first (outside the write transaction).
     if let Some(r) = one_row(&app, "SELECT state FROM vm_instance WHERE uuid = $1", &uuid).await? {
         let st: String = r.try_get(0)?;
@@ -373,12 +436,31 @@ pub(super) async fn reboot_vm(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-/// DestroyVmInstance with upstream's default deletion policy Delay: Destroyed, host capacity
-/// and IP addresses given back (NICs stay, without address), the root volume marked Deleted
-/// (its primary-storage capacity is held until expunge), data volumes detached. A Created VM
-/// (nothing allocated) is removed at once (policy DBOnly); a Destroyed VM is a success.
+/// A global config's value as stored (every node reads the same row), else its default.
+pub(super) async fn stored_config(db_tx: &mut WriteTx, def: &crate::globals::ConfigDef) -> Result<String> {
+    Ok(db_tx
+        .fetch_optional(
+            "SELECT value FROM global_config WHERE category = $1 AND name = $2",
+            &[Val::from(def.category), Val::from(def.name)],
+        )
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_else(|| def.default.to_string()))
+}
+
+/// DestroyVmInstance under `vm.deletionPolicy` (upstream `VmInstanceBase.doDestroy`):
+/// - Delay (default) and Never: Destroyed, host capacity and IP addresses given back (NICs
+///   stay, without address), the root volume marked Deleted (its primary-storage capacity is
+///   held until expunge), data volumes detached. Delay VMs are expunged by the periodic task
+///   after `vm.expungePeriod`; Never VMs only by ExpungeVmInstance.
+/// - Direct: the same, then expunged in the same transaction (no Destroyed row is left).
+///
+/// A Created VM (nothing allocated) is removed at once (policy DBOnly); a Destroyed VM is a
+/// success.
 pub(super) async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     let mut tx = app.db.begin_write().await?;
     let Some(state) = vm_state(&mut tx, &uuid).await? else {
         return Ok(Reply::empty());
@@ -399,9 +481,12 @@ pub(super) async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
         }
         _ => VmOp::Destroy.check(&state)?,
     }
+    let direct = stored_config(&mut tx, &crate::globals::VM_DELETION_POLICY).await? == "Direct";
     // A guest on a KVM host is destroyed by its agent first (outside the write transaction).
     drop(tx);
     kvm::destroy_on_host(&app.db, &uuid).await?;
+    // Direct: the root volume file on a KVM host goes once the rows are gone
+    let file = if direct { kvm::expunge_target(&app.db, &uuid).await? } else { None };
     let mut tx = app.db.begin_write().await?;
     let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
     if state == "Destroyed" {
@@ -439,7 +524,15 @@ pub(super) async fn destroy_vm(app: App, msg: Msg) -> Result<Reply> {
         &[Val::I(now), v],
     )
     .await?;
+    if direct {
+        tx.execute("DELETE FROM vm_instance WHERE uuid = $1 AND state = 'Destroyed'", &[Val::from(uuid.as_str())])
+            .await?;
+        remove_vm_rows(&mut tx, &uuid).await?;
+    }
     tx.commit().await?;
+    if let Some((agent, path)) = file {
+        kvm::delete_file(&agent, &path).await;
+    }
     Ok(Reply::empty())
 }
 
@@ -496,6 +589,7 @@ pub(super) async fn remove_vm_rows(tx: &mut WriteTx, uuid: &str) -> Result<()> {
 
 pub(super) async fn recover_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     let mut tx = app.db.begin_write().await?;
     let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
     VmOp::Recover.check(&state)?;
@@ -511,27 +605,83 @@ pub(super) async fn recover_vm(app: App, msg: Msg) -> Result<Reply> {
 
 pub(super) async fn expunge_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
+    expunge(&app, &uuid).await?;
+    Ok(Reply::empty())
+}
+
+/// Expunge a Destroyed VM: its rows go, its root volume's capacity comes back (and the file
+/// on a KVM host goes). A VM that is gone already is a success (a replayed job).
+async fn expunge(app: &App, uuid: &str) -> Result<()> {
     // the root volume file on a KVM host goes once the rows are gone
-    let file = kvm::expunge_target(&app.db, &uuid).await?;
+    let file = kvm::expunge_target(&app.db, uuid).await?;
     let mut tx = app.db.begin_write().await?;
-    let Some(state) = vm_state(&mut tx, &uuid).await? else {
-        // expunged already (a replayed job)
-        return Ok(Reply::empty());
+    let Some(state) = vm_state(&mut tx, uuid).await? else {
+        return Ok(());
     };
     VmOp::Expunge.check(&state)?;
-    let n = tx
-        .execute("DELETE FROM vm_instance WHERE uuid = $1 AND state = 'Destroyed'", &[Val::from(uuid.as_str())])
-        .await?;
+    let n = tx.execute("DELETE FROM vm_instance WHERE uuid = $1 AND state = 'Destroyed'", &[Val::from(uuid)]).await?;
     if n != 1 {
-        let now = vm_state(&mut tx, &uuid).await?.unwrap_or_default();
+        let now = vm_state(&mut tx, uuid).await?.unwrap_or_default();
         return Err(VmOp::Expunge.refused(&now));
     }
-    remove_vm_rows(&mut tx, &uuid).await?;
+    remove_vm_rows(&mut tx, uuid).await?;
     tx.commit().await?;
     if let Some((agent, path)) = file {
         kvm::delete_file(&agent, &path).await;
     }
-    Ok(Reply::empty())
+    Ok(())
+}
+
+/// One round of upstream's expunge-vm task: unless `vm.deletionPolicy` is Never, every VM
+/// Destroyed for at least `vm.expungePeriod` seconds (by its lastOpDate) is expunged. Every
+/// management node runs it; the compare-and-set delete makes a VM go exactly once.
+pub(super) async fn expunge_due(app: &App) -> Result<usize> {
+    let mut tx = app.db.begin_write().await?;
+    let policy = stored_config(&mut tx, &crate::globals::VM_DELETION_POLICY).await?;
+    let period: i64 = stored_config(&mut tx, &crate::globals::VM_EXPUNGE_PERIOD).await?.parse().unwrap_or(604_800);
+    drop(tx);
+    if policy == "Never" {
+        return Ok(0);
+    }
+    let due = app
+        .db
+        .fetch_all(
+            "SELECT uuid FROM vm_instance WHERE state = 'Destroyed' AND last_op_date <= $1 ORDER BY last_op_date",
+            &[Val::I(now_ms().saturating_sub(period.saturating_mul(1000)))],
+        )
+        .await?;
+    let mut n = 0;
+    for r in due {
+        let uuid: String = r.try_get(0)?;
+        let _turn = queue::turn(&uuid).await;
+        match expunge(app, &uuid).await {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!(vm = %uuid, error = %e, "expunging a destroyed vm failed"),
+        }
+    }
+    Ok(n)
+}
+
+/// Run [`expunge_due`] every `vm.expungeInterval` seconds (the value is read each second, so a
+/// change takes effect without a restart).
+pub fn start_expunge_task(app: App) {
+    tokio::spawn(async move {
+        let mut last = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let interval = app.globals.get_i64(&crate::globals::VM_EXPUNGE_INTERVAL).max(1) as u64;
+            if last.elapsed() < std::time::Duration::from_secs(interval) {
+                continue;
+            }
+            last = std::time::Instant::now();
+            match expunge_due(&app).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expunged = n, "expunged destroyed vms"),
+                Err(e) => tracing::warn!(error = %e, "vm expunge round failed"),
+            }
+        }
+    });
 }
 
 #[derive(Deserialize, Default)]
@@ -550,6 +700,7 @@ pub(super) struct UpdateVm {
 
 pub(super) async fn update_vm(app: App, msg: Msg) -> Result<Reply> {
     let uuid = uuid_of(&msg);
+    let _turn = queue::turn(&uuid).await;
     let req: UpdateVm = msg.parse()?;
     if req.state.is_some() {
         return Err(Error::argerr(

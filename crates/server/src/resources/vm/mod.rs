@@ -41,6 +41,7 @@ pub mod sync;
 use checks::*;
 use create::*;
 use lifecycle::*;
+pub use lifecycle::start_expunge_task;
 use nics::*;
 pub use steps::*;
 
