@@ -218,6 +218,17 @@ impl Storage {
         img_info(&path, false).await.map_err(|e| lock_hint(e, &cmd.install_path))?;
         let deleted = remove_if_exists(&path)?;
         if let Some(parent) = path.parent() {
+            // The volume's snapshots (`<dir>/snapshots/`) go with it.
+            let snaps = parent.join("snapshots");
+            if snaps.is_dir() {
+                for e in std::fs::read_dir(&snaps).map_err(|e| format!("cannot read {}: {e}", snaps.display()))? {
+                    let p = e.map_err(|e| format!("cannot read {}: {e}", snaps.display()))?.path();
+                    if p.extension().is_some_and(|x| x == "qcow2") {
+                        remove_if_exists(&p)?;
+                    }
+                }
+                let _ = std::fs::remove_dir(&snaps); // only when empty
+            }
             let _ = std::fs::remove_dir(parent); // only when empty
         }
         Ok(Deleted { deleted })

@@ -303,7 +303,8 @@ pub struct VolumeInfo {
     pub backing_file: Option<String>,
 }
 
-/// Delete a volume file (and its directory when it is left empty); a missing file is success.
+/// Delete a volume file, the snapshots kept next to it (`<its directory>/snapshots/*.qcow2`),
+/// and its directory when it is left empty; a missing file is success.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeDeleteCmd {

@@ -4,11 +4,14 @@
 //! `NotInstantiated` (as upstream, until it is attached to a VM); with a primary storage its
 //! size is reserved on that storage atomically and it is `Ready`. Deleting a volume marks it
 //! `Deleted` (deletion policy Delay); expunging it removes it and gives the capacity back.
-//! Real qcow2 files come with the host agent.
+//! A volume with a file on a KVM host (made when its VM was created there): a snapshot is an
+//! independent qcow2 next to it (`<volume dir>/snapshots/<snapshotUuid>.qcow2`) made by the
+//! host agent; deleting the snapshot and expunging the volume delete the files too.
 
 use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
 use crate::db::Val;
 use crate::error::{Error, Result};
+use crate::hostagent::{HostAgent, KvmAgentClient, VolumeDeleteCmd, VolumeSnapshotCmd, PROTOCOL_VERSION};
 use crate::params::Param;
 use crate::query::{self, field, FType, ResourceDef};
 use crate::util::now_ms;
@@ -91,6 +94,65 @@ async fn reply(app: &App, def: &'static ResourceDef, uuid: &str) -> Result<Reply
     match query::get(&app.db, def, uuid).await? {
         Some(inv) => Ok(Reply::inventory(def, inv)),
         None => Err(Error::not_found(format!("{}[uuid:{uuid}] is not found", def.vo))),
+    }
+}
+
+/// The agents of the KVM hosts that may hold a volume's file: its VM's (current, else last)
+/// host when that is a KVM host, else the KVM hosts of the clusters its primary storage is
+/// attached to. Empty for volumes of simulated hosts.
+async fn kvm_agents(app: &App, vm: Option<&str>, ps: Option<&str>) -> Result<Vec<KvmAgentClient>> {
+    let client = |r: sqlx::any::AnyRow| -> Result<KvmAgentClient> {
+        let ip: String = r.try_get(0)?;
+        let token: Option<String> = r.try_get(1)?;
+        Ok(KvmAgentClient::new(&ip, token.as_deref().unwrap_or_default()))
+    };
+    if let Some(vm) = vm {
+        if let Some(r) = app
+            .db
+            .fetch_optional(
+                "SELECT h.management_ip, h.password FROM vm_instance v JOIN host h \
+                 ON h.uuid = COALESCE(v.host_uuid, v.last_host_uuid) WHERE v.uuid = $1 AND h.hypervisor_type = 'KVM'",
+                &[Val::from(vm)],
+            )
+            .await?
+        {
+            return Ok(vec![client(r)?]);
+        }
+    }
+    let Some(ps) = ps else { return Ok(vec![]) };
+    app.db
+        .fetch_all(
+            "SELECT h.management_ip, h.password FROM host h JOIN primary_storage_cluster_ref r \
+             ON r.cluster_uuid = h.cluster_uuid WHERE r.primary_storage_uuid = $1 AND h.hypervisor_type = 'KVM' \
+             ORDER BY h.uuid",
+            &[Val::from(ps)],
+        )
+        .await?
+        .into_iter()
+        .map(client)
+        .collect()
+}
+
+/// Best effort: delete a volume or snapshot file on the KVM hosts that may hold it.
+async fn delete_files(app: &App, vm: Option<&str>, ps: Option<&str>, paths: &[String]) {
+    let paths: Vec<&String> = paths.iter().filter(|p| p.starts_with('/')).collect();
+    if paths.is_empty() {
+        return;
+    }
+    let agents = match kvm_agents(app, vm, ps).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("finding the KVM hosts of {paths:?}: {e}");
+            return;
+        }
+    };
+    for a in &agents {
+        for p in &paths {
+            let cmd = VolumeDeleteCmd { version: PROTOCOL_VERSION, install_path: p.to_string() };
+            if let Err(e) = a.delete_volume(&cmd).await {
+                tracing::warn!("deleting {p} on {}: {e}", a.url());
+            }
+        }
     }
 }
 
@@ -202,7 +264,8 @@ async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
     let mut tx = app.db.begin_write().await?;
     let row = tx
         .fetch_optional(
-            "SELECT name, status, primary_storage_uuid, reserved_size FROM volume WHERE uuid = $1",
+            "SELECT name, status, primary_storage_uuid, reserved_size, install_path, \
+             COALESCE(vm_instance_uuid, last_vm_instance_uuid) FROM volume WHERE uuid = $1",
             &[Val::from(uuid.as_str())],
         )
         .await?;
@@ -214,12 +277,14 @@ async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
     let status: String = row.try_get(1)?;
     let ps: Option<String> = row.try_get(2)?;
     let reserved: i64 = row.try_get(3)?;
+    let file: Option<String> = row.try_get(4)?;
+    let vm: Option<String> = row.try_get(5)?;
     if status != "Deleted" {
         return Err(Error::operr(format!("the volume[uuid:{uuid}, name:{name}] is not deleted yet, can't expunge it")));
     }
     tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(uuid.as_str())]).await?;
     tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
-    if let Some(ps) = ps {
+    if let Some(ps) = &ps {
         tx.execute(
             "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 WHERE uuid = $3",
             &[Val::I(reserved), Val::I(now_ms()), Val::from(ps.as_str())],
@@ -228,6 +293,10 @@ async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
     }
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
+    // the file (and its snapshots next to it) on its KVM host
+    if let Some(f) = file {
+        delete_files(&app, vm.as_deref(), ps.as_deref(), &[f]).await;
+    }
     Ok(Reply::empty())
 }
 
@@ -242,6 +311,13 @@ struct CreateSnapshot {
 async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
     let req: CreateSnapshot = msg.parse()?;
     let uuid = msg.resource_uuid();
+    // A volume with a file on a KVM host: its agent makes the snapshot file first (no write
+    // transaction open meanwhile; making it again on a retry answers the same file).
+    let file = snapshot_file(&app, &uuid, &req.volume_uuid).await?;
+    let (file_path, file_size) = match file {
+        Some((p, s)) => (Some(p), s),
+        None => (None, 0),
+    };
     let mut tx = app.db.begin_write().await?;
     if super::is_new(&mut tx, &VOLUME_SNAPSHOT, &uuid, &msg).await? {
         let v = req.volume_uuid.as_str();
@@ -295,8 +371,9 @@ async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
         .await?;
         tx.execute(
             "INSERT INTO volume_snapshot (uuid, name, description, type, volume_uuid, tree_uuid, parent_uuid, primary_storage_uuid, \
-             volume_type, format, latest, size, distance, state, status, create_date, last_op_date) \
-             VALUES ($1, $2, $3, 'Hypervisor', $4, $5, $6, $7, $8, $9, 1, 0, $10, 'Enabled', 'Ready', $11, $11)",
+             volume_type, format, latest, size, distance, state, status, create_date, last_op_date, \
+             primary_storage_install_path) \
+             VALUES ($1, $2, $3, 'Hypervisor', $4, $5, $6, $7, $8, $9, 1, $12, $10, 'Enabled', 'Ready', $11, $11, $13)",
             &[
                 Val::from(uuid.as_str()),
                 Val::from(req.name),
@@ -309,6 +386,8 @@ async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
                 Val::from(format),
                 Val::I(distance),
                 Val::I(now),
+                Val::I(file_size),
+                Val::from(file_path),
             ],
         )
         .await?;
@@ -316,6 +395,53 @@ async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
     }
     tx.commit().await?;
     reply(&app, &VOLUME_SNAPSHOT, &uuid).await
+}
+
+/// The snapshot file of a Ready, Enabled volume that has a file on a KVM host, made by its
+/// agent (QEMU copies a running VM's disk): (path, bytes used). None for other volumes, and
+/// when the snapshot exists already (a retry).
+async fn snapshot_file(app: &App, uuid: &str, volume: &str) -> Result<Option<(String, i64)>> {
+    if app.db.fetch_optional("SELECT 1 FROM volume_snapshot WHERE uuid = $1", &[Val::from(uuid)]).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(r) = app
+        .db
+        .fetch_optional(
+            "SELECT install_path, vm_instance_uuid, primary_storage_uuid, status, state FROM volume WHERE uuid = $1",
+            &[Val::from(volume)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let path: Option<String> = r.try_get(0)?;
+    let vm: Option<String> = r.try_get(1)?;
+    let ps: Option<String> = r.try_get(2)?;
+    let (status, state): (String, String) = (r.try_get(3)?, r.try_get(4)?);
+    let Some(path) = path.filter(|p| p.starts_with('/')) else { return Ok(None) };
+    if status != "Ready" || state != "Enabled" {
+        return Ok(None); // refused with upstream's message in the transaction
+    }
+    let agents = kvm_agents(app, vm.as_deref(), ps.as_deref()).await?;
+    if agents.is_empty() {
+        return Ok(None);
+    }
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+    let cmd = VolumeSnapshotCmd {
+        version: PROTOCOL_VERSION,
+        snapshot_uuid: uuid.to_string(),
+        volume_install_path: path.clone(),
+        install_path: format!("{dir}/snapshots/{uuid}.qcow2"),
+        vm_uuid: vm,
+    };
+    let mut why = String::new();
+    for a in &agents {
+        match a.snapshot_volume(&cmd).await {
+            Ok(info) => return Ok(Some((info.install_path, info.actual_size))),
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(Error::operr(format!("failed to create a snapshot of volume[uuid:{volume}] on its KVM host: {why}")))
 }
 
 async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
@@ -328,6 +454,18 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
         return Ok(Reply::empty());
     };
     let parent: Option<String> = row.try_get(0)?;
+    let src = tx
+        .fetch_optional(
+            "SELECT v.vm_instance_uuid, s.primary_storage_uuid FROM volume_snapshot s \
+             LEFT JOIN volume v ON v.uuid = s.volume_uuid WHERE s.uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?;
+    let (vm, ps): (Option<String>, Option<String>) = match src {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (None, None),
+    };
+    let mut files = Vec::new();
     // The snapshot goes with its descendants (they depend on it).
     let mut doomed = vec![uuid.clone()];
     let mut i = 0;
@@ -346,6 +484,15 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
         i += 1;
     }
     for d in &doomed {
+        if let Some(f) = tx
+            .fetch_optional(
+                "SELECT primary_storage_install_path FROM volume_snapshot WHERE uuid = $1",
+                &[Val::from(d.as_str())],
+            )
+            .await?
+        {
+            files.extend(f.try_get::<Option<String>, _>(0)?);
+        }
         tx.execute("DELETE FROM volume_snapshot WHERE uuid = $1", &[Val::from(d.as_str())]).await?;
         super::disown(&mut tx, d).await?;
     }
@@ -357,6 +504,7 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
         .await?;
     }
     tx.commit().await?;
+    delete_files(&app, vm.as_deref(), ps.as_deref(), &files).await;
     Ok(Reply::empty())
 }
 

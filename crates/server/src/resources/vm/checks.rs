@@ -301,6 +301,7 @@ pub(super) const VM_TAGS: &[&str] = &[
     "ipv4Netmask::{l3NetworkUuid}::{netmask}",
     "ipv4Gateway::{l3NetworkUuid}::{gateway}",
     "customMac::{l3NetworkUuid}::{mac}",
+    "userdata::{userdata}",
 ];
 
 /// The VM system tags of a create message, by kind, as (l3 uuid, value).
@@ -318,6 +319,10 @@ impl VmTags {
     pub(super) fn parse(tags: &[String]) -> VmTags {
         let mut out = VmTags::default();
         for t in tags {
+            if t.starts_with("userdata::") {
+                out.kept.push(t.clone());
+                continue;
+            }
             let parts: Vec<&str> = t.splitn(3, "::").collect();
             let [kind, l3, value] = parts[..] else { continue };
             let pair = (l3.to_string(), value.to_string());

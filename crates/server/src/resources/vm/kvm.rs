@@ -7,7 +7,8 @@ use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::hostagent::{
     AgentError, DhcpLease, HostAgent, ImageCacheCmd, KvmAgentClient, NetworkPrepareCmd, NetworkReleaseCmd,
-    Provisioning, StopMode, VmDestroyCmd, VmStartCmd, VmStopCmd, VolumeCreateCmd, VolumeDeleteCmd, PROTOCOL_VERSION,
+    Provisioning, StopMode, VmDestroyCmd, VmStartCmd, VmStopCmd, VolumeCreateCmd, VolumeDeleteCmd, VolumeSnapshotCmd,
+    PROTOCOL_VERSION,
 };
 use rzstack_api::agent::{BridgeSpec, DhcpRelease, DhcpSpec, TapSpec, VmDisk, VmNicSpec};
 use rzstack_api::ErrorCode;
@@ -20,6 +21,10 @@ pub struct Vol {
     pub root: bool,
     pub size: i64,
     pub device: i64,
+    /// An existing volume attached as it is (diskAOs sourceUuid): its file is never deleted here.
+    pub existing: bool,
+    /// The snapshot file the (root) volume is a copy of (CreateVmInstanceFromVolumeSnapshot).
+    pub from_snapshot: Option<String>,
 }
 
 /// One NIC of the VM with its network.
@@ -47,8 +52,11 @@ pub struct Plan {
     pub memory_size: i64,
     pub virtio: bool,
     pub tpm: bool,
-    /// (image uuid, file on the backup storage, format)
+    /// (image uuid, file on the backup storage, format); an `iso` is attached as the CD-ROM
+    /// (booted first) and the root volume is made blank
     pub image: Option<(String, String, String)>,
+    /// The guest's user data (the VM's `userdata::<base64>` system tag, decoded).
+    pub user_data: Option<String>,
     pub cache_root: Option<String>,
     pub thick: bool,
     pub vols: Vec<Vol>,
@@ -90,9 +98,6 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             format!("cannot start vm[uuid:{}] on KVM host[uuid:{host}]: {why}", c.vm_uuid),
         ))
     };
-    if c.root_from_volume || c.from_snapshot.is_some() {
-        return Err(refuse("a root volume from an existing volume or a snapshot is not supported on KVM hosts yet"));
-    }
     let mut image = None;
     let mut virtio = c.nic_driver.as_deref().is_none_or(|d| d == "virtio");
     if let Some(img) = &c.image_uuid {
@@ -108,10 +113,11 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         let format: String = r.try_get(1)?;
         let v: i64 = r.try_get(2)?;
         virtio = virtio && v != 0;
-        if format == "iso" {
-            return Err(refuse("booting from an ISO image is not supported on KVM hosts yet"));
-        }
         image = Some((img.clone(), path, format));
+    }
+    if c.from_snapshot.is_some() {
+        // the root volume is a copy of the snapshot, not made from an image
+        image = None;
     }
     let cache_root = match &c.ps {
         Some(ps) => tx
@@ -122,7 +128,49 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
             .filter(|u| u.starts_with('/')),
         None => None,
     };
-    let (vols, thick, nics) = vols_and_nics(tx, &c.vm_uuid, &c.root_volume_uuid).await?;
+    let (mut vols, thick, nics) = vols_and_nics(tx, &c.vm_uuid, &c.root_volume_uuid).await?;
+    if let Some(snap) = &c.from_snapshot {
+        let file = tx
+            .fetch_optional(
+                "SELECT primary_storage_install_path FROM volume_snapshot WHERE uuid = $1",
+                &[Val::from(snap.as_str())],
+            )
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten()
+            .filter(|f| f.starts_with('/'))
+            .ok_or_else(|| refuse(&format!("volume snapshot[uuid:{snap}] has no file on a KVM host")))?;
+        for v in vols.iter_mut().filter(|v| v.root) {
+            v.from_snapshot = Some(file.clone());
+        }
+    }
+    let adopted: Vec<&str> = c
+        .data_volumes
+        .iter()
+        .filter(|d| d.adopt)
+        .map(|d| d.uuid.as_str())
+        .chain(c.root_from_volume.then_some(c.root_volume_uuid.as_str()))
+        .collect();
+    for v in vols.iter_mut().filter(|v| adopted.contains(&v.uuid.as_str())) {
+        if !v.path.is_empty() {
+            v.existing = true;
+            continue;
+        }
+        // an accounted-only volume gets its file now, where the VM's volumes go
+        let dir = if v.root { "rootVolumes" } else { "dataVolumes" };
+        let url = cache_root.clone().unwrap_or_default();
+        v.path = format!("{}/{dir}/acct-{}/vol-{}/{}.qcow2", url.trim_end_matches('/'), c.account_uuid, v.uuid, v.uuid);
+        if !v.path.starts_with('/') {
+            return Err(refuse(&format!("volume[uuid:{}] has no file and its primary storage no path", v.uuid)));
+        }
+        tx.execute(
+            "UPDATE volume SET install_path = $1, format = 'qcow2' WHERE uuid = $2 AND install_path IS NULL",
+            &[Val::from(v.path.as_str()), Val::from(v.uuid.as_str())],
+        )
+        .await?;
+    }
+    let user_data = user_data_of(tx, &c.vm_uuid).await?;
     Ok(Plan {
         host: host.to_string(),
         ip,
@@ -134,6 +182,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         virtio,
         tpm: c.tpm.is_some(),
         image,
+        user_data,
         cache_root,
         thick,
         vols,
@@ -161,6 +210,8 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
             root: ty == "Root",
             size: r.try_get(3)?,
             device: r.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
+            existing: false,
+            from_snapshot: None,
         });
     }
     let thick = tx
@@ -215,6 +266,98 @@ fn bridge_of(n: &NicPlan) -> BridgeSpec {
     BridgeSpec { l2_uuid: n.l2.clone(), physical_interface: n.interface.clone(), vlan: n.vlan, bridge_name: None }
 }
 
+fn is_iso(p: &Plan) -> bool {
+    p.image.as_ref().is_some_and(|(_, _, f)| f == "iso")
+}
+
+/// The cached ISO attached as the CD-ROM, when the VM is made from an ISO image.
+fn iso_of(p: &Plan, cached: Option<&str>) -> Option<String> {
+    cached.filter(|_| is_iso(p)).map(String::from)
+}
+
+/// Make the VM's volume files: a root volume from the cached image (an overlay, or a thick
+/// copy), from a snapshot (an independent copy: sparse, or thick), or blank (an ISO VM); data
+/// volumes blank. Existing volumes (diskAOs sourceUuid) are used as they are.
+async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) -> Result<()> {
+    for v in &p.vols {
+        if v.existing {
+            continue;
+        }
+        if let (true, Some(snap), false) = (v.root, &v.from_snapshot, p.thick) {
+            agent
+                .snapshot_volume(&VolumeSnapshotCmd {
+                    version: PROTOCOL_VERSION,
+                    snapshot_uuid: v.uuid.clone(),
+                    volume_install_path: snap.clone(),
+                    install_path: v.path.clone(),
+                    vm_uuid: None,
+                })
+                .await
+                .map_err(|e| p.err("copy the volume snapshot", e))?;
+            continue;
+        }
+        let backing = match (&v.from_snapshot, v.root && !is_iso(p)) {
+            (Some(snap), true) => Some(snap.clone()),
+            (None, true) => cached.map(String::from),
+            _ => None,
+        };
+        agent
+            .create_volume(&VolumeCreateCmd {
+                version: PROTOCOL_VERSION,
+                volume_uuid: v.uuid.clone(),
+                install_path: v.path.clone(),
+                size: v.size,
+                backing_file: backing,
+                provisioning: if v.root && p.thick {
+                    Provisioning::ThickProvisioning
+                } else {
+                    Provisioning::ThinProvisioning
+                },
+            })
+            .await
+            .map_err(|e| p.err("create a volume", e))?;
+    }
+    Ok(())
+}
+
+/// The VM's user data: its `userdata::<base64>` system tag (upstream `VmSystemTags.USERDATA`),
+/// decoded; a value that is not base64 of UTF-8 text is passed as it is.
+async fn user_data_of(tx: &mut WriteTx, vm: &str) -> Result<Option<String>> {
+    let tag = tx
+        .fetch_optional(
+            "SELECT tag FROM system_tag WHERE resource_uuid = $1 AND tag LIKE 'userdata::%' ORDER BY create_date LIMIT 1",
+            &[Val::from(vm)],
+        )
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?;
+    Ok(tag.and_then(|t| t.strip_prefix("userdata::").map(|b| decode_base64(b).unwrap_or_else(|| b.to_string()))))
+}
+
+/// Standard (or URL-safe) base64, padding optional, as UTF-8 text; None when it is not that.
+pub fn decode_base64(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim().trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Cache the image, create the volumes, prepare the network, start QEMU.
 pub async fn instantiate(p: &Plan) -> Result<()> {
     let agent = p.agent();
@@ -234,23 +377,8 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
         ),
         None => None,
     };
-    for v in p.vols.iter().filter(|_| p.create_volumes) {
-        let backing = if v.root { cached.clone() } else { None };
-        agent
-            .create_volume(&VolumeCreateCmd {
-                version: PROTOCOL_VERSION,
-                volume_uuid: v.uuid.clone(),
-                install_path: v.path.clone(),
-                size: v.size,
-                backing_file: backing,
-                provisioning: if v.root && p.thick {
-                    Provisioning::ThickProvisioning
-                } else {
-                    Provisioning::ThinProvisioning
-                },
-            })
-            .await
-            .map_err(|e| p.err("create a volume", e))?;
+    if p.create_volumes {
+        create_volumes(p, &agent, cached.as_deref()).await?;
     }
     if !p.start {
         return Ok(());
@@ -303,15 +431,19 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
             virtio: p.virtio,
             root_volume: VmDisk { device_id: 0, ..disk(root) },
             data_volumes: p.vols.iter().filter(|v| !v.root).map(disk).collect(),
-            cdrom: None,
+            cdrom: iso_of(p, cached.as_deref()),
             nics: p
                 .nics
                 .iter()
                 .map(|n| VmNicSpec { mac: n.mac.clone(), tap_name: n.tap.clone(), device_id: n.device })
                 .collect(),
-            boot_order: vec![],
+            boot_order: if iso_of(p, cached.as_deref()).is_some() {
+                vec!["CdRom".into(), "HardDisk".into()]
+            } else {
+                vec![]
+            },
             tpm: p.tpm,
-            user_data: None,
+            user_data: p.user_data.clone(),
         })
         .await
         .map_err(|e| p.err("start the vm", e))?;
@@ -326,7 +458,7 @@ pub async fn teardown(p: &Plan) {
     }
     release(p, &agent).await;
     for v in &p.vols {
-        if v.path.is_empty() {
+        if v.path.is_empty() || v.existing {
             continue;
         }
         if let Err(e) =
@@ -392,7 +524,9 @@ pub async fn stop_on_host(db: &crate::db::Db, vm: &str, cold: bool) -> Result<()
 /// Destroy a VM's QEMU on its KVM host and release its taps and DHCP leases (its volumes stay
 /// until expunge).
 pub async fn destroy_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
-    let Some(agent) = agent_of_vm(db, vm).await? else { return Ok(()) };
+    let Some(agent) = agent_of_vm(db, vm).await? else {
+        return Ok(());
+    };
     agent
         .destroy_vm(&VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: vm.to_string() })
         .await
@@ -451,6 +585,7 @@ pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()
         virtio: row.try_get::<i64, _>(6)? != 0,
         tpm,
         image: None,
+        user_data: user_data_of(tx, vm).await?,
         cache_root: None,
         thick,
         vols,
