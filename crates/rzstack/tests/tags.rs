@@ -163,6 +163,18 @@ async fn attach_and_detach_patterns_as_user_tags() {
     let r = attach(&srv, &web, json!({"resourceUuids": [zone, cluster]})).await;
     let results = r["results"].as_array().expect("results").clone();
     assert_eq!(results.len(), 2, "{r}");
+    // the schema names the SDK's classes, each object before its children
+    let schema: Vec<(String, Value)> = r["schema"].as_object().expect("schema").clone().into_iter().collect();
+    let expect = |k: &str, class: &str| (k.to_string(), json!(class));
+    assert_eq!(
+        schema,
+        vec![
+            expect("results[0]", "org.zstack.tag2.AttachTagResult"),
+            expect("results[0].inventory", "org.zstack.header.tag.UserTagInventory"),
+            expect("results[1]", "org.zstack.tag2.AttachTagResult"),
+            expect("results[1].inventory", "org.zstack.header.tag.UserTagInventory"),
+        ]
+    );
     for (res, (uuid, ty)) in results.iter().zip([(&zone, "ZoneVO"), (&cluster, "ClusterVO")]) {
         assert_eq!(res["success"], true, "{r}");
         let inv = &res["inventory"];

@@ -709,6 +709,8 @@ async fn attach_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
     let mut results = Vec::new();
     let mut schema = Map::new();
     for (i, tu) in tag_uuids.into_iter().enumerate() {
+        // Upstream order: an object's class before its children's.
+        schema.insert(format!("results[{i}]"), Value::String("org.zstack.tag2.AttachTagResult".into()));
         let mut r = Map::new();
         r.insert("success".into(), Value::Bool(true));
         if let Some(inv) = match tu {
@@ -718,7 +720,6 @@ async fn attach_tag_pattern(app: App, msg: Msg) -> Result<Reply> {
             query::schema_for(&USER_TAG, &format!("results[{i}].inventory"), &inv, &mut schema);
             r.insert("inventory".into(), Value::Object(inv));
         }
-        schema.insert(format!("results[{i}]"), Value::String("org.zstack.tag2.AttachTagResult".into()));
         results.push(Value::Object(r));
     }
     let mut body = Map::new();
