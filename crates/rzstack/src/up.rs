@@ -54,7 +54,7 @@ fn on_path(cmd: &str) -> bool {
 /// Checks that need no runtime; returns the absolute data directory and image path.
 fn preflight(cfg: &UpConfig) -> Res<(PathBuf, PathBuf)> {
     if !is_root() {
-        return Err("rzstack up must run as root (it makes bridges, taps and DHCP servers)".into());
+        return Err("must run as root (it makes bridges, taps and DHCP servers)".into());
     }
     for cmd in ["qemu-system-x86_64", "qemu-img", "dnsmasq", "ip"] {
         if !on_path(cmd) {
