@@ -641,3 +641,31 @@ async fn action_during_creation_waits_for_it() {
     assert_eq!(st.body["inventory"]["state"], "Stopped");
     assert_eq!(srv.query(&format!("/vm-instances/{uuid}")).await[0]["state"], "Stopped");
 }
+
+/// deleteMode: upstream runs a deletion check before a Permissive destroy and skips it for
+/// Enforcing; no open-source check refuses a VM's destruction, so both end the same way.
+/// Another value is refused by the parameter rules and changes nothing.
+#[tokio::test]
+async fn destroy_delete_modes() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let a = s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "a"})))).await["inventory"]["uuid"]);
+    let b = s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "b"})))).await["inventory"]["uuid"]);
+    let r = srv.request("DELETE", &format!("/vm-instances/{a}?deleteMode=Force"), None, Some(&srv.session), &[]).await;
+    let e = if r.status == 202 {
+        srv.poll(&s(&r.body["location"])).await.body["error"].clone()
+    } else {
+        r.body["error"].clone()
+    };
+    assert_eq!(e["code"], "SYS.1007", "{e}");
+    assert_eq!(srv.query(&format!("/vm-instances/{a}")).await[0]["state"], "Running");
+    srv.ok("DELETE", &format!("/vm-instances/{a}?deleteMode=Permissive"), None).await;
+    srv.ok("DELETE", &format!("/vm-instances/{b}?deleteMode=Enforcing"), None).await;
+    for v in [&a, &b] {
+        let inv = srv.query(&format!("/vm-instances/{v}")).await[0].clone();
+        assert_eq!(inv["state"], "Destroyed");
+        assert!(inv.get("hostUuid").is_none());
+    }
+    let (hosts, _) = usage(&srv, &t).await;
+    assert_eq!(hosts[0].0, srv.query(&format!("/hosts/{}", t.hosts[0])).await[0]["totalCpuCapacity"].as_i64().unwrap());
+}

@@ -97,14 +97,16 @@ pub const HOST_PING_PARALLELISM_DEGREE: ConfigDef = ConfigDef {
     description: "The max hosts management server sends ping command to host in parallel",
 };
 
+/// Upstream's description, word for word (its Never text does not match what upstream does:
+/// the VM stays Destroyed and the expunge task skips it; rzstack does the same).
 pub const VM_DELETION_POLICY: ConfigDef = ConfigDef {
     category: "vm",
     name: "deletionPolicy",
     default: "Delay",
     description: "the behavior of deleting a vm, options are [Direct, Delay, Never]. Direct: delete the vm from database and \
                   directly delete its root volume; Delay: change the vm's state to Destroyed in database; after the period \
-                  controlled by 'expungePeriod' passes, delete the vm from database and delete it's root volume; Never: the vm \
-                  stays Destroyed and is never expunged automatically",
+                  controlled by 'expungePeriod' passes, delete the vm from database and delete it's root volume; Never: delete \
+                  the vm from database but never delete its root volume",
 };
 pub const VM_EXPUNGE_PERIOD: ConfigDef = ConfigDef {
     category: "vm",
