@@ -98,6 +98,9 @@ pub struct SimulatedHosts {
     pub taps: BTreeSet<String>,
     /// L3 uuid → MAC → IP.
     pub leases: BTreeMap<String, BTreeMap<String, String>>,
+    /// VMs created on simulated hosts by the creation saga: uuid → state (see
+    /// [`simulate_instantiate`]).
+    pub instances: BTreeMap<String, String>,
 }
 
 fn sim() -> std::sync::MutexGuard<'static, SimulatedHosts> {
@@ -108,6 +111,30 @@ fn sim() -> std::sync::MutexGuard<'static, SimulatedHosts> {
 /// A copy of the simulated hosts' ledger (for tests and diagnostics).
 pub fn simulated() -> SimulatedHosts {
     sim().clone()
+}
+
+/// The creation saga's instantiate step on a simulated host: records the VM (Running, or
+/// Stopped for CreateStopped). Test hooks, as a slow agent (a thick copy of an image):
+/// `RZSTACK_TEST_AGENT_DELAY_MS=<ms>` makes it take that long first;
+/// `RZSTACK_TEST_AGENT_GATE=<file>` makes it wait until that file exists.
+pub async fn simulate_instantiate(vm_uuid: &str, running: bool) {
+    let delay = std::env::var("RZSTACK_TEST_AGENT_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay.filter(|ms| *ms > 0) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(gate) = std::env::var_os("RZSTACK_TEST_AGENT_GATE").filter(|g| !g.is_empty()) {
+        while !std::path::Path::new(&gate).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut s = sim();
+    s.instances.insert(vm_uuid.to_string(), if running { VM_RUNNING } else { VM_STOPPED }.to_string());
+    *s.calls.entry("instantiate".to_string()).or_default() += 1;
+}
+
+/// The undo of [`simulate_instantiate`] (nothing to do when it never happened).
+pub fn simulate_destroy(vm_uuid: &str) {
+    sim().instances.remove(vm_uuid);
 }
 
 /// Validate, then apply `f` to the ledger, counting the call.

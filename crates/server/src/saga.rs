@@ -11,10 +11,22 @@
 //!
 //! Undos are idempotent at the database level (a second run finds nothing to give back).
 //!
+//! Remote steps ([`Action::Remote`]: calls to a host agent, which can take seconds) run with
+//! NO transaction open, so other writers are not held up (SQLite has one writer; PostgreSQL
+//! would hold row locks). For such a step the runner records "step i started" (`state =
+//! 'started'`, `step = i`) in a small transaction, runs the action, then records its completion
+//! (`step = i + 1`, `state = 'running'`) with the context in another. A crash between the two
+//! leaves a `started` row, and unwinding then undoes step i as well: a remote undo must be
+//! idempotent AND tolerate an action that never happened (or half happened). A remote step
+//! that fails is undone too (the runner cannot know how far it got). Remote undos also run
+//! outside any transaction; the progress record follows in its own.
+//!
 //! Test-only fault hooks: `RZSTACK_TEST_FAIL_STEP=<step name>` makes that step fail before
 //! it runs (and then every undo is run twice, to prove undos are idempotent);
 //! `RZSTACK_TEST_CRASH_AFTER_STEP=<step name>` ends the process right after that step is
-//! committed (restart recovery tests).
+//! committed (restart recovery tests); `RZSTACK_TEST_CRASH_IN_STEP=<step name>` ends it after
+//! the step's action ran but before its completion is recorded (for a remote step: the host
+//! did it, the database does not know).
 
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
@@ -28,10 +40,40 @@ use sqlx::Row;
 /// One step's `run` or `undo`: works inside the given transaction, may update the context.
 pub type StepFn<C> = for<'a> fn(&'a App, &'a mut WriteTx, &'a mut C) -> BoxFuture<'a, Result<()>>;
 
+/// A remote step's `run` or `undo`: no transaction is open (it may read through `app.db`).
+pub type RemoteFn<C> = for<'a> fn(&'a App, &'a mut C) -> BoxFuture<'a, Result<()>>;
+
+/// How a step's `run` or `undo` executes.
+pub enum Action<C: 'static> {
+    /// Inside a write transaction shared with the saga's progress record.
+    Tx(StepFn<C>),
+    /// Outside any transaction (a host agent call); see the module documentation.
+    Remote(RemoteFn<C>),
+}
+
+impl<C> Clone for Action<C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<C> Copy for Action<C> {}
+
 pub struct Step<C: 'static> {
     pub name: &'static str,
-    pub run: StepFn<C>,
-    pub undo: StepFn<C>,
+    pub run: Action<C>,
+    pub undo: Action<C>,
+}
+
+impl<C> Step<C> {
+    /// A step whose `run` and `undo` each run in one write transaction.
+    pub const fn tx(name: &'static str, run: StepFn<C>, undo: StepFn<C>) -> Self {
+        Step { name, run: Action::Tx(run), undo: Action::Tx(undo) }
+    }
+
+    /// A step whose `run` and `undo` run with no transaction open (host agent calls).
+    pub const fn remote(name: &'static str, run: RemoteFn<C>, undo: RemoteFn<C>) -> Self {
+        Step { name, run: Action::Remote(run), undo: Action::Remote(undo) }
+    }
 }
 
 pub struct SagaDef<C: 'static> {
@@ -53,8 +95,60 @@ fn to_json<C: Serialize>(ctx: &C) -> Result<String> {
     serde_json::to_string(ctx).map_err(|e| Error::Internal(format!("cannot store a saga context: {e}")))
 }
 
+fn crash_hook(var: &str, step: &str) {
+    if std::env::var(var).ok().as_deref() == Some(step) {
+        tracing::warn!(step, hook = var, "test hook: stopping the process in a saga");
+        std::process::exit(137);
+    }
+}
+
+/// Open step `i`'s transaction: the saga row is created by the first step; later steps write
+/// to it first, so the transaction holds the write lock from its start and a step's reads
+/// never need upgrading to a write (SQLite).
+async fn open_step<C: Serialize>(
+    app: &App,
+    kind: &str,
+    id: &str,
+    i: usize,
+    job_uuid: &str,
+    resource_uuid: &str,
+    ctx: &C,
+) -> Result<WriteTx> {
+    let mut tx = app.db.begin_write().await?;
+    let now = now_ms();
+    if i == 0 {
+        tx.execute(
+            "INSERT INTO saga (id, kind, job_uuid, resource_uuid, mn_uuid, step, state, data, create_date, last_op_date) \
+             VALUES ($1, $2, $3, $4, $5, 0, 'running', $6, $7, $7)",
+            &[
+                Val::from(id),
+                Val::from(kind),
+                Val::from(job_uuid),
+                Val::from(resource_uuid),
+                Val::from(app.mn_uuid.as_str()),
+                Val::S(to_json(ctx)?),
+                Val::I(now),
+            ],
+        )
+        .await?;
+    } else {
+        tx.execute("UPDATE saga SET last_op_date = $1 WHERE id = $2", &[Val::I(now), Val::from(id)]).await?;
+    }
+    Ok(tx)
+}
+
+/// Record that the first `done` steps are done (state `running`), with the context.
+async fn record_done<C: Serialize>(tx: &mut WriteTx, id: &str, done: usize, ctx: &C) -> Result<()> {
+    tx.execute(
+        "UPDATE saga SET step = $1, state = 'running', data = $2, last_op_date = $3 WHERE id = $4",
+        &[Val::I(done as i64), Val::S(to_json(ctx)?), Val::I(now_ms()), Val::from(id)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Run a saga to its end. On a step failure every completed step is undone (in reverse) and
-/// the step's error is returned. `until` limits the steps run (a prefix of the definition).
+/// the step's error is returned (a remote step that started is undone as well).
 pub async fn run<C>(app: &App, def: &SagaDef<C>, job_uuid: &str, resource_uuid: &str, mut ctx: C) -> Result<C>
 where
     C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -62,60 +156,53 @@ where
     let id = new_uuid();
     let fault = fail_step();
     for (i, step) in def.steps.iter().enumerate() {
+        // steps to undo when this one fails: a remote step counts from its "started" record
+        let mut to_undo = i;
         let outcome: Result<()> = async {
             if fault.as_deref() == Some(step.name) {
                 return Err(Error::operr(format!("test fault injected at saga step[{}]", step.name)));
             }
-            let mut tx = app.db.begin_write().await?;
-            let now = now_ms();
-            if i == 0 {
-                tx.execute(
-                    "INSERT INTO saga (id, kind, job_uuid, resource_uuid, mn_uuid, step, state, data, create_date, last_op_date) \
-                     VALUES ($1, $2, $3, $4, $5, 0, 'running', $6, $7, $7)",
-                    &[
-                        Val::from(id.as_str()),
-                        Val::from(def.kind),
-                        Val::from(job_uuid),
-                        Val::from(resource_uuid),
-                        Val::from(app.mn_uuid.as_str()),
-                        Val::S(to_json(&ctx)?),
-                        Val::I(now),
-                    ],
-                )
-                .await?;
-            } else {
-                // A write first: the transaction holds the write lock from its start, so a
-                // step's reads never need upgrading to a write (SQLite).
-                tx.execute("UPDATE saga SET last_op_date = $1 WHERE id = $2", &[Val::I(now), Val::from(id.as_str())])
+            let mut tx = open_step(app, def.kind, &id, i, job_uuid, resource_uuid, &ctx).await?;
+            match step.run {
+                Action::Tx(f) => {
+                    f(app, &mut tx, &mut ctx).await?;
+                    crash_hook("RZSTACK_TEST_CRASH_IN_STEP", step.name);
+                    record_done(&mut tx, &id, i + 1, &ctx).await?;
+                    tx.commit().await
+                }
+                Action::Remote(f) => {
+                    tx.execute(
+                        "UPDATE saga SET step = $1, state = 'started', data = $2 WHERE id = $3",
+                        &[Val::I(i as i64), Val::S(to_json(&ctx)?), Val::from(id.as_str())],
+                    )
                     .await?;
+                    tx.commit().await?;
+                    to_undo = i + 1;
+                    f(app, &mut ctx).await?;
+                    crash_hook("RZSTACK_TEST_CRASH_IN_STEP", step.name);
+                    let mut tx = app.db.begin_write().await?;
+                    record_done(&mut tx, &id, i + 1, &ctx).await?;
+                    tx.commit().await
+                }
             }
-            (step.run)(app, &mut tx, &mut ctx).await?;
-            tx.execute(
-                "UPDATE saga SET step = $1, data = $2, last_op_date = $3 WHERE id = $4",
-                &[Val::I(i as i64 + 1), Val::S(to_json(&ctx)?), Val::I(now), Val::from(id.as_str())],
-            )
-            .await?;
-            tx.commit().await
         }
         .await;
         if let Err(e) = outcome {
             tracing::info!(saga = %id, kind = def.kind, step = step.name, error = %e, "saga step failed: unwinding");
-            if let Err(u) = unwind(app, def, &id, i, ctx).await {
+            if let Err(u) = unwind(app, def, &id, to_undo, ctx).await {
                 tracing::error!(saga = %id, kind = def.kind, error = %u, "saga unwinding failed; left for recovery");
             }
             return Err(e);
         }
-        if std::env::var("RZSTACK_TEST_CRASH_AFTER_STEP").ok().as_deref() == Some(step.name) {
-            tracing::warn!(step = step.name, "test hook: stopping the process after a saga step");
-            std::process::exit(137);
-        }
+        crash_hook("RZSTACK_TEST_CRASH_AFTER_STEP", step.name);
     }
     app.db.execute("DELETE FROM saga WHERE id = $1", &[Val::from(id.as_str())]).await?;
     Ok(ctx)
 }
 
-/// Undo the first `done` steps of saga `id`, last first. Each undo and the progress record
-/// share a transaction; the row is deleted at the end.
+/// Undo the first `done` steps of saga `id`, last first. Each transactional undo and the
+/// progress record share a transaction; a remote undo runs first, its record follows. The
+/// row is deleted at the end.
 async fn unwind<C>(app: &App, def: &SagaDef<C>, id: &str, done: usize, mut ctx: C) -> Result<()>
 where
     C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -123,15 +210,28 @@ where
     let twice = fail_step().is_some();
     for i in (0..done.min(def.steps.len())).rev() {
         let step = &def.steps[i];
-        let mut tx = app.db.begin_write().await?;
-        tx.execute("UPDATE saga SET state = 'unwinding' WHERE id = $1", &[Val::from(id)]).await?;
         let before = ctx.clone();
-        (step.undo)(app, &mut tx, &mut ctx).await?;
-        if twice {
-            // Idempotency check: the same undo again, from the same starting context.
-            let mut again = before;
-            (step.undo)(app, &mut tx, &mut again).await?;
-        }
+        let mut tx = match step.undo {
+            Action::Tx(f) => {
+                let mut tx = app.db.begin_write().await?;
+                tx.execute("UPDATE saga SET state = 'unwinding' WHERE id = $1", &[Val::from(id)]).await?;
+                f(app, &mut tx, &mut ctx).await?;
+                if twice {
+                    // Idempotency check: the same undo again, from the same starting context.
+                    let mut again = before;
+                    f(app, &mut tx, &mut again).await?;
+                }
+                tx
+            }
+            Action::Remote(f) => {
+                f(app, &mut ctx).await?;
+                if twice {
+                    let mut again = before;
+                    f(app, &mut again).await?;
+                }
+                app.db.begin_write().await?
+            }
+        };
         tx.execute(
             "UPDATE saga SET step = $1, state = 'unwinding', data = $2, last_op_date = $3 WHERE id = $4",
             &[Val::I(i as i64), Val::S(to_json(&ctx)?), Val::I(now_ms()), Val::from(id)],
@@ -143,7 +243,8 @@ where
     Ok(())
 }
 
-/// Unwind one stored saga row of a known definition (a completed saga is just forgotten).
+/// Unwind one stored saga row of a known definition (a completed saga is just forgotten; a
+/// `started` one is unwound from its started remote step).
 pub async fn unwind_row<C>(app: &App, def: &SagaDef<C>, id: &str, step: i64, state: &str, data: &str) -> Result<()>
 where
     C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -155,8 +256,10 @@ where
         app.db.execute("DELETE FROM saga WHERE id = $1", &[Val::from(id)]).await?;
         return Ok(());
     }
-    tracing::warn!(saga = %id, kind = def.kind, steps = step, "unwinding an unfinished saga");
-    unwind(app, def, id, step, ctx).await
+    // `started`: remote step `step` may have acted (or half acted) without its record
+    let done = if state == "started" { step + 1 } else { step };
+    tracing::warn!(saga = %id, kind = def.kind, steps = done, state, "unwinding an unfinished saga");
+    unwind(app, def, id, done, ctx).await
 }
 
 /// Unwind the unfinished sagas selected by `where_sql` (over `saga`, one `$1` parameter).

@@ -1134,5 +1134,6 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         host: None,
         ps: None,
         request: None,
+        on_host: None,
     })
 }

@@ -12,9 +12,11 @@ use crate::hostagent::{
 };
 use rzstack_api::agent::{BridgeSpec, DhcpRelease, DhcpSpec, TapSpec, VmDisk, VmNicSpec};
 use rzstack_api::ErrorCode;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// One volume of the VM.
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Vol {
     pub uuid: String,
     pub path: String,
@@ -22,12 +24,15 @@ pub struct Vol {
     pub size: i64,
     pub device: i64,
     /// An existing volume attached as it is (diskAOs sourceUuid): its file is never deleted here.
+    #[serde(default)]
     pub existing: bool,
     /// The snapshot file the (root) volume is a copy of (CreateVmInstanceFromVolumeSnapshot).
+    #[serde(default)]
     pub from_snapshot: Option<String>,
 }
 
 /// One NIC of the VM with its network.
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct NicPlan {
     pub mac: String,
     pub ip: Option<String>,
@@ -41,10 +46,13 @@ pub struct NicPlan {
     pub netmask: Option<String>,
 }
 
-/// Everything the agent needs, read in the saga's transaction.
+/// Everything the agent needs, read in the saga's transaction (kept in the saga's context;
+/// the token is not: [`with_credentials`] reads it again before each use).
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Plan {
     pub host: String,
     pub ip: String,
+    #[serde(skip)]
     pub token: String,
     pub vm_uuid: String,
     pub name: String,
@@ -56,6 +64,7 @@ pub struct Plan {
     /// (booted first) and the root volume is made blank
     pub image: Option<(String, String, String)>,
     /// The guest's user data (the VM's `userdata::<base64>` system tag, decoded).
+    #[serde(default)]
     pub user_data: Option<String>,
     pub cache_root: Option<String>,
     pub thick: bool,
@@ -78,6 +87,20 @@ impl Plan {
             format!("failed to {what} for vm[uuid:{}] on host[uuid:{}, ip:{}]: {e}", self.vm_uuid, self.host, self.ip),
         ))
     }
+}
+
+/// `p` with the host's current address and agent token (a plain read: no transaction is open
+/// while the agent works). A deleted host keeps the planned address and no token.
+pub async fn with_credentials(db: &crate::db::Db, p: &Plan) -> Result<Plan> {
+    let mut p = p.clone();
+    if let Some(r) = db
+        .fetch_optional("SELECT management_ip, password FROM host WHERE uuid = $1", &[Val::from(p.host.as_str())])
+        .await?
+    {
+        p.ip = r.try_get(0)?;
+        p.token = r.try_get::<Option<String>, _>(1)?.unwrap_or_default();
+    }
+    Ok(p)
 }
 
 /// The tap of NIC `device` of `vm` (at most 15 characters).
@@ -524,9 +547,7 @@ pub async fn stop_on_host(db: &crate::db::Db, vm: &str, cold: bool) -> Result<()
 /// Destroy a VM's QEMU on its KVM host and release its taps and DHCP leases (its volumes stay
 /// until expunge).
 pub async fn destroy_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
-    let Some(agent) = agent_of_vm(db, vm).await? else {
-        return Ok(());
-    };
+    let Some(agent) = agent_of_vm(db, vm).await? else { return Ok(()) };
     agent
         .destroy_vm(&VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: vm.to_string() })
         .await
@@ -556,9 +577,10 @@ pub async fn destroy_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
     Ok(())
 }
 
-/// Start a stopped VM on the KVM host `host` (its volumes exist): network, then QEMU. Nothing
-/// to do when the host is not a KVM host.
-pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()> {
+/// The plan to start a stopped VM on the KVM host `host` (its volumes exist): network, then
+/// QEMU, carried out by [`instantiate`] outside the transaction. None when the host is not a
+/// KVM host.
+pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option<Plan>> {
     let Some(row) = tx
         .fetch_optional(
             "SELECT h.management_ip, h.password, v.name, v.cpu_num, v.memory_size, v.root_volume_uuid, \
@@ -568,7 +590,7 @@ pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()
         )
         .await?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let root: Option<String> = row.try_get(5)?;
     let root = root.unwrap_or_default();
@@ -593,7 +615,16 @@ pub async fn start_existing(tx: &mut WriteTx, vm: &str, host: &str) -> Result<()
         create_volumes: false,
         start: true,
     };
-    instantiate(&plan).await
+    Ok(Some(plan))
+}
+
+/// Best effort: end a VM's QEMU again (the undo of starting a stopped VM; its taps, leases and
+/// volumes stay, as after a stop). Harmless when it never started.
+pub async fn stop_started(p: &Plan) {
+    if let Err(e) = p.agent().destroy_vm(&VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: p.vm_uuid.clone() }).await
+    {
+        tracing::warn!("destroying vm {} on host {}: {e}", p.vm_uuid, p.host);
+    }
 }
 
 /// The agent and root volume file of a Destroyed VM whose last host is a KVM host.

@@ -112,6 +112,17 @@ pub struct Ctx {
     /// the canonical JSON of the request (see [`request_fingerprint`]), kept with the VM
     #[serde(default)]
     pub(super) request: Option<String>,
+    /// what the host must do (set by plan-on-host, read by instantiate-on-host and its undo)
+    #[serde(default)]
+    pub(super) on_host: Option<OnHost>,
+}
+
+/// The instantiation plan: read from the database in a transaction (plan-on-host), carried
+/// out by the host agent outside any transaction (instantiate-on-host).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum OnHost {
+    Simulator,
+    Kvm(kvm::Plan),
 }
 
 impl Ctx {
@@ -123,14 +134,15 @@ impl Ctx {
 pub static CREATE_VM: SagaDef<Ctx> = SagaDef {
     kind: "create-vm",
     steps: &[
-        Step { name: "create-vm-record", run: record_do, undo: record_undo },
-        Step { name: "allocate-host", run: host_do, undo: host_undo },
-        Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
-        Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
-        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
-        Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
-        Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
-        Step { name: "finish", run: finish_do, undo: saga::nothing },
+        Step::tx("create-vm-record", record_do, record_undo),
+        Step::tx("allocate-host", host_do, host_undo),
+        Step::tx("allocate-primary-storage", ps_do, ps_undo),
+        Step::tx("create-volumes", volumes_do, volumes_undo),
+        Step::tx("allocate-nics", nics_do, nics_undo),
+        Step::tx("create-cdrom", cdrom_do, cdrom_undo),
+        Step::tx("plan-on-host", plan_do, plan_undo),
+        Step::remote("instantiate-on-host", instantiate_do, instantiate_undo),
+        Step::tx("finish", finish_do, saga::nothing),
     ],
 };
 
@@ -139,14 +151,15 @@ pub static CREATE_VM: SagaDef<Ctx> = SagaDef {
 pub static START_CREATED: SagaDef<Ctx> = SagaDef {
     kind: "start-created-vm",
     steps: &[
-        Step { name: "mark-starting", run: starting_do, undo: starting_undo },
-        Step { name: "allocate-host", run: host_do, undo: host_undo },
-        Step { name: "allocate-primary-storage", run: ps_do, undo: ps_undo },
-        Step { name: "create-volumes", run: volumes_do, undo: volumes_undo },
-        Step { name: "allocate-nics", run: nics_do, undo: nics_undo },
-        Step { name: "create-cdrom", run: cdrom_do, undo: cdrom_undo },
-        Step { name: "instantiate-on-host", run: instantiate_do, undo: instantiate_undo },
-        Step { name: "finish", run: finish_do, undo: saga::nothing },
+        Step::tx("mark-starting", starting_do, starting_undo),
+        Step::tx("allocate-host", host_do, host_undo),
+        Step::tx("allocate-primary-storage", ps_do, ps_undo),
+        Step::tx("create-volumes", volumes_do, volumes_undo),
+        Step::tx("allocate-nics", nics_do, nics_undo),
+        Step::tx("create-cdrom", cdrom_do, cdrom_undo),
+        Step::tx("plan-on-host", plan_do, plan_undo),
+        Step::remote("instantiate-on-host", instantiate_do, instantiate_undo),
+        Step::tx("finish", finish_do, saga::nothing),
     ],
 };
 
@@ -177,9 +190,136 @@ pub(super) fn starting_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut C
     })
 }
 
+/// Starting a Stopped VM: host and addresses in a transaction (the VM moves to Starting),
+/// QEMU through the host's agent outside it, then Running.
+pub static START_STOPPED: SagaDef<StartCtx> = SagaDef {
+    kind: "start-stopped-vm",
+    steps: &[
+        Step::tx("allocate-host-for-start", start_alloc_do, start_alloc_undo),
+        Step::remote("start-on-host", start_host_do, start_host_undo),
+        Step::tx("mark-running", start_finish_do, saga::nothing),
+    ],
+};
+
+/// The start saga's context.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct StartCtx {
+    pub(super) vm_uuid: String,
+    /// StartVmInstance's hostUuid / clusterUuid
+    pub(super) host_uuid: Option<String>,
+    pub(super) cluster_uuid: Option<String>,
+    /// the VM's (last host, cluster, zone) before the start, restored by the undo
+    #[serde(default)]
+    pub(super) before: Option<(Option<String>, Option<String>, Option<String>)>,
+    /// NICs without an address that the start gave one
+    #[serde(default)]
+    pub(super) readdressed: Vec<String>,
+    /// the agent's plan on a KVM host
+    #[serde(default)]
+    pub(super) plan: Option<kvm::Plan>,
+}
+
+pub(super) fn start_alloc_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut StartCtx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let v = Val::from(c.vm_uuid.as_str());
+        if let Some(r) = tx
+            .fetch_optional(
+                "SELECT last_host_uuid, cluster_uuid, zone_uuid FROM vm_instance WHERE uuid = $1",
+                &[v.clone()],
+            )
+            .await?
+        {
+            c.before = Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        }
+        c.readdressed = tx
+            .fetch_all("SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1 AND used_ip_uuid IS NULL", &[v])
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let req = StartVm { host_uuid: c.host_uuid.clone(), cluster_uuid: c.cluster_uuid.clone() };
+        let host = start_stopped(app, tx, &c.vm_uuid, &req).await?;
+        c.plan = kvm::start_plan(tx, &c.vm_uuid, &host).await?;
+        Ok(())
+    })
+}
+
+/// Back to Stopped where it was: host capacity and the new addresses given back.
+pub(super) fn start_alloc_undo<'a>(
+    _app: &'a App,
+    tx: &'a mut WriteTx,
+    c: &'a mut StartCtx,
+) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        release_host(tx, &c.vm_uuid).await?;
+        for nic in &c.readdressed {
+            tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic.as_str())]).await?;
+            tx.execute(
+                "UPDATE vm_nic SET used_ip_uuid = NULL, ip = NULL, netmask = NULL, gateway = NULL WHERE uuid = $1",
+                &[Val::from(nic.as_str())],
+            )
+            .await?;
+        }
+        if let Some((last, cluster, zone)) = &c.before {
+            tx.execute(
+                "UPDATE vm_instance SET state = 'Stopped', host_uuid = NULL, last_host_uuid = $1, cluster_uuid = $2, \
+                 zone_uuid = $3, last_op_date = $4 WHERE uuid = $5 AND state = 'Starting'",
+                &[
+                    Val::from(last.clone()),
+                    Val::from(cluster.clone()),
+                    Val::from(zone.clone()),
+                    Val::I(now_ms()),
+                    Val::from(c.vm_uuid.as_str()),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+/// QEMU on a KVM host (nothing on a simulator host), no transaction open.
+pub(super) fn start_host_do<'a>(app: &'a App, c: &'a mut StartCtx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        match &c.plan {
+            Some(p) => kvm::instantiate(&kvm::with_credentials(&app.db, p).await?).await,
+            None => Ok(()),
+        }
+    })
+}
+
+pub(super) fn start_host_undo<'a>(app: &'a App, c: &'a mut StartCtx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        if let Some(p) = &c.plan {
+            kvm::stop_started(&kvm::with_credentials(&app.db, p).await?).await;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn start_finish_do<'a>(
+    _app: &'a App,
+    tx: &'a mut WriteTx,
+    c: &'a mut StartCtx,
+) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let n = tx
+            .execute(
+                "UPDATE vm_instance SET state = 'Running', last_op_date = $1 WHERE uuid = $2 AND state = 'Starting'",
+                &[Val::I(now_ms()), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?;
+        if n != 1 {
+            let state = vm_state(tx, &c.vm_uuid).await?.unwrap_or_else(|| "Destroyed".into());
+            return Err(VmOp::Start.refused(&state));
+        }
+        Ok(())
+    })
+}
+
 /// `JustCreate`: only the record.
 pub static JUST_CREATE: SagaDef<Ctx> =
-    SagaDef { kind: "create-vm-just", steps: &[Step { name: "create-vm-record", run: record_do, undo: record_undo }] };
+    SagaDef { kind: "create-vm-just", steps: &[Step::tx("create-vm-record", record_do, record_undo)] };
 
 /// Unwind a stored saga of one of this module's kinds; `Ok(false)` for an unknown kind.
 pub async fn unwind_saga(app: &App, kind: &str, id: &str, step: i64, state: &str, data: &str) -> Result<bool> {
@@ -187,6 +327,10 @@ pub async fn unwind_saga(app: &App, kind: &str, id: &str, step: i64, state: &str
         "create-vm" => &CREATE_VM,
         "create-vm-just" => &JUST_CREATE,
         "start-created-vm" => &START_CREATED,
+        "start-stopped-vm" => {
+            saga::unwind_row(app, &START_STOPPED, id, step, state, data).await?;
+            return Ok(true);
+        }
         _ => return Ok(false),
     };
     saga::unwind_row(app, def, id, step, state, data).await?;
@@ -740,9 +884,9 @@ pub(super) fn cdrom_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
     })
 }
 
-/// Create the VM on its host. Simulator hosts run it by definition; KVM hosts through the host
-/// agent: image cache → volumes → network → QEMU.
-pub(super) fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+/// What creating the VM on its host takes, read in this step's transaction: nothing for a
+/// simulator host; for a KVM host the agent's plan (image cache → volumes → network → QEMU).
+pub(super) fn plan_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let h = c.host.clone().unwrap_or_default();
         let hv: Option<String> = tx
@@ -750,41 +894,55 @@ pub(super) fn instantiate_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut 
             .await?
             .map(|r| r.try_get::<String, _>(0))
             .transpose()?;
-        match hv.as_deref() {
-            Some("Simulator") => Ok(()),
-            Some("KVM") => {
-                let plan = kvm::plan(tx, c, &h).await?;
-                if let Err(e) = kvm::instantiate(&plan).await {
-                    kvm::teardown(&plan).await;
-                    return Err(e);
-                }
+        c.on_host = Some(match hv.as_deref() {
+            Some("Simulator") => OnHost::Simulator,
+            Some("KVM") => OnHost::Kvm(kvm::plan(tx, c, &h).await?),
+            other => {
+                return Err(Error::Api(ErrorCode::new(
+                    HOST_1005,
+                    format!(
+                        "cannot start vm[uuid:{}] on host[uuid:{h}, hypervisorType:{}]: creating VMs on this hypervisor is not supported yet",
+                        c.vm_uuid,
+                        other.unwrap_or("unknown")
+                    ),
+                )))
+            }
+        });
+        Ok(())
+    })
+}
+
+pub(super) fn plan_undo<'a>(_app: &'a App, _tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        c.on_host = None;
+        Ok(())
+    })
+}
+
+/// Create the VM on its host through its agent, with no transaction open (a thick copy of an
+/// image can take long). A failure is undone by [`instantiate_undo`] (the saga runner undoes a
+/// remote step that started).
+pub(super) fn instantiate_do<'a>(app: &'a App, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        match &c.on_host {
+            Some(OnHost::Simulator) => {
+                crate::hostagent::simulate_instantiate(&c.vm_uuid, c.strategy != "CreateStopped").await;
                 Ok(())
             }
-            other => Err(Error::Api(ErrorCode::new(
-                HOST_1005,
-                format!(
-                    "cannot start vm[uuid:{}] on host[uuid:{h}, hypervisorType:{}]: creating VMs on this hypervisor is not supported yet",
-                    c.vm_uuid,
-                    other.unwrap_or("unknown")
-                ),
-            ))),
+            Some(OnHost::Kvm(plan)) => kvm::instantiate(&kvm::with_credentials(&app.db, plan).await?).await,
+            None => Err(Error::Internal(format!("vm[uuid:{}] has no instantiation plan", c.vm_uuid))),
         }
     })
 }
 
-pub(super) fn instantiate_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
-    // Destroying a simulated VM has nothing to do; a KVM VM is torn down through its agent.
+/// Idempotent, and harmless when the instantiation never happened or stopped half-way: the
+/// agent's destroy, network release and volume deletion all accept what is not there.
+pub(super) fn instantiate_undo<'a>(app: &'a App, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        let h = c.host.clone().unwrap_or_default();
-        let hv: Option<String> = tx
-            .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
-            .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?;
-        if hv.as_deref() == Some("KVM") {
-            if let Ok(plan) = kvm::plan(tx, c, &h).await {
-                kvm::teardown(&plan).await;
-            }
+        match &c.on_host {
+            Some(OnHost::Simulator) => crate::hostagent::simulate_destroy(&c.vm_uuid),
+            Some(OnHost::Kvm(plan)) => kvm::teardown(&kvm::with_credentials(&app.db, plan).await?).await,
+            None => {}
         }
         Ok(())
     })
