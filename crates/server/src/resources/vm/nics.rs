@@ -92,7 +92,7 @@ async fn used_in_range(tx: &mut WriteTx, l3: &str, start: i64, end: i64) -> Resu
 }
 
 /// Take a free address of `l3` with the strategy in force ([`ip_strategy`]):
-/// - random: a random free candidate of a random range;
+/// - random: a random free candidate near a random offset of a random range;
 /// - first available: the lowest free address of the ranges in creation order.
 ///
 /// The gateway and the L3's reserved ranges are never handed out. The pick is inserted into
@@ -156,8 +156,14 @@ pub(super) async fn allocate_ip(
         }
         for _attempt in 0..16 {
             let used = used_in_range(tx, l3, start, end).await?;
-            let free: Vec<i64> =
-                (start..=end).filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n)).take(256).collect();
+            // upstream's random strategy: from a random offset, scan forward (wrapping to the
+            // range start) for a window of free addresses, and take a random one of them
+            let offset = start + (u64::from_le_bytes(random_bytes()) % (end - start + 1).max(1) as u64) as i64;
+            let free: Vec<i64> = (offset..=end)
+                .chain(start..offset)
+                .filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n))
+                .take(256)
+                .collect();
             if free.is_empty() {
                 break;
             }
