@@ -247,6 +247,14 @@ async fn guests_on_a_kvm_host() {
     assert_eq!(ri["virtual-size"].as_u64(), Some(48 * MIB), "{ri}");
     assert!(ri["backing-filename"].is_null(), "a blank root volume: {ri}");
     assert_eq!(d_root.2["size"].as_u64(), Some(48 * MIB));
+    assert_eq!(d["vmCdRoms"][0]["isoUuid"], iso.as_str(), "the ISO is in the first CD-ROM: {d}");
+    // it stays there: a stopped and started ISO VM still boots from it first
+    let act = format!("/vm-instances/{du}/actions");
+    s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert!(qemu_pids(&du).is_empty());
+    assert_eq!(s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
+    let cmd = qemu_cmdline(&du);
+    assert!(cmd.contains(&cached_iso) && cmd.contains("id=cdrom0,bootindex=1"), "{cmd}");
 
     let (gv, gf, _) = data[1];
     let g = s

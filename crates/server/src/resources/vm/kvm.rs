@@ -596,6 +596,7 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
     let root = root.unwrap_or_default();
     let (vols, thick, nics) = vols_and_nics(tx, vm, &root).await?;
     let tpm = tx.fetch_optional("SELECT 1 FROM tpm WHERE vm_instance_uuid = $1", &[Val::from(vm)]).await?.is_some();
+    let iso = attached_iso(tx, vm).await?;
     let plan = Plan {
         host: host.to_string(),
         ip: row.try_get(0)?,
@@ -606,9 +607,9 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         memory_size: row.try_get(4)?,
         virtio: row.try_get::<i64, _>(6)? != 0,
         tpm,
-        image: None,
+        image: iso.as_ref().map(|i| i.0.clone()),
         user_data: user_data_of(tx, vm).await?,
-        cache_root: None,
+        cache_root: iso.and_then(|i| i.1),
         thick,
         vols,
         nics,
@@ -616,6 +617,26 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         start: true,
     };
     Ok(Some(plan))
+}
+
+/// The ISO in a VM's CD-ROM (its image, file on a backup storage, format) and the directory
+/// holding the image cache (its root volume's primary storage).
+async fn attached_iso(tx: &mut WriteTx, vm: &str) -> Result<Option<((String, String, String), Option<String>)>> {
+    let Some(r) = tx
+        .fetch_optional(
+            "SELECT i.uuid, r.install_path, (SELECT p.url FROM vm_instance v JOIN volume vol ON vol.uuid = v.root_volume_uuid \
+             JOIN primary_storage p ON p.uuid = vol.primary_storage_uuid WHERE v.uuid = $1) \
+             FROM vm_cdrom c JOIN image i ON i.uuid = c.iso_uuid JOIN image_backup_storage_ref r ON r.image_uuid = i.uuid \
+             WHERE c.vm_instance_uuid = $1 AND r.status = 'Ready' AND r.install_path IS NOT NULL \
+             ORDER BY c.device_id, r.create_date LIMIT 1",
+            &[Val::from(vm)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let url: Option<String> = r.try_get(2)?;
+    Ok(Some(((r.try_get(0)?, r.try_get(1)?, "iso".to_string()), url.filter(|u| u.starts_with('/')))))
 }
 
 /// Best effort: end a VM's QEMU again (the undo of starting a stopped VM; its taps, leases and

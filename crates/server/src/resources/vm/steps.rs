@@ -863,13 +863,15 @@ pub(super) fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ct
 pub(super) fn cdrom_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         tx.execute(
-            "INSERT INTO vm_cdrom (uuid, vm_instance_uuid, device_id, name, create_date, last_op_date) \
-             VALUES ($1, $2, 0, $3, $4, $4)",
+            // a VM made from an ISO image has it in its first CD-ROM (upstream isoUuid)
+            "INSERT INTO vm_cdrom (uuid, vm_instance_uuid, device_id, iso_uuid, name, create_date, last_op_date) \
+             VALUES ($1, $2, 0, (SELECT uuid FROM image WHERE uuid = $5 AND media_type = 'ISO'), $3, $4, $4)",
             &[
                 Val::from(c.cdrom_uuid.as_str()),
                 Val::from(c.vm_uuid.as_str()),
                 Val::S(format!("vm-{}-cdRom", c.vm_uuid)),
                 Val::I(now_ms()),
+                Val::from(c.image_uuid.clone().filter(|_| c.from_snapshot.is_none())),
             ],
         )
         .await?;
