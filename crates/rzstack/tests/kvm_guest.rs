@@ -8,6 +8,7 @@
 //! At most two guests boot at a time. Skips with a reason when not root, or QEMU / dnsmasq /
 //! the test image are unavailable.
 mod common;
+use common::assert_error;
 use common::kvm::{have, qemu_pids, uuid as u, walk, KvmCloud};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -256,6 +257,36 @@ async fn guests_on_a_kvm_host() {
     let cmd = qemu_cmdline(&du);
     assert!(cmd.contains(&cached_iso) && cmd.contains("id=cdrom0,bootindex=1"), "{cmd}");
 
+    // An accounted-only data volume (no file yet): a snapshot of it has no file either, and a
+    // VM from that snapshot is refused by the KVM host (HOST.1005), nothing left behind.
+    let x = u(&s
+        .ok(
+            "POST",
+            "/volumes/data",
+            Some(json!({"params": {"name": "x", "diskSize": 32 * MIB, "primaryStorageUuid": c.ps}})),
+        )
+        .await["inventory"]);
+    let xs = s.ok("POST", &format!("/volumes/{x}/volume-snapshots"), Some(json!({"params": {"name": "snap-x"}}))).await
+        ["inventory"]
+        .clone();
+    assert!(xs["primaryStorageInstallPath"].is_null(), "{xs}");
+    let files_before = walk(c.ps_dir.path());
+    let e = s
+        .fails(
+            "POST",
+            &format!("/vm-instances/from/volume-snapshots/{}", u(&xs)),
+            Some(json!({"params": {"name": "from-x", "instanceOfferingUuid": c.offering, "l3NetworkUuids": [c.l3],
+                "platform": "Linux"}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1006", "has no file on a KVM host");
+    assert_error(&e["cause"], "HOST.1005", &format!("volume snapshot[uuid:{}] has no file", u(&xs)));
+    assert!(s.query("/vm-instances?q=name=from-x").await.is_empty(), "no VM is left");
+    assert_eq!(walk(c.ps_dir.path()), files_before, "no file is made");
+    s.ok("DELETE", &format!("/volume-snapshots/{}", u(&xs)), None).await;
+
+    // (g) a VM whose root volume is an existing volume (b's second data volume), used as it
+    // is, with the accounted-only volume as a data volume: that one gets its file now.
     let (gv, gf, _) = data[1];
     let g = s
         .ok(
@@ -263,7 +294,8 @@ async fn guests_on_a_kvm_host() {
             "/vm-instances",
             Some(json!({"params": {"name": "g", "instanceOfferingUuid": c.offering, "l3NetworkUuids": [c.l3],
                 "diskAOs": [{"boot": true, "platform": "Linux", "guestOsType": "Linux", "architecture": "x86_64",
-                    "sourceType": "VolumeVO", "sourceUuid": gv, "systemTags": ["driver::virtio"]}]}})),
+                    "sourceType": "VolumeVO", "sourceUuid": gv, "systemTags": ["driver::virtio"]},
+                    {"boot": false, "sourceType": "VolumeVO", "sourceUuid": x}]}})),
         )
         .await["inventory"]
         .clone();
@@ -272,9 +304,19 @@ async fn guests_on_a_kvm_host() {
     assert_eq!(g["rootVolumeUuid"], gv.as_str(), "{g}");
     let cmd = qemu_cmdline(&gu);
     assert!(cmd.contains(gf.as_str()), "QEMU boots from the existing volume's file {gf}: {cmd}");
+    let xv = s.query(&format!("/volumes/{x}")).await[0].clone();
+    assert_eq!(xv["vmInstanceUuid"], gu.as_str(), "{xv}");
+    let xf = xv["installPath"].as_str().expect("x has a file now").to_string();
+    assert!(xf.starts_with(&c.ps_dir.path().to_string_lossy().to_string()) && xf.contains("/dataVolumes/"), "{xf}");
+    assert_eq!(img_info(&xf)["virtual-size"].as_u64(), Some(32 * MIB));
+    assert!(cmd.contains(&xf), "x is a disk of g: {cmd}");
     destroy_and_expunge(&c, &d).await;
     destroy_and_expunge(&c, &g).await;
     assert!(!Path::new(gf).exists(), "{gf}");
+    assert!(Path::new(&xf).is_file(), "x is detached, its file kept");
+    s.ok("DELETE", &format!("/volumes/{x}"), None).await;
+    s.ok("PUT", &format!("/volumes/{x}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    assert!(!Path::new(&xf).exists(), "{xf}");
 
     let left: Vec<PathBuf> =
         walk(c.ps_dir.path()).into_iter().filter(|p| !p.to_string_lossy().contains("imagecache")).collect();
