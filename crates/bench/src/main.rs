@@ -12,6 +12,8 @@
 //!
 //! Figures are printed, never asserted: a slow machine is not a failure. Correctness is asserted.
 
+mod boot;
+
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,8 @@ enum Scenario {
     Create,
     Query,
     Scale,
+    /// Real guests under QEMU on this machine (needs root): see boot.rs.
+    Boot,
 }
 
 #[derive(Parser, Debug)]
@@ -44,6 +48,12 @@ struct Args {
     /// Database URL for the management node (default: SQLite in a temporary directory).
     #[arg(long)]
     database: Option<String>,
+    /// `boot` only: guests booted per root-volume kind (linked clone, thick).
+    #[arg(long, default_value_t = 10)]
+    boots: usize,
+    /// `boot` only: the guest image (default: scripts/make-test-image.sh's, built on demand).
+    #[arg(long)]
+    image: Option<std::path::PathBuf>,
 }
 
 const ADMIN_PASSWORD: &str = "b109f3bbbc244eb82441917ed06d618b9008dd09b3befd1b5e07394c706a8bb980b1d7785e5976ec049b46df5f1326af5a2ea6d103fd07c95385ffab0cacbc86";
@@ -405,6 +415,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Res<()> {
+    if args.scenario == Scenario::Boot {
+        return boot::run(args.boots, args.image).await;
+    }
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| e.to_string())?;
     let node = start_node(&http, args.database.as_deref()).await?;
     let db = if args.database.as_deref().is_some_and(|d| d.starts_with("postgres")) { "PostgreSQL" } else { "SQLite" };
