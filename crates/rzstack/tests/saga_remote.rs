@@ -5,6 +5,7 @@
 mod common;
 
 use common::agent::Agent;
+use common::kvm::walk;
 use common::{assert_error, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -236,20 +237,6 @@ async fn failures_around_the_remote_step_leave_nothing() {
         assert!(srv.query("/volumes").await.is_empty(), "no volume after a failure at {step}");
         assert_eq!(usage(&srv, &t).await, before, "after a failure at {step}");
     }
-}
-
-/// The files under `d`.
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn root_volume_files(ps_dir: &Path) -> Vec<PathBuf> {
