@@ -11,6 +11,7 @@ mod common;
 use common::assert_error;
 use common::kvm::{have, qemu_pids, uuid as u, walk, KvmCloud};
 use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -106,7 +107,8 @@ async fn guests_on_a_kvm_host() {
     let a_ip = format!("{}.19", c.net);
     let userdata = |text: &str| format!("userdata::{}", b64(text));
     let mut params = json!({"name": "b", "instanceOfferingUuid": c.offering, "imageUuid": c.image,
-        "l3NetworkUuids": [c.l3], "dataDiskSizes": [64 * MIB, 96 * MIB]});
+        "l3NetworkUuids": [c.l3], "dataDiskSizes": [64 * MIB, 96 * MIB],
+        "dataVolumeSystemTags": ["volumeProvisioningStrategy::ThickProvisioning"]});
     if tpm {
         params["devices"] = json!({"tpm": {"enable": true}});
     }
@@ -155,6 +157,9 @@ async fn guests_on_a_kvm_host() {
         assert!(Path::new(f).is_file(), "{f}");
         if v["type"] == "Data" {
             assert_eq!(img_info(f)["virtual-size"].as_u64(), v["size"].as_u64(), "{v}");
+            // ThickProvisioning (dataVolumeSystemTags): fully allocated
+            let used = std::fs::metadata(f).expect("stat").blocks() * 512;
+            assert!(used * 10 >= v["size"].as_u64().expect("size") * 9, "{f}: {used} bytes used: {v}");
         }
     }
 
@@ -286,7 +291,18 @@ async fn guests_on_a_kvm_host() {
     s.ok("DELETE", &format!("/volume-snapshots/{}", u(&xs)), None).await;
 
     // (g) a VM whose root volume is an existing volume (b's second data volume), used as it
-    // is, with the accounted-only volume as a data volume: that one gets its file now.
+    // is, with the accounted-only volume as a data volume (it gets its file now) and a data
+    // volume from a DataVolumeTemplate image (its content is the image's).
+    let guest_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guest/guest.qcow2");
+    let guest_file = guest_file.canonicalize().expect("test image");
+    let dvt = u(&s
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "dvt", "url": format!("file://{}", guest_file.display()),
+                "format": "qcow2", "mediaType": "DataVolumeTemplate", "backupStorageUuids": [c.bs]}})),
+        )
+        .await["inventory"]);
     let (gv, gf, _) = data[1];
     let g = s
         .ok(
@@ -295,7 +311,8 @@ async fn guests_on_a_kvm_host() {
             Some(json!({"params": {"name": "g", "instanceOfferingUuid": c.offering, "l3NetworkUuids": [c.l3],
                 "diskAOs": [{"boot": true, "platform": "Linux", "guestOsType": "Linux", "architecture": "x86_64",
                     "sourceType": "VolumeVO", "sourceUuid": gv, "systemTags": ["driver::virtio"]},
-                    {"boot": false, "sourceType": "VolumeVO", "sourceUuid": x}]}})),
+                    {"boot": false, "sourceType": "VolumeVO", "sourceUuid": x},
+                    {"boot": false, "templateUuid": dvt, "name": "from-template"}]}})),
         )
         .await["inventory"]
         .clone();
@@ -310,13 +327,21 @@ async fn guests_on_a_kvm_host() {
     assert!(xf.starts_with(&c.ps_dir.path().to_string_lossy().to_string()) && xf.contains("/dataVolumes/"), "{xf}");
     assert_eq!(img_info(&xf)["virtual-size"].as_u64(), Some(32 * MIB));
     assert!(cmd.contains(&xf), "x is a disk of g: {cmd}");
+    let tv = s.query(&format!("/volumes?q=vmInstanceUuid={gu}&q=name=from-template")).await[0].clone();
+    let tf = tv["installPath"].as_str().expect("path").to_string();
+    assert!(cmd.contains(&tf), "{cmd}");
+    let o = Command::new("qemu-img").args(["compare", "-U"]).arg(&guest_file).arg(&tf).output().expect("qemu-img");
+    assert!(o.status.success(), "the data volume has the template's content: {}", String::from_utf8_lossy(&o.stdout));
     destroy_and_expunge(&c, &d).await;
     destroy_and_expunge(&c, &g).await;
     assert!(!Path::new(gf).exists(), "{gf}");
     assert!(Path::new(&xf).is_file(), "x is detached, its file kept");
-    s.ok("DELETE", &format!("/volumes/{x}"), None).await;
-    s.ok("PUT", &format!("/volumes/{x}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    for v in [x, u(&tv)] {
+        s.ok("DELETE", &format!("/volumes/{v}"), None).await;
+        s.ok("PUT", &format!("/volumes/{v}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    }
     assert!(!Path::new(&xf).exists(), "{xf}");
+    assert!(!Path::new(&tf).exists(), "{tf}");
 
     let left: Vec<PathBuf> =
         walk(c.ps_dir.path()).into_iter().filter(|p| !p.to_string_lossy().contains("imagecache")).collect();

@@ -29,6 +29,13 @@ pub struct Vol {
     /// The snapshot file the (root) volume is a copy of (CreateVmInstanceFromVolumeSnapshot).
     #[serde(default)]
     pub from_snapshot: Option<String>,
+    /// `volumeProvisioningStrategy::ThickProvisioning` on the volume: fully allocated.
+    #[serde(default)]
+    pub thick: bool,
+    /// A data volume made from a DataVolumeTemplate image: (image uuid, file on the backup
+    /// storage, format); the volume's content is the image's.
+    #[serde(default)]
+    pub template: Option<(String, String, String)>,
 }
 
 /// One NIC of the VM with its network.
@@ -220,13 +227,31 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
     let mut vols = Vec::new();
     for r in tx
         .fetch_all(
-            "SELECT uuid, install_path, type, size, device_id FROM volume WHERE vm_instance_uuid = $1 ORDER BY device_id",
+            "SELECT v.uuid, v.install_path, v.type, v.size, v.device_id, \
+             (SELECT COUNT(*) FROM system_tag t WHERE t.resource_uuid = v.uuid \
+              AND t.tag = 'volumeProvisioningStrategy::ThickProvisioning'), \
+             (SELECT i.uuid FROM image i WHERE i.uuid = v.root_image_uuid AND i.media_type = 'DataVolumeTemplate') \
+             FROM volume v WHERE v.vm_instance_uuid = $1 ORDER BY v.device_id",
             &[Val::from(vm)],
         )
         .await?
     {
         let ty: String = r.try_get(2)?;
         let path: Option<String> = r.try_get(1)?;
+        let template: Option<String> = r.try_get(6)?;
+        let template = match template.filter(|_| ty != "Root") {
+            Some(t) => tx
+                .fetch_optional(
+                    "SELECT r.install_path, i.format FROM image_backup_storage_ref r JOIN image i ON i.uuid = r.image_uuid \
+                     WHERE r.image_uuid = $1 AND r.status = 'Ready' AND r.install_path IS NOT NULL \
+                     ORDER BY r.create_date LIMIT 1",
+                    &[Val::from(t.as_str())],
+                )
+                .await?
+                .map(|b| Ok::<_, Error>((t, b.try_get::<String, _>(0)?, b.try_get::<String, _>(1)?)))
+                .transpose()?,
+            None => None,
+        };
         vols.push(Vol {
             uuid: r.try_get(0)?,
             path: path.unwrap_or_default(),
@@ -235,6 +260,8 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
             device: r.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
             existing: false,
             from_snapshot: None,
+            thick: r.try_get::<i64, _>(5)? > 0,
+            template,
         });
     }
     let thick = tx
@@ -319,11 +346,24 @@ async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) 
                 .map_err(|e| p.err("copy the volume snapshot", e))?;
             continue;
         }
-        let backing = match (&v.from_snapshot, v.root && !is_iso(p)) {
+        let mut backing = match (&v.from_snapshot, v.root && !is_iso(p)) {
             (Some(snap), true) => Some(snap.clone()),
             (None, true) => cached.map(String::from),
             _ => None,
         };
+        if let (false, Some((uuid, path, format))) = (v.root, &v.template) {
+            let c = agent
+                .cache_image(&ImageCacheCmd {
+                    version: PROTOCOL_VERSION,
+                    image_uuid: uuid.clone(),
+                    source_path: path.clone(),
+                    format: Some(format.clone()),
+                    cache_root: p.cache_root.clone(),
+                })
+                .await
+                .map_err(|e| p.err("cache the data volume template", e))?;
+            backing = Some(c.install_path);
+        }
         agent
             .create_volume(&VolumeCreateCmd {
                 version: PROTOCOL_VERSION,
@@ -331,7 +371,7 @@ async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) 
                 install_path: v.path.clone(),
                 size: v.size,
                 backing_file: backing,
-                provisioning: if v.root && p.thick {
+                provisioning: if v.thick || (v.root && p.thick) {
                     Provisioning::ThickProvisioning
                 } else {
                     Provisioning::ThinProvisioning
