@@ -6,9 +6,9 @@
 //! it to stop (the agent reports it stopped with no `stoppedBy`, or `exited` once cleaned up)
 //! died: its agent is told to stop it (which ends its swtpm and records `exited`), then the VM
 //! becomes Stopped and its host capacity is given back, exactly as a StopVmInstance does.
-//! A VM being started, stopped or rebooted is not Running in the database, so a tracker round
-//! never races an API on it; guests stopped by a command (`graceful` / `forced`) are left to
-//! that command.
+//! Each died guest is handled in the VM's action queue (after an API action in progress on it),
+//! and only while the database still has it Running on that host; guests stopped by a command
+//! (`graceful` / `forced`) are left to that command.
 
 use super::*;
 use crate::hostagent::agent_for_host;
@@ -38,6 +38,8 @@ pub async fn sync_host(app: &App, host: &str) -> Result<Vec<String>> {
     let mut stopped = Vec::new();
     for st in list.vms.iter().filter(|st| died(st)) {
         let vm = st.vm_uuid.as_str();
+        // In the VM's queue, after any API action on it that is in progress.
+        let _turn = queue::turn(vm).await;
         let cmd =
             VmStopCmd { version: PROTOCOL_VERSION, vm_uuid: vm.to_string(), mode: StopMode::Cold, timeout_secs: None };
         if let Err(e) = agent.stop_vm(&cmd).await {
