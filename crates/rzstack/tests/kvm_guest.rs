@@ -336,6 +336,43 @@ async fn guests_on_a_kvm_host() {
     destroy_and_expunge(&c, &g).await;
     assert!(!Path::new(gf).exists(), "{gf}");
     assert!(Path::new(&xf).is_file(), "x is detached, its file kept");
+
+    // A creation that fails on the host (its L2's interface is missing) is undone without
+    // touching the existing volume it was to boot from: x keeps its file, detached again.
+    let bad_if = format!("rzg{}x", std::process::id() % 1000);
+    let l2b = u(&s
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "l2b", "zoneUuid": c.zone, "physicalInterface": bad_if}})),
+        )
+        .await["inventory"]);
+    s.ok("POST", &format!("/l2-networks/{l2b}/clusters/{}", c.cluster), None).await;
+    let l3b = u(&s.ok("POST", "/l3-networks", Some(json!({"params": {"name": "l3b", "l2NetworkUuid": l2b}}))).await
+        ["inventory"]);
+    s.ok(
+        "POST",
+        &format!("/l3-networks/{l3b}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": "10.248.0.10", "endIp": "10.248.0.10",
+            "netmask": "255.255.255.0", "gateway": "10.248.0.1"}})),
+    )
+    .await;
+    let e = s
+        .fails(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "bad", "instanceOfferingUuid": c.offering, "l3NetworkUuids": [l3b],
+                "diskAOs": [{"boot": true, "platform": "Linux", "guestOsType": "Linux", "architecture": "x86_64",
+                    "sourceType": "VolumeVO", "sourceUuid": x, "systemTags": ["driver::virtio"]}]}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1006", "the interface rzg");
+    assert_error(&e["cause"], "HOST.1005", "failed to prepare the network");
+    assert!(s.query("/vm-instances?q=name=bad").await.is_empty(), "no VM is left");
+    assert!(Path::new(&xf).is_file(), "the existing volume's file is kept");
+    let xv = s.query(&format!("/volumes/{x}")).await[0].clone();
+    assert!(xv["vmInstanceUuid"].is_null() && xv["type"] == "Data", "{xv}");
+    assert_eq!(xv["installPath"], xf.as_str());
     for v in [x, u(&tv)] {
         s.ok("DELETE", &format!("/volumes/{v}"), None).await;
         s.ok("PUT", &format!("/volumes/{v}/actions"), Some(json!({"expungeDataVolume": {}}))).await;

@@ -26,6 +26,9 @@ pub struct Vol {
     /// An existing volume attached as it is (diskAOs sourceUuid): its file is never deleted here.
     #[serde(default)]
     pub existing: bool,
+    /// An existing volume that had no file yet: a blank one is made (and kept, like the volume).
+    #[serde(default)]
+    pub new_file: bool,
     /// The snapshot file the (root) volume is a copy of (CreateVmInstanceFromVolumeSnapshot).
     #[serde(default)]
     pub from_snapshot: Option<String>,
@@ -183,10 +186,11 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         .chain(c.root_from_volume.then_some(c.root_volume_uuid.as_str()))
         .collect();
     for v in vols.iter_mut().filter(|v| adopted.contains(&v.uuid.as_str())) {
+        v.existing = true;
         if !v.path.is_empty() {
-            v.existing = true;
             continue;
         }
+        v.new_file = true;
         // an accounted-only volume gets its file now, where the VM's volumes go
         let dir = if v.root { "rootVolumes" } else { "dataVolumes" };
         let url = cache_root.clone().unwrap_or_default();
@@ -259,6 +263,7 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
             size: r.try_get(3)?,
             device: r.try_get::<Option<i64>, _>(4)?.unwrap_or(0),
             existing: false,
+            new_file: false,
             from_snapshot: None,
             thick: r.try_get::<i64, _>(5)? > 0,
             template,
@@ -330,7 +335,7 @@ fn iso_of(p: &Plan, cached: Option<&str>) -> Option<String> {
 /// volumes blank. Existing volumes (diskAOs sourceUuid) are used as they are.
 async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) -> Result<()> {
     for v in &p.vols {
-        if v.existing {
+        if v.existing && !v.new_file {
             continue;
         }
         if let (true, Some(snap), false) = (v.root, &v.from_snapshot, p.thick) {
