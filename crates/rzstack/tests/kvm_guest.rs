@@ -258,6 +258,13 @@ async fn guests_on_a_kvm_host() {
     let act = format!("/vm-instances/{du}/actions");
     s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
     assert!(qemu_pids(&du).is_empty());
+    // a snapshot of a stopped VM's volume (qemu-img copies it); it goes with the volume
+    let ds = s
+        .ok("POST", &format!("/volumes/{}/volume-snapshots", d_root.0), Some(json!({"params": {"name": "snap-d"}})))
+        .await["inventory"]
+        .clone();
+    let ds_info = img_info(ds["primaryStorageInstallPath"].as_str().expect("snapshot file"));
+    assert_eq!(ds_info["virtual-size"].as_u64(), Some(48 * MIB), "{ds_info}");
     assert_eq!(s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
     let cmd = qemu_cmdline(&du);
     assert!(cmd.contains(&cached_iso) && cmd.contains("id=cdrom0,bootindex=1"), "{cmd}");
