@@ -97,6 +97,90 @@ impl ApiDef {
     pub fn is_async(&self) -> bool {
         matches!(self.kind, Kind::Async { .. })
     }
+
+    /// An entry with the common defaults: async with the default timeout, a session needed,
+    /// not a create, no optional paths, parameters, tags or handler. The constructors below
+    /// and the `const` builder methods keep the tables `static`.
+    pub const fn new(name: &'static str, method: Method, path: &'static str, body: Body) -> ApiDef {
+        ApiDef {
+            name,
+            method,
+            path,
+            optional_paths: &[],
+            body,
+            kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
+            auth: true,
+            create: false,
+            params: &[],
+            tags: &[],
+            handler: None,
+        }
+    }
+
+    /// An `APICreateMessage`: POST, body `params`, accepts `resourceUuid`.
+    pub const fn create(name: &'static str, path: &'static str) -> ApiDef {
+        ApiDef { create: true, ..ApiDef::new(name, Method::Post, path, Body::Params) }
+    }
+
+    /// A POST that creates nothing (attachments and the like), body `params`.
+    pub const fn post(name: &'static str, path: &'static str) -> ApiDef {
+        ApiDef::new(name, Method::Post, path, Body::Params)
+    }
+
+    /// A PUT `.../actions` call, body `{"<actionName>": {...}}`.
+    pub const fn action(name: &'static str, path: &'static str) -> ApiDef {
+        ApiDef::new(name, Method::Put, path, Body::Action)
+    }
+
+    /// A DELETE, parameters from the query string.
+    pub const fn delete(name: &'static str, path: &'static str) -> ApiDef {
+        ApiDef::new(name, Method::Delete, path, Body::Query)
+    }
+
+    /// A synchronous GET (not a query), parameters from the query string.
+    pub const fn get(name: &'static str, path: &'static str) -> ApiDef {
+        ApiDef { kind: Kind::Sync, ..ApiDef::new(name, Method::Get, path, Body::Query) }
+    }
+
+    /// A query over `def`.
+    pub const fn query(name: &'static str, path: &'static str, def: &'static ResourceDef) -> ApiDef {
+        ApiDef { kind: Kind::Query(def), ..ApiDef::new(name, Method::Get, path, Body::Query) }
+    }
+
+    pub const fn optional_paths(self, optional_paths: &'static [&'static str]) -> ApiDef {
+        ApiDef { optional_paths, ..self }
+    }
+
+    pub const fn body(self, body: Body) -> ApiDef {
+        ApiDef { body, ..self }
+    }
+
+    /// Async with this default timeout (upstream `@DefaultTimeout`).
+    pub const fn timeout(self, timeout_ms: u64) -> ApiDef {
+        ApiDef { kind: Kind::Async { timeout_ms }, ..self }
+    }
+
+    /// Answered inline.
+    pub const fn sync(self) -> ApiDef {
+        ApiDef { kind: Kind::Sync, ..self }
+    }
+
+    /// No session needed (upstream `@SuppressCredentialCheck`).
+    pub const fn no_auth(self) -> ApiDef {
+        ApiDef { auth: false, ..self }
+    }
+
+    pub const fn params(self, params: &'static [Param]) -> ApiDef {
+        ApiDef { params, ..self }
+    }
+
+    pub const fn tags(self, tags: &'static [&'static str]) -> ApiDef {
+        ApiDef { tags, ..self }
+    }
+
+    pub const fn handler(self, handler: Handler) -> ApiDef {
+        ApiDef { handler: Some(handler), ..self }
+    }
 }
 
 /// Upstream `apiTimeout` global config default, 30 minutes.
