@@ -19,10 +19,12 @@ pub mod zone;
 use crate::api::{Msg, Reply};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
-use crate::query::{self, ResourceDef};
+use crate::query::{self, Refs, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use serde::Deserialize;
+use std::future::Future;
+use std::pin::Pin;
 
 /// Record the owner account of a new resource (upstream `AccountResourceRefVO`), in the
 /// transaction that creates it.
@@ -99,4 +101,68 @@ pub async fn change_state(
         .execute(&sql, &[Val::from(state_of(&req.state_event)), Val::I(now_ms()), Val::from(req.uuid.as_str())])
         .await?;
     inventory_reply(&app, def, &req.uuid).await
+}
+
+/// Add the link `uuid` ↔ `other` (with its `create_date`) to the reference table `refs`
+/// unless it exists; the table's primary key guards it, so concurrent attaches add one row.
+/// Whether it was added.
+pub async fn link(tx: &mut WriteTx, refs: &Refs, uuid: &str, other: &str) -> Result<bool> {
+    let sql = format!(
+        "INSERT INTO {t} ({f}, {v}, create_date) VALUES ($1, $2, $3) ON CONFLICT ({f}, {v}) DO NOTHING",
+        t = refs.table,
+        f = refs.fk,
+        v = refs.value
+    );
+    Ok(tx.execute(&sql, &[Val::from(uuid), Val::from(other), Val::I(now_ms())]).await? > 0)
+}
+
+/// The common Attach API of a reference table (backup storage ↔ zone): the link `uuid` ↔
+/// `other` is added and the answer is `uuid`'s inventory; `attached` is the error when they
+/// were linked already.
+pub async fn attach_ref(
+    app: &App,
+    def: &'static ResourceDef,
+    refs: &Refs,
+    uuid: &str,
+    other: &str,
+    attached: Error,
+) -> Result<Reply> {
+    let mut tx = app.db.begin_write().await?;
+    if !link(&mut tx, refs, uuid, other).await? {
+        return Err(attached);
+    }
+    tx.commit().await?;
+    inventory_reply(app, def, uuid).await
+}
+
+/// The common Detach API of a reference table (primary storage ↔ cluster, backup storage ↔
+/// zone, L2 network ↔ cluster): the link `uuid` ↔ `other` goes and the answer is `uuid`'s
+/// inventory; `not_attached` is the error when there was no link (`None`: answer all the same).
+pub async fn detach_ref(
+    app: &App,
+    def: &'static ResourceDef,
+    refs: &Refs,
+    uuid: &str,
+    other: &str,
+    not_attached: Option<Error>,
+) -> Result<Reply> {
+    let sql = format!("DELETE FROM {} WHERE {} = $1 AND {} = $2", refs.table, refs.fk, refs.value);
+    let n = app.db.execute(&sql, &[Val::from(uuid), Val::from(other)]).await?;
+    match not_attached {
+        Some(e) if n == 0 => Err(e),
+        _ => inventory_reply(app, def, uuid).await,
+    }
+}
+
+/// A step run inside a write transaction on one resource (boxed, so that it can be passed as a `fn`).
+pub type TxStep = for<'a> fn(&'a mut WriteTx, &'a str) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// The common Delete API of a resource whose deletion cascades: `delete_one(tx, uuid)` in one
+/// write transaction; an empty answer.
+pub async fn delete_in_tx(app: App, msg: Msg, delete_one: TxStep) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    delete_one(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
 }
