@@ -1,6 +1,6 @@
 //! Zones (upstream `ZoneVO`): create, update, change state, delete, query.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -154,84 +154,32 @@ const NAME_REGEX: &str = r#"(?:[\x{4e00}-\x{9fa5}a-zA-Z0-9\-_.():+"](?:[\x{4e00}
 const NAME_REGEX_SHOWN: &str = r#"^(?! )[\u4e00-\u9fa5a-zA-Z0-9\-_.():+" ]*(?<! )$"#;
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateZone",
-        method: Method::Post,
-        path: "/zones",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateZone", "/zones")
+        .params(&[
             Param::str("name").required().max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
             Param::bool("isDefault"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create_zone(a, m))),
-    },
-    ApiDef {
-        name: "QueryZone",
-        method: Method::Get,
-        path: "/zones",
-        optional_paths: &["/zones/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&ZONE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateZone",
-        method: Method::Put,
-        path: "/zones/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create_zone(a, m))),
+    ApiDef::query("QueryZone", "/zones", &ZONE).optional_paths(&["/zones/{uuid}"]),
+    ApiDef::action("UpdateZone", "/zones/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&ZONE),
             Param::str("name").max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
             Param::bool("isDefault"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_zone(a, m))),
-    },
-    ApiDef {
-        name: "ChangeZoneState",
-        method: Method::Put,
-        path: "/zones/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_zone(a, m))),
+    ApiDef::action("ChangeZoneState", "/zones/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&ZONE),
             Param::str("stateEvent").required().values(&["enable", "disable"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &ZONE, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteZone",
-        method: Method::Delete,
-        path: "/zones/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &ZONE, super::enable_disable))),
+    ApiDef::delete("DeleteZone", "/zones/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&ZONE).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_zone(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(delete_zone(a, m))),
 ];
