@@ -1,7 +1,7 @@
 //! Clusters (upstream `ClusterVO`): create, update, change state, delete, query; and the
 //! deletion cascade from zones (a cluster takes its hosts with it).
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -145,14 +145,6 @@ async fn change_cluster_state(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
-async fn delete_cluster(app: App, msg: Msg) -> Result<Reply> {
-    let uuid = msg.str("uuid").unwrap_or_default().to_string();
-    let mut tx = app.db.begin_write().await?;
-    delete_one(&mut tx, &uuid).await?;
-    tx.commit().await?;
-    Ok(Reply::empty())
-}
-
 /// Delete one cluster and everything that hangs off it, inside `tx`.
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     super::host::delete_for_cluster(tx, uuid).await?;
@@ -178,86 +170,34 @@ const CLUSTER_TYPES: &[&str] = &["zstack", "baremetal", "baremetal2"];
 const ARCHITECTURES: &[&str] = &["x86_64", "aarch64", "mips64el", "loongarch64"];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateCluster",
-        method: Method::Post,
-        path: "/clusters",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateCluster", "/clusters")
+        .params(&[
             Param::str("zoneUuid").required().resource(&super::zone::ZONE),
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("hypervisorType").required().values(HYPERVISOR_TYPES),
             Param::str("type").values(CLUSTER_TYPES),
             Param::str("architecture").values(ARCHITECTURES),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create_cluster(a, m))),
-    },
-    ApiDef {
-        name: "QueryCluster",
-        method: Method::Get,
-        path: "/clusters",
-        optional_paths: &["/clusters/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&CLUSTER),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateCluster",
-        method: Method::Put,
-        path: "/clusters/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create_cluster(a, m))),
+    ApiDef::query("QueryCluster", "/clusters", &CLUSTER).optional_paths(&["/clusters/{uuid}"]),
+    ApiDef::action("UpdateCluster", "/clusters/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&CLUSTER),
             Param::str("name").max(255),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_cluster(a, m))),
-    },
-    ApiDef {
-        name: "ChangeClusterState",
-        method: Method::Put,
-        path: "/clusters/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_cluster(a, m))),
+    ApiDef::action("ChangeClusterState", "/clusters/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&CLUSTER),
             Param::str("stateEvent").required().values(&["enable", "disable"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(change_cluster_state(a, m))),
-    },
-    ApiDef {
-        name: "DeleteCluster",
-        method: Method::Delete,
-        path: "/clusters/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(change_cluster_state(a, m))),
+    ApiDef::delete("DeleteCluster", "/clusters/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&CLUSTER).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_cluster(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
 ];
