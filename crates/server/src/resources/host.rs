@@ -8,7 +8,7 @@
 //! host's own numbers: it is subtracted where capacity is judged, by GetCpuMemoryCapacity and
 //! by [`reserve`] (the one-statement allocation the VM code uses).
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
+use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::{is_unique_violation, Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::globals;
@@ -567,14 +567,6 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
-async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
-    let uuid = msg.str("uuid").unwrap_or_default().to_string();
-    let mut tx = app.db.begin_write().await?;
-    delete_one(&mut tx, &uuid).await?;
-    tx.commit().await?;
-    Ok(Reply::empty())
-}
-
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
     super::disown(tx, uuid).await
@@ -859,16 +851,9 @@ const HOST_COMMON: [Param; 4] = [
 ];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "AddKVMHost",
-        method: Method::Post,
-        path: "/hosts/kvm",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 3 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("AddKVMHost", "/hosts/kvm")
+        .timeout(3 * HOURS)
+        .params(&[
             HOST_COMMON[0],
             HOST_COMMON[1],
             HOST_COMMON[2],
@@ -876,71 +861,29 @@ pub static APIS: &[ApiDef] = &[
             Param::str("username").required().max(255),
             Param::str("password").required().max(255).no_trim(),
             Param::int("sshPort").range(1, 65535),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_kvm_host(a, m))),
-    },
-    ApiDef {
-        name: "AddSimulatorHost",
-        method: Method::Post,
-        path: "/hosts/simulators",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_kvm_host(a, m))),
+    ApiDef::create("AddSimulatorHost", "/hosts/simulators")
+        .params(&[
             HOST_COMMON[0],
             HOST_COMMON[1],
             HOST_COMMON[2],
             HOST_COMMON[3],
             Param::int("memoryCapacity"),
             Param::int("cpuCapacity"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_simulator_host(a, m))),
-    },
-    ApiDef {
-        name: "QueryHost",
-        method: Method::Get,
-        path: "/hosts",
-        optional_paths: &["/hosts/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&HOST),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateHost",
-        method: Method::Put,
-        path: "/hosts/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_simulator_host(a, m))),
+    ApiDef::query("QueryHost", "/hosts", &HOST).optional_paths(&["/hosts/{uuid}"]),
+    ApiDef::action("UpdateHost", "/hosts/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&HOST),
             Param::str("name").max(255),
             Param::str("description").max(2048),
             Param::str("managementIp").max(255).no_empty_string(),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_host(a, m))),
-    },
-    ApiDef {
-        name: "UpdateKVMHost",
-        method: Method::Put,
-        path: "/hosts/kvm/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_host(a, m))),
+    ApiDef::action("UpdateKVMHost", "/hosts/kvm/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&HOST),
             Param::str("name").max(255),
             Param::str("description").max(2048),
@@ -948,73 +891,31 @@ pub static APIS: &[ApiDef] = &[
             Param::str("username").max(255).no_empty_string(),
             Param::str("password").max(255).no_trim(),
             Param::int("sshPort").range(1, 65535),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_host(a, m))),
-    },
-    ApiDef {
-        name: "ChangeHostState",
-        method: Method::Put,
-        path: "/hosts/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_host(a, m))),
+    ApiDef::action("ChangeHostState", "/hosts/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&HOST),
             Param::str("stateEvent").required().values(&["enable", "disable", "maintain"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(change_host_state(a, m))),
-    },
-    ApiDef {
-        name: "ReconnectHost",
-        method: Method::Put,
-        path: "/hosts/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&HOST)],
-        tags: &[],
-        handler: Some(|a, m| boxed(reconnect_host(a, m))),
-    },
-    ApiDef {
-        name: "DeleteHost",
-        method: Method::Delete,
-        path: "/hosts/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
+        ])
+        .handler(|a, m| boxed(change_host_state(a, m))),
+    ApiDef::action("ReconnectHost", "/hosts/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&HOST)])
+        .handler(|a, m| boxed(reconnect_host(a, m))),
+    ApiDef::delete("DeleteHost", "/hosts/{uuid}")
         // Upstream declares no resourceType here: an unknown uuid, well-formed or not,
         // simply succeeds (HostApiInterceptor).
-        params: &[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_host(a, m))),
-    },
-    ApiDef {
-        name: "GetCpuMemoryCapacity",
-        method: Method::Get,
-        path: "/hosts/capacities/cpu-memory",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: true,
-        create: false,
-        params: &[
+        .params(&[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])])
+        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
+    ApiDef::get("GetCpuMemoryCapacity", "/hosts/capacities/cpu-memory")
+        .params(&[
             Param::list("zoneUuids").resource(&super::zone::ZONE),
             Param::list("clusterUuids").resource(&super::cluster::CLUSTER),
             Param::list("hostUuids").resource(&HOST),
             Param::str("hypervisorType").values(&["KVM", "ESX"]),
             Param::bool("all"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(get_cpu_memory_capacity(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(get_cpu_memory_capacity(a, m))),
 ];
 
 #[cfg(test)]
