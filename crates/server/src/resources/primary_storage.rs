@@ -6,7 +6,7 @@
 //! measured without mounting it (a host does that), so it is recorded Connected with zero
 //! capacity until the host agent exists.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -352,14 +352,7 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
     if occupied.is_some() {
         return Err(Error::argerr(format!("url[{url}] has been occupied, it cannot be duplicate in same cluster")));
     }
-    let n = tx
-        .execute(
-            "INSERT INTO primary_storage_cluster_ref (primary_storage_uuid, cluster_uuid, create_date) VALUES ($1, $2, $3) \
-             ON CONFLICT (primary_storage_uuid, cluster_uuid) DO NOTHING",
-            &[Val::from(p), Val::from(c), Val::I(now_ms())],
-        )
-        .await?;
-    if n == 0 {
+    if !super::link(&mut tx, &CLUSTER_REFS, p, c).await? {
         // Attached by a concurrent request since the check above.
         return Err(Error::operr(format!("primary storage[uuid:{p}] has been attached to cluster[uuid:{c}]")));
     }
@@ -370,17 +363,10 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
 async fn detach(app: App, msg: Msg) -> Result<Reply> {
     let req: ClusterPs = msg.parse()?;
     let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
-    let n = app
-        .db
-        .execute(
-            "DELETE FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 AND cluster_uuid = $2",
-            &[Val::from(p), Val::from(c)],
-        )
-        .await?;
-    if n == 0 && !msg.replay {
-        return Err(Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
-    }
-    reply(&app, p).await
+    // A replayed job finds the link gone already (it went before the restart).
+    let not_attached = (!msg.replay)
+        .then(|| Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
+    super::detach_ref(&app, &PRIMARY_STORAGE, &CLUSTER_REFS, p, c, not_attached).await
 }
 
 const ADD_PARAMS_COMMON: [Param; 4] = [
@@ -405,141 +391,48 @@ const ADD_SIMULATOR_PARAMS: [Param; 9] = [
 const ADD_PARAMS: [Param; 5] =
     [ADD_PARAMS_COMMON[0], ADD_PARAMS_COMMON[1], ADD_PARAMS_COMMON[2], Param::str("type"), ADD_PARAMS_COMMON[3]];
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
-
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "AddLocalPrimaryStorage",
-        method: Method::Post,
-        path: "/primary-storage/local-storage",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &ADD_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, LOCAL_STORAGE))),
-    },
-    ApiDef {
-        name: "AddNfsPrimaryStorage",
-        method: Method::Post,
-        path: "/primary-storage/nfs",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &ADD_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, NFS))),
-    },
-    ApiDef {
-        name: "AddSimulatorPrimaryStorage",
-        method: Method::Post,
-        path: "/primary-storage/simulators",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &ADD_SIMULATOR_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, SIMULATOR))),
-    },
-    ApiDef {
-        name: "QueryPrimaryStorage",
-        method: Method::Get,
-        path: "/primary-storage",
-        optional_paths: &["/primary-storage/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&PRIMARY_STORAGE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdatePrimaryStorage",
-        method: Method::Put,
-        path: "/primary-storage/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+    ApiDef::create("AddLocalPrimaryStorage", "/primary-storage/local-storage")
+        .params(&ADD_PARAMS)
+        .handler(|a, m| boxed(add(a, m, LOCAL_STORAGE))),
+    ApiDef::create("AddNfsPrimaryStorage", "/primary-storage/nfs")
+        .params(&ADD_PARAMS)
+        .handler(|a, m| boxed(add(a, m, NFS))),
+    ApiDef::create("AddSimulatorPrimaryStorage", "/primary-storage/simulators")
+        .params(&ADD_SIMULATOR_PARAMS)
+        .handler(|a, m| boxed(add(a, m, SIMULATOR))),
+    ApiDef::query("QueryPrimaryStorage", "/primary-storage", &PRIMARY_STORAGE)
+        .optional_paths(&["/primary-storage/{uuid}"]),
+    ApiDef::action("UpdatePrimaryStorage", "/primary-storage/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&PRIMARY_STORAGE),
             Param::str("name").max(255),
             Param::str("description").max(2048),
             Param::str("url").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update(a, m))),
-    },
-    ApiDef {
-        name: "ChangePrimaryStorageState",
-        method: Method::Put,
-        path: "/primary-storage/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update(a, m))),
+    ApiDef::action("ChangePrimaryStorageState", "/primary-storage/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&PRIMARY_STORAGE),
             Param::str("stateEvent").required().values(&["enable", "disable", "maintain", "deleting"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &PRIMARY_STORAGE, ps_state_of))),
-    },
-    ApiDef {
-        name: "DeletePrimaryStorage",
-        method: Method::Delete,
-        path: "/primary-storage/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &PRIMARY_STORAGE, ps_state_of))),
+    ApiDef::delete("DeletePrimaryStorage", "/primary-storage/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&PRIMARY_STORAGE).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m))),
-    },
-    ApiDef {
-        name: "AttachPrimaryStorageToCluster",
-        method: Method::Post,
-        path: "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(delete(a, m))),
+    ApiDef::post("AttachPrimaryStorageToCluster", "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}")
+        .params(&[
             Param::str("clusterUuid").required().resource(&CLUSTER),
             Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(attach(a, m))),
-    },
-    ApiDef {
-        name: "DetachPrimaryStorageFromCluster",
-        method: Method::Delete,
-        path: "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(attach(a, m))),
+    ApiDef::delete("DetachPrimaryStorageFromCluster", "/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}")
+        .params(&[
             Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
             Param::str("clusterUuid").required().resource(&CLUSTER),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(detach(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(detach(a, m))),
 ];
