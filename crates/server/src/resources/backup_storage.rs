@@ -6,7 +6,7 @@
 //! addresses): its url is a local directory, created when the storage is added, and its
 //! capacity is read from the file system that holds it.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -247,37 +247,16 @@ struct ZoneBs {
 async fn attach(app: App, msg: Msg) -> Result<Reply> {
     let req: ZoneBs = msg.parse()?;
     let (z, b) = (req.zone_uuid.as_str(), req.backup_storage_uuid.as_str());
-    let r = app
-        .db
-        .execute(
-            "INSERT INTO backup_storage_zone_ref (backup_storage_uuid, zone_uuid, create_date) VALUES ($1, $2, $3) \
-             ON CONFLICT (backup_storage_uuid, zone_uuid) DO NOTHING",
-            &[Val::from(b), Val::from(z), Val::I(now_ms())],
-        )
-        .await?;
-    if r == 0 {
-        return Err(Error::operr(format!("backup storage[uuid:{b}] has been attached to zone[uuid:{z}]")));
-    }
-    reply(&app, b).await
+    let attached = Error::operr(format!("backup storage[uuid:{b}] has been attached to zone[uuid:{z}]"));
+    super::attach_ref(&app, &BACKUP_STORAGE, &ZONE_REFS, b, z, attached).await
 }
 
 async fn detach(app: App, msg: Msg) -> Result<Reply> {
     let req: ZoneBs = msg.parse()?;
     let (z, b) = (req.zone_uuid.as_str(), req.backup_storage_uuid.as_str());
-    let n = app
-        .db
-        .execute(
-            "DELETE FROM backup_storage_zone_ref WHERE backup_storage_uuid = $1 AND zone_uuid = $2",
-            &[Val::from(b), Val::from(z)],
-        )
-        .await?;
-    if n == 0 {
-        return Err(Error::operr(format!("backup storage[uuid:{b}] has not been attached to zone[uuid:{z}]")));
-    }
-    reply(&app, b).await
+    let not_attached = Error::operr(format!("backup storage[uuid:{b}] has not been attached to zone[uuid:{z}]"));
+    super::detach_ref(&app, &BACKUP_STORAGE, &ZONE_REFS, b, z, Some(not_attached)).await
 }
-
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 
 const REMOTE_PARAMS: &[Param] = &[
     Param::str("url").required().max(2048).no_empty_string(),
@@ -292,42 +271,14 @@ const REMOTE_PARAMS: &[Param] = &[
 ];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "AddSftpBackupStorage",
-        method: Method::Post,
-        path: "/backup-storage/sftp",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: REMOTE_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, SFTP))),
-    },
-    ApiDef {
-        name: "AddImageStoreBackupStorage",
-        method: Method::Post,
-        path: "/backup-storage/image-store",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: REMOTE_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, IMAGE_STORE))),
-    },
-    ApiDef {
-        name: "AddSimulatorBackupStorage",
-        method: Method::Post,
-        path: "/backup-storage/simulators",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("AddSftpBackupStorage", "/backup-storage/sftp")
+        .params(REMOTE_PARAMS)
+        .handler(|a, m| boxed(add(a, m, SFTP))),
+    ApiDef::create("AddImageStoreBackupStorage", "/backup-storage/image-store")
+        .params(REMOTE_PARAMS)
+        .handler(|a, m| boxed(add(a, m, IMAGE_STORE))),
+    ApiDef::create("AddSimulatorBackupStorage", "/backup-storage/simulators")
+        .params(&[
             Param::str("url").required().max(2048).no_empty_string(),
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
@@ -335,102 +286,38 @@ pub static APIS: &[ApiDef] = &[
             Param::bool("importImages"),
             Param::int("totalCapacity"),
             Param::int("availableCapacity"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add(a, m, SIMULATOR))),
-    },
-    ApiDef {
-        name: "QueryBackupStorage",
-        method: Method::Get,
-        path: "/backup-storage",
-        optional_paths: &["/backup-storage/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&BACKUP_STORAGE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateBackupStorage",
-        method: Method::Put,
-        path: "/backup-storage/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add(a, m, SIMULATOR))),
+    ApiDef::query("QueryBackupStorage", "/backup-storage", &BACKUP_STORAGE).optional_paths(&["/backup-storage/{uuid}"]),
+    ApiDef::action("UpdateBackupStorage", "/backup-storage/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&BACKUP_STORAGE),
             Param::str("name").max(255),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update(a, m))),
-    },
-    ApiDef {
-        name: "ChangeBackupStorageState",
-        method: Method::Put,
-        path: "/backup-storage/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update(a, m))),
+    ApiDef::action("ChangeBackupStorageState", "/backup-storage/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&BACKUP_STORAGE),
             Param::str("stateEvent").required().values(&["enable", "disable"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &BACKUP_STORAGE, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteBackupStorage",
-        method: Method::Delete,
-        path: "/backup-storage/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &BACKUP_STORAGE, super::enable_disable))),
+    ApiDef::delete("DeleteBackupStorage", "/backup-storage/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&BACKUP_STORAGE).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m))),
-    },
-    ApiDef {
-        name: "AttachBackupStorageToZone",
-        method: Method::Post,
-        path: "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(delete(a, m))),
+    ApiDef::post("AttachBackupStorageToZone", "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}")
+        .params(&[
             Param::str("zoneUuid").required().resource(&super::zone::ZONE),
             Param::str("backupStorageUuid").required().resource(&BACKUP_STORAGE),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(attach(a, m))),
-    },
-    ApiDef {
-        name: "DetachBackupStorageFromZone",
-        method: Method::Delete,
-        path: "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(attach(a, m))),
+    ApiDef::delete("DetachBackupStorageFromZone", "/zones/{zoneUuid}/backup-storage/{backupStorageUuid}")
+        .params(&[
             Param::str("backupStorageUuid").required().resource(&BACKUP_STORAGE),
             Param::str("zoneUuid").required().resource(&super::zone::ZONE),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(detach(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(detach(a, m))),
 ];
