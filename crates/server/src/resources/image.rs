@@ -8,7 +8,7 @@
 //! checks the file with `qemu-img info` (the format must be the one given), then copies it
 //! to the other backup storages. Any failure removes every file and row it made.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
+use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -838,19 +838,10 @@ async fn get_task_progress(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply { body, schema })
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
-
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "AddImage",
-        method: Method::Post,
-        path: "/images",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 72 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("AddImage", "/images")
+        .timeout(72 * HOURS)
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("url").required().max(1024),
@@ -863,33 +854,11 @@ pub static APIS: &[ApiDef] = &[
             Param::list("backupStorageUuids").required().non_empty().resource(&BACKUP_STORAGE),
             Param::str("type"),
             Param::bool("virtio"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_image(a, m))),
-    },
-    ApiDef {
-        name: "QueryImage",
-        method: Method::Get,
-        path: "/images",
-        optional_paths: &["/images/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&IMAGE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateImage",
-        method: Method::Put,
-        path: "/images/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_image(a, m))),
+    ApiDef::query("QueryImage", "/images", &IMAGE).optional_paths(&["/images/{uuid}"]),
+    ApiDef::action("UpdateImage", "/images/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&IMAGE),
             Param::str("name").max(255),
             Param::str("description").max(2048),
@@ -900,83 +869,31 @@ pub static APIS: &[ApiDef] = &[
             Param::str("platform").values(&["Linux", "Windows", "Other", "Paravirtualization", "WindowsVirtio"]),
             Param::str("architecture").max(32).values(&["x86_64", "aarch64", "mips64el", "loongarch64"]),
             Param::bool("virtio"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_image(a, m))),
-    },
-    ApiDef {
-        name: "ChangeImageState",
-        method: Method::Put,
-        path: "/images/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_image(a, m))),
+    ApiDef::action("ChangeImageState", "/images/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&IMAGE),
             Param::str("stateEvent").required().values(&["enable", "disable"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &IMAGE, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteImage",
-        method: Method::Delete,
-        path: "/images/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &IMAGE, super::enable_disable))),
+    ApiDef::delete("DeleteImage", "/images/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&IMAGE).success_if_missing(),
             Param::list("backupStorageUuids").non_empty().resource(&BACKUP_STORAGE),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_image(a, m))),
-    },
-    ApiDef {
-        name: "ExpungeImage",
-        method: Method::Put,
-        path: "/images/{imageUuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(delete_image(a, m))),
+    ApiDef::action("ExpungeImage", "/images/{imageUuid}/actions")
+        .params(&[
             Param::str("imageUuid").required().resource(&IMAGE),
             Param::list("backupStorageUuids").non_empty().resource(&BACKUP_STORAGE),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(expunge_image(a, m))),
-    },
-    ApiDef {
-        name: "RecoverImage",
-        method: Method::Put,
-        path: "/images/{imageUuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("imageUuid").required().resource(&IMAGE), Param::list("backupStorageUuids")],
-        tags: &[],
-        handler: Some(|a, m| boxed(recover_image(a, m))),
-    },
-    ApiDef {
-        name: "GetTaskProgress",
-        method: Method::Get,
-        path: "/task-progresses/{apiId}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: true,
-        create: false,
-        params: &[Param::str("apiId"), Param::bool("all")],
-        tags: &[],
-        handler: Some(|a, m| boxed(get_task_progress(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(expunge_image(a, m))),
+    ApiDef::action("RecoverImage", "/images/{imageUuid}/actions")
+        .params(&[Param::str("imageUuid").required().resource(&IMAGE), Param::list("backupStorageUuids")])
+        .handler(|a, m| boxed(recover_image(a, m))),
+    ApiDef::get("GetTaskProgress", "/task-progresses/{apiId}")
+        .params(&[Param::str("apiId"), Param::bool("all")])
+        .handler(|a, m| boxed(get_task_progress(a, m))),
 ];
