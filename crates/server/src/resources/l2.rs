@@ -1,11 +1,11 @@
 //! L2 networks (upstream `L2NetworkVO`, `L2VlanNetworkVO`): create no-VLAN and VLAN networks,
 //! update, delete (taking their L3 networks along), query, attach to / detach from clusters.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Body, Msg, Reply};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
-use crate::query::{self, field, FType, Refs, ResourceDef};
+use crate::query::{field, FType, Refs, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
 use rzstack_api::codes::Code;
@@ -72,10 +72,7 @@ pub static L2_VLAN_NETWORK: ResourceDef = ResourceDef {
 };
 
 async fn reply(app: &App, uuid: &str) -> Result<Reply> {
-    match query::get(&app.db, &L2_NETWORK, uuid).await? {
-        Some(inv) => Ok(Reply::inventory(&L2_NETWORK, inv)),
-        None => Err(Error::not_found(format!("unable to find L2Network[uuid:{uuid}], it may have been deleted"))),
-    }
+    super::inventory_reply(app, &L2_NETWORK, uuid).await
 }
 
 #[derive(Deserialize)]
@@ -171,14 +168,6 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
             .await?;
     }
     reply(&app, &req.uuid).await
-}
-
-async fn delete(app: App, msg: Msg) -> Result<Reply> {
-    let uuid = msg.str("uuid").unwrap_or_default().to_string();
-    let mut tx = app.db.begin_write().await?;
-    delete_one(&mut tx, &uuid).await?;
-    tx.commit().await?;
-    Ok(Reply::empty())
 }
 
 /// Delete one L2 network with its L3 networks and attachments, inside `tx`.
@@ -319,20 +308,10 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
 async fn detach(app: App, msg: Msg) -> Result<Reply> {
     let req: ClusterL2 = msg.parse()?;
     let (l2, c) = (req.l2_network_uuid.as_str(), req.cluster_uuid.as_str());
-    let n = app
-        .db
-        .execute(
-            "DELETE FROM l2_network_cluster_ref WHERE l2_network_uuid = $1 AND cluster_uuid = $2",
-            &[Val::from(l2), Val::from(c)],
-        )
-        .await?;
-    if n == 0 {
-        return Err(Error::operr(format!("l2Network[uuid:{l2}] has not attached to cluster[uuid:{c}]")));
-    }
-    reply(&app, l2).await
+    let not_attached = Error::operr(format!("l2Network[uuid:{l2}] has not attached to cluster[uuid:{c}]"));
+    super::detach_ref(&app, &L2_NETWORK, &CLUSTER_REFS, l2, c, Some(not_attached)).await
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 const V_SWITCH_TYPES: &[&str] = &["LinuxBridge", "OvsDpdk", "MacVlan"];
 
 const CREATE_COMMON: [Param; 8] = [
@@ -361,122 +340,42 @@ const CREATE_VLAN: [Param; 9] = [
 const L2_TAGS: &[&str] = &["kvm::bridge::{name}"];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateL2NoVlanNetwork",
-        method: Method::Post,
-        path: "/l2-networks/no-vlan",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &CREATE_COMMON,
-        tags: L2_TAGS,
-        handler: Some(|a, m| boxed(create(a, m, NO_VLAN))),
-    },
-    ApiDef {
-        name: "CreateL2VlanNetwork",
-        method: Method::Post,
-        path: "/l2-networks/vlan",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &CREATE_VLAN,
-        tags: L2_TAGS,
-        handler: Some(|a, m| boxed(create(a, m, VLAN))),
-    },
-    ApiDef {
-        name: "QueryL2Network",
-        method: Method::Get,
-        path: "/l2-networks",
-        optional_paths: &["/l2-networks/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&L2_NETWORK),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "QueryL2VlanNetwork",
-        method: Method::Get,
-        path: "/l2-networks/vlan",
-        optional_paths: &["/l2-networks/vlan/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&L2_VLAN_NETWORK),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateL2Network",
-        method: Method::Put,
-        path: "/l2-networks/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+    ApiDef::create("CreateL2NoVlanNetwork", "/l2-networks/no-vlan")
+        .params(&CREATE_COMMON)
+        .tags(L2_TAGS)
+        .handler(|a, m| boxed(create(a, m, NO_VLAN))),
+    ApiDef::create("CreateL2VlanNetwork", "/l2-networks/vlan")
+        .params(&CREATE_VLAN)
+        .tags(L2_TAGS)
+        .handler(|a, m| boxed(create(a, m, VLAN))),
+    ApiDef::query("QueryL2Network", "/l2-networks", &L2_NETWORK).optional_paths(&["/l2-networks/{uuid}"]),
+    ApiDef::query("QueryL2VlanNetwork", "/l2-networks/vlan", &L2_VLAN_NETWORK)
+        .optional_paths(&["/l2-networks/vlan/{uuid}"]),
+    ApiDef::action("UpdateL2Network", "/l2-networks/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&L2_NETWORK),
             Param::str("name").max(255),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update(a, m))),
-    },
-    ApiDef {
-        name: "DeleteL2Network",
-        method: Method::Delete,
-        path: "/l2-networks/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update(a, m))),
+    ApiDef::delete("DeleteL2Network", "/l2-networks/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&L2_NETWORK).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m))),
-    },
-    ApiDef {
-        name: "AttachL2NetworkToCluster",
-        method: Method::Post,
-        path: "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}",
-        optional_paths: &[],
-        body: Body::Key("null"),
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
+    ApiDef::post("AttachL2NetworkToCluster", "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}")
+        .body(Body::Key("null"))
+        .params(&[
             Param::str("l2NetworkUuid").required().resource(&L2_NETWORK),
             Param::str("clusterUuid").required().resource(&super::cluster::CLUSTER),
             Param::str("l2ProviderType").values(&["LinuxBridge"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(attach(a, m))),
-    },
-    ApiDef {
-        name: "DetachL2NetworkFromCluster",
-        method: Method::Delete,
-        path: "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(attach(a, m))),
+    ApiDef::delete("DetachL2NetworkFromCluster", "/l2-networks/{l2NetworkUuid}/clusters/{clusterUuid}")
+        .params(&[
             Param::str("l2NetworkUuid").required().resource(&L2_NETWORK),
             Param::str("clusterUuid").required().resource(&super::cluster::CLUSTER),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(detach(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(detach(a, m))),
 ];
