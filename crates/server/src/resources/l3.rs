@@ -1,7 +1,7 @@
 //! L3 networks (upstream `L3NetworkVO`) with their IP ranges, DNS servers and network
 //! services; network service providers (the built-in flat provider); IP capacity.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -422,14 +422,6 @@ async fn update(app: App, msg: Msg) -> Result<Reply> {
         )
         .await?;
     reply(&app, &req.uuid).await
-}
-
-async fn delete(app: App, msg: Msg) -> Result<Reply> {
-    let uuid = msg.str("uuid").unwrap_or_default().to_string();
-    let mut tx = app.db.begin_write().await?;
-    delete_one(&mut tx, &uuid).await?;
-    tx.commit().await?;
-    Ok(Reply::empty())
 }
 
 /// Refuse to remove addresses that VM NICs still hold (`cond` is SQL over `used_ip`).
@@ -1340,21 +1332,12 @@ pub async fn used_ip_count(app: &App, l3: &str) -> Result<i64> {
 // ---------------------------------------------------------------------------------------
 // API table
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 const IPV6_ADDRESS_MODES: &[&str] = &["SLAAC", "Stateful-DHCP", "Stateless-DHCP"];
 const DELETE_MODE: Param = Param::str("deleteMode").values(&["Permissive", "Enforcing"]);
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateL3Network",
-        method: Method::Post,
-        path: "/l3-networks",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateL3Network", "/l3-networks")
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("type"),
@@ -1364,82 +1347,31 @@ pub static APIS: &[ApiDef] = &[
             Param::bool("system"),
             Param::str("dnsDomain"),
             Param::bool("enableIPAM"),
-        ],
-        tags: &["networkservices::{services}", "enableDHCP::{flag}"],
-        handler: Some(|a, m| boxed(create(a, m))),
-    },
-    ApiDef {
-        name: "QueryL3Network",
-        method: Method::Get,
-        path: "/l3-networks",
-        optional_paths: &["/l3-networks/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&L3_NETWORK),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateL3Network",
-        method: Method::Put,
-        path: "/l3-networks/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .tags(&["networkservices::{services}", "enableDHCP::{flag}"])
+        .handler(|a, m| boxed(create(a, m))),
+    ApiDef::query("QueryL3Network", "/l3-networks", &L3_NETWORK).optional_paths(&["/l3-networks/{uuid}"]),
+    ApiDef::action("UpdateL3Network", "/l3-networks/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&L3_NETWORK),
             Param::str("name").max(255),
             Param::str("description").max(2048),
             Param::str("dnsDomain").max(255),
             Param::str("category").values(CATEGORIES),
             Param::bool("system"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update(a, m))),
-    },
-    ApiDef {
-        name: "ChangeL3NetworkState",
-        method: Method::Put,
-        path: "/l3-networks/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update(a, m))),
+    ApiDef::action("ChangeL3NetworkState", "/l3-networks/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&L3_NETWORK),
             Param::str("stateEvent").required().values(&["enable", "disable"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &L3_NETWORK, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteL3Network",
-        method: Method::Delete,
-        path: "/l3-networks/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&L3_NETWORK).success_if_missing(), DELETE_MODE],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m))),
-    },
-    ApiDef {
-        name: "AddIpRange",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/ip-ranges",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &L3_NETWORK, super::enable_disable))),
+    ApiDef::delete("DeleteL3Network", "/l3-networks/{uuid}")
+        .params(&[Param::str("uuid").required().resource(&L3_NETWORK).success_if_missing(), DELETE_MODE])
+        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
+    ApiDef::create("AddIpRange", "/l3-networks/{l3NetworkUuid}/ip-ranges")
+        .params(&[
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
@@ -1448,168 +1380,56 @@ pub static APIS: &[ApiDef] = &[
             Param::str("netmask").required(),
             Param::str("gateway"),
             Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_ip_range(a, m))),
-    },
-    ApiDef {
-        name: "AddIpRangeByNetworkCidr",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/ip-ranges/by-cidr",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_ip_range(a, m))),
+    ApiDef::create("AddIpRangeByNetworkCidr", "/l3-networks/{l3NetworkUuid}/ip-ranges/by-cidr")
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::str("networkCidr").required(),
             Param::str("gateway").max(64),
             Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_ip_range_by_cidr(a, m))),
-    },
-    ApiDef {
-        name: "DeleteIpRange",
-        method: Method::Delete,
-        path: "/l3-networks/ip-ranges/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&IP_RANGE).success_if_missing(), DELETE_MODE],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_ip_range(a, m))),
-    },
-    ApiDef {
-        name: "QueryIpRange",
-        method: Method::Get,
-        path: "/l3-networks/ip-ranges",
-        optional_paths: &["/l3-networks/ip-ranges/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&IP_RANGE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "AddDnsToL3Network",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/dns",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("dns").required()],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_dns(a, m))),
-    },
-    ApiDef {
-        name: "RemoveDnsFromL3Network",
-        method: Method::Delete,
-        path: "/l3-networks/{l3NetworkUuid}/dns/{dns}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("dns").required()],
-        tags: &[],
-        handler: Some(|a, m| boxed(remove_dns(a, m))),
-    },
-    ApiDef {
-        name: "QueryNetworkServiceProvider",
-        method: Method::Get,
-        path: "/network-services/providers",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Query(&NETWORK_SERVICE_PROVIDER),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "AttachNetworkServiceToL3Network",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/network-services",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_ip_range_by_cidr(a, m))),
+    ApiDef::delete("DeleteIpRange", "/l3-networks/ip-ranges/{uuid}")
+        .params(&[Param::str("uuid").required().resource(&IP_RANGE).success_if_missing(), DELETE_MODE])
+        .handler(|a, m| boxed(delete_ip_range(a, m))),
+    ApiDef::query("QueryIpRange", "/l3-networks/ip-ranges", &IP_RANGE)
+        .optional_paths(&["/l3-networks/ip-ranges/{uuid}"]),
+    ApiDef::post("AddDnsToL3Network", "/l3-networks/{l3NetworkUuid}/dns")
+        .params(&[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("dns").required()])
+        .handler(|a, m| boxed(add_dns(a, m))),
+    ApiDef::delete("RemoveDnsFromL3Network", "/l3-networks/{l3NetworkUuid}/dns/{dns}")
+        .params(&[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("dns").required()])
+        .handler(|a, m| boxed(remove_dns(a, m))),
+    ApiDef::query("QueryNetworkServiceProvider", "/network-services/providers", &NETWORK_SERVICE_PROVIDER),
+    ApiDef::post("AttachNetworkServiceToL3Network", "/l3-networks/{l3NetworkUuid}/network-services")
+        .params(&[
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::map("networkServices").required(),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(attach_services(a, m))),
-    },
-    ApiDef {
-        name: "DetachNetworkServiceFromL3Network",
-        method: Method::Delete,
-        path: "/l3-networks/{l3NetworkUuid}/network-services",
-        optional_paths: &["/l3-networks/{l3NetworkUuid}/network-services/{service}"],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(attach_services(a, m))),
+    ApiDef::delete("DetachNetworkServiceFromL3Network", "/l3-networks/{l3NetworkUuid}/network-services")
+        .optional_paths(&["/l3-networks/{l3NetworkUuid}/network-services/{service}"])
+        .params(&[
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::map("networkServices"),
             Param::str("service"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(detach_services(a, m))),
-    },
-    ApiDef {
-        name: "AddHostRouteToL3Network",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/hostroute",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(detach_services(a, m))),
+    ApiDef::post("AddHostRouteToL3Network", "/l3-networks/{l3NetworkUuid}/hostroute")
+        .params(&[
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::str("prefix").required(),
             Param::str("nexthop").required(),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_host_route(a, m))),
-    },
-    ApiDef {
-        name: "RemoveHostRouteFromL3Network",
-        method: Method::Delete,
-        path: "/l3-networks/{l3NetworkUuid}/hostroute",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("prefix").required()],
-        tags: &[],
-        handler: Some(|a, m| boxed(remove_host_route(a, m))),
-    },
-    ApiDef {
-        name: "AddIpv6Range",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/ipv6-ranges",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_host_route(a, m))),
+    ApiDef::delete("RemoveHostRouteFromL3Network", "/l3-networks/{l3NetworkUuid}/hostroute")
+        .params(&[Param::str("l3NetworkUuid").required().resource(&L3_NETWORK), Param::str("prefix").required()])
+        .handler(|a, m| boxed(remove_host_route(a, m))),
+    ApiDef::create("AddIpv6Range", "/l3-networks/{l3NetworkUuid}/ipv6-ranges")
+        .params(&[
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
@@ -1619,48 +1439,26 @@ pub static APIS: &[ApiDef] = &[
             Param::int("prefixLen").required().range(8, 126),
             Param::str("addressMode").required().values(IPV6_ADDRESS_MODES),
             Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_ipv6_range(a, m))),
-    },
-    ApiDef {
-        name: "AddIpv6RangeByNetworkCidr",
-        method: Method::Post,
-        path: "/l3-networks/{l3NetworkUuid}/ipv6-ranges/by-cidr",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_ipv6_range(a, m))),
+    ApiDef::create("AddIpv6RangeByNetworkCidr", "/l3-networks/{l3NetworkUuid}/ipv6-ranges/by-cidr")
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("l3NetworkUuid").required().resource(&L3_NETWORK),
             Param::str("networkCidr").required(),
             Param::str("addressMode").required().values(IPV6_ADDRESS_MODES),
             Param::str("ipRangeType").values(&["Normal", "AddressPool"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(add_ipv6_range(a, m))),
-    },
-    ApiDef {
-        name: "GetIpAddressCapacity",
-        method: Method::Get,
-        path: "/ip-capacity",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(add_ipv6_range(a, m))),
+    ApiDef::get("GetIpAddressCapacity", "/ip-capacity")
+        .params(&[
             Param::list("zoneUuids").resource(&super::zone::ZONE),
             Param::list("l3NetworkUuids").resource(&L3_NETWORK),
             Param::list("ipRangeUuids").resource(&IP_RANGE),
             Param::bool("all"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(get_capacity(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(get_capacity(a, m))),
 ];
 
 #[cfg(test)]
