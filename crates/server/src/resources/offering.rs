@@ -1,7 +1,7 @@
 //! Instance offerings (upstream `InstanceOfferingVO`) and disk offerings (`DiskOfferingVO`):
 //! create, update, change state, delete, query.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -278,20 +278,11 @@ async fn update_disk_offering(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &DISK_OFFERING, &req.uuid).await
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 const STATE_EVENTS: &[&str] = &["enable", "disable"];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateInstanceOffering",
-        method: Method::Post,
-        path: "/instance-offerings",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateInstanceOffering", "/instance-offerings")
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::int("cpuNum").range(1, 1024),
@@ -300,153 +291,60 @@ pub static APIS: &[ApiDef] = &[
             Param::str("allocatorStrategy"),
             Param::int("sortKey"),
             Param::str("type"),
-        ],
-        tags: &["instanceOfferingUserConfig::{config}"],
-        handler: Some(|a, m| boxed(create_instance_offering(a, m))),
-    },
-    ApiDef {
-        name: "QueryInstanceOffering",
-        method: Method::Get,
-        path: "/instance-offerings",
-        optional_paths: &["/instance-offerings/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&INSTANCE_OFFERING),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateInstanceOffering",
-        method: Method::Put,
-        path: "/instance-offerings/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .tags(&["instanceOfferingUserConfig::{config}"])
+        .handler(|a, m| boxed(create_instance_offering(a, m))),
+    ApiDef::query("QueryInstanceOffering", "/instance-offerings", &INSTANCE_OFFERING)
+        .optional_paths(&["/instance-offerings/{uuid}"]),
+    ApiDef::action("UpdateInstanceOffering", "/instance-offerings/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&INSTANCE_OFFERING),
             Param::str("name").max(255),
             Param::str("description").max(2048),
             Param::str("allocatorStrategy"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_instance_offering(a, m))),
-    },
-    ApiDef {
-        name: "ChangeInstanceOfferingState",
-        method: Method::Put,
-        path: "/instance-offerings/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_instance_offering(a, m))),
+    ApiDef::action("ChangeInstanceOfferingState", "/instance-offerings/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&INSTANCE_OFFERING),
             Param::str("stateEvent").required().values(STATE_EVENTS),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &INSTANCE_OFFERING, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteInstanceOffering",
-        method: Method::Delete,
-        path: "/instance-offerings/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &INSTANCE_OFFERING, super::enable_disable))),
+    ApiDef::delete("DeleteInstanceOffering", "/instance-offerings/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&INSTANCE_OFFERING).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m, &INSTANCE_OFFERING))),
-    },
-    ApiDef {
-        name: "CreateDiskOffering",
-        method: Method::Post,
-        path: "/disk-offerings",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(delete(a, m, &INSTANCE_OFFERING))),
+    ApiDef::create("CreateDiskOffering", "/disk-offerings")
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::int("diskSize").range(1, i64::MAX).unit("byte", "bytes"),
             Param::int("sortKey"),
             Param::str("allocationStrategy"),
             Param::str("type").values(&["zstack"]),
-        ],
-        tags: &["diskOfferingUserConfig::{config}"],
-        handler: Some(|a, m| boxed(create_disk_offering(a, m))),
-    },
-    ApiDef {
-        name: "QueryDiskOffering",
-        method: Method::Get,
-        path: "/disk-offerings",
-        optional_paths: &["/disk-offerings/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&DISK_OFFERING),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateDiskOffering",
-        method: Method::Put,
-        path: "/disk-offerings/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .tags(&["diskOfferingUserConfig::{config}"])
+        .handler(|a, m| boxed(create_disk_offering(a, m))),
+    ApiDef::query("QueryDiskOffering", "/disk-offerings", &DISK_OFFERING).optional_paths(&["/disk-offerings/{uuid}"]),
+    ApiDef::action("UpdateDiskOffering", "/disk-offerings/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&DISK_OFFERING),
             Param::str("name").max(255),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_disk_offering(a, m))),
-    },
-    ApiDef {
-        name: "ChangeDiskOfferingState",
-        method: Method::Put,
-        path: "/disk-offerings/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_disk_offering(a, m))),
+    ApiDef::action("ChangeDiskOfferingState", "/disk-offerings/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&DISK_OFFERING),
             Param::str("stateEvent").required().values(STATE_EVENTS),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(super::change_state(a, m, &DISK_OFFERING, super::enable_disable))),
-    },
-    ApiDef {
-        name: "DeleteDiskOffering",
-        method: Method::Delete,
-        path: "/disk-offerings/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(super::change_state(a, m, &DISK_OFFERING, super::enable_disable))),
+    ApiDef::delete("DeleteDiskOffering", "/disk-offerings/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&DISK_OFFERING).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m, &DISK_OFFERING))),
-    },
+        ])
+        .handler(|a, m| boxed(delete(a, m, &DISK_OFFERING))),
 ];
