@@ -1,7 +1,7 @@
 //! SSH key pairs (upstream `SshKeyPairVO`, plugin sshKeyPair): create (upload a public key),
 //! update, delete, query.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -189,69 +189,25 @@ async fn delete(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
-
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateSshKeyPair",
-        method: Method::Post,
-        path: "/ssh-key-pair",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateSshKeyPair", "/ssh-key-pair")
+        .params(&[
             Param::str("name").required().max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
             Param::str("publicKey").required().max(4096),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create(a, m))),
-    },
-    ApiDef {
-        name: "QuerySshKeyPair",
-        method: Method::Get,
-        path: "/ssh-key-pair",
-        optional_paths: &["/ssh-key-pair/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&SSH_KEY_PAIR),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateSshKeyPair",
-        method: Method::Put,
-        path: "/ssh-key-pair/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create(a, m))),
+    ApiDef::query("QuerySshKeyPair", "/ssh-key-pair", &SSH_KEY_PAIR).optional_paths(&["/ssh-key-pair/{uuid}"]),
+    ApiDef::action("UpdateSshKeyPair", "/ssh-key-pair/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().max(32).resource(&SSH_KEY_PAIR),
             Param::str("name").max(255).regex_as(NAME_REGEX, NAME_REGEX_SHOWN),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update(a, m))),
-    },
-    ApiDef {
-        name: "DeleteSshKeyPair",
-        method: Method::Delete,
-        path: "/ssh-key-pair/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&SSH_KEY_PAIR)],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(update(a, m))),
+    ApiDef::delete("DeleteSshKeyPair", "/ssh-key-pair/{uuid}")
+        .params(&[Param::str("uuid").required().resource(&SSH_KEY_PAIR)])
+        .handler(|a, m| boxed(delete(a, m))),
 ];
 
 #[cfg(test)]
