@@ -3,7 +3,7 @@
 //! upstream's value validation. Updates that change derived numbers (the CPU
 //! over-provisioning ratio → every host's total CPU) are applied in the same transaction.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::{Db, Val};
 use crate::error::{Error, Result};
 use crate::globals::{self, ConfigDef};
@@ -253,32 +253,10 @@ async fn update_global_config(app: App, msg: Msg) -> Result<Reply> {
 }
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "QueryGlobalConfig",
-        method: Method::Get,
-        path: "/global-configurations",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Query(&GLOBAL_CONFIG),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "UpdateGlobalConfig",
-        method: Method::Put,
-        path: "/global-configurations/{category}/{name}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[Param::str("category").required(), Param::str("name").required(), Param::str("value")],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_global_config(a, m))),
-    },
+    ApiDef::query("QueryGlobalConfig", "/global-configurations", &GLOBAL_CONFIG),
+    ApiDef::action("UpdateGlobalConfig", "/global-configurations/{category}/{name}/actions")
+        .params(&[Param::str("category").required(), Param::str("name").required(), Param::str("value")])
+        .handler(|a, m| boxed(update_global_config(a, m))),
 ];
 
 #[cfg(test)]
