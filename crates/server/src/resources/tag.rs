@@ -8,7 +8,7 @@
 //! `__userTag__` query condition see it. Every create API's `tagUuids` puts its (simple)
 //! patterns on the new resource once it is created.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS};
+use crate::api::{boxed, ApiDef, Kind, Msg, Reply};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -823,173 +823,54 @@ pub async fn attach_to_created(app: &App, reply: &Reply, tag_uuids: &[String]) -
     tx.commit().await
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 const CREATE_PARAMS: &[Param] =
     &[Param::str("resourceType").required(), Param::str("resourceUuid").required(), Param::str("tag").required()];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateSystemTag",
-        method: Method::Post,
-        path: "/system-tags",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: CREATE_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(create_system_tag(a, m))),
-    },
-    ApiDef {
-        name: "CreateUserTag",
-        method: Method::Post,
-        path: "/user-tags",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: CREATE_PARAMS,
-        tags: &[],
-        handler: Some(|a, m| boxed(create_user_tag(a, m))),
-    },
-    ApiDef {
-        name: "UpdateSystemTag",
-        method: Method::Put,
-        path: "/system-tags/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&SYSTEM_TAG), Param::str("tag").required()],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_system_tag(a, m))),
-    },
-    ApiDef {
-        name: "DeleteTag",
-        method: Method::Delete,
-        path: "/tags/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_tag(a, m))),
-    },
-    ApiDef {
-        name: "CreateTag",
-        method: Method::Post,
-        path: "/tags",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::post("CreateSystemTag", "/system-tags")
+        .params(CREATE_PARAMS)
+        .handler(|a, m| boxed(create_system_tag(a, m))),
+    ApiDef::post("CreateUserTag", "/user-tags").params(CREATE_PARAMS).handler(|a, m| boxed(create_user_tag(a, m))),
+    ApiDef::action("UpdateSystemTag", "/system-tags/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&SYSTEM_TAG), Param::str("tag").required()])
+        .handler(|a, m| boxed(update_system_tag(a, m))),
+    ApiDef::delete("DeleteTag", "/tags/{uuid}")
+        .params(&[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])])
+        .handler(|a, m| boxed(delete_tag(a, m))),
+    ApiDef::create("CreateTag", "/tags")
+        .params(&[
             Param::str("name").required().max(128),
             Param::str("value").required().max(128),
             Param::str("description").max(2048),
             Param::str("color"),
             Param::str("type").values(&[SIMPLE, WITH_TOKEN]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create_tag_pattern(a, m))),
-    },
-    ApiDef {
-        name: "UpdateTag",
-        method: Method::Put,
-        path: "/tags/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create_tag_pattern(a, m))),
+    ApiDef::action("UpdateTag", "/tags/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&TAG_PATTERN),
             Param::str("name").max(128),
             Param::str("value").max(128),
             Param::str("description").max(2048),
             Param::str("color"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_tag_pattern(a, m))),
-    },
-    ApiDef {
-        name: "QueryTag",
-        method: Method::Get,
-        path: "/tags",
-        optional_paths: &["/tags/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&TAG_PATTERN),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "AttachTagToResources",
-        method: Method::Post,
-        path: "/tags/{tagUuid}/resources",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(update_tag_pattern(a, m))),
+    ApiDef::query("QueryTag", "/tags", &TAG_PATTERN).optional_paths(&["/tags/{uuid}"]),
+    ApiDef::post("AttachTagToResources", "/tags/{tagUuid}/resources")
+        .params(&[
             Param::str("tagUuid").required().resource(&TAG_PATTERN),
             Param::list("resourceUuids").required().non_empty(),
             Param::map("tokens"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(attach_tag_pattern(a, m))),
-    },
-    ApiDef {
-        name: "DetachTagFromResources",
-        method: Method::Delete,
-        path: "/tags/{tagUuid}/resources",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(attach_tag_pattern(a, m))),
+    ApiDef::delete("DetachTagFromResources", "/tags/{tagUuid}/resources")
+        .params(&[
             Param::str("tagUuid").required().resource(&TAG_PATTERN),
             Param::list("resourceUuids").required().non_empty(),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(detach_tag_pattern(a, m))),
-    },
-    ApiDef {
-        name: "QuerySystemTag",
-        method: Method::Get,
-        path: "/system-tags",
-        optional_paths: &["/system-tags/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&SYSTEM_TAG),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "QueryUserTag",
-        method: Method::Get,
-        path: "/user-tags",
-        optional_paths: &["/user-tags/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&USER_TAG),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
+        ])
+        .handler(|a, m| boxed(detach_tag_pattern(a, m))),
+    ApiDef::query("QuerySystemTag", "/system-tags", &SYSTEM_TAG).optional_paths(&["/system-tags/{uuid}"]),
+    ApiDef::query("QueryUserTag", "/user-tags", &USER_TAG).optional_paths(&["/user-tags/{uuid}"]),
 ];
 
 #[cfg(test)]
