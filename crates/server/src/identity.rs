@@ -1,7 +1,7 @@
 //! Accounts and sessions (upstream identity): the initial `admin` account, login by account,
 //! session validation with sliding expiry, logout, renew, and the account query.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::{Db, Val};
 use crate::error::{Error, Result};
 use crate::globals;
@@ -226,76 +226,29 @@ pub async fn purge_expired(db: &Db) -> Result<u64> {
 }
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "LogInByAccount",
-        method: Method::Put,
-        path: "/accounts/login",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Sync,
-        auth: false,
-        create: false,
-        params: &[
+    ApiDef::action("LogInByAccount", "/accounts/login")
+        .sync()
+        .no_auth()
+        .params(&[
             Param::str("accountName").required(),
             Param::str("password").required().no_trim(),
             Param::str("accountType"),
             Param::str("captchaUuid"),
             Param::str("verifyCode"),
             Param::map("clientInfo"),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(log_in_by_account(a, m))),
-    },
-    ApiDef {
-        name: "ValidateSession",
-        method: Method::Get,
-        path: "/accounts/sessions/{sessionUuid}/valid",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: false,
-        create: false,
-        params: &[Param::str("sessionUuid").required()],
-        tags: &[],
-        handler: Some(|a, m| boxed(validate_session(a, m))),
-    },
-    ApiDef {
-        name: "LogOut",
-        method: Method::Delete,
-        path: "/accounts/sessions/{sessionUuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: false,
-        create: false,
-        params: &[Param::str("sessionUuid"), Param::map("clientInfo")],
-        tags: &[],
-        handler: Some(|a, m| boxed(log_out(a, m))),
-    },
-    ApiDef {
-        name: "RenewSession",
-        method: Method::Put,
-        path: "/accounts/sessions/{sessionUuid}/renew",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[Param::str("sessionUuid").required().resource(&SESSION), Param::int("duration").range(60, 31536000)],
-        tags: &[],
-        handler: Some(|a, m| boxed(renew_session(a, m))),
-    },
-    ApiDef {
-        name: "QueryAccount",
-        method: Method::Get,
-        path: "/accounts",
-        optional_paths: &["/accounts/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&ACCOUNT),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
+        ])
+        .handler(|a, m| boxed(log_in_by_account(a, m))),
+    ApiDef::get("ValidateSession", "/accounts/sessions/{sessionUuid}/valid")
+        .no_auth()
+        .params(&[Param::str("sessionUuid").required()])
+        .handler(|a, m| boxed(validate_session(a, m))),
+    ApiDef::delete("LogOut", "/accounts/sessions/{sessionUuid}")
+        .sync()
+        .no_auth()
+        .params(&[Param::str("sessionUuid"), Param::map("clientInfo")])
+        .handler(|a, m| boxed(log_out(a, m))),
+    ApiDef::action("RenewSession", "/accounts/sessions/{sessionUuid}/renew")
+        .params(&[Param::str("sessionUuid").required().resource(&SESSION), Param::int("duration").range(60, 31536000)])
+        .handler(|a, m| boxed(renew_session(a, m))),
+    ApiDef::query("QueryAccount", "/accounts", &ACCOUNT).optional_paths(&["/accounts/{uuid}"]),
 ];

@@ -1,6 +1,6 @@
 //! Management-node APIs: version, readiness, the node list; and this node's heart beat.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply};
+use crate::api::{boxed, ApiDef, Msg, Reply};
 use crate::db::Val;
 use crate::error::Result;
 use crate::query::{field, FType, ResourceDef};
@@ -71,43 +71,10 @@ async fn is_ready_to_go(_app: App, _msg: Msg) -> Result<Reply> {
 }
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "GetVersion",
-        method: Method::Put,
-        path: "/management-nodes/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Sync,
-        auth: false,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: Some(|a, m| boxed(get_version(a, m))),
-    },
-    ApiDef {
-        name: "IsReadyToGo",
-        method: Method::Get,
-        path: "/management-nodes/ready",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Sync,
-        auth: false,
-        create: false,
-        params: &[crate::params::Param::str("managementNodeId")],
-        tags: &[],
-        handler: Some(|a, m| boxed(is_ready_to_go(a, m))),
-    },
-    ApiDef {
-        name: "QueryManagementNode",
-        method: Method::Get,
-        path: "/management-nodes",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Query(&MANAGEMENT_NODE),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
+    ApiDef::action("GetVersion", "/management-nodes/actions").sync().no_auth().handler(|a, m| boxed(get_version(a, m))),
+    ApiDef::get("IsReadyToGo", "/management-nodes/ready")
+        .no_auth()
+        .params(&[crate::params::Param::str("managementNodeId")])
+        .handler(|a, m| boxed(is_ready_to_go(a, m))),
+    ApiDef::query("QueryManagementNode", "/management-nodes", &MANAGEMENT_NODE),
 ];
