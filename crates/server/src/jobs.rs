@@ -13,7 +13,9 @@ use futures::FutureExt;
 use rzstack_api::{codes, ErrorCode};
 use serde_json::{json, Map, Value};
 use sqlx::Row;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How many times a job is started before a crash loop gives up on it.
 pub const MAX_ATTEMPTS: i64 = 3;
@@ -23,21 +25,41 @@ pub enum AcceptError {
     Other(Error),
 }
 
-/// Jobs accepted or running in this process. The periodic takeover in [`recover`] must not
-/// start these a second time (they are `processing` rows with this node's uuid too).
-static IN_PROCESS: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// How long a poll of a job that runs in this process waits for the job's end before it
+/// answers 202: a waiting poll costs nothing, while a client polling again and again costs a
+/// request and a database read each time (a long poll; the answers are those of upstream).
+const LONG_POLL: Duration = Duration::from_millis(500);
 
-fn in_process() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+type InProcessMap = std::collections::BTreeMap<String, Arc<Notify>>;
+
+/// Jobs accepted or running in this process, each with the signal of its end (for polls).
+/// The periodic takeover in [`recover`] must not start these a second time (they are
+/// `processing` rows with this node's uuid too).
+static IN_PROCESS: std::sync::Mutex<InProcessMap> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn in_process() -> std::sync::MutexGuard<'static, InProcessMap> {
     IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Removes a job from [`IN_PROCESS`] when its task ends (also on panic).
+/// Marks a job as in process; true when it was not marked yet.
+fn mark(job: &str) -> bool {
+    let mut m = in_process();
+    if m.contains_key(job) {
+        return false;
+    }
+    m.insert(job.to_string(), Arc::new(Notify::new()));
+    true
+}
+
+/// Removes a job from [`IN_PROCESS`] when its task ends (also on panic), after its result is
+/// stored, and wakes the polls waiting for it.
 struct InProcess(String);
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        in_process().remove(&self.0);
+        if let Some(done) = in_process().remove(&self.0) {
+            done.notify_waiters();
+        }
     }
 }
 
@@ -45,7 +67,7 @@ impl Drop for InProcess {
 pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>) -> Result<(), AcceptError> {
     let request = serde_json::to_string(msg).map_err(|e| AcceptError::Other(Error::Internal(e.to_string())))?;
     // Marked before the row exists, so a concurrent takeover never sees it unmarked.
-    let fresh = in_process().insert(msg.job_uuid.clone());
+    let fresh = mark(&msg.job_uuid);
     let r = app
         .db
         .execute(
@@ -75,7 +97,7 @@ pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>
 /// Run an accepted job in the background until it is done.
 pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook: Option<String>) {
     let guard = app.running.enter();
-    in_process().insert(msg.job_uuid.clone());
+    mark(&msg.job_uuid);
     let mark = InProcess(msg.job_uuid.clone());
     tokio::spawn(async move {
         let _mark = mark;
@@ -170,6 +192,16 @@ async fn call_web_hook(http: reqwest::Client, url: String, job: String, success:
 
 /// The answer to `GET /api-jobs/{uuid}`: (status, body).
 pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, Value)>> {
+    let running = in_process().get(uuid).cloned();
+    if let Some(done) = running {
+        let done = done.notified();
+        tokio::pin!(done);
+        // registered before the second look, so an end in between is not missed
+        done.as_mut().enable();
+        if in_process().contains_key(uuid) && tokio::time::timeout(LONG_POLL, done).await.is_err() {
+            return Ok(Some((202, json!({}))));
+        }
+    }
     let row = app
         .db
         .fetch_optional("SELECT state, success, result, schema_map FROM api_job WHERE uuid = $1", &[Val::from(uuid)])
@@ -216,7 +248,7 @@ pub async fn recover(app: &App) -> Result<usize> {
         let timeout_ms: i64 = row.try_get(2)?;
         let webhook: Option<String> = row.try_get(3)?;
         let attempts: i64 = row.try_get(4)?;
-        if in_process().contains(&uuid) {
+        if in_process().contains_key(&uuid) {
             continue; // running here right now, not left over
         }
         let claimed = app

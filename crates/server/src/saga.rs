@@ -28,7 +28,7 @@
 //! the step's action ran but before its completion is recorded (for a remote step: the host
 //! did it, the database does not know).
 
-use crate::db::{Val, WriteTx};
+use crate::db::{DbKind, Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::util::{new_uuid, now_ms};
 use crate::App;
@@ -147,9 +147,132 @@ async fn record_done<C: Serialize>(tx: &mut WriteTx, id: &str, done: usize, ctx:
     Ok(())
 }
 
+/// True when a test hook is set (they name single steps: those runs go step by step).
+fn test_hooks() -> bool {
+    ["RZSTACK_TEST_FAIL_STEP", "RZSTACK_TEST_CRASH_IN_STEP", "RZSTACK_TEST_CRASH_AFTER_STEP"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+}
+
 /// Run a saga to its end. On a step failure every completed step is undone (in reverse) and
 /// the step's error is returned (a remote step that started is undone as well).
-pub async fn run<C>(app: &App, def: &SagaDef<C>, job_uuid: &str, resource_uuid: &str, mut ctx: C) -> Result<C>
+///
+/// On SQLite (one writer at a time anyway) consecutive transactional steps share ONE write
+/// transaction, see [`run_batched`]; on PostgreSQL each step has its own, so row locks (host,
+/// primary storage, IP range) are held for one step only.
+pub async fn run<C>(app: &App, def: &SagaDef<C>, job_uuid: &str, resource_uuid: &str, ctx: C) -> Result<C>
+where
+    C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    if app.db.kind == DbKind::Sqlite && !test_hooks() {
+        run_batched(app, def, job_uuid, resource_uuid, ctx).await
+    } else {
+        run_stepwise(app, def, job_uuid, resource_uuid, ctx).await
+    }
+}
+
+/// The run of transactional steps from `from` up to the next remote step (or the end).
+fn segment_end<C>(def: &SagaDef<C>, from: usize) -> usize {
+    def.steps[from..].iter().position(|s| matches!(s.run, Action::Remote(_))).map_or(def.steps.len(), |p| from + p)
+}
+
+/// [`run`] with consecutive transactional steps in one transaction, which ends with the
+/// progress record: either "remote step k started" (the saga row is inserted then, with the
+/// context), or, for the last run of steps, the saga row's deletion. A saga without remote
+/// steps is one transaction and needs no saga row at all: a crash rolls all of it back.
+/// A remote step's completion is recorded by the next transaction (a crash before it leaves
+/// the `started` row, which unwinds the remote step too, as in [`run_stepwise`]).
+///
+/// When a transactional step fails, its transaction is rolled back (the steps before it in
+/// the same transaction leave nothing behind: transactional steps only touch the database),
+/// the context goes back to what it was when that transaction began, and the steps committed
+/// before are undone.
+async fn run_batched<C>(app: &App, def: &SagaDef<C>, job_uuid: &str, resource_uuid: &str, mut ctx: C) -> Result<C>
+where
+    C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let id = new_uuid();
+    let n = def.steps.len();
+    // the saga row is committed
+    let mut row = false;
+    // steps committed (or remote and run): what a failure must undo
+    let mut done = 0usize;
+    let mut from = 0usize;
+    while from < n {
+        let end = segment_end(def, from);
+        let last = end == n;
+        let before = ctx.clone();
+        let outcome: Result<()> = async {
+            let mut tx = app.db.begin_write().await?;
+            for step in &def.steps[from..end] {
+                if let Action::Tx(f) = step.run {
+                    f(app, &mut tx, &mut ctx).await?;
+                }
+            }
+            if last {
+                if row {
+                    tx.execute("DELETE FROM saga WHERE id = $1", &[Val::from(id.as_str())]).await?;
+                }
+            } else if row {
+                tx.execute(
+                    "UPDATE saga SET step = $1, state = 'started', data = $2, last_op_date = $3 WHERE id = $4",
+                    &[Val::I(end as i64), Val::S(to_json(&ctx)?), Val::I(now_ms()), Val::from(id.as_str())],
+                )
+                .await?;
+            } else {
+                tx.execute(
+                    "INSERT INTO saga (id, kind, job_uuid, resource_uuid, mn_uuid, step, state, data, create_date, last_op_date) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'started', $7, $8, $8)",
+                    &[
+                        Val::from(id.as_str()),
+                        Val::from(def.kind),
+                        Val::from(job_uuid),
+                        Val::from(resource_uuid),
+                        Val::from(app.mn_uuid.as_str()),
+                        Val::I(end as i64),
+                        Val::S(to_json(&ctx)?),
+                        Val::I(now_ms()),
+                    ],
+                )
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = outcome {
+            let name = def.steps.get(from).map_or("", |s| s.name);
+            tracing::info!(saga = %id, kind = def.kind, from = name, error = %e, "saga steps failed: unwinding");
+            if row {
+                if let Err(u) = unwind(app, def, &id, done, before).await {
+                    tracing::error!(saga = %id, kind = def.kind, error = %u, "saga unwinding failed; left for recovery");
+                }
+            }
+            return Err(e);
+        }
+        if last {
+            return Ok(ctx);
+        }
+        row = true;
+        done = end + 1;
+        if let Action::Remote(f) = def.steps[end].run {
+            if let Err(e) = f(app, &mut ctx).await {
+                let name = def.steps[end].name;
+                tracing::info!(saga = %id, kind = def.kind, step = name, error = %e, "saga step failed: unwinding");
+                if let Err(u) = unwind(app, def, &id, done, ctx).await {
+                    tracing::error!(saga = %id, kind = def.kind, error = %u, "saga unwinding failed; left for recovery");
+                }
+                return Err(e);
+            }
+        }
+        from = end + 1;
+    }
+    // the last step was remote: its completion ends the saga
+    app.db.execute("DELETE FROM saga WHERE id = $1", &[Val::from(id.as_str())]).await?;
+    Ok(ctx)
+}
+
+/// [`run`] one step per transaction, each with its progress record.
+async fn run_stepwise<C>(app: &App, def: &SagaDef<C>, job_uuid: &str, resource_uuid: &str, mut ctx: C) -> Result<C>
 where
     C: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
