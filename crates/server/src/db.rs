@@ -21,6 +21,10 @@ pub enum DbKind {
 #[derive(Clone)]
 pub struct Db {
     pub pool: AnyPool,
+    /// The connections writes use. On SQLite a pool of its own, so a writer holding the
+    /// writer lock never waits for a connection behind the readers (polls, queries); on
+    /// PostgreSQL the same pool.
+    writer: AnyPool,
     pub kind: DbKind,
     /// SQLite only: the writer lock (one writer at a time) ...
     write_lock: Option<Arc<Mutex<()>>>,
@@ -190,6 +194,9 @@ impl Db {
                 DbKind::Postgres => POSTGRES_POOL,
             })
             .min_connections(1)
+            // An embedded SQLite connection cannot have been dropped by a server: no ping (a
+            // round trip to the connection's worker thread) before every use.
+            .test_before_acquire(kind != DbKind::Sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
@@ -201,10 +208,16 @@ impl Db {
                     Ok(())
                 })
             });
-        let pool = opts.connect(&url).await?;
+        let pool = opts.clone().connect(&url).await?;
+        // Writers hold the writer lock while they wait for a connection: two connections of
+        // their own (one may still be on its way back to the pool when the next writer starts).
+        let writer = match kind {
+            DbKind::Sqlite => opts.max_connections(2).connect(&url).await?,
+            DbKind::Postgres => pool.clone(),
+        };
         let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
         let tx_queue = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let db = Db { pool, kind, write_lock, tx_queue };
+        let db = Db { pool, writer, kind, write_lock, tx_queue };
         db.migrate().await?;
         Ok(db)
     }
@@ -264,7 +277,7 @@ impl Db {
             Some(l) => Some(l.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        let tx = self.writer.begin().await?;
         Ok(WriteTx { tx, _guard: guard, _queued: queued })
     }
 
@@ -274,7 +287,7 @@ impl Db {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let r = query_with(sql, vals).execute(&self.pool).await?;
+        let r = query_with(sql, vals).execute(&self.writer).await?;
         Ok(r.rows_affected())
     }
 
@@ -284,7 +297,7 @@ impl Db {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        Ok(query_with(sql, vals).fetch_optional(&self.pool).await?)
+        Ok(query_with(sql, vals).fetch_optional(&self.writer).await?)
     }
 
     pub async fn fetch_optional(&self, sql: &str, vals: &[Val]) -> Result<Option<AnyRow>> {
@@ -297,6 +310,7 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
