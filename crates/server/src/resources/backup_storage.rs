@@ -181,24 +181,9 @@ async fn add(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateBackupStorage {
-    uuid: String,
-    name: Option<String>,
-    description: Option<String>,
-}
-
 async fn update(app: App, msg: Msg) -> Result<Reply> {
-    let req: UpdateBackupStorage = msg.parse()?;
-    app.db
-        .execute(
-            "UPDATE backup_storage SET name = COALESCE($1, name), description = COALESCE($2, description), last_op_date = $3 \
-             WHERE uuid = $4",
-            &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
+    let uuid = super::update_name_description(&app, &msg, &BACKUP_STORAGE, false).await?;
+    reply(&app, &uuid).await
 }
 
 async fn delete(app: App, msg: Msg) -> Result<Reply> {

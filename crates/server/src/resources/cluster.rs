@@ -96,24 +96,9 @@ async fn create_cluster(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateCluster {
-    uuid: String,
-    name: Option<String>,
-    description: Option<String>,
-}
-
 async fn update_cluster(app: App, msg: Msg) -> Result<Reply> {
-    let req: UpdateCluster = msg.parse()?;
-    app.db
-        .execute(
-            "UPDATE cluster SET name = COALESCE($1, name), description = COALESCE($2, description), \
-             last_op_date = $3 WHERE uuid = $4",
-            &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
+    let uuid = super::update_name_description(&app, &msg, &CLUSTER, false).await?;
+    reply(&app, &uuid).await
 }
 
 #[derive(Deserialize)]

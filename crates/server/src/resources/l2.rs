@@ -148,26 +148,9 @@ async fn create(app: App, msg: Msg, ty: &'static str) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateL2 {
-    uuid: String,
-    name: Option<String>,
-    description: Option<String>,
-}
-
 async fn update(app: App, msg: Msg) -> Result<Reply> {
-    let req: UpdateL2 = msg.parse()?;
-    if req.name.is_some() || req.description.is_some() {
-        app.db
-            .execute(
-                "UPDATE l2_network SET name = COALESCE($1, name), description = COALESCE($2, description), \
-                 last_op_date = $3 WHERE uuid = $4",
-                &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-            )
-            .await?;
-    }
-    reply(&app, &req.uuid).await
+    let uuid = super::update_name_description(&app, &msg, &L2_NETWORK, true).await?;
+    reply(&app, &uuid).await
 }
 
 /// Delete one L2 network with its L3 networks and attachments, inside `tx`.

@@ -166,3 +166,34 @@ pub async fn delete_in_tx(app: App, msg: Msg, delete_one: TxStep) -> Result<Repl
     tx.commit().await?;
     Ok(Reply::empty())
 }
+
+/// The request of an UpdateXxx API that changes only a name and a description.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateNameDescription {
+    uuid: String,
+    name: Option<String>,
+    description: Option<String>,
+}
+
+/// The common UpdateXxx API of a resource with only a name and a description to change:
+/// both written to `def`'s row (unset ones kept) with lastOpDate; the resource's uuid back,
+/// for the caller's answer. With `skip_empty`, a request that sets neither writes nothing
+/// (lastOpDate stays).
+pub async fn update_name_description(app: &App, msg: &Msg, def: &ResourceDef, skip_empty: bool) -> Result<String> {
+    let req: UpdateNameDescription = msg.parse()?;
+    if !skip_empty || req.name.is_some() || req.description.is_some() {
+        let sql = format!(
+            "UPDATE {} SET name = COALESCE($1, name), description = COALESCE($2, description), last_op_date = $3 \
+             WHERE uuid = $4",
+            def.table
+        );
+        app.db
+            .execute(
+                &sql,
+                &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
+            )
+            .await?;
+    }
+    Ok(req.uuid)
+}

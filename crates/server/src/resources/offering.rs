@@ -256,26 +256,9 @@ async fn create_disk_offering(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &DISK_OFFERING, &uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateDiskOffering {
-    uuid: String,
-    name: Option<String>,
-    description: Option<String>,
-}
-
 async fn update_disk_offering(app: App, msg: Msg) -> Result<Reply> {
-    let req: UpdateDiskOffering = msg.parse()?;
-    if req.name.is_some() || req.description.is_some() {
-        app.db
-            .execute(
-                "UPDATE disk_offering SET name = COALESCE($1, name), description = COALESCE($2, description), \
-                 last_op_date = $3 WHERE uuid = $4",
-                &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-            )
-            .await?;
-    }
-    reply(&app, &DISK_OFFERING, &req.uuid).await
+    let uuid = super::update_name_description(&app, &msg, &DISK_OFFERING, true).await?;
+    reply(&app, &DISK_OFFERING, &uuid).await
 }
 
 const STATE_EVENTS: &[&str] = &["enable", "disable"];

@@ -153,24 +153,9 @@ async fn create(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &uuid).await
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpdateSshKeyPair {
-    uuid: String,
-    name: Option<String>,
-    description: Option<String>,
-}
-
 async fn update(app: App, msg: Msg) -> Result<Reply> {
-    let req: UpdateSshKeyPair = msg.parse()?;
-    app.db
-        .execute(
-            "UPDATE ssh_key_pair SET name = COALESCE($1, name), description = COALESCE($2, description), \
-             last_op_date = $3 WHERE uuid = $4",
-            &[Val::from(req.name), Val::from(req.description), Val::I(now_ms()), Val::from(req.uuid.as_str())],
-        )
-        .await?;
-    reply(&app, &req.uuid).await
+    let uuid = super::update_name_description(&app, &msg, &SSH_KEY_PAIR, false).await?;
+    reply(&app, &uuid).await
 }
 
 async fn delete(app: App, msg: Msg) -> Result<Reply> {
