@@ -122,7 +122,7 @@ pub struct Ctx {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub enum OnHost {
     Simulator,
-    Kvm(kvm::Plan),
+    Kvm(Box<kvm::Plan>),
 }
 
 impl Ctx {
@@ -225,7 +225,7 @@ pub(super) fn start_alloc_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut S
         if let Some(r) = tx
             .fetch_optional(
                 "SELECT last_host_uuid, cluster_uuid, zone_uuid FROM vm_instance WHERE uuid = $1",
-                &[v.clone()],
+                std::slice::from_ref(&v),
             )
             .await?
         {
@@ -898,7 +898,7 @@ pub(super) fn plan_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) ->
             .transpose()?;
         c.on_host = Some(match hv.as_deref() {
             Some("Simulator") => OnHost::Simulator,
-            Some("KVM") => OnHost::Kvm(kvm::plan(tx, c, &h).await?),
+            Some("KVM") => OnHost::Kvm(Box::new(kvm::plan(tx, c, &h).await?)),
             other => {
                 return Err(Error::Api(ErrorCode::new(
                     HOST_1005,
