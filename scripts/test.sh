@@ -265,9 +265,11 @@ else
     results+=("PostgreSQL: skipped (RZSTACK_SKIP_PG=1)")
 fi
 
-section "benchmark smoke on SQLite (correctness only; figures are not judged)"
+section "benchmark smoke on SQLite: query, scale, create, boot (one real guest where QEMU runs); correctness only, figures are not judged"
 if cargo run -q -p rzstack-bench -- query --n 50 --concurrency 10 --hosts 5 --repeat 5 &&
-    cargo run -q -p rzstack-bench -- scale --n 50 --concurrency 10 --hosts 5; then
+    cargo run -q -p rzstack-bench -- scale --n 50 --concurrency 10 --hosts 5 &&
+    cargo run -q -p rzstack-bench -- create --n 50 --concurrency 10 --hosts 5 &&
+    cargo run -q -p rzstack-bench -- boot --boots 1; then
     results+=("benchmark smoke on SQLite: passed")
 else
     results+=("benchmark smoke on SQLite: FAILED")
