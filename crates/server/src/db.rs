@@ -160,6 +160,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_issue3_fixes.sql")),
     (8, include_str!("migrations/0008_vm_more.sql")),
     (9, include_str!("migrations/0009_vm_create_request.sql")),
+    (10, include_str!("migrations/0010_query_indexes.sql")),
     (12, include_str!("migrations/0012_tag_pattern.sql")),
 ];
 
