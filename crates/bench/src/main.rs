@@ -5,7 +5,9 @@
 //! through the API, runs the scenario and prints a Markdown table. Scenarios:
 //! - `create`: N CreateVmInstance calls from C concurrent clients on simulated hosts; then checks
 //!   that used IPs = NICs, allocated host capacity = the VMs' sum, and no job is left running.
-//! - `query`: p50/p99 of typical queries over the VMs that `create` made.
+//! - `query`: p50/p99 of typical queries over the VMs that `create` made. With `--api-vms K`,
+//!   only K VMs are created through the API; the node is then stopped, their rows are copied
+//!   in the database until N VMs exist (see `seed.rs`), and the node is started again.
 //! - `scale`: `create`, then destroys and expunges every VM and checks that every IP, NIC,
 //!   volume and unit of host and primary-storage capacity is free again.
 //! - `idle`: the management node's start time and idle RSS.
@@ -13,6 +15,7 @@
 //! Figures are printed, never asserted: a slow machine is not a failure. Correctness is asserted.
 
 mod boot;
+mod seed;
 
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
@@ -54,6 +57,11 @@ struct Args {
     /// `boot` only: the guest image (default: scripts/make-test-image.sh's, built on demand).
     #[arg(long)]
     image: Option<std::path::PathBuf>,
+    /// `query` only: create this many VMs through the API and make the rest of the N by copying
+    /// their rows in the database with the node stopped (N must be a multiple of it). Default:
+    /// all N through the API.
+    #[arg(long)]
+    api_vms: Option<usize>,
 }
 
 const ADMIN_PASSWORD: &str = "b109f3bbbc244eb82441917ed06d618b9008dd09b3befd1b5e07394c706a8bb980b1d7785e5976ec049b46df5f1326af5a2ea6d103fd07c95385ffab0cacbc86";
@@ -64,7 +72,7 @@ type Res<T> = Result<T, String>;
 struct Node {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     started: Duration,
 }
 
@@ -75,18 +83,30 @@ impl Drop for Node {
     }
 }
 
+impl Node {
+    /// Stop the node; its data directory stays.
+    fn stop(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take()
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn start_node(http: &reqwest::Client, database: Option<&str>) -> Res<Node> {
+async fn start_node(http: &reqwest::Client, database: Option<&str>, dir: Option<tempfile::TempDir>) -> Res<Node> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let rzstack = exe.with_file_name("rzstack");
     if !rzstack.exists() {
         return Err(format!("{} not found: build it with `cargo build --release -p rzstack`", rzstack.display()));
     }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = match dir {
+        Some(d) => d,
+        None => tempfile::tempdir().map_err(|e| e.to_string())?,
+    };
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let mut cmd = Command::new(rzstack);
@@ -109,7 +129,7 @@ async fn start_node(http: &reqwest::Client, database: Option<&str>) -> Res<Node>
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(Node { child, base, _dir: dir, started: t0.elapsed() })
+    Ok(Node { child, base, dir: Some(dir), started: t0.elapsed() })
 }
 
 struct Client {
@@ -167,6 +187,7 @@ impl Client {
         Ok(v["inventory"]["uuid"].as_str().unwrap_or_default().to_string())
     }
 
+    /// A GET; the time is until the last byte of the answer arrived (parsing it is the client's).
     async fn get(&self, path: &str) -> Res<(Duration, Value)> {
         let t0 = Instant::now();
         let r = self
@@ -177,11 +198,13 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
-        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        let body = r.bytes().await.map_err(|e| e.to_string())?;
+        let took = t0.elapsed();
+        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         if status != 200 {
             return Err(format!("GET {path}: {status} {v}"));
         }
-        Ok((t0.elapsed(), v))
+        Ok((took, v))
     }
 }
 
@@ -192,7 +215,7 @@ struct Topology {
     _dir: tempfile::TempDir,
 }
 
-async fn build_topology(c: &Client, hosts: usize, vms: usize) -> Res<Topology> {
+async fn build_topology(c: &Client, hosts: usize, vms: usize, host_cpu: usize) -> Res<Topology> {
     let dir = tempfile::Builder::new().prefix("rzbench").tempdir().map_err(|e| e.to_string())?;
     let zone = c.ok("/zones", json!({"params": {"name": "bench"}})).await?;
     let cluster =
@@ -201,7 +224,7 @@ async fn build_topology(c: &Client, hosts: usize, vms: usize) -> Res<Topology> {
         c.ok(
             "/hosts/simulators",
             json!({"params": {"name": format!("h{i}"), "managementIp": format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
-                "clusterUuid": cluster, "cpuCapacity": 256, "memoryCapacity": 1024 * GB}}),
+                "clusterUuid": cluster, "cpuCapacity": host_cpu, "memoryCapacity": 1024 * GB}}),
         )
         .await?;
     }
@@ -419,10 +442,10 @@ async fn run(args: Args) -> Res<()> {
         return boot::run(args.boots, args.image).await;
     }
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| e.to_string())?;
-    let node = start_node(&http, args.database.as_deref()).await?;
+    let mut node = start_node(&http, args.database.as_deref(), None).await?;
     let db = if args.database.as_deref().is_some_and(|d| d.starts_with("postgres")) { "PostgreSQL" } else { "SQLite" };
     println!("Machine: {}; database: {db}\n", machine());
-    let pid = node.child.id();
+    let mut pid = node.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(pid).unwrap_or(0);
     println!("| figure | value |\n|---|---|");
@@ -431,11 +454,25 @@ async fn run(args: Args) -> Res<()> {
     if args.scenario == Scenario::Idle {
         return Ok(());
     }
-    let c = Arc::new(Client::login(http.clone(), node.base.clone()).await?);
-    let t = build_topology(&c, args.hosts, args.n).await?;
+    let api_vms = match args.api_vms {
+        Some(k) if args.scenario == Scenario::Query && k < args.n => {
+            if k == 0 || args.n % k != 0 {
+                return Err(format!("--n {} must be a multiple of --api-vms {k}", args.n));
+            }
+            k
+        }
+        _ => args.n,
+    };
+    // Copies sit on their template's host: leave room for them.
+    let host_cpu = if api_vms < args.n { (4 * args.n / args.hosts.max(1)).max(256) } else { 256 };
+    let mut c = Arc::new(Client::login(http.clone(), node.base.clone()).await?);
+    let t = build_topology(&c, args.hosts, args.n, host_cpu).await?;
     let (_, free_capacity) = c.get("/hosts/capacities/cpu-memory?all=true").await?;
-    let (wall, acc, done, errors) = create(c.clone(), &t, args.n, args.concurrency).await?;
-    println!("| creates | {} by {} clients on {} hosts |", args.n, args.concurrency, args.hosts);
+    let (_, hosts_before) =
+        c.get("/hosts?fields=uuid,availableCpuCapacity,availableMemoryCapacity&limit=1000000").await?;
+    let (_, ps_before) = c.get("/primary-storage?fields=uuid,availableCapacity").await?;
+    let (wall, acc, done, errors) = create(c.clone(), &t, api_vms, args.concurrency).await?;
+    println!("| creates | {} by {} clients on {} hosts |", api_vms, args.concurrency, args.hosts);
     println!("| wall time | {:.2} s |", wall.as_secs_f64());
     println!("| creates/s | {:.0} |", acc.len() as f64 / wall.as_secs_f64());
     println!("| 202 answer p50 / p99 | {:.1} / {:.1} ms |", pct(&acc, 0.5), pct(&acc, 0.99));
@@ -445,10 +482,54 @@ async fn run(args: Args) -> Res<()> {
     if errors > 0 {
         return Err(format!("{errors} creates failed"));
     }
-    verify(&c, args.n).await?;
+    verify(&c, api_vms).await?;
     println!("| leaks | none (used IPs = NICs, CPU allocated = running VMs) |");
     if args.scenario == Scenario::Scale {
         teardown(c.clone(), args.concurrency, &free_capacity).await?;
+    }
+    if api_vms < args.n {
+        let list = |v: &Value, keys: &[&str]| -> Vec<Vec<Value>> {
+            v["inventories"]
+                .as_array()
+                .map(|a| a.iter().map(|i| keys.iter().map(|k| i[*k].clone()).collect()).collect())
+                .unwrap_or_default()
+        };
+        let taken = seed::Taken {
+            hosts: list(&hosts_before, &["uuid", "availableCpuCapacity", "availableMemoryCapacity"])
+                .into_iter()
+                .map(|r| {
+                    (
+                        r[0].as_str().unwrap_or_default().to_string(),
+                        r[1].as_i64().unwrap_or(0),
+                        r[2].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            ps: list(&ps_before, &["uuid", "availableCapacity"])
+                .into_iter()
+                .map(|r| (r[0].as_str().unwrap_or_default().to_string(), r[1].as_i64().unwrap_or(0)))
+                .collect(),
+        };
+        let dir = node.stop().ok_or("no data directory")?;
+        let url = match &args.database {
+            Some(d) => d.clone(),
+            None => format!("sqlite://{}", dir.path().join("rzstack.db").display()),
+        };
+        let t0 = Instant::now();
+        let r = seed::copy_vms(&url, args.n, &taken).await?;
+        println!(
+            "| bulk copy | {} copies of the {api_vms} VMs, {} rows in {:.1} s, node stopped |",
+            r.copies,
+            r.rows,
+            t0.elapsed().as_secs_f64()
+        );
+        node = start_node(&http, args.database.as_deref(), Some(dir)).await?;
+        pid = node.child.id();
+        println!("| restart with {} VMs | {:.0} ms to ready |", args.n, node.started.as_secs_f64() * 1000.0);
+        c = Arc::new(Client::login(http.clone(), node.base.clone()).await?);
+        verify(&c, args.n).await?;
+        println!("| after the copy | {} VMs; used IPs = NICs, CPU allocated = running VMs |", args.n);
+        println!("| RSS after restart | {:.1} MiB |", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
     if args.scenario == Scenario::Query {
         let (_, one) = c.get("/vm-instances?limit=1").await?;
@@ -468,6 +549,14 @@ async fn run(args: Args) -> Res<()> {
             println!("| query {label} p50 / p99 | {:.1} / {:.1} ms |", pct(&times, 0.5), pct(&times, 0.99));
         }
         println!("| RSS after queries | {:.1} MiB |", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
+    }
+    // RZSTACK_BENCH_KEEP=1 keeps the data directory (e.g. to profile queries on the same data).
+    if let Some(dir) = node.stop() {
+        if std::env::var_os("RZSTACK_BENCH_KEEP").is_some() {
+            #[allow(deprecated)]
+            let kept = dir.into_path();
+            println!("\ndata directory kept: {}", kept.display());
+        }
     }
     Ok(())
 }
