@@ -456,7 +456,7 @@ async fn run(args: Args) -> Res<()> {
     }
     let api_vms = match args.api_vms {
         Some(k) if args.scenario == Scenario::Query && k < args.n => {
-            if k == 0 || args.n % k != 0 {
+            if k == 0 || !args.n.is_multiple_of(k) {
                 return Err(format!("--n {} must be a multiple of --api-vms {k}", args.n));
             }
             k

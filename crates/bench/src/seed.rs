@@ -178,7 +178,7 @@ pub async fn copy_vms(url: &str, target: usize, taken: &Taken) -> Res<Report> {
         tables.push(load(&pool, pg, name, &filter).await?);
     }
     let k = tables[0].rows.len();
-    if k == 0 || target % k != 0 || target < k {
+    if k == 0 || !target.is_multiple_of(k) || target < k {
         return Err(format!("{target} VMs cannot be made by copying {k} VMs: N must be a multiple of --api-vms"));
     }
     let copies = target / k - 1;
