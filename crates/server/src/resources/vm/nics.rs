@@ -155,15 +155,22 @@ pub(super) async fn allocate_ip(
             continue;
         }
         for _attempt in 0..16 {
-            let used = used_in_range(tx, l3, start, end).await?;
             // upstream's random strategy: from a random offset, scan forward (wrapping to the
-            // range start) for a window of free addresses, and take a random one of them
+            // range start) for a window of free addresses, and take a random one of them. The
+            // used addresses are read for the 1,024 addresses after the offset only (a range
+            // scan of the UNIQUE (l3, ipInLong) index), and for the whole range only when that
+            // window has nothing free: a create's cost does not grow with the VMs on the L3.
             let offset = start + (u64::from_le_bytes(random_bytes()) % (end - start + 1).max(1) as u64) as i64;
-            let free: Vec<i64> = (offset..=end)
-                .chain(start..offset)
-                .filter(|n| !used.contains(n) && Some(*n) != gw && !is_reserved(*n))
-                .take(256)
-                .collect();
+            let usable = |n: &i64, used: &std::collections::HashSet<i64>| {
+                !used.contains(n) && Some(*n) != gw && !is_reserved(*n)
+            };
+            let window_end = (offset + 1023).min(end);
+            let used = used_in_range(tx, l3, offset, window_end).await?;
+            let mut free: Vec<i64> = (offset..=window_end).filter(|n| usable(n, &used)).take(256).collect();
+            if free.is_empty() {
+                let used = used_in_range(tx, l3, start, end).await?;
+                free = (offset..=end).chain(start..offset).filter(|n| usable(n, &used)).take(256).collect();
+            }
             if free.is_empty() {
                 break;
             }

@@ -470,16 +470,13 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
                 vals.len()
             );
         }
-        let count = |sql: String, vals: Vec<Val>| async move {
-            let row = tx_count(&app.db, &sql, &vals).await?;
-            Ok::<i64, Error>(row)
-        };
-        if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
-            return Err(host_alloc_error(format!(
-                "no host having state=Enabled status=Connected hypervisorType={} found",
-                c.hypervisors.join(",")
-            )));
-        }
+        // Each filter stage with the error it stands for: counted (in order) only when no host
+        // passes them all, to name the first stage no host passes.
+        let mut stages: Vec<(String, usize, String)> = vec![(
+            base.clone(),
+            vals.len(),
+            format!("no host having state=Enabled status=Connected hypervisorType={} found", c.hypervisors.join(",")),
+        )];
         if let (Some(img), None) = (&c.image_uuid, &c.from_snapshot) {
             vals.push(Val::from(img.as_str()));
             base += &format!(
@@ -488,11 +485,11 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
                  WHERE ibr.image_uuid = ${} AND ibr.status = 'Ready' AND bz.zone_uuid = h.zone_uuid AND b.status = 'Connected')",
                 vals.len()
             );
-            if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
-                return Err(host_alloc_error(format!(
-                    "no host found in zones that attaches to backup storage where image[{img}] is on"
-                )));
-            }
+            stages.push((
+                base.clone(),
+                vals.len(),
+                format!("no host found in zones that attaches to backup storage where image[{img}] is on"),
+            ));
         }
         vals.push(Val::I(c.cpu_num));
         vals.push(Val::I(c.memory_size));
@@ -501,12 +498,11 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             vals.len() - 1,
             m = vals.len()
         );
-        if count(format!("SELECT COUNT(*) FROM host h WHERE {base}"), vals.clone()).await? == 0 {
-            return Err(host_alloc_error(format!(
-                "no host having cpu[{}], memory[{} bytes] found",
-                c.cpu_num, c.memory_size
-            )));
-        }
+        stages.push((
+            base.clone(),
+            vals.len(),
+            format!("no host having cpu[{}], memory[{} bytes] found", c.cpu_num, c.memory_size),
+        ));
         let disk = c.disk_total();
         vals.push(Val::I(disk));
         let mut ps_filter = format!("p.available_capacity >= ${}", vals.len());
@@ -527,6 +523,11 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             .fetch_all(&format!("SELECT h.uuid, h.cluster_uuid, h.zone_uuid, h.hypervisor_type FROM host h WHERE {base} ORDER BY {order}"), &vals)
             .await?;
         if rows.is_empty() {
+            for (stage, n, error) in stages {
+                if tx_count(&app.db, &format!("SELECT COUNT(*) FROM host h WHERE {stage}"), &vals[..n]).await? == 0 {
+                    return Err(host_alloc_error(error));
+                }
+            }
             return Err(host_alloc_error(format!(
                 "cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"
             )));
