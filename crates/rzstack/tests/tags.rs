@@ -4,13 +4,12 @@
 //! as user tags that QueryUserTag and `__userTag__` see.
 mod common;
 
+use common::sim::topology_in;
 use common::{assert_error, Server};
 use serde_json::{json, Value};
-use std::process::Command;
 
 const NONE: &str = "0123456789abcdef0123456789abcdef";
 const ADMIN: &str = "36c27e8ff05c4780bf6d2fa65700f22e";
-const GB: i64 = 1 << 30;
 
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_string()
@@ -294,7 +293,7 @@ async fn create_apis_put_tag_uuids_on_the_new_resource() {
     assert_eq!(srv.query("/user-tags").await.len(), 2);
 
     // CreateVmInstance
-    let t = topology(&srv, &zu).await;
+    let t = topology_in(&srv, &zu, 1).await;
     let vm = srv
         .ok(
             "POST",
@@ -355,66 +354,4 @@ async fn create_apis_put_tag_uuids_on_the_new_resource() {
     srv.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     srv.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
     assert!(srv.query(&format!("/user-tags?q=resourceUuid={vu}")).await.is_empty());
-}
-
-struct Topo {
-    cluster: String,
-    image: String,
-    offering: String,
-    _dir: tempfile::TempDir,
-}
-
-/// In `zone`: a Simulator cluster with one simulator host, a simulator primary storage
-/// attached, a simulator backup storage with a 64 MiB qcow2 image, an instance offering.
-async fn topology(srv: &Server, zone: &str) -> Topo {
-    let cluster = s(&srv
-        .ok(
-            "POST",
-            "/clusters",
-            Some(json!({"params": {"name": "c", "zoneUuid": zone, "hypervisorType": "Simulator"}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok(
-        "POST",
-        "/hosts/simulators",
-        Some(json!({"params": {"name": "h", "managementIp": "10.0.0.1", "clusterUuid": cluster,
-            "cpuCapacity": 4, "memoryCapacity": 8 * GB}})),
-    )
-    .await;
-    let ps = s(&srv
-        .ok(
-            "POST",
-            "/primary-storage/simulators",
-            Some(json!({"params": {"name": "ps", "url": "/sim-ps", "zoneUuid": zone,
-                "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
-    let bs = s(&srv
-        .ok(
-            "POST",
-            "/backup-storage/simulators",
-            Some(json!({"params": {"name": "bs", "url": "/sim-bs", "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
-    let dir = tempfile::Builder::new().prefix("rztag").tempdir().expect("tempdir");
-    let qcow = dir.path().join("t.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "64M"])
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    let image = s(&srv
-        .ok(
-            "POST",
-            "/images",
-            Some(json!({"params": {"name": "img", "url": format!("file://{}", qcow.display()), "format": "qcow2",
-                "backupStorageUuids": [bs], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
-        )
-        .await["inventory"]["uuid"]);
-    let offering = s(&srv
-        .ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}})))
-        .await["inventory"]["uuid"]);
-    Topo { cluster, image, offering, _dir: dir }
 }

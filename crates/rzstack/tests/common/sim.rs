@@ -28,6 +28,12 @@ pub struct Topo {
 /// qcow2 image, an instance offering (1 CPU, 1 GiB; LeastVmPreferred by default).
 pub async fn topology(srv: &Server, hosts: usize) -> Topo {
     let zone = s(&srv.create_zone("z").await["uuid"]);
+    topology_in(srv, &zone, hosts).await
+}
+
+/// [`topology`] in an existing zone.
+pub async fn topology_in(srv: &Server, zone: &str, hosts: usize) -> Topo {
+    let zone = zone.to_string();
     let cluster = s(&srv
         .ok(
             "POST",
