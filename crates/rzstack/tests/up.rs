@@ -4,6 +4,8 @@
 //! console. SIGINT stops `up` cleanly (the guest keeps running); a second `up` on the same data
 //! directory finds everything again (no duplicates, the same uuids, the same printed commands).
 //! Skips with a reason unless root with QEMU, dnsmasq, curl and the test image.
+mod common;
+use common::kvm::{guest_image, have, is_root, sh};
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -13,40 +15,11 @@ use std::time::{Duration, Instant};
 
 const ADMIN_PASSWORD: &str = "b109f3bbbc244eb82441917ed06d618b9008dd09b3befd1b5e07394c706a8bb980b1d7785e5976ec049b46df5f1326af5a2ea6d103fd07c95385ffab0cacbc86";
 
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn have(cmd: &str) -> bool {
-    sh(&["sh", "-c", &format!("command -v {cmd}")])
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// Two distinct free ports (both bound at once while chosen).
 fn free_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     (a.local_addr().expect("addr").port(), b.local_addr().expect("addr").port())
-}
-
-/// The test guest image (scripts/make-test-image.sh, cached in target/test-guest).
-fn guest_image() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
-    let out = root.join("target/test-guest");
-    let o = Command::new("bash").arg(root.join("scripts/make-test-image.sh")).arg(&out).output().expect("bash");
-    if !o.status.success() {
-        eprintln!("SKIP up: scripts/make-test-image.sh failed: {}", String::from_utf8_lossy(&o.stderr));
-        return None;
-    }
-    Some(out.join("guest.qcow2"))
 }
 
 /// Processes whose command line contains `needle` (and `prog`).
@@ -279,7 +252,7 @@ async fn up_makes_a_cloud_whose_printed_curl_boots_a_vm_and_a_second_up_reuses_i
             return;
         }
     }
-    let Some(image) = guest_image() else { return };
+    let Some(image) = guest_image("up") else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let mut cleanup = Cleanup { data: data.clone(), links: Vec::new() };
