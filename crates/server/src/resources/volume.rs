@@ -8,7 +8,7 @@
 //! independent qcow2 next to it (`<volume dir>/snapshots/<snapshotUuid>.qcow2`) made by the
 //! host agent; deleting the snapshot and expunging the volume delete the files too.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, DEFAULT_API_TIMEOUT_MS, HOURS};
+use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::Val;
 use crate::error::{Error, Result};
 use crate::hostagent::{HostAgent, KvmAgentClient, VolumeDeleteCmd, VolumeSnapshotCmd, PROTOCOL_VERSION};
@@ -508,114 +508,43 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
-const ASYNC: Kind = Kind::Async { timeout_ms: DEFAULT_API_TIMEOUT_MS };
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateDataVolume",
-        method: Method::Post,
-        path: "/volumes/data",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 3 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateDataVolume", "/volumes/data")
+        .timeout(3 * HOURS)
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("diskOfferingUuid").resource(&DISK_OFFERING),
             Param::int("diskSize"),
             Param::str("primaryStorageUuid").resource(&PRIMARY_STORAGE),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create_data_volume(a, m))),
-    },
-    ApiDef {
-        name: "QueryVolume",
-        method: Method::Get,
-        path: "/volumes",
-        optional_paths: &["/volumes/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&VOLUME),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "DeleteDataVolume",
-        method: Method::Delete,
-        path: "/volumes/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create_data_volume(a, m))),
+    ApiDef::query("QueryVolume", "/volumes", &VOLUME).optional_paths(&["/volumes/{uuid}"]),
+    ApiDef::delete("DeleteDataVolume", "/volumes/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&VOLUME).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_data_volume(a, m))),
-    },
-    ApiDef {
-        name: "ExpungeDataVolume",
-        method: Method::Put,
-        path: "/volumes/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: ASYNC,
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&VOLUME).success_if_missing()],
-        tags: &[],
-        handler: Some(|a, m| boxed(expunge_data_volume(a, m))),
-    },
-    ApiDef {
-        name: "CreateVolumeSnapshot",
-        method: Method::Post,
-        path: "/volumes/{volumeUuid}/volume-snapshots",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 3 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .handler(|a, m| boxed(delete_data_volume(a, m))),
+    ApiDef::action("ExpungeDataVolume", "/volumes/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&VOLUME).success_if_missing()])
+        .handler(|a, m| boxed(expunge_data_volume(a, m))),
+    ApiDef::create("CreateVolumeSnapshot", "/volumes/{volumeUuid}/volume-snapshots")
+        .timeout(3 * HOURS)
+        .params(&[
             Param::str("volumeUuid").required().resource(&VOLUME),
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(create_snapshot(a, m))),
-    },
-    ApiDef {
-        name: "QueryVolumeSnapshot",
-        method: Method::Get,
-        path: "/volume-snapshots",
-        optional_paths: &["/volume-snapshots/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&VOLUME_SNAPSHOT),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "DeleteVolumeSnapshot",
-        method: Method::Delete,
-        path: "/volume-snapshots/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Async { timeout_ms: 6 * HOURS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(create_snapshot(a, m))),
+    ApiDef::query("QueryVolumeSnapshot", "/volume-snapshots", &VOLUME_SNAPSHOT)
+        .optional_paths(&["/volume-snapshots/{uuid}"]),
+    ApiDef::delete("DeleteVolumeSnapshot", "/volume-snapshots/{uuid}")
+        .timeout(6 * HOURS)
+        .params(&[
             Param::str("uuid").required().resource(&VOLUME_SNAPSHOT).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(delete_snapshot(a, m))),
-    },
+        ])
+        .handler(|a, m| boxed(delete_snapshot(a, m))),
 ];
