@@ -218,7 +218,10 @@ mod futures_lite {
 macro_rules! handler {
     ($name:ident, $cmd:ty, |$st:ident, $c:ident| $body:expr) => {
         async fn $name(State(st): State<Arc<AgentState>>, headers: HeaderMap, body: Bytes) -> Response {
-            answer(st, headers, body, |$st: &AgentState, $c: &$cmd| Box::pin(async move { $body.await })).await
+            let t0 = std::time::Instant::now();
+            let r = answer(st, headers, body, |$st: &AgentState, $c: &$cmd| Box::pin(async move { $body.await })).await;
+            tracing::info!(cmd = stringify!($name), ms = t0.elapsed().as_secs_f64() * 1e3, "agent command answered");
+            r
         }
     };
 }

@@ -27,6 +27,14 @@ fn exists(name: &str) -> bool {
     sysnet(name).exists()
 }
 
+/// Whether an interface is administratively up (IFF_UP in its flags).
+fn is_up(name: &str) -> bool {
+    std::fs::read_to_string(sysnet(name).join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0)
+}
+
 /// The bridge an interface is a port of.
 fn master_of(name: &str) -> Option<String> {
     let l = std::fs::read_link(sysnet(name).join("master")).ok()?;
@@ -104,25 +112,40 @@ impl Network {
         if master_of(&port).is_none() {
             ip(&["link", "set", "dev", &port, "master", &name]).await?;
         }
-        ip(&["link", "set", "dev", phys, "up"]).await?;
-        ip(&["link", "set", "dev", &port, "up"]).await?;
-        ip(&["link", "set", "dev", &name, "up"]).await?;
+        // Only what is not up yet: on a bridge already in use this spawns nothing.
+        for i in [phys.as_str(), port.as_str(), name.as_str()] {
+            if !is_up(i) {
+                ip(&["link", "set", "dev", i, "up"]).await?;
+            }
+        }
         Ok(name)
     }
 
-    async fn tap(&self, t: &TapSpec) -> Result<(), String> {
+    /// The `ip -batch` lines that make the tap (when missing) and set its MAC, alias, bridge, up.
+    fn tap(&self, t: &TapSpec) -> Result<Vec<String>, String> {
         if !sysnet(&t.bridge_name).join("bridge").exists() {
             return Err(format!("the bridge {} does not exist", t.bridge_name));
         }
+        let mut lines = Vec::new();
         if !exists(&t.tap_name) {
-            ip(&["tuntap", "add", "dev", &t.tap_name, "mode", "tap"]).await?;
+            lines.push(format!("tuntap add dev {} mode tap", t.tap_name));
         } else if !sysnet(&t.tap_name).join("tun_flags").exists() {
             return Err(format!("{} exists and is not a tap", t.tap_name));
         }
         let alias = format!("vm={} mac={}", t.vm_uuid, t.mac.to_ascii_lowercase());
-        ip(&["link", "set", "dev", &t.tap_name, "address", &tap_mac(&t.mac)]).await?;
-        ip(&["link", "set", "dev", &t.tap_name, "alias", &alias]).await?;
-        ip(&["link", "set", "dev", &t.tap_name, "master", &t.bridge_name, "up"]).await
+        let plain = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:=".contains(c));
+        for w in [t.tap_name.as_str(), t.bridge_name.as_str(), t.vm_uuid.as_str(), t.mac.as_str()] {
+            if !plain(w) {
+                return Err(format!("unusable name {w:?} for a tap"));
+            }
+        }
+        lines.push(format!(
+            "link set dev {} address {} alias \"{alias}\" master {} up",
+            t.tap_name,
+            tap_mac(&t.mac),
+            t.bridge_name
+        ));
+        Ok(lines)
     }
 
     fn l3_dir(&self, l3: &str) -> PathBuf {
@@ -175,11 +198,18 @@ impl Network {
         }
         let _ = std::fs::remove_file(dir.join("dnsmasq.pid"));
         sys::run("dnsmasq", &args).await.map_err(|e| format!("cannot start the DHCP server: {e}"))?;
-        for _ in 0..100 {
+        // Up to 2 s, polled from 1 ms up to every 20 ms.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut wait = Duration::from_millis(1);
+        while tokio::time::Instant::now() < deadline {
             if self.dnsmasq_pid(&d.l3_uuid).is_some() {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
+        }
+        if self.dnsmasq_pid(&d.l3_uuid).is_some() {
+            return Ok(());
         }
         Err(format!("dnsmasq for L3 {} did not start: see {}", d.l3_uuid, s("dnsmasq.log")))
     }
@@ -190,14 +220,20 @@ impl Network {
         }
     }
 
-    async fn dhcp(&self, d: &DhcpSpec) -> Result<(), String> {
+    /// The `ip -batch` line giving the bridge the L3's gateway address.
+    fn dhcp_addr(&self, d: &DhcpSpec) -> Result<String, String> {
         if !sysnet(&d.bridge_name).join("bridge").exists() {
             return Err(format!("the bridge {} does not exist", d.bridge_name));
         }
+        let prefix = netmask_prefix(&d.netmask).ok_or("bad netmask")?;
+        let gw: std::net::Ipv4Addr = d.gateway.parse().map_err(|_| format!("bad gateway {}", d.gateway))?;
+        Ok(format!("addr replace {gw}/{prefix} dev {}", d.bridge_name))
+    }
+
+    /// The L3's static leases merged into its hosts file; dnsmasq started or told to re-read it.
+    async fn dhcp(&self, d: &DhcpSpec) -> Result<(), String> {
         let dir = self.l3_dir(&d.l3_uuid);
         sys::mkdirs(&dir)?;
-        let prefix = netmask_prefix(&d.netmask).ok_or("bad netmask")?;
-        ip(&["addr", "replace", &format!("{}/{prefix}", d.gateway), "dev", &d.bridge_name]).await?;
         let spec = serde_json::to_vec_pretty(d).map_err(|e| e.to_string())?;
         write_atomic(&dir.join("spec.json"), &spec)?;
         // Merge: a given MAC or IP replaces the entry that had it.
@@ -234,9 +270,15 @@ impl Network {
         for b in &cmd.bridges {
             bridges.push(self.bridge(b).await?);
         }
+        // The taps and the gateway addresses with one `ip` process.
+        let mut lines = Vec::new();
         for t in &cmd.taps {
-            self.tap(t).await?;
+            lines.extend(self.tap(t)?);
         }
+        for d in &cmd.dhcp {
+            lines.push(self.dhcp_addr(d)?);
+        }
+        sys::ip_batch(&lines).await?;
         for d in &cmd.dhcp {
             self.dhcp(d).await?;
         }

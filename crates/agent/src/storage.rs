@@ -66,14 +66,46 @@ fn lock_hint(e: String, path: &str) -> String {
     }
 }
 
+/// A file's identity for [`Storage::cached_info`]: (length, mtime ns, inode).
+fn file_stamp(path: &Path) -> Option<(u64, i64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino()))
+}
+
 pub struct Storage {
     pub data_dir: PathBuf,
     locks: KeyLocks,
+    /// `qemu-img info` of images used read-only (image caches, backing files), by path, valid
+    /// while the file's length, mtime and inode stay the same: a VM create reads them again
+    /// without a `qemu-img` process.
+    infos: std::sync::Mutex<std::collections::HashMap<PathBuf, ((u64, i64, u64), ImgInfo)>>,
 }
 
 impl Storage {
     pub fn new(data_dir: PathBuf) -> Self {
-        Storage { data_dir, locks: KeyLocks::default() }
+        Storage { data_dir, locks: KeyLocks::default(), infos: Default::default() }
+    }
+
+    /// [`img_info`] (shared) of an image that is not written to, remembered while it is unchanged.
+    async fn cached_info(&self, path: &Path) -> Result<ImgInfo, String> {
+        let stamp = file_stamp(path);
+        if let Some(s) = stamp {
+            let map = self.infos.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((st, i)) = map.get(path) {
+                if *st == s {
+                    return Ok(i.clone());
+                }
+            }
+        }
+        let i = img_info(path, true).await?;
+        if let Some(s) = stamp.filter(|s| file_stamp(path) == Some(*s)) {
+            let mut map = self.infos.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 4096 {
+                map.clear();
+            }
+            map.insert(path.to_path_buf(), (s, i.clone()));
+        }
+        Ok(i)
     }
 
     /// Fill the image cache once; concurrent calls for one image wait for the first.
@@ -94,8 +126,12 @@ impl Storage {
             let tmp = tmp_of(&dest);
             remove_if_exists(&tmp)?;
             let filled = async {
-                let format = if iso { "iso".to_string() } else { img_info(src, true).await?.format };
-                let backed = !iso && img_info(src, true).await?.backing_file.is_some();
+                let (format, backed) = if iso {
+                    ("iso".to_string(), false)
+                } else {
+                    let i = img_info(src, true).await?;
+                    (i.format, i.backing_file.is_some())
+                };
                 match format.as_str() {
                     "qcow2" | "iso" if !backed => {
                         // Same filesystem: a hard link costs nothing; else a copy.
@@ -124,7 +160,7 @@ impl Storage {
         let (format, size) = if iso {
             ("iso".to_string(), std::fs::metadata(&dest).map(|m| m.len() as i64).unwrap_or(0))
         } else {
-            let i = img_info(&dest, true).await?;
+            let i = self.cached_info(&dest).await?;
             (i.format, i.virtual_size)
         };
         Ok(ImageCacheInfo {
@@ -166,20 +202,23 @@ impl Storage {
         let tmp = tmp_of(&dest);
         remove_if_exists(&tmp)?;
         let t = tmp.to_string_lossy().into_owned();
+        // What the new file is (qcow2, its virtual size, its backing file): known without
+        // another `qemu-img info`.
         let result = async {
             match &cmd.backing_file {
                 Some(b) => {
                     if !Path::new(b).is_file() {
                         return Err(format!("the backing file {b} does not exist on this host"));
                     }
-                    let bi = img_info(Path::new(b), true).await?;
+                    let bi = self.cached_info(Path::new(b)).await?;
                     if cmd.size != 0 && cmd.size < bi.virtual_size {
                         return Err(format!(
                             "size {} is smaller than the image's virtual size {}",
                             cmd.size, bi.virtual_size
                         ));
                     }
-                    let size = cmd.size.max(bi.virtual_size).to_string();
+                    let virtual_size = cmd.size.max(bi.virtual_size);
+                    let size = virtual_size.to_string();
                     if thick {
                         sys::run(QEMU_IMG, &["convert", "-U", "-O", "qcow2", "-o", "preallocation=falloc", b, &t])
                             .await?;
@@ -190,21 +229,33 @@ impl Storage {
                         sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-F", &bi.format, "-b", b, &t, &size])
                             .await?;
                     }
+                    rename(&tmp, &dest)?;
+                    Ok((virtual_size, (!thick).then(|| b.clone())))
                 }
                 None => {
                     let size = cmd.size.to_string();
                     let prealloc = if thick { "preallocation=falloc" } else { "preallocation=off" };
                     sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-o", prealloc, &t, &size]).await?;
+                    rename(&tmp, &dest)?;
+                    Ok((cmd.size, None))
                 }
             }
-            rename(&tmp, &dest)
         }
         .await;
-        if let Err(e) = result {
-            let _ = remove_if_exists(&tmp);
-            return Err(e);
+        match result {
+            Ok((size, backing_file)) => Ok(VolumeInfo {
+                install_path: dest.to_string_lossy().into_owned(),
+                format: "qcow2".into(),
+                // qemu-img rounds a size up to whole 512-byte sectors
+                size: size.saturating_add(511) / 512 * 512,
+                actual_size: actual_size(&dest),
+                backing_file,
+            }),
+            Err(e) => {
+                let _ = remove_if_exists(&tmp);
+                Err(e)
+            }
         }
-        Self::volume_info(&dest).await
     }
 
     pub async fn delete_volume(&self, cmd: &VolumeDeleteCmd) -> Result<Deleted, String> {

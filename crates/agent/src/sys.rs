@@ -8,12 +8,19 @@ use tokio::process::Command;
 
 /// Run `prog args...`; its stdout, or an error naming the command with its stderr.
 pub async fn run<S: AsRef<OsStr>>(prog: &str, args: &[S]) -> Result<String, String> {
+    let t0 = std::time::Instant::now();
     let out = Command::new(prog)
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .await
         .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    tracing::debug!(
+        prog,
+        arg = args.first().map(|a| a.as_ref().to_string_lossy().into_owned()).unwrap_or_default(),
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "ran"
+    );
     if !out.status.success() {
         let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
         return Err(format!(
@@ -24,6 +31,38 @@ pub async fn run<S: AsRef<OsStr>>(prog: &str, args: &[S]) -> Result<String, Stri
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip -batch -`: run `ip` commands (one a line, arguments with spaces in double quotes) with
+/// one process; it stops at the first that fails, naming it.
+pub async fn ip_batch(lines: &[String]) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let t0 = std::time::Instant::now();
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).await.map_err(|e| format!("cannot write to ip -batch: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("cannot run ip: {e}"))?;
+    tracing::debug!(prog = "ip", arg = "-batch", commands = lines.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "ran");
+    if !out.status.success() {
+        return Err(format!(
+            "ip -batch ({}) failed ({}): {}",
+            lines.join("; "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `pid` is a live process (not a zombie) whose command line contains `marker`
@@ -51,6 +90,8 @@ pub async fn signal(pid: u32, sig: &str) -> Result<(), String> {
 /// Wait until `pid` is no longer alive (as [`alive`]), at most `timeout`.
 pub async fn wait_gone(pid: u32, marker: &str, timeout: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Polled from 2 ms up to every 50 ms: a process that goes at once is seen at once.
+    let mut wait = std::time::Duration::from_millis(2);
     loop {
         if !alive(pid, marker) {
             return true;
@@ -58,7 +99,8 @@ pub async fn wait_gone(pid: u32, marker: &str, timeout: std::time::Duration) -> 
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_millis(50));
     }
 }
 

@@ -426,31 +426,8 @@ pub fn decode_base64(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Cache the image, create the volumes, prepare the network, start QEMU.
-pub async fn instantiate(p: &Plan) -> Result<()> {
-    let agent = p.agent();
-    let cached = match &p.image {
-        Some((uuid, path, format)) => Some(
-            agent
-                .cache_image(&ImageCacheCmd {
-                    version: PROTOCOL_VERSION,
-                    image_uuid: uuid.clone(),
-                    source_path: path.clone(),
-                    format: Some(format.clone()),
-                    cache_root: p.cache_root.clone(),
-                })
-                .await
-                .map_err(|e| p.err("cache the image", e))?
-                .install_path,
-        ),
-        None => None,
-    };
-    if p.create_volumes {
-        create_volumes(p, &agent, cached.as_deref()).await?;
-    }
-    if !p.start {
-        return Ok(());
-    }
+/// The bridges, taps and DHCP leases of the VM's NICs.
+fn network_cmd(p: &Plan) -> NetworkPrepareCmd {
     let mut net = NetworkPrepareCmd { version: PROTOCOL_VERSION, ..Default::default() };
     for n in &p.nics {
         let b = bridge_of(n);
@@ -480,9 +457,59 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
             }
         }
     }
-    if !net.taps.is_empty() {
-        agent.prepare_network(&net).await.map_err(|e| p.err("prepare the network", e))?;
+    net
+}
+
+/// Cache the image, create the volumes, prepare the network, start QEMU. The disks (image
+/// cache, then volumes) and the network are independent and prepared at the same time; both
+/// run to their end before a failure is answered (the undo finds no half-done agent call).
+pub async fn instantiate(p: &Plan) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+    let agent = p.agent();
+    let disks = async {
+        let cached = match &p.image {
+            Some((uuid, path, format)) => Some(
+                agent
+                    .cache_image(&ImageCacheCmd {
+                        version: PROTOCOL_VERSION,
+                        image_uuid: uuid.clone(),
+                        source_path: path.clone(),
+                        format: Some(format.clone()),
+                        cache_root: p.cache_root.clone(),
+                    })
+                    .await
+                    .map_err(|e| p.err("cache the image", e))?
+                    .install_path,
+            ),
+            None => None,
+        };
+        tracing::info!(vm = %p.vm_uuid, ms = ms(t0), "instantiate: image cache");
+        let t = std::time::Instant::now();
+        if p.create_volumes {
+            create_volumes(p, &agent, cached.as_deref()).await?;
+        }
+        tracing::info!(vm = %p.vm_uuid, ms = ms(t), "instantiate: volumes");
+        Ok::<_, Error>(cached)
+    };
+    let network = async {
+        if !p.start {
+            return Ok(());
+        }
+        let net = network_cmd(p);
+        if !net.taps.is_empty() {
+            agent.prepare_network(&net).await.map_err(|e| p.err("prepare the network", e))?;
+        }
+        tracing::info!(vm = %p.vm_uuid, ms = ms(t0), "instantiate: network");
+        Ok::<_, Error>(())
+    };
+    let (cached, net) = tokio::join!(disks, network);
+    let cached = cached?;
+    net?;
+    if !p.start {
+        return Ok(());
     }
+    let t = std::time::Instant::now();
     let root = p
         .vols
         .iter()
@@ -515,6 +542,7 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
         })
         .await
         .map_err(|e| p.err("start the vm", e))?;
+    tracing::info!(vm = %p.vm_uuid, ms = ms(t), total_ms = ms(t0), "instantiate: vm started");
     Ok(())
 }
 
