@@ -75,6 +75,33 @@ fn session_invalid() -> Error {
     Error::code(codes::ID_1001, "Session expired")
 }
 
+/// Sessions checked lately, on SQLite only (one management node: every logout, renewal and
+/// expiry goes through this process): (node, session) → (account, user, expiry, when read).
+/// An entry answers for [`CACHE_MS`] while its expiry needs no sliding; logout and renewal
+/// drop it at once. With several nodes (PostgreSQL) a logout on another node must be seen at
+/// once, so every check reads the row there.
+type SessionCache = std::collections::HashMap<(String, String), (String, String, i64, i64)>;
+static CACHE: std::sync::Mutex<Option<SessionCache>> = std::sync::Mutex::new(None);
+const CACHE_MS: i64 = 2_000;
+const CACHE_MAX: usize = 10_000;
+
+fn cache() -> std::sync::MutexGuard<'static, Option<SessionCache>> {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Bumped (under the cache lock) by every logout and renewal: a check that read its row
+/// before one of them does not remember what it read.
+static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Called after a session's row changed or went: drop what the cache holds of it.
+fn forget(app: &App, uuid: &str) {
+    let mut c = cache();
+    EPOCH.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some(m) = c.as_mut() {
+        m.remove(&(app.mn_uuid.clone(), uuid.to_string()));
+    }
+}
+
 /// Check a session and slide its expiry (upstream renews on every authenticated call).
 /// The row is only rewritten when at least a minute of its lifetime has been used, so a busy
 /// client does not turn every read into a write.
@@ -83,6 +110,21 @@ pub async fn check(app: &App, session_uuid: Option<&str>) -> Result<SessionInfo>
         return Err(session_invalid());
     };
     let now = now_ms();
+    let timeout_ms = app.globals.get_i64(&globals::SESSION_TIMEOUT) * 1000;
+    let cached = app.db.kind == crate::db::DbKind::Sqlite;
+    let epoch = EPOCH.load(std::sync::atomic::Ordering::SeqCst);
+    if cached {
+        let key = (app.mn_uuid.clone(), uuid.to_string());
+        if let Some((account, user, expired, read)) = cache().as_ref().and_then(|m| m.get(&key)) {
+            if *expired > now && *expired >= now + timeout_ms - 60_000 && now - *read < CACHE_MS {
+                return Ok(SessionInfo {
+                    uuid: uuid.to_string(),
+                    account_uuid: account.clone(),
+                    user_uuid: user.clone(),
+                });
+            }
+        }
+    }
     let row = app
         .db
         .fetch_optional("SELECT account_uuid, user_uuid, expired_date FROM session WHERE uuid = $1", &[Val::from(uuid)])
@@ -94,16 +136,34 @@ pub async fn check(app: &App, session_uuid: Option<&str>) -> Result<SessionInfo>
     if expired <= now {
         return Err(session_invalid());
     }
-    let timeout_ms = app.globals.get_i64(&globals::SESSION_TIMEOUT) * 1000;
+    let mut expiry = expired;
     if expired < now + timeout_ms - 60_000 {
-        app.db
+        let n = app
+            .db
             .execute(
                 "UPDATE session SET expired_date = $1 WHERE uuid = $2 AND expired_date > $3",
                 &[Val::I(now + timeout_ms), Val::from(uuid), Val::I(now)],
             )
             .await?;
+        // not slid (logged out meanwhile): nothing to remember
+        expiry = if n == 1 { now + timeout_ms } else { 0 };
     }
-    Ok(SessionInfo { uuid: uuid.to_string(), account_uuid: row.try_get(0)?, user_uuid: row.try_get(1)? })
+    let info = SessionInfo { uuid: uuid.to_string(), account_uuid: row.try_get(0)?, user_uuid: row.try_get(1)? };
+    if cached && expiry > now {
+        let mut c = cache();
+        if EPOCH.load(std::sync::atomic::Ordering::SeqCst) != epoch {
+            return Ok(info);
+        }
+        let m = c.get_or_insert_with(Default::default);
+        if m.len() >= CACHE_MAX {
+            m.retain(|_, v| now - v.3 < CACHE_MS);
+        }
+        m.insert(
+            (app.mn_uuid.clone(), uuid.to_string()),
+            (info.account_uuid.clone(), info.user_uuid.clone(), expiry, now),
+        );
+    }
+    Ok(info)
 }
 
 fn session_inventory(uuid: &str, account: &str, user: &str, expired: i64, created: i64) -> Map<String, Value> {
@@ -187,7 +247,8 @@ async fn validate_session(app: App, msg: Msg) -> Result<Reply> {
 
 async fn log_out(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("sessionUuid").unwrap_or_default().to_string();
-    app.db.execute("DELETE FROM session WHERE uuid = $1", &[Val::from(uuid)]).await?;
+    app.db.execute("DELETE FROM session WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
+    forget(&app, &uuid);
     Ok(Reply::empty())
 }
 
@@ -207,6 +268,7 @@ async fn renew_session(app: App, msg: Msg) -> Result<Reply> {
             &[Val::I(now + duration_s * 1000), Val::from(uuid.as_str()), Val::I(now)],
         )
         .await?;
+    forget(&app, &uuid);
     let Some(row) = row else {
         return Err(session_invalid());
     };

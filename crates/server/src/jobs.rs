@@ -30,7 +30,15 @@ pub enum AcceptError {
 /// request and a database read each time (a long poll; the answers are those of upstream).
 const LONG_POLL: Duration = Duration::from_millis(500);
 
-type InProcessMap = std::collections::BTreeMap<String, Arc<Notify>>;
+/// A job in process: the signal of its end, and its stored result (success, body, schema
+/// map, as written to its row) so that the polls it wakes need not read the row back.
+#[derive(Default)]
+struct Running {
+    done: Notify,
+    result: std::sync::OnceLock<(bool, String, String)>,
+}
+
+type InProcessMap = std::collections::BTreeMap<String, Arc<Running>>;
 
 /// Jobs accepted or running in this process, each with the signal of its end (for polls).
 /// The periodic takeover in [`recover`] must not start these a second time (they are
@@ -47,7 +55,7 @@ fn mark(job: &str) -> bool {
     if m.contains_key(job) {
         return false;
     }
-    m.insert(job.to_string(), Arc::new(Notify::new()));
+    m.insert(job.to_string(), Arc::new(Running::default()));
     true
 }
 
@@ -57,8 +65,8 @@ struct InProcess(String);
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        if let Some(done) = in_process().remove(&self.0) {
-            done.notify_waiters();
+        if let Some(running) = in_process().remove(&self.0) {
+            running.done.notify_waiters();
         }
     }
 }
@@ -138,10 +146,11 @@ async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<Str
         Err(e) => (false, json!({ "error": e.to_error_code() }), Value::Object(Map::new())),
     };
     let body_text = body.to_string();
+    let schema_text = schema.to_string();
     let vals = [
         Val::I(success as i64),
         Val::S(body_text.clone()),
-        Val::S(schema.to_string()),
+        Val::S(schema_text.clone()),
         Val::I(now_ms()),
         Val::from(job),
     ];
@@ -156,7 +165,12 @@ async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<Str
             )
             .await
         {
-            Ok(_) => break,
+            Ok(_) => {
+                if let Some(running) = in_process().get(job) {
+                    let _ = running.result.set((success, body_text.clone(), schema_text));
+                }
+                break;
+            }
             Err(e) => {
                 tracing::error!(job, error = %e, attempt, "cannot store job result");
                 tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
@@ -193,13 +207,17 @@ async fn call_web_hook(http: reqwest::Client, url: String, job: String, success:
 /// The answer to `GET /api-jobs/{uuid}`: (status, body).
 pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, Value)>> {
     let running = in_process().get(uuid).cloned();
-    if let Some(done) = running {
-        let done = done.notified();
+    if let Some(running) = running {
+        let done = running.done.notified();
         tokio::pin!(done);
         // registered before the second look, so an end in between is not missed
         done.as_mut().enable();
         if in_process().contains_key(uuid) && tokio::time::timeout(LONG_POLL, done).await.is_err() {
             return Ok(Some((202, json!({}))));
+        }
+        // the job ended in this process: its result as stored in its row
+        if let Some((success, text, schema)) = running.result.get() {
+            return Ok(Some(answer(*success, text, Some(schema.clone()), want_schema)));
         }
     }
     let row = app
@@ -213,9 +231,14 @@ pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u1
     }
     let success: i64 = row.try_get::<Option<i64>, _>(1)?.unwrap_or(0);
     let text: String = row.try_get::<Option<String>, _>(2)?.unwrap_or_else(|| "{}".into());
-    let mut body: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({}));
-    if success != 0 && want_schema {
-        let schema: Option<String> = row.try_get(3)?;
+    let schema: Option<String> = if success != 0 && want_schema { row.try_get(3)? } else { None };
+    Ok(Some(answer(success != 0, &text, schema, want_schema)))
+}
+
+/// A done job's answer from its stored result.
+fn answer(success: bool, text: &str, schema: Option<String>, want_schema: bool) -> (u16, Value) {
+    let mut body: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({}));
+    if success && want_schema {
         if let (Some(s), Value::Object(b)) = (schema, &mut body) {
             if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&s) {
                 if !m.is_empty() {
@@ -224,7 +247,7 @@ pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u1
             }
         }
     }
-    Ok(Some((if success != 0 { 200 } else { 503 }, body)))
+    (if success { 200 } else { 503 }, body)
 }
 
 /// Resume the jobs this node left unfinished (a crash or a kill), or fail those that have

@@ -477,6 +477,45 @@ pub(super) fn opt_str(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<String
 
 /// The upstream interceptor checks (facts 4.2) for the supported parameters, in order;
 /// fills the plan's derived fields.
+/// Column offsets in the [`prefetch`] row: the instance offering's (state, type, cpu_num,
+/// memory_size, reserved_memory_size, cpu_speed, allocator_strategy, uuid), the first L3's
+/// (state, system, zone_uuid, uuid) and the image's (state, status, media_type, system,
+/// platform, guest_os_type, architecture, size, actual_size, format, virtio, uuid).
+const PRE_OFFERING: usize = 0;
+const PRE_L3: usize = 8;
+const PRE_IMAGE: usize = 12;
+
+/// The instance offering, first L3 network and image of a create read in ONE statement (the
+/// checks below read each of them once; absent rows come back as NULL columns).
+async fn prefetch(app: &App, offering: &str, l3: &str, image: &str) -> Result<Option<sqlx::any::AnyRow>> {
+    app.db
+        .fetch_optional(
+            "SELECT o.state, o.type, o.cpu_num, o.memory_size, o.reserved_memory_size, o.cpu_speed, \
+             o.allocator_strategy, o.uuid, l.state, l.system, l.zone_uuid, l.uuid, i.state, i.status, i.media_type, \
+             i.system, i.platform, i.guest_os_type, i.architecture, i.size, i.actual_size, i.format, i.virtio, i.uuid \
+             FROM (SELECT 1 AS one) x LEFT JOIN instance_offering o ON o.uuid = $1 \
+             LEFT JOIN l3_network l ON l.uuid = $2 LEFT JOIN image i ON i.uuid = $3",
+            &[Val::from(offering), Val::from(l3), Val::from(image)],
+        )
+        .await
+}
+
+/// The prefetched part at `off` (whose uuid column is `uuid_col` past it) when it is that of
+/// `uuid`: Some(Some(row)) found, Some(None) not found; None when it was not prefetched.
+fn prefetched<'a>(
+    pre: &'a Option<sqlx::any::AnyRow>,
+    off: usize,
+    uuid_col: usize,
+    uuid: &str,
+    asked: Option<&str>,
+) -> Result<Option<Option<&'a sqlx::any::AnyRow>>> {
+    let Some(row) = pre else { return Ok(None) };
+    if asked != Some(uuid) {
+        return Ok(None);
+    }
+    Ok(Some(row.try_get::<Option<String>, _>(off + uuid_col)?.map(|_| row)))
+}
+
 pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> Result<Ctx> {
     for f in NOT_YET {
         if !matches!(msg.fields.get(*f), None | Some(Value::Null)) {
@@ -488,19 +527,40 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     }
     // Only the VM_TAGS patterns pass the pipeline; parse them (checked below, in upstream order).
     let mut tags = VmTags::parse(&msg.system_tags());
+    // the usual create (an offering, an image, L3 networks, no disk AOs): its three reads in one
+    let pre_keys = match (&req.instance_offering_uuid, req.l3_network_uuids.first(), &req.image_uuid) {
+        (Some(o), Some(l), Some(i)) if req.disk_aos.is_empty() && req.snapshot.is_none() => {
+            Some((o.clone(), l.clone(), i.clone()))
+        }
+        _ => None,
+    };
+    let pre = match &pre_keys {
+        Some((o, l, i)) => prefetch(app, o, l, i).await?,
+        None => None,
+    };
+    let pre_offering = pre_keys.as_ref().map(|k| k.0.as_str());
+    let pre_l3 = pre_keys.as_ref().map(|k| k.1.as_str());
+    let pre_image = pre_keys.as_ref().map(|k| k.2.as_str());
     // 1. instance settings
     let (cpu_num, memory_size, mut reserved, cpu_speed, allocator) = match &req.instance_offering_uuid {
         Some(o) => {
-            let row = one_row(
-                app,
-                "SELECT state, type, cpu_num, memory_size, reserved_memory_size, cpu_speed, allocator_strategy \
-                 FROM instance_offering WHERE uuid = $1",
-                o,
-            )
-            .await?
-            .ok_or_else(|| Error::not_found(format!("instance offering[uuid:{o}] is not found")))?;
-            let state: String = row.try_get(0)?;
-            let ty: String = row.try_get(1)?;
+            let owned;
+            let (row, k) = match prefetched(&pre, PRE_OFFERING, 7, o, pre_offering)? {
+                Some(found) => (found, PRE_OFFERING),
+                None => {
+                    owned = one_row(
+                        app,
+                        "SELECT state, type, cpu_num, memory_size, reserved_memory_size, cpu_speed, allocator_strategy \
+                         FROM instance_offering WHERE uuid = $1",
+                        o,
+                    )
+                    .await?;
+                    (owned.as_ref(), 0)
+                }
+            };
+            let row = row.ok_or_else(|| Error::not_found(format!("instance offering[uuid:{o}] is not found")))?;
+            let state: String = row.try_get(k)?;
+            let ty: String = row.try_get(k + 1)?;
             if state == "Disabled" {
                 return Err(Error::operr(format!("instance offering[uuid:{o}] is Disabled, can't create vm from it")));
             }
@@ -509,13 +569,13 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
                     "instance offering[uuid:{o}, type:{ty}] is not UserVm type, can't create vm from it"
                 )));
             }
-            let r: i64 = row.try_get(4)?;
+            let r: i64 = row.try_get(k + 4)?;
             (
-                row.try_get::<i64, _>(2)?,
-                row.try_get::<i64, _>(3)?,
+                row.try_get::<i64, _>(k + 2)?,
+                row.try_get::<i64, _>(k + 3)?,
                 req.reserved_memory_size.or(Some(r)),
-                row.try_get::<i64, _>(5)?,
-                opt_str(&row, 6)?,
+                row.try_get::<i64, _>(k + 5)?,
+                opt_str(row, k + 6)?,
             )
         }
         None => {
@@ -572,17 +632,23 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         if req.l3_network_uuids[..i].contains(l3) {
             return Err(Error::operr(format!("Can't add same uuid in the l3Network,uuid: {l3}")));
         }
-        let row = one_row(app, "SELECT state, system, zone_uuid FROM l3_network WHERE uuid = $1", l3)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("l3Network[uuid:{l3}] is not found")))?;
-        if row.try_get::<String, _>(0)? == "Disabled" {
+        let owned;
+        let (row, k) = match prefetched(&pre, PRE_L3, 3, l3, pre_l3.filter(|_| i == 0))? {
+            Some(found) => (found, PRE_L3),
+            None => {
+                owned = one_row(app, "SELECT state, system, zone_uuid FROM l3_network WHERE uuid = $1", l3).await?;
+                (owned.as_ref(), 0)
+            }
+        };
+        let row = row.ok_or_else(|| Error::not_found(format!("l3Network[uuid:{l3}] is not found")))?;
+        if row.try_get::<String, _>(k)? == "Disabled" {
             return Err(Error::operr(format!("l3Network[uuid:{l3}] is Disabled, can not create vm on it")));
         }
-        if row.try_get::<i64, _>(1)? != 0 && req.ty.as_deref().unwrap_or("UserVm") == "UserVm" {
+        if row.try_get::<i64, _>(k + 1)? != 0 && req.ty.as_deref().unwrap_or("UserVm") == "UserVm" {
             return Err(Error::operr(format!("l3Network[uuid:{l3}] is system network, can not create user vm on it")));
         }
         if i == 0 {
-            first_l3_zone = Some(row.try_get::<String, _>(2)?);
+            first_l3_zone = Some(row.try_get::<String, _>(k + 2)?);
         }
     }
     // static IPs and custom MACs (upstream StaticIpOperator / MacOperator validators)
@@ -805,18 +871,25 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
                 }
             }
             Some(i) => {
-                let row = one_row(
-                app,
-                "SELECT state, status, media_type, system, platform, guest_os_type, architecture, size, actual_size, format, \
-                 virtio FROM image WHERE uuid = $1",
-                i,
-            )
-            .await?
-            .ok_or_else(|| Error::not_found(format!("image[uuid:{i}] is not found")))?;
-                let state: String = row.try_get(0)?;
-                let status: String = row.try_get(1)?;
-                let media: String = row.try_get(2)?;
-                let system: i64 = row.try_get(3)?;
+                let owned;
+                let (row, k) = match prefetched(&pre, PRE_IMAGE, 11, i, pre_image)? {
+                    Some(found) => (found, PRE_IMAGE),
+                    None => {
+                        owned = one_row(
+                            app,
+                            "SELECT state, status, media_type, system, platform, guest_os_type, architecture, size, \
+                             actual_size, format, virtio FROM image WHERE uuid = $1",
+                            i,
+                        )
+                        .await?;
+                        (owned.as_ref(), 0)
+                    }
+                };
+                let row = row.ok_or_else(|| Error::not_found(format!("image[uuid:{i}] is not found")))?;
+                let state: String = row.try_get(k)?;
+                let status: String = row.try_get(k + 1)?;
+                let media: String = row.try_get(k + 2)?;
+                let system: i64 = row.try_get(k + 3)?;
                 if state == "Disabled" {
                     return Err(Error::operr(format!("image[uuid:{i}] is Disabled, can't create vm from it")));
                 }
@@ -833,17 +906,17 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
                         "image[uuid:{i}] is system image, can't be used to create user vm"
                     )));
                 }
-                platform = platform.or(opt_str(&row, 4)?);
-                guest_os = guest_os.or(opt_str(&row, 5)?);
-                arch = arch.or(opt_str(&row, 6)?);
+                platform = platform.or(opt_str(row, k + 4)?);
+                guest_os = guest_os.or(opt_str(row, k + 5)?);
+                arch = arch.or(opt_str(row, k + 6)?);
                 if platform.is_none() {
                     return Err(Error::operr("platform is not set, neither in the message nor on the image"));
                 }
-                image_size = row.try_get::<Option<i64>, _>(7)?.unwrap_or(0);
-                image_actual = row.try_get::<Option<i64>, _>(8)?.unwrap_or(0);
+                image_size = row.try_get::<Option<i64>, _>(k + 7)?.unwrap_or(0);
+                image_actual = row.try_get::<Option<i64>, _>(k + 8)?.unwrap_or(0);
                 iso = media == "ISO";
-                format = Some(row.try_get::<String, _>(9)?);
-                image_virtio = row.try_get::<i64, _>(10)? != 0;
+                format = Some(row.try_get::<String, _>(k + 9)?);
+                image_virtio = row.try_get::<i64, _>(k + 10)? != 0;
                 if iso {
                     if req.root_disk_offering_uuid.is_none() && req.root_disk_size.is_none() {
                         return Err(Error::argerr("image mediaType is ISO but missing root disk settings"));
@@ -1135,5 +1208,8 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         ps: None,
         request: None,
         on_host: None,
+        internal_id: None,
+        host_hypervisor: None,
+        ps_url: None,
     })
 }

@@ -155,6 +155,10 @@ pub(super) async fn existing_vm(app: &App, msg: &Msg) -> Result<Option<Reply>> {
     let uuid = msg.resource_uuid();
     if msg.replay {
         saga::unwind_for_job(app, &msg.job_uuid).await?;
+    } else if !matches!(msg.fields.get("resourceUuid"), Some(Value::String(_))) {
+        // a first attempt without resourceUuid: the uuid was made when the job was accepted,
+        // no VM can have it yet
+        return Ok(None);
     }
     let Some(row) = app
         .db

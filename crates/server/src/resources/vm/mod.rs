@@ -40,8 +40,8 @@ pub mod sync;
 
 use checks::*;
 use create::*;
-use lifecycle::*;
 pub use lifecycle::start_expunge_task;
+use lifecycle::*;
 use nics::*;
 pub use steps::*;
 

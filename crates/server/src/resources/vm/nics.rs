@@ -105,21 +105,38 @@ pub(super) async fn allocate_ip(
     ip_uuid: &str,
     required: Option<&str>,
 ) -> Result<(String, String, Option<String>)> {
-    let strategy = ip_strategy(tx).await?;
     if let Some(ip) = required {
+        let strategy = ip_strategy(tx).await?;
         return allocate_required_ip_with(tx, strategy, l3, nic_uuid, ip_uuid, ip).await;
     }
-    let first = strategy == FIRST_AVAILABLE_IP_STRATEGY;
-    let ranges = tx
+    // the ranges in creation order, each row with the strategy in force (one statement)
+    let mut ranges = tx
         .fetch_all(
-            &format!(
-                "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway FROM ip_range \
-                 WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY {}",
-                if first { "create_date, uuid" } else { "random()" }
-            ),
-            &[Val::from(l3)],
+            "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway, \
+             (SELECT value FROM global_config WHERE category = $2 AND name = $3) FROM ip_range \
+             WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY create_date, uuid",
+            &[
+                Val::from(l3),
+                Val::from(crate::globals::L3_IP_ALLOCATE_STRATEGY.category),
+                Val::from(crate::globals::L3_IP_ALLOCATE_STRATEGY.name),
+            ],
         )
         .await?;
+    let strategy = match ranges.first() {
+        Some(r) => match r.try_get::<Option<String>, _>(5)?.as_deref() {
+            Some(FIRST_AVAILABLE_IP_STRATEGY) => FIRST_AVAILABLE_IP_STRATEGY,
+            _ => RANDOM_IP_STRATEGY,
+        },
+        None => ip_strategy(tx).await?,
+    };
+    let first = strategy == FIRST_AVAILABLE_IP_STRATEGY;
+    if !first {
+        // the random strategy tries the ranges in random order
+        for i in (1..ranges.len()).rev() {
+            let j = (u64::from_le_bytes(random_bytes()) % (i as u64 + 1)) as usize;
+            ranges.swap(i, j);
+        }
+    }
     // reserved IP ranges of the L3 are never handed out by the allocator (a static IP may name one)
     let mut reserved: Vec<(i64, i64)> = Vec::new();
     for r in tx
@@ -233,18 +250,20 @@ async fn allocate_required_ip_with(
 /// address of its L3 network.
 pub(super) fn nics_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        let internal_id: i64 = tx
-            .fetch_optional("SELECT internal_id FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
-            .await?
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
-            .unwrap_or(0);
-        let hv: Option<String> = tx
-            .fetch_optional("SELECT hypervisor_type FROM vm_instance WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
-            .await?
-            .map(|r| r.try_get::<Option<String>, _>(0))
-            .transpose()?
-            .flatten();
+        // what record-vm and allocate-host learnt; read back only for plans stored without it
+        let (internal_id, hv): (i64, Option<String>) = match (c.internal_id, &c.host_hypervisor) {
+            (Some(id), Some(hv)) => (id, Some(hv.clone())),
+            _ => match tx
+                .fetch_optional(
+                    "SELECT internal_id, hypervisor_type FROM vm_instance WHERE uuid = $1",
+                    &[Val::from(c.vm_uuid.as_str())],
+                )
+                .await?
+            {
+                Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<Option<String>, _>(1)?),
+                None => (0, None),
+            },
+        };
         let now = now_ms();
         for (device, nic) in c.nics.iter().enumerate() {
             let device = device as i64;

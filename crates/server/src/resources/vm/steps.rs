@@ -115,6 +115,16 @@ pub struct Ctx {
     /// what the host must do (set by plan-on-host, read by instantiate-on-host and its undo)
     #[serde(default)]
     pub(super) on_host: Option<OnHost>,
+    /// what earlier steps learnt, so that later steps need not read it back (None in plans
+    /// stored before these existed: read from the database then): the VM's internal id (set
+    /// by record-vm), the chosen host's hypervisor type (allocate-host) and the chosen primary
+    /// storage's URL (allocate-primary-storage)
+    #[serde(default)]
+    pub(super) internal_id: Option<i64>,
+    #[serde(default)]
+    pub(super) host_hypervisor: Option<String>,
+    #[serde(default)]
+    pub(super) ps_url: Option<String>,
 }
 
 /// The instantiation plan: read from the database in a transaction (plan-on-host), carried
@@ -347,6 +357,7 @@ pub(super) fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) 
             .await?
             .ok_or_else(|| Error::Internal("the vm internal id sequence is missing".into()))?;
         let internal_id: i64 = row.try_get(0)?;
+        c.internal_id = Some(internal_id);
         let now = now_ms();
         let state = if c.strategy == "JustCreate" { "Created" } else { "Starting" };
         tx.execute(
@@ -547,7 +558,7 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
                     Val::from(h.as_str()),
                     Val::from(cluster.as_str()),
                     Val::from(zone.as_str()),
-                    Val::from(hv),
+                    Val::from(hv.as_str()),
                     Val::I(c.cpu_num),
                     Val::I(c.memory_size),
                     Val::I(now_ms()),
@@ -556,6 +567,7 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             )
             .await?;
             c.host = Some(h);
+            c.host_hypervisor = Some(hv);
             c.cluster_uuid = Some(cluster);
             c.zone_uuid = Some(zone);
             return Ok(());
@@ -608,6 +620,7 @@ pub(super) fn host_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) 
         )
         .await?;
         c.host = None;
+        c.host_hypervisor = None;
         Ok(())
     })
 }
@@ -627,7 +640,7 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
         let rows = tx
             .fetch_all(
                 &format!(
-                    "SELECT p.uuid FROM primary_storage p JOIN primary_storage_cluster_ref r ON r.primary_storage_uuid = p.uuid \
+                    "SELECT p.uuid, p.url FROM primary_storage p JOIN primary_storage_cluster_ref r ON r.primary_storage_uuid = p.uuid \
                      WHERE r.cluster_uuid = $1 AND p.state = 'Enabled' AND p.status = 'Connected' \
                      AND p.available_capacity >= $2{filter} ORDER BY p.available_capacity DESC, p.uuid"
                 ),
@@ -651,6 +664,7 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                 )
                 .await?;
                 c.ps = Some(p);
+                c.ps_url = Some(row.try_get::<Option<String>, _>(1)?.unwrap_or_default());
                 return Ok(());
             }
         }
@@ -698,6 +712,7 @@ pub(super) fn ps_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) ->
     Box::pin(async move {
         release_ps(tx, &c.vm_uuid).await?;
         c.ps = None;
+        c.ps_url = None;
         Ok(())
     })
 }
@@ -706,12 +721,15 @@ pub(super) fn ps_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) ->
 pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let ps = c.ps.clone().ok_or_else(|| Error::Internal("no primary storage allocated".into()))?;
-        let url: String = tx
-            .fetch_optional("SELECT url FROM primary_storage WHERE uuid = $1", &[Val::from(ps.as_str())])
-            .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?
-            .unwrap_or_default();
+        let url: String = match &c.ps_url {
+            Some(u) => u.clone(),
+            None => tx
+                .fetch_optional("SELECT url FROM primary_storage WHERE uuid = $1", &[Val::from(ps.as_str())])
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?
+                .unwrap_or_default(),
+        };
         let url = url.trim_end_matches('/').to_string();
         let now = now_ms();
         let mut vols = vec![(
@@ -766,6 +784,9 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
                 )));
             }
         }
+        // what the new volumes take of the VM's hold, given back with the root volume's uuid in
+        // one statement after the loop
+        let mut taken = 0i64;
         for (uuid, name, ty, size, actual, offering, image, device) in vols {
             let dir = if ty == "Root" { "rootVolumes" } else { "dataVolumes" };
             let path = format!("{url}/{dir}/acct-{}/vol-{uuid}/{uuid}.qcow2", c.account_uuid);
@@ -798,15 +819,11 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
                 vtags.extend(d.tags.iter().cloned());
             }
             crate::resources::tag::attach_create_tags(tx, &uuid, VOLUME.vo, &vtags, &[]).await?;
-            tx.execute(
-                "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1 WHERE uuid = $2",
-                &[Val::I(size), Val::from(c.vm_uuid.as_str())],
-            )
-            .await?;
+            taken += size;
         }
         tx.execute(
-            "UPDATE vm_instance SET root_volume_uuid = $1 WHERE uuid = $2",
-            &[Val::from(c.root_volume_uuid.as_str()), Val::from(c.vm_uuid.as_str())],
+            "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1, root_volume_uuid = $2 WHERE uuid = $3",
+            &[Val::I(taken), Val::from(c.root_volume_uuid.as_str()), Val::from(c.vm_uuid.as_str())],
         )
         .await?;
         Ok(())
@@ -892,11 +909,14 @@ pub(super) fn cdrom_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
 pub(super) fn plan_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let h = c.host.clone().unwrap_or_default();
-        let hv: Option<String> = tx
-            .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
-            .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?;
+        let hv: Option<String> = match &c.host_hypervisor {
+            Some(hv) => Some(hv.clone()),
+            None => tx
+                .fetch_optional("SELECT hypervisor_type FROM host WHERE uuid = $1", &[Val::from(h.as_str())])
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?,
+        };
         c.on_host = Some(match hv.as_deref() {
             Some("Simulator") => OnHost::Simulator,
             Some("KVM") => OnHost::Kvm(Box::new(kvm::plan(tx, c, &h).await?)),
