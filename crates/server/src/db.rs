@@ -205,6 +205,9 @@ impl Db {
                         conn.execute("PRAGMA busy_timeout=30000").await?;
                         conn.execute("PRAGMA synchronous=NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys=ON").await?;
+                        // a page cache of up to 32 MiB per connection (SQLite's default is
+                        // 2 MiB): at 10,000 VMs the hot pages no longer come from the OS
+                        conn.execute("PRAGMA cache_size=-32768").await?;
                     }
                     Ok(())
                 })
