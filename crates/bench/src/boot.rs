@@ -88,6 +88,14 @@ async fn wait_marker(log: &Path, t0: Instant) -> Res<Duration> {
     }
 }
 
+/// The guest's own uptime (s) on its `RZSTACK-GUEST-BOOTED uptime=<s>` line: kernel start to
+/// the marker, without firmware and QEMU set-up.
+fn guest_uptime(log: &Path) -> Option<f64> {
+    let t = String::from_utf8_lossy(&std::fs::read(log).ok()?).into_owned();
+    let rest = &t[t.find(MARKER)? + MARKER.len()..];
+    rest.trim_start().strip_prefix("uptime=")?.split_whitespace().next()?.parse().ok()
+}
+
 fn qemu_img(args: &[&str]) -> Res<Value> {
     let o = Command::new("qemu-img").args(args).output().map_err(|e| e.to_string())?;
     if !o.status.success() {
@@ -98,7 +106,13 @@ fn qemu_img(args: &[&str]) -> Res<Value> {
 
 /// Boot the guest of `cmd` with a bare QEMU: the agent's own command line for it, with a
 /// fresh root disk (a linked clone of `cache`, or a full copy when `thick`) and `tap`.
-async fn bare_boot(cmd: &VmStartCmd, accel: &'static str, cache: &str, thick: bool, tap: &str) -> Res<Duration> {
+async fn bare_boot(
+    cmd: &VmStartCmd,
+    accel: &'static str,
+    cache: &str,
+    thick: bool,
+    tap: &str,
+) -> Res<(Duration, Option<f64>)> {
     let dir = tempfile::Builder::new().prefix("rzb").tempdir_in("/tmp").map_err(|e| e.to_string())?;
     let root = dir.path().join("root.qcow2");
     let root_s = root.to_string_lossy().into_owned();
@@ -135,7 +149,8 @@ async fn bare_boot(cmd: &VmStartCmd, accel: &'static str, cache: &str, thick: bo
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    took
+    let log = dir.path().join("serial.log");
+    took.map(|t| (t, guest_uptime(&log)))
 }
 
 fn spawn(args: &[&str], envs: &[(&str, String)]) -> Res<Child> {
@@ -298,6 +313,8 @@ pub async fn run(boots: usize, image: Option<PathBuf>) -> Res<()> {
         // Per boot: ours minus the bare boot that followed it (ms); less sensitive to a busy
         // machine than the difference of the two medians.
         let mut paired: Vec<f64> = Vec::new();
+        // The guests' own uptimes at the marker (s): ours, bare.
+        let mut uptimes: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         for _ in 0..boots {
             let vm = uuid::Uuid::new_v4().simple().to_string();
             let mut p = json!({"name": "boot", "instanceOfferingUuid": offering, "imageUuid": image,
@@ -313,6 +330,7 @@ pub async fn run(boots: usize, image: Option<PathBuf>) -> Res<()> {
             );
             let (_, _, inv) = created?;
             ours.push(took?);
+            uptimes.0.extend(guest_uptime(&log));
             // The command the agent started the guest with, its QEMU, and the image it runs.
             let state: Value = serde_json::from_slice(
                 &std::fs::read(agent_dir.join("vms").join(&vm).join("state.json")).map_err(|e| e.to_string())?,
@@ -343,7 +361,9 @@ pub async fn run(boots: usize, image: Option<PathBuf>) -> Res<()> {
                 .await?;
             // The bare QEMU's root disk is made from the same image cache before its clock starts.
             let src = image_cache.as_deref().ok_or("no image cache")?;
-            bare.push(bare_boot(&cmd, accel, src, thick, &tap).await?);
+            let (b, up) = bare_boot(&cmd, accel, src, thick, &tap).await?;
+            bare.push(b);
+            uptimes.1.extend(up);
             if let (Some(o), Some(b)) = (ours.last(), bare.last()) {
                 paired.push((o.as_secs_f64() - b.as_secs_f64()) * 1e3);
             }
@@ -355,6 +375,15 @@ pub async fn run(boots: usize, image: Option<PathBuf>) -> Res<()> {
         println!(
             "| {kind}: rzstack overhead (median of per-boot differences) | {:.0} ms |",
             paired.get(paired.len() / 2).copied().unwrap_or(0.0)
+        );
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0) * 1e3
+        };
+        println!(
+            "| {kind}: guest's own uptime at the marker, rzstack / bare (median) | {:.0} / {:.0} ms |",
+            med(&mut uptimes.0),
+            med(&mut uptimes.1)
         );
         println!("| {kind}: ratio (median) | {:.2} |", if b50 > 0.0 { o50 / b50 } else { 0.0 });
         rss.sort();
