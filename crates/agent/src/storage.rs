@@ -67,7 +67,9 @@ fn lock_hint(e: String, path: &str) -> String {
 }
 
 /// A file's identity for [`Storage::cached_info`]: (length, mtime ns, inode).
-fn file_stamp(path: &Path) -> Option<(u64, i64, u64)> {
+type Stamp = (u64, i64, u64);
+
+fn file_stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino()))
 }
@@ -78,7 +80,7 @@ pub struct Storage {
     /// `qemu-img info` of images used read-only (image caches, backing files), by path, valid
     /// while the file's length, mtime and inode stay the same: a VM create reads them again
     /// without a `qemu-img` process.
-    infos: std::sync::Mutex<std::collections::HashMap<PathBuf, ((u64, i64, u64), ImgInfo)>>,
+    infos: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, ImgInfo)>>,
 }
 
 impl Storage {
