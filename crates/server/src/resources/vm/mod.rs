@@ -8,7 +8,7 @@
 //! the first step ([`JUST_CREATE`]). Every step's undo gives back exactly what the step took,
 //! guarded by a compare-and-set on the row that records it, so running it twice is harmless.
 
-use crate::api::{boxed, ApiDef, Body, Kind, Method, Msg, Reply, HOURS};
+use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
@@ -207,16 +207,9 @@ const PLATFORMS: &[&str] = &["Linux", "Windows", "Other", "Paravirtualization", 
 const ARCHITECTURES: &[&str] = &["x86_64", "aarch64", "mips64el", "loongarch64"];
 
 pub static APIS: &[ApiDef] = &[
-    ApiDef {
-        name: "CreateVmInstance",
-        method: Method::Post,
-        path: "/vm-instances",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 12 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+    ApiDef::create("CreateVmInstance", "/vm-instances")
+        .timeout(12 * HOURS)
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("instanceOfferingUuid").resource(&INSTANCE_OFFERING),
             Param::int("cpuNum"),
@@ -248,20 +241,12 @@ pub static APIS: &[ApiDef] = &[
             Param::objects("diskAOs"),
             Param::list("dataVolumeTemplateUuids").resource(&IMAGE),
             Param::map("devices"),
-        ],
-        tags: VM_TAGS,
-        handler: Some(|a, m| boxed(create_vm(a, m))),
-    },
-    ApiDef {
-        name: "CreateVmInstanceFromVolumeSnapshot",
-        method: Method::Post,
-        path: "/vm-instances/from/volume-snapshots/{volumeSnapshotUuid}",
-        optional_paths: &[],
-        body: Body::Params,
-        kind: Kind::Async { timeout_ms: 72 * HOURS },
-        auth: true,
-        create: true,
-        params: &[
+        ])
+        .tags(VM_TAGS)
+        .handler(|a, m| boxed(create_vm(a, m))),
+    ApiDef::create("CreateVmInstanceFromVolumeSnapshot", "/vm-instances/from/volume-snapshots/{volumeSnapshotUuid}")
+        .timeout(72 * HOURS)
+        .params(&[
             Param::str("name").required().max(255),
             Param::str("description").max(2048),
             Param::str("instanceOfferingUuid").resource(&INSTANCE_OFFERING),
@@ -280,109 +265,41 @@ pub static APIS: &[ApiDef] = &[
             Param::str("defaultL3NetworkUuid"),
             Param::str("strategy").values(&["InstantStart", "CreateStopped"]),
             Param::list("rootVolumeSystemTags"),
-        ],
-        tags: VM_TAGS,
-        handler: Some(|a, m| boxed(create_vm_from_snapshot(a, m))),
-    },
-    ApiDef {
-        name: "StartVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .tags(VM_TAGS)
+        .handler(|a, m| boxed(create_vm_from_snapshot(a, m))),
+    ApiDef::action("StartVmInstance", "/vm-instances/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&VM),
             Param::str("clusterUuid").resource(&CLUSTER),
             Param::str("hostUuid").resource(&HOST),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(start_vm(a, m))),
-    },
-    ApiDef {
-        name: "StopVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(start_vm(a, m))),
+    ApiDef::action("StopVmInstance", "/vm-instances/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&VM),
             Param::str("type").values(&["grace", "cold"]),
             Param::str("stopHA").values(&["true"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(stop_vm(a, m))),
-    },
-    ApiDef {
-        name: "RebootVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&VM)],
-        tags: &[],
-        handler: Some(|a, m| boxed(reboot_vm(a, m))),
-    },
-    ApiDef {
-        name: "DestroyVmInstance",
-        method: Method::Delete,
-        path: "/vm-instances/{uuid}",
-        optional_paths: &[],
-        body: Body::Query,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(stop_vm(a, m))),
+    ApiDef::action("RebootVmInstance", "/vm-instances/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(reboot_vm(a, m))),
+    ApiDef::delete("DestroyVmInstance", "/vm-instances/{uuid}")
+        .params(&[
             Param::str("uuid").required().resource(&VM).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(destroy_vm(a, m))),
-    },
-    ApiDef {
-        name: "RecoverVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&VM)],
-        tags: &[],
-        handler: Some(|a, m| boxed(recover_vm(a, m))),
-    },
-    ApiDef {
-        name: "ExpungeVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: 3 * HOURS },
-        auth: true,
-        create: false,
-        params: &[Param::str("uuid").required().resource(&VM)],
-        tags: &[],
-        handler: Some(|a, m| boxed(expunge_vm(a, m))),
-    },
-    ApiDef {
-        name: "UpdateVmInstance",
-        method: Method::Put,
-        path: "/vm-instances/{uuid}/actions",
-        optional_paths: &[],
-        body: Body::Action,
-        kind: Kind::Async { timeout_ms: crate::api::DEFAULT_API_TIMEOUT_MS },
-        auth: true,
-        create: false,
-        params: &[
+        ])
+        .handler(|a, m| boxed(destroy_vm(a, m))),
+    ApiDef::action("RecoverVmInstance", "/vm-instances/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(recover_vm(a, m))),
+    ApiDef::action("ExpungeVmInstance", "/vm-instances/{uuid}/actions")
+        .timeout(3 * HOURS)
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(expunge_vm(a, m))),
+    ApiDef::action("UpdateVmInstance", "/vm-instances/{uuid}/actions")
+        .params(&[
             Param::str("uuid").required().resource(&VM),
             Param::str("name").max(255),
             Param::str("description").max(2048),
@@ -393,47 +310,9 @@ pub static APIS: &[ApiDef] = &[
             Param::int("memorySize").range(1, i64::MAX),
             Param::int("reservedMemorySize").range(0, i64::MAX),
             Param::str("guestOsType").max(255),
-        ],
-        tags: &[],
-        handler: Some(|a, m| boxed(update_vm(a, m))),
-    },
-    ApiDef {
-        name: "QueryVmInstance",
-        method: Method::Get,
-        path: "/vm-instances",
-        optional_paths: &["/vm-instances/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&VM),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "QueryTpm",
-        method: Method::Get,
-        path: "/tpms",
-        optional_paths: &["/tpms/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&TPM),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
-    ApiDef {
-        name: "QueryVmNic",
-        method: Method::Get,
-        path: "/vm-instances/nics",
-        optional_paths: &["/vm-instances/nics/{uuid}"],
-        body: Body::Query,
-        kind: Kind::Query(&VM_NIC),
-        auth: true,
-        create: false,
-        params: &[],
-        tags: &[],
-        handler: None,
-    },
+        ])
+        .handler(|a, m| boxed(update_vm(a, m))),
+    ApiDef::query("QueryVmInstance", "/vm-instances", &VM).optional_paths(&["/vm-instances/{uuid}"]),
+    ApiDef::query("QueryTpm", "/tpms", &TPM).optional_paths(&["/tpms/{uuid}"]),
+    ApiDef::query("QueryVmNic", "/vm-instances/nics", &VM_NIC).optional_paths(&["/vm-instances/nics/{uuid}"]),
 ];
