@@ -508,7 +508,6 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
-
 pub static APIS: &[ApiDef] = &[
     ApiDef::create("CreateDataVolume", "/volumes/data")
         .timeout(3 * HOURS)
