@@ -102,9 +102,11 @@ async fn guests_on_a_kvm_host() {
         eprintln!("kvm_guest: swtpm is not installed: the TPM part is not checked");
     }
 
-    // (a, b, c) VM b: two data volumes, a TPM, user data that pings VM a (whose IP is fixed
-    // with staticIp); VM a: user data that pings b. Both boot at once.
+    // (a, b, c) VM b: two data volumes, a TPM, user data that pings VM a; VM a: user data that
+    // pings b. Both IPs are fixed with staticIp (a random pick for b could be a's). Both boot
+    // at once.
     let a_ip = format!("{}.19", c.net);
+    let b_static = format!("{}.18", c.net);
     let userdata = |text: &str| format!("userdata::{}", b64(text));
     let mut params = json!({"name": "b", "instanceOfferingUuid": c.offering, "imageUuid": c.image,
         "l3NetworkUuids": [c.l3], "dataDiskSizes": [64 * MIB, 96 * MIB],
@@ -113,12 +115,18 @@ async fn guests_on_a_kvm_host() {
         params["devices"] = json!({"tpm": {"enable": true}});
     }
     let b = s
-        .ok("POST", "/vm-instances", Some(json!({"params": params, "systemTags": [userdata(&format!("ping={a_ip}"))]})))
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": params,
+            "systemTags": [format!("staticIp::{}::{b_static}", c.l3), userdata(&format!("ping={a_ip}"))]})),
+        )
         .await["inventory"]
         .clone();
     let bu = u(&b);
     assert_eq!(b["state"], "Running", "{b}");
     let b_ip = b["vmNics"][0]["ip"].as_str().expect("b ip").to_string();
+    assert_eq!(b_ip, b_static, "{b}");
     let tags = s.query(&format!("/system-tags?q=resourceUuid={bu}")).await;
     assert!(
         tags.iter().any(|t| t["tag"] == userdata(&format!("ping={a_ip}"))),
