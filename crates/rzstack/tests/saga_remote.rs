@@ -61,57 +61,12 @@ async fn network(srv: &Server, zone: &str, cluster: &str, interface: &str) -> St
     l3
 }
 
-/// A zone with one simulator host (4 CPUs, 8 GiB), a simulator primary storage (100 GiB), a
-/// 64 MiB qcow2 image on a simulator backup storage, an offering (1 CPU, 1 GiB), an L3.
+/// The shared simulated cloud with one simulator host (tests/common/sim.rs) and an L3.
 async fn topology(srv: &Server) -> Topo {
-    let zone = s(&srv.create_zone("z").await["uuid"]);
-    let cluster = s(&srv
-        .ok(
-            "POST",
-            "/clusters",
-            Some(json!({"params": {"name": "c", "zoneUuid": zone, "hypervisorType": "Simulator"}})),
-        )
-        .await["inventory"]["uuid"]);
-    let host = s(&srv
-        .ok(
-            "POST",
-            "/hosts/simulators",
-            Some(json!({"params": {"name": "h", "managementIp": "10.0.0.1", "clusterUuid": cluster,
-                "cpuCapacity": 4, "memoryCapacity": 8 * GB}})),
-        )
-        .await["inventory"]["uuid"]);
-    let ps = s(&srv
-        .ok(
-            "POST",
-            "/primary-storage/simulators",
-            Some(json!({"params": {"name": "ps", "url": "/sim-ps", "zoneUuid": zone,
-                "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/clusters/{cluster}/primary-storage/{ps}"), None).await;
-    let bs = s(&srv
-        .ok(
-            "POST",
-            "/backup-storage/simulators",
-            Some(json!({"params": {"name": "bs", "url": "/sim-bs", "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/zones/{zone}/backup-storage/{bs}"), None).await;
-    let dir = tempfile::Builder::new().prefix("rzsaga").tempdir().expect("tempdir");
-    let qcow = qcow2(dir.path());
-    let image = s(&srv
-        .ok(
-            "POST",
-            "/images",
-            Some(json!({"params": {"name": "img", "url": format!("file://{}", qcow.display()), "format": "qcow2",
-                "backupStorageUuids": [bs], "platform": "Linux", "architecture": "x86_64"}})),
-        )
-        .await["inventory"]["uuid"]);
-    let offering = s(&srv
-        .ok("POST", "/instance-offerings", Some(json!({"params": {"name": "small", "cpuNum": 1, "memorySize": GB}})))
-        .await["inventory"]["uuid"]);
-    let l3 = network(srv, &zone, &cluster, "eth9").await;
-    Topo { cluster, host, ps, image, offering, l3, _dir: dir }
+    let t = common::sim::topology(srv, 1).await;
+    let l3 = network(srv, &t.zone, &t.cluster, "eth9").await;
+    let host = t.hosts[0].clone();
+    Topo { cluster: t.cluster, host, ps: t.ps, image: t.image, offering: t.offering, l3, _dir: t._dir }
 }
 
 fn create(t: &Topo, extra: Value) -> Value {
@@ -249,11 +204,9 @@ fn root_volume_files(ps_dir: &Path) -> Vec<PathBuf> {
 /// replayed job creates the VM again: exactly one root volume file is left, the VM's.
 #[tokio::test]
 async fn crash_after_the_kvm_agent_acted_deletes_its_work_at_restart() {
-    for t in ["qemu-img"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map_or(true, |o| !o.status.success()) {
-            eprintln!("SKIP: {t} is not installed");
-            return;
-        }
+    if !common::kvm::have("qemu-img") {
+        eprintln!("SKIP: qemu-img is not installed");
+        return;
     }
     let agent_dir = tempfile::tempdir().expect("tempdir");
     let ps_dir = tempfile::tempdir().expect("tempdir");
