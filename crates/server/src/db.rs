@@ -162,6 +162,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/0009_vm_create_request.sql")),
     (10, include_str!("migrations/0010_query_indexes.sql")),
     (12, include_str!("migrations/0012_tag_pattern.sql")),
+    (13, include_str!("migrations/0013_scale_indexes.sql")),
 ];
 
 impl Db {

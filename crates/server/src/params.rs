@@ -286,12 +286,24 @@ pub async fn validate(app: &App, params: &[Param], fields: &mut Map<String, Valu
             Some(v) => check_one(p, v)?,
         }
     }
+    // Every existence the checks below ask about, read at once (one statement, not one per uuid).
+    let mut asks: Vec<(&'static str, &str)> = Vec::new();
+    for p in params {
+        let Some(def) = p.resource else { continue };
+        match fields.get(p.name) {
+            Some(Value::String(u)) => asks.push((def.table, u.as_str())),
+            Some(Value::Array(items)) => asks.extend(items.iter().filter_map(Value::as_str).map(|u| (def.table, u))),
+            _ => {}
+        }
+    }
+    let known = existing(app, &asks).await?;
+    let resource_exists = |def: &ResourceDef, u: &str| known.contains(&(def.table, u));
     for p in params {
         let Some(def) = p.resource else { continue };
         let Some(v) = fields.get(p.name) else { continue };
         match v {
             Value::String(u) => {
-                if resource_exists(app, def, u).await? {
+                if resource_exists(def, u) {
                     continue;
                 }
                 if !p.success_if_missing {
@@ -308,7 +320,7 @@ pub async fn validate(app: &App, params: &[Param], fields: &mut Map<String, Valu
             Value::Array(items) => {
                 let mut missing = Vec::new();
                 for u in items.iter().filter_map(Value::as_str) {
-                    if !resource_exists(app, def, u).await? {
+                    if !resource_exists(def, u) {
                         missing.push(u.to_string());
                     }
                 }
@@ -327,9 +339,31 @@ pub async fn validate(app: &App, params: &[Param], fields: &mut Map<String, Valu
     Ok(Validated::Ok)
 }
 
-async fn resource_exists(app: &App, def: &ResourceDef, uuid: &str) -> Result<bool> {
-    let sql = format!("SELECT 1 FROM {} WHERE uuid = $1", def.table);
-    Ok(app.db.fetch_optional(&sql, &[Val::S(uuid.to_string())]).await?.is_some())
+/// Which of the (table, uuid) pairs `asks` name an existing row: one statement per 64 pairs,
+/// `SELECT (SELECT COUNT(*) FROM <table> WHERE uuid = $1), ...` (valid on both databases).
+async fn existing<'a>(
+    app: &App,
+    asks: &[(&'static str, &'a str)],
+) -> Result<std::collections::HashSet<(&'static str, &'a str)>> {
+    use sqlx::Row;
+    let mut found = std::collections::HashSet::new();
+    for chunk in asks.chunks(64) {
+        let cols: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| format!("(SELECT COUNT(*) FROM {t} WHERE uuid = ${})", i + 1))
+            .collect();
+        let vals: Vec<Val> = chunk.iter().map(|(_, u)| Val::S(u.to_string())).collect();
+        let Some(row) = app.db.fetch_optional(&format!("SELECT {}", cols.join(", ")), &vals).await? else {
+            continue;
+        };
+        for (i, ask) in chunk.iter().enumerate() {
+            if row.try_get::<i64, _>(i)? > 0 {
+                found.insert(*ask);
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn wrong_type(p: &Param, what: &str) -> Error {

@@ -832,8 +832,91 @@ pub async fn run_json(db: &Db, def: &'static ResourceDef, qp: &QueryParams) -> R
     String::from_utf8(buf).map_err(|e| Error::Internal(e.to_string())).map(Some)
 }
 
+/// Whether `def` and its nested inventories have no reference-list ([`FType::Refs`]) field.
+fn no_refs(def: &ResourceDef) -> bool {
+    def.fields.iter().all(|f| f.ty.refs().is_none()) && def.children.iter().all(|c| no_refs(c.def))
+}
+
+/// `order` (SQL over alias `t`, see [`ResourceDef::order`]) over alias `a`.
+fn order_over(order: &str, a: &str) -> String {
+    let terms: Vec<String> = order
+        .split(',')
+        .map(|t| match t.trim().strip_prefix("t.") {
+            Some(rest) => format!("{a}.{rest}"),
+            None => t.trim().to_string(),
+        })
+        .collect();
+    terms.join(", ")
+}
+
+/// SQLite: one row of `def` (alias `a`) as a JSON array of its fields (as [`fetch_raw`] renders
+/// them), then per child the JSON array of the child's rows in its default order, each the same
+/// way (correlated subqueries, so a whole inventory tree is one statement).
+fn row_json(def: &ResourceDef, a: &str, depth: usize) -> String {
+    let mut parts: Vec<String> = def
+        .fields
+        .iter()
+        .map(|f| match Raw::of(f.ty) {
+            Raw::Float => format!("CASE WHEN {a}.{c} IS NULL THEN NULL ELSE printf('%!.17g', {a}.{c}) END", c = f.col),
+            _ => format!("{a}.{}", f.col),
+        })
+        .collect();
+    for k in def.children {
+        let ca = format!("g{}", depth + 1);
+        parts.push(format!(
+            "json((SELECT json_group_array({} ORDER BY {}) FROM {} {ca} WHERE {ca}.{} = {a}.{pk} AND {a}.{pk} <> ''))",
+            row_json(k.def, &ca, depth + 1),
+            order_over(k.def.order, &ca),
+            k.def.table,
+            k.fk,
+            pk = k.pk
+        ));
+    }
+    format!("json_array({})", parts.join(", "))
+}
+
+/// A row of [`row_json`] as loaded rows.
+fn raw_tree(def: &ResourceDef, v: Value) -> Result<RawInv> {
+    let bad = || Error::Internal(format!("{}: malformed inventory row", def.table));
+    let Value::Array(mut vals) = v else { return Err(bad()) };
+    if vals.len() != def.fields.len() + def.children.len() {
+        return Err(bad());
+    }
+    let rest = vals.split_off(def.fields.len());
+    let mut kids = Vec::with_capacity(def.children.len());
+    for (k, rows) in def.children.iter().zip(rest) {
+        let Value::Array(rows) = rows else { return Err(bad()) };
+        kids.push(rows.into_iter().map(|r| raw_tree(k.def, r)).collect::<Result<Vec<_>>>()?);
+    }
+    Ok(RawInv { vals, kids })
+}
+
 /// One inventory by uuid (with children), or None.
+///
+/// On SQLite (inventories without reference-list fields) the row and all its nested rows are
+/// read by ONE statement (one JSON text): the same values as the query path, which reads each
+/// level of children with a statement of its own (a VM: five).
 pub async fn get(db: &Db, def: &'static ResourceDef, uuid: &str) -> Result<Option<Map<String, Value>>> {
+    if let (crate::db::DbKind::Sqlite, true, Some(uf)) = (db.kind, no_refs(def), def.field("uuid")) {
+        if uf.ty == FType::Str {
+            let sql = format!(
+                "SELECT {} FROM {} t0 WHERE t0.{} = $1 ORDER BY {} LIMIT 1",
+                row_json(def, "t0", 0),
+                def.table,
+                uf.col,
+                order_over(def.order, "t0")
+            );
+            let Some(row) = query_with(&sql, &[Val::from(uuid)]).fetch_optional(&db.pool).await? else {
+                return Ok(None);
+            };
+            let text: String = row.try_get(0)?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")))?;
+            let inv = raw_tree(def, v)?;
+            let cols: Vec<&'static Field> = def.fields.iter().collect();
+            let kids: Vec<&'static Child> = def.children.iter().collect();
+            return Ok(Some(to_map(inv, &cols, &kids, &mut Dates::new())?));
+        }
+    }
     let qp = QueryParams {
         conds: vec![Cond { name: "uuid".into(), op: Op::Eq, value: uuid.to_string() }],
         limit: Some(1),

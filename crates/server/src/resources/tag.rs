@@ -205,16 +205,27 @@ pub async fn attach_create_tags(
         if t.starts_with("ephemeral::") || !is_valid_system_tag(resource_type, t) {
             continue;
         }
-        if has_tag(tx, "system_tag", resource_uuid, resource_type, t).await? {
-            continue;
-        }
-        insert_system_tag(tx, &new_uuid(), resource_uuid, resource_type, t, false, now).await?;
+        insert_system_tag_if_absent(tx, &new_uuid(), resource_uuid, resource_type, t, false, now).await?;
     }
     for t in user_tags {
-        if has_tag(tx, "user_tag", resource_uuid, resource_type, t).await? {
+        // one statement: inserted unless the resource has the tag (then the transaction rolls back)
+        let n = tx
+            .execute(
+                "INSERT INTO user_tag (uuid, resource_uuid, resource_type, tag, type, create_date, last_op_date) \
+                 SELECT $1, $2, $3, $4, 'User', $5, $5 WHERE NOT EXISTS \
+                 (SELECT 1 FROM user_tag WHERE resource_uuid = $2 AND resource_type = $3 AND tag = $4)",
+                &[
+                    Val::S(new_uuid()),
+                    Val::from(resource_uuid),
+                    Val::from(resource_type),
+                    Val::from(t.as_str()),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+        if n == 0 {
             return Err(duplicated(t, "User", resource_type, resource_uuid));
         }
-        insert_user_tag(tx, &new_uuid(), resource_uuid, resource_type, t, now).await?;
     }
     Ok(())
 }
@@ -226,10 +237,7 @@ pub async fn add_inherent_system_tag(
     resource_type: &str,
     tag: &str,
 ) -> Result<()> {
-    if !has_tag(tx, "system_tag", resource_uuid, resource_type, tag).await? {
-        insert_system_tag(tx, &new_uuid(), resource_uuid, resource_type, tag, true, now_ms()).await?;
-    }
-    Ok(())
+    insert_system_tag_if_absent(tx, &new_uuid(), resource_uuid, resource_type, tag, true, now_ms()).await
 }
 
 /// Remove every tag of a deleted resource, in the deleting transaction.
@@ -248,6 +256,34 @@ fn duplicated(tag: &str, ty: &str, resource_type: &str, resource_uuid: &str) -> 
 async fn has_tag(tx: &mut WriteTx, table: &str, resource_uuid: &str, resource_type: &str, tag: &str) -> Result<bool> {
     let sql = format!("SELECT 1 FROM {table} WHERE resource_uuid = $1 AND resource_type = $2 AND tag = $3");
     Ok(tx.fetch_optional(&sql, &[Val::from(resource_uuid), Val::from(resource_type), Val::from(tag)]).await?.is_some())
+}
+
+/// Put a system tag on a resource unless it has it already: one statement (the existence check
+/// is the INSERT's own condition, a search of the (resource_uuid, resource_type) index).
+async fn insert_system_tag_if_absent(
+    tx: &mut WriteTx,
+    uuid: &str,
+    resource_uuid: &str,
+    resource_type: &str,
+    tag: &str,
+    inherent: bool,
+    now: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO system_tag (uuid, resource_uuid, resource_type, tag, type, inherent, create_date, last_op_date) \
+         SELECT $1, $2, $3, $4, 'System', $5, $6, $6 WHERE NOT EXISTS \
+         (SELECT 1 FROM system_tag WHERE resource_uuid = $2 AND resource_type = $3 AND tag = $4)",
+        &[
+            Val::from(uuid),
+            Val::from(resource_uuid),
+            Val::from(resource_type),
+            Val::from(tag),
+            Val::from(inherent),
+            Val::I(now),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn insert_system_tag(

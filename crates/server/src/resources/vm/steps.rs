@@ -530,9 +530,16 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         } else {
             "random()"
         };
-        let rows = tx
-            .fetch_all(&format!("SELECT h.uuid, h.cluster_uuid, h.zone_uuid, h.hypervisor_type FROM host h WHERE {base} ORDER BY {order}"), &vals)
-            .await?;
+        // The first few candidates in the strategy's order: a reservation fails only when a host's
+        // capacity changed since the filter (or the KVM reserved memory forbids it), so these
+        // nearly always suffice; all candidates are read (and tried) only when none of them could
+        // be reserved. Each row is a hand-off from the database thread, so not 100 per create.
+        const FIRST_CANDIDATES: usize = 8;
+        let candidates = format!(
+            "SELECT h.uuid, h.cluster_uuid, h.zone_uuid, h.hypervisor_type FROM host h WHERE {base} ORDER BY {order}"
+        );
+        let mut rows = tx.fetch_all(&format!("{candidates} LIMIT {FIRST_CANDIDATES}"), &vals).await?;
+        let mut tried: Option<std::collections::HashSet<String>> = None;
         if rows.is_empty() {
             for (stage, n, error) in stages {
                 if tx_count(&app.db, &format!("SELECT COUNT(*) FROM host h WHERE {stage}"), &vals[..n]).await? == 0 {
@@ -543,9 +550,21 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
                 "cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"
             )));
         }
-        for row in rows {
+        let mut i = 0;
+        while i < rows.len() {
+            let row = &rows[i];
+            i += 1;
             let h: String = row.try_get(0)?;
+            if tried.as_ref().is_some_and(|t| t.contains(&h)) {
+                continue;
+            }
             if !crate::resources::host::reserve(app, tx, &h, c.cpu_num, c.memory_size).await? {
+                if i == rows.len() && rows.len() == FIRST_CANDIDATES && tried.is_none() {
+                    // none of the first candidates: all of them, less those tried
+                    tried = Some(rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect());
+                    rows = tx.fetch_all(&candidates, &vals).await?;
+                    i = 0;
+                }
                 continue;
             }
             let cluster: String = row.try_get(1)?;
