@@ -182,8 +182,16 @@ pub(super) async fn allocate_ip(
                 !used.contains(n) && Some(*n) != gw && !is_reserved(*n)
             };
             let window_end = (offset + 1023).min(end);
-            let used = used_in_range(tx, l3, offset, window_end).await?;
-            let mut free: Vec<i64> = (offset..=window_end).filter(|n| usable(n, &used)).take(256).collect();
+            // The candidates are the first 256 free addresses after the offset; unless the range
+            // is over a third full they lie in its first 384 addresses, so those are read first
+            // (fewer rows), the rest of the window only when they hold fewer than 256.
+            let first_end = (offset + 383).min(window_end);
+            let mut used = used_in_range(tx, l3, offset, first_end).await?;
+            let mut free: Vec<i64> = (offset..=first_end).filter(|n| usable(n, &used)).take(256).collect();
+            if free.len() < 256 && first_end < window_end {
+                used.extend(used_in_range(tx, l3, first_end + 1, window_end).await?);
+                free = (offset..=window_end).filter(|n| usable(n, &used)).take(256).collect();
+            }
             if free.is_empty() {
                 let used = used_in_range(tx, l3, start, end).await?;
                 free = (offset..=end).chain(start..offset).filter(|n| usable(n, &used)).take(256).collect();

@@ -458,7 +458,8 @@ pub(super) fn host_alloc_error(details: String) -> Error {
 /// atomic reservation succeeds.
 pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        // location + state + hypervisor
+        // location + state + hypervisor. The cluster/zone conditions are `IN (uncorrelated
+        // subquery)`: evaluated once per statement instead of once per host.
         let mut vals: Vec<Val> = Vec::new();
         let mut base = String::from("h.state = 'Enabled' AND h.status = 'Connected'");
         if let Some(h) = &c.designated_host {
@@ -476,8 +477,8 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         for l3 in c.nics.iter().map(|n| n.l3.as_str()) {
             vals.push(Val::from(l3));
             base += &format!(
-                " AND EXISTS (SELECT 1 FROM l3_network l JOIN l2_network_cluster_ref r ON r.l2_network_uuid = l.l2_network_uuid \
-                 WHERE l.uuid = ${} AND r.cluster_uuid = h.cluster_uuid)",
+                " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM l3_network l JOIN l2_network_cluster_ref r \
+                 ON r.l2_network_uuid = l.l2_network_uuid WHERE l.uuid = ${})",
                 vals.len()
             );
         }
@@ -491,9 +492,9 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         if let (Some(img), None) = (&c.image_uuid, &c.from_snapshot) {
             vals.push(Val::from(img.as_str()));
             base += &format!(
-                " AND EXISTS (SELECT 1 FROM image_backup_storage_ref ibr JOIN backup_storage_zone_ref bz \
+                " AND h.zone_uuid IN (SELECT bz.zone_uuid FROM image_backup_storage_ref ibr JOIN backup_storage_zone_ref bz \
                  ON bz.backup_storage_uuid = ibr.backup_storage_uuid JOIN backup_storage b ON b.uuid = ibr.backup_storage_uuid \
-                 WHERE ibr.image_uuid = ${} AND ibr.status = 'Ready' AND bz.zone_uuid = h.zone_uuid AND b.status = 'Connected')",
+                 WHERE ibr.image_uuid = ${} AND ibr.status = 'Ready' AND b.status = 'Connected')",
                 vals.len()
             );
             stages.push((
@@ -522,8 +523,8 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             ps_filter += &format!(" AND p.uuid = ${}", vals.len());
         }
         base += &format!(
-            " AND EXISTS (SELECT 1 FROM primary_storage_cluster_ref r JOIN primary_storage p ON p.uuid = r.primary_storage_uuid \
-             WHERE r.cluster_uuid = h.cluster_uuid AND p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter})"
+            " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN primary_storage p \
+             ON p.uuid = r.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter})"
         );
         let order = if c.allocator_strategy.contains("LeastVmPreferred") {
             "(SELECT COUNT(*) FROM vm_instance v WHERE v.host_uuid = h.uuid), random()"
