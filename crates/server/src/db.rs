@@ -10,7 +10,7 @@ use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use std::sync::Arc;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -32,7 +32,19 @@ pub struct Db {
     /// Single statements (a job row, a session renewal) skip the queue: they wait for at most
     /// the transaction that is running, not for every saga step queued behind it.
     tx_queue: Option<Arc<Mutex<()>>>,
+    /// The group writer of [`Db::execute_grouped`], where there is one (the SQLite jobs file).
+    group: Option<mpsc::UnboundedSender<Grouped>>,
 }
+
+/// A statement waiting for the next group commit.
+struct Grouped {
+    sql: &'static str,
+    vals: Vec<Val>,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+/// The most statements one group commit takes.
+const GROUP_MAX: usize = 256;
 
 /// A bindable SQL value.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,10 +177,73 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/0013_scale_indexes.sql")),
 ];
 
+/// The schema of the API job database (see [`Db::open_jobs`]) when it is a SQLite file of its
+/// own; the same table as `api_job` of migration 1 of the main database.
+const JOB_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/jobs_0001.sql"))];
+
+/// The SQLite file of the API jobs beside the main one (`rzstack.db` → `rzstack-jobs.db`), as
+/// a URL with the main URL's options; `None` for PostgreSQL and in-memory SQLite.
+pub fn jobs_sqlite_url(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let (file, opts) = match rest.split_once('?') {
+        Some((f, o)) => (f, Some(o)),
+        None => (rest, None),
+    };
+    if file.is_empty() || file == ":memory:" || opts.is_some_and(|o| o.contains("mode=memory")) {
+        return None;
+    }
+    let jobs = match file.strip_suffix(".db") {
+        Some(stem) => format!("{stem}-jobs.db"),
+        None => format!("{file}-jobs"),
+    };
+    Some(match opts {
+        Some(o) => format!("sqlite://{jobs}?{o}"),
+        None => format!("sqlite://{jobs}"),
+    })
+}
+
 impl Db {
     /// Connect to `url` (`sqlite://...` or `postgres://...`), creating the SQLite file and
     /// its directory when missing.
     pub async fn connect(url: &str) -> Result<Db> {
+        Self::connect_with(url, MIGRATIONS).await
+    }
+
+    /// The database of the API jobs (`api_job`). On SQLite a file of its own beside the main
+    /// one, with its own writer: accepting a job (one INSERT before the 202) never waits for
+    /// the writer lock behind a saga's transaction on the main file. Rows a former version
+    /// left in the main file's `api_job` are moved over first (insert, then delete: a crash
+    /// in between repeats the move without duplicates). On PostgreSQL (row locks, many
+    /// writers) and for an in-memory SQLite database, the main database itself.
+    pub async fn open_jobs(&self, url: &str) -> Result<Db> {
+        let Some(jobs_url) = jobs_sqlite_url(url).filter(|_| self.kind == DbKind::Sqlite) else {
+            return Ok(self.clone());
+        };
+        let mut jobs = Self::connect_with(&jobs_url, JOB_MIGRATIONS).await?;
+        jobs.start_group_writer();
+        let old = self.fetch_all(&format!("SELECT {JOB_COLUMNS} FROM api_job"), &[]).await?;
+        if !old.is_empty() {
+            let mut tx = jobs.begin_write().await?;
+            for row in &old {
+                let vals =
+                    (0..JOB_COLUMNS.split(',').count()).map(|i| any_to_val(row, i)).collect::<Result<Vec<_>>>()?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO api_job ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         ON CONFLICT (uuid) DO NOTHING"
+                    ),
+                    &vals,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            self.execute("DELETE FROM api_job", &[]).await?;
+            tracing::info!(jobs = old.len(), "moved API jobs to their own database file");
+        }
+        Ok(jobs)
+    }
+
+    async fn connect_with(url: &str, migrations: &[(i64, &str)]) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let (kind, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
@@ -209,6 +284,9 @@ impl Db {
                         // a page cache of up to 32 MiB per connection (SQLite's default is
                         // 2 MiB): at 10,000 VMs the hot pages no longer come from the OS
                         conn.execute("PRAGMA cache_size=-32768").await?;
+                        // No checkpoint inside a writer's commit (its fsyncs took 10 ms and
+                        // more there): the checkpointer task copies the log back instead.
+                        conn.execute("PRAGMA wal_autocheckpoint=0").await?;
                     }
                     Ok(())
                 })
@@ -222,12 +300,15 @@ impl Db {
         };
         let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
         let tx_queue = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let db = Db { pool, writer, kind, write_lock, tx_queue };
-        db.migrate().await?;
+        if kind == DbKind::Sqlite {
+            start_checkpointer(pool.clone());
+        }
+        let db = Db { pool, writer, kind, write_lock, tx_queue, group: None };
+        db.migrate(migrations).await?;
         Ok(db)
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, migrations: &[(i64, &str)]) -> Result<()> {
         let mut tx = self.begin_write().await?;
         if self.kind == DbKind::Postgres {
             // Several management nodes may start at once on one database: one migrates at a time.
@@ -238,7 +319,7 @@ impl Db {
             &[],
         )
         .await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in migrations {
             let done = tx
                 .fetch_optional("SELECT version FROM rzstack_migration WHERE version = $1", &[Val::I(*version)])
                 .await?
@@ -296,6 +377,43 @@ impl Db {
         Ok(r.rows_affected())
     }
 
+    /// One write statement; where the database has a group writer (the SQLite jobs file), run
+    /// in one transaction with the statements other tasks send meanwhile: one commit for many
+    /// small writes, so a job's accept waits for one batch instead of a queue of commits.
+    /// Elsewhere the same as [`Db::execute`].
+    pub async fn execute_grouped(&self, sql: &'static str, vals: Vec<Val>) -> Result<u64> {
+        let Some(group) = &self.group else { return self.execute(sql, &vals).await };
+        let stopped = || Error::Internal("the database's group writer stopped".into());
+        let (done, answer) = oneshot::channel();
+        group.send(Grouped { sql, vals, done }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Start the task behind [`Db::execute_grouped`]: it takes what is waiting (up to
+    /// [`GROUP_MAX`]), then the writer lock, then what came meanwhile, and commits it all.
+    fn start_group_writer(&mut self) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Grouped>();
+        let writer = self.writer.clone();
+        let lock = self.write_lock.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, GROUP_MAX).await > 0 {
+                let _guard = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                while batch.len() < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(g) => batch.push(g),
+                        Err(_) => break,
+                    }
+                }
+                run_group(&writer, std::mem::take(&mut batch)).await;
+            }
+        });
+        self.group = Some(tx);
+    }
+
     /// A write statement that returns rows (`... RETURNING`).
     pub async fn execute_returning(&self, sql: &str, vals: &[Val]) -> Result<Option<AnyRow>> {
         let _guard = match &self.write_lock {
@@ -319,10 +437,178 @@ impl Db {
     }
 }
 
+/// Commit a group of statements in one transaction and answer each. When one of them fails
+/// (a duplicate job uuid, say) or the commit does, the group is rolled back and each statement
+/// runs on its own, so that each gets its own answer.
+async fn run_group(writer: &AnyPool, batch: Vec<Grouped>) {
+    let together: Result<Vec<u64>> = async {
+        if batch.len() == 1 {
+            return Ok(vec![query_with(batch[0].sql, &batch[0].vals).execute(writer).await?.rows_affected()]);
+        }
+        let mut tx = writer.begin().await?;
+        let mut n = Vec::with_capacity(batch.len());
+        for g in &batch {
+            n.push(query_with(g.sql, &g.vals).execute(&mut *tx).await?.rows_affected());
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+    .await;
+    match together {
+        Ok(n) => {
+            for (g, n) in batch.into_iter().zip(n) {
+                let _ = g.done.send(Ok(n));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(g) = batch.into_iter().next() {
+                let _ = g.done.send(Err(e));
+            }
+        }
+        Err(_) => {
+            for g in batch {
+                let r = query_with(g.sql, &g.vals).execute(writer).await.map(|r| r.rows_affected());
+                let _ = g.done.send(r.map_err(Error::from));
+            }
+        }
+    }
+}
+
+/// How often the checkpointer copies a SQLite write-ahead log back into its database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copy the write-ahead log back into the database file every [`CHECKPOINT_EVERY`], from a
+/// reader connection (`PASSIVE`: it neither waits for nor blocks writers or readers), instead
+/// of SQLite's automatic checkpoint, which runs inside the commit that crosses 1,000 pages of
+/// log and makes that writer (a job's accept, say) wait for the copy and its fsyncs. Ends
+/// when the pool is closed.
+fn start_checkpointer(pool: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_all(&pool).await {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+            }
+        }
+    });
+}
+
+/// The columns of `api_job`, in the order of the table.
+const JOB_COLUMNS: &str = "uuid, api, request, state, success, result, schema_map, webhook, timeout_ms, attempts, \
+     mn_uuid, create_date, finish_date";
+
+/// Column `i` of a row as a bindable value (text, integer or NULL).
+fn any_to_val(row: &AnyRow, i: usize) -> Result<Val> {
+    use sqlx::Row;
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return Ok(v.map(Val::I).unwrap_or(Val::NullI));
+    }
+    Ok(row.try_get::<Option<String>, _>(i)?.map(Val::S).unwrap_or(Val::Null))
+}
+
 /// True when a database error is a unique-constraint violation.
 pub fn is_unique_violation(e: &Error) -> bool {
     match e {
         Error::Db(sqlx::Error::Database(d)) => d.is_unique_violation(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row;
+
+    #[test]
+    fn jobs_file_beside_the_main_one() {
+        assert_eq!(
+            jobs_sqlite_url("sqlite:///var/lib/rz/rzstack.db").as_deref(),
+            Some("sqlite:///var/lib/rz/rzstack-jobs.db")
+        );
+        assert_eq!(
+            jobs_sqlite_url("sqlite:///d/x.sqlite?mode=rwc").as_deref(),
+            Some("sqlite:///d/x.sqlite-jobs?mode=rwc")
+        );
+        assert_eq!(jobs_sqlite_url("sqlite::memory:"), None);
+        assert_eq!(jobs_sqlite_url("sqlite://file.db?mode=memory"), None);
+        assert_eq!(jobs_sqlite_url("postgres://u:p@h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn jobs_left_in_the_main_file_move_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("rzstack.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        for (uuid, state, finish) in [("a", "processing", Val::NullI), ("b", "done", Val::I(7))] {
+            db.execute(
+                "INSERT INTO api_job (uuid, api, request, state, webhook, timeout_ms, attempts, mn_uuid, create_date, \
+                 finish_date) VALUES ($1, 'APIX', '{}', $2, NULL, 1000, 1, 'mn', 5, $3)",
+                &[Val::from(uuid), Val::from(state), finish],
+            )
+            .await
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let jobs = db.open_jobs(&url).await.unwrap();
+            let rows = jobs
+                .fetch_all("SELECT uuid, state, finish_date, webhook FROM api_job ORDER BY uuid", &[])
+                .await
+                .unwrap();
+            let got: Vec<(String, String, Option<i64>, Option<String>)> =
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+            assert_eq!(
+                got,
+                vec![("a".into(), "processing".into(), None, None), ("b".into(), "done".into(), Some(7), None)]
+            );
+            let left = db.fetch_all("SELECT uuid FROM api_job", &[]).await.unwrap();
+            assert!(left.is_empty(), "the rows stay in the main file");
+            jobs.close().await;
+        }
+        assert!(dir.path().join("rzstack-jobs.db").exists());
+    }
+
+    /// Statements sent at the same moment share commits; a duplicate among them fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_answer_each_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("rzstack.db").display());
+        let jobs = Db::connect(&url).await.unwrap().open_jobs(&url).await.unwrap();
+        assert!(jobs.group.is_some(), "the SQLite jobs file has a group writer");
+        let insert = |uuid: String| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                jobs.execute_grouped(
+                    "INSERT INTO api_job (uuid, api, request, state, timeout_ms, attempts, mn_uuid, create_date) \
+                     VALUES ($1, 'APIX', '{}', 'processing', 1000, 1, 'mn', 5)",
+                    vec![Val::S(uuid)],
+                )
+                .await
+            })
+        };
+        let tasks: Vec<_> = (0..100).map(|i| insert(format!("job{}", i % 99))).collect();
+        let (mut ok, mut dup) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(1) => ok += 1,
+                Err(e) if is_unique_violation(&e) => dup += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        assert_eq!((ok, dup), (99, 1));
+        let n: i64 = jobs.fetch_optional("SELECT COUNT(*) FROM api_job", &[]).await.unwrap().unwrap().get(0);
+        assert_eq!(n, 99);
+        let done = jobs
+            .execute_grouped("UPDATE api_job SET state = 'done' WHERE uuid = $1", vec![Val::from("job7")])
+            .await
+            .unwrap();
+        assert_eq!(done, 1);
     }
 }

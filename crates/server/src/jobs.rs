@@ -77,11 +77,11 @@ pub async fn accept(app: &App, msg: &Msg, timeout_ms: u64, webhook: Option<&str>
     // Marked before the row exists, so a concurrent takeover never sees it unmarked.
     let fresh = mark(&msg.job_uuid);
     let r = app
-        .db
-        .execute(
+        .jobs
+        .execute_grouped(
             "INSERT INTO api_job (uuid, api, request, state, webhook, timeout_ms, attempts, mn_uuid, create_date) \
              VALUES ($1, $2, $3, 'processing', $4, $5, 1, $6, $7)",
-            &[
+            vec![
                 Val::from(msg.job_uuid.as_str()),
                 Val::from(msg.api.as_str()),
                 Val::S(request),
@@ -107,7 +107,7 @@ pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook:
     let guard = app.running.enter();
     mark(&msg.job_uuid);
     let mark = InProcess(msg.job_uuid.clone());
-    tokio::spawn(async move {
+    job_runtime().spawn(async move {
         let _mark = mark;
         let job = msg.job_uuid.clone();
         let span = tracing::info_span!("job", job = %job, api = api.name);
@@ -140,6 +140,36 @@ pub fn spawn(app: App, api: &'static ApiDef, msg: Msg, timeout_ms: u64, webhook:
     });
 }
 
+/// How much lower than the HTTP side the job threads run (a `nice` increment).
+const JOB_NICENESS: i32 = 10;
+
+/// The runtime jobs run on: threads of their own, at a lower CPU priority than the threads
+/// that answer HTTP requests. On a saturated machine an accept (parse, one INSERT, 202) then
+/// waits neither for job tasks on the same worker threads nor for the CPU they take: the
+/// 202 stays fast while the jobs use what is left. One per process, for the life of the
+/// process (a runtime cannot be dropped from async code).
+fn job_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("rzstack-job")
+            .enable_all()
+            .on_thread_start(|| {
+                // Linux keeps a nice value per thread: this lowers this worker only, relative
+                // to the process's own (no privilege needed to lower it).
+                // SAFETY: gettid, getpriority and setpriority take plain integers and touch
+                // no memory.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+                    libc::setpriority(libc::PRIO_PROCESS, tid, (nice + JOB_NICENESS).min(19));
+                }
+            })
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the job runtime: {e}"))
+    })
+}
+
 async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<String>) {
     let (success, body, schema) = match result {
         Ok(r) => (true, Value::Object(r.body), Value::Object(r.schema)),
@@ -157,11 +187,11 @@ async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<Str
     // The result must reach the table; retry briefly on transient database errors.
     for attempt in 0..10u64 {
         match app
-            .db
-            .execute(
+            .jobs
+            .execute_grouped(
                 "UPDATE api_job SET state = 'done', success = $1, result = $2, schema_map = $3, finish_date = $4 \
                  WHERE uuid = $5",
-                &vals,
+                vals.to_vec(),
             )
             .await
         {
@@ -221,7 +251,7 @@ pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u1
         }
     }
     let row = app
-        .db
+        .jobs
         .fetch_optional("SELECT state, success, result, schema_map FROM api_job WHERE uuid = $1", &[Val::from(uuid)])
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -255,17 +285,27 @@ fn answer(success: bool, text: &str, schema: Option<String>, want_schema: bool) 
 /// stopped long ago.
 pub async fn recover(app: &App) -> Result<usize> {
     let stale = now_ms() - 60_000;
-    let rows = app
+    // The nodes alive (the jobs may be in another database than the nodes: two reads).
+    let alive: std::collections::HashSet<String> = app
         .db
+        .fetch_all("SELECT uuid FROM management_node WHERE heart_beat > $1", &[Val::I(stale)])
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    let rows = app
+        .jobs
         .fetch_all(
-            "SELECT j.uuid, j.request, j.timeout_ms, j.webhook, j.attempts FROM api_job j \
-             WHERE j.state = 'processing' AND (j.mn_uuid = $1 OR NOT EXISTS \
-             (SELECT 1 FROM management_node m WHERE m.uuid = j.mn_uuid AND m.heart_beat > $2))",
-            &[Val::from(app.mn_uuid.as_str()), Val::I(stale)],
+            "SELECT uuid, request, timeout_ms, webhook, attempts, mn_uuid FROM api_job WHERE state = 'processing'",
+            &[],
         )
         .await?;
     let mut n = 0;
     for row in rows {
+        let owner: String = row.try_get(5)?;
+        if owner != app.mn_uuid && alive.contains(&owner) {
+            continue; // a live node's job
+        }
         let uuid: String = row.try_get(0)?;
         let request: String = row.try_get(1)?;
         let timeout_ms: i64 = row.try_get(2)?;
@@ -275,10 +315,10 @@ pub async fn recover(app: &App) -> Result<usize> {
             continue; // running here right now, not left over
         }
         let claimed = app
-            .db
-            .execute(
+            .jobs
+            .execute_grouped(
                 "UPDATE api_job SET attempts = attempts + 1, mn_uuid = $1 WHERE uuid = $2 AND state = 'processing' AND attempts = $3",
-                &[Val::from(app.mn_uuid.as_str()), Val::from(uuid.as_str()), Val::I(attempts)],
+                vec![Val::from(app.mn_uuid.as_str()), Val::from(uuid.as_str()), Val::I(attempts)],
             )
             .await?;
         if claimed == 0 {
@@ -311,5 +351,27 @@ pub async fn recover(app: &App) -> Result<usize> {
 /// Delete finished jobs older than `rest.completedApi.expiredPeriod`.
 pub async fn purge_expired(app: &App) -> Result<u64> {
     let period = app.globals.get_i64(&globals::COMPLETED_API_EXPIRED_PERIOD) * 1000;
-    app.db.execute("DELETE FROM api_job WHERE state = 'done' AND finish_date < $1", &[Val::I(now_ms() - period)]).await
+    app.jobs
+        .execute("DELETE FROM api_job WHERE state = 'done' AND finish_date < $1", &[Val::I(now_ms() - period)])
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    fn own_nice() -> i32 {
+        // SAFETY: plain integer system calls.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    }
+
+    /// Jobs run on threads below the HTTP side's CPU priority.
+    #[test]
+    fn job_threads_run_at_a_lower_priority() {
+        let here = own_nice();
+        let (tx, rx) = std::sync::mpsc::channel();
+        super::job_runtime().spawn(async move {
+            let _ = tx.send(own_nice());
+        });
+        let there = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(there, (here + super::JOB_NICENESS).min(19));
+    }
 }

@@ -97,6 +97,8 @@ impl Drop for RunningGuardOwned {
 pub struct AppState {
     pub config: Config,
     pub db: Db,
+    /// The API jobs' database: on SQLite a file of its own (see [`Db::open_jobs`]).
+    pub jobs: Db,
     pub globals: globals::Globals,
     pub routes: routes::Routes,
     pub http: reqwest::Client,
@@ -126,7 +128,9 @@ fn node_uuid(data_dir: &std::path::Path) -> Result<String> {
 
 /// Open the database, run migrations, create the admin account; the app without a listener.
 pub async fn build(config: Config) -> Result<App> {
-    let db = Db::connect(&config.database_url()).await?;
+    let url = config.database_url();
+    let db = Db::connect(&url).await?;
+    let jobs = db.open_jobs(&url).await?;
     identity::ensure_admin(&db).await?;
     resources::global_config::ensure(&db).await?;
     let globals = globals::Globals::load(&db).await?;
@@ -137,7 +141,7 @@ pub async fn build(config: Config) -> Result<App> {
         .map_err(|e| Error::Internal(e.to_string()))?;
     let mn_uuid = node_uuid(&config.data_dir)?;
     let job_slots = Arc::new(tokio::sync::Semaphore::new(db.job_slots()));
-    Ok(Arc::new(AppState { config, db, globals, routes, http, mn_uuid, running: Default::default(), job_slots }))
+    Ok(Arc::new(AppState { config, db, jobs, globals, routes, http, mn_uuid, running: Default::default(), job_slots }))
 }
 
 /// The axum router for an app.
@@ -179,6 +183,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     app.running.wait_idle(Duration::from_secs(30)).await;
     let _ = mn::leave(&app).await;
     app.db.close().await;
+    app.jobs.close().await;
     tracing::info!("management node stopped");
     Ok(())
 }
