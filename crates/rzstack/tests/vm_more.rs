@@ -1,6 +1,7 @@
 //! More VM behaviour through the public API, on simulator hosts: the first-available IP
 //! strategy, LastHostPreferred host allocation on start, the `vm.deletionPolicy` global
-//! config with the periodic expunge, and per-VM action queueing.
+//! config with the periodic expunge, per-VM action queueing, LocalStorage placement of VMs
+//! made from snapshots or existing volumes, and the `userdata::` tag's checks.
 mod common;
 
 use common::sim::*;
@@ -528,4 +529,197 @@ async fn destroy_delete_modes() {
     }
     let (hosts, _) = usage(&srv, &t).await;
     assert_eq!(hosts[0].0, srv.query(&format!("/hosts/{}", t.hosts[0])).await[0]["totalCpuCapacity"].as_i64().unwrap());
+}
+
+fn volume_of<'a>(vm: &'a Value, ty: &str) -> &'a Value {
+    vm["allVolumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} volume: {vm}"))
+}
+
+/// What a failed create must leave as it was: rows, host and storage capacity, used IPs.
+async fn state(srv: &Server, t: &Topo) -> ((usize, usize, usize), (Vec<(i64, i64)>, i64), usize) {
+    (rows(srv).await, usage(srv, t).await, used_ips(srv).await)
+}
+
+/// LocalStorage with two hosts: a VM made from a volume snapshot, from an existing volume as
+/// its root disk, or with an existing data volume, runs on the host whose disk holds those files
+/// (the LeastVmPreferred offering would pick the other, emptier host). A designated host
+/// elsewhere is refused as upstream refuses it: the local-storage host filter's error for the
+/// snapshot, the local-storage attach error for the data volume; nothing is left behind.
+#[tokio::test]
+async fn local_storage_files_pin_the_host() {
+    let srv = Server::start().await;
+    let t = local_topology(&srv, 2).await;
+    set_config(&srv, "vm", "deletionPolicy", "Delay").await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let (h0, h1) = (t.hosts[0].clone(), t.hosts[1].clone());
+    let h0_free = usage(&srv, &t).await.0[0];
+    let a = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "a", "hostUuid": h1, "l3NetworkUuids": [l3], "dataDiskSizes": [GB]}))),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(a["hostUuid"], h1.as_str());
+    assert_eq!(volume_of(&a, "Root")["primaryStorageUuid"], t.ps.as_str());
+    let data = s(&volume_of(&a, "Data")["uuid"]);
+    let root = s(&a["rootVolumeUuid"]);
+    let snap = s(&srv
+        .ok("POST", &format!("/volumes/{root}/volume-snapshots"), Some(json!({"params": {"name": "sn"}})))
+        .await["inventory"]["uuid"]);
+    let from_snap = format!("/vm-instances/from/volume-snapshots/{snap}");
+
+    // the snapshot's files are on h1: a VM from it cannot be made on h0
+    let before = state(&srv, &t).await;
+    let bad = "0123456789ab4def8123456789abcd01";
+    let e = srv
+        .fails(
+            "POST",
+            &from_snap,
+            Some(json!({"params": {"name": "bad", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3],
+                "hostUuid": h0, "resourceUuid": bad}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!(
+            "the vm[uuid: {bad}] using local primary storage can only be started on the host[uuid: {h1}], but the host \
+             is either not having enough CPU/memory/GPU/VFNIC or in the state[Enabled] or status[Connected] to start the vm"
+        ),
+    );
+    assert_eq!(e["cause"]["code"], "HOST_ALLOCATION.1000", "{e}");
+    assert_eq!(state(&srv, &t).await, before);
+    assert!(srv.query(&format!("/vm-instances/{bad}")).await.is_empty());
+
+    // without a host: on h1, every time, although h0 runs no VM
+    for i in 0..2 {
+        let v = srv
+            .ok(
+                "POST",
+                &from_snap,
+                Some(json!({"params": {"name": format!("s{i}"), "instanceOfferingUuid": t.offering,
+                    "l3NetworkUuids": [l3], "clusterUuid": t.cluster}})),
+            )
+            .await["inventory"]
+            .clone();
+        assert_eq!(v["allocatorStrategy"], "LeastVmPreferredHostAllocatorStrategy");
+        assert_eq!(v["state"], "Running");
+        assert_eq!(v["hostUuid"], h1.as_str(), "the host holding the snapshot");
+        assert_eq!(v["lastHostUuid"], h1.as_str());
+        assert_eq!(host_of(&srv, &s(&v["uuid"])).await, h1);
+        assert_eq!(volume_of(&v, "Root")["primaryStorageUuid"], t.ps.as_str());
+    }
+
+    // a's data volume, detached by the destroy, stays on h1's disk
+    srv.ok("DELETE", &format!("/vm-instances/{}", s(&a["uuid"])), None).await;
+    assert!(srv.query(&format!("/volumes/{data}")).await[0].get("vmInstanceUuid").is_none());
+    let with_data = |extra: Value| {
+        let mut b = create(
+            &t,
+            json!({"l3NetworkUuids": [l3], "diskAOs": [
+                {"boot": true, "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"},
+                {"sourceType": "VolumeVO", "sourceUuid": data}]}),
+        );
+        for (k, v) in extra.as_object().unwrap() {
+            b["params"][k] = v.clone();
+        }
+        b
+    };
+    let before = state(&srv, &t).await;
+    let bad = "0123456789ab4def8123456789abcd02";
+    let e = srv.fails("POST", "/vm-instances", Some(with_data(json!({"hostUuid": h0, "resourceUuid": bad})))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!(
+            "cannot attach the data volume[uuid:{data}] to the vm[uuid:{bad}]. Both vm's root volume and the data volume \
+             are on local primary storage, but they are on different hosts. The root volume[uuid:"
+        ),
+    );
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("is on the host[uuid:{h0}] but the data volume[uuid: {data}] is on the host[uuid: {h1}]"),
+    );
+    assert_eq!(state(&srv, &t).await, before);
+    assert!(srv.query(&format!("/volumes/{data}")).await[0].get("vmInstanceUuid").is_none());
+
+    let b = srv.ok("POST", "/vm-instances", Some(with_data(json!({"name": "b"})))).await["inventory"].clone();
+    assert_eq!(b["hostUuid"], h1.as_str(), "the host holding the data volume");
+    assert_eq!(host_of(&srv, &s(&b["uuid"])).await, h1);
+    assert_eq!(volume_of(&b, "Data")["uuid"], data.as_str());
+    assert_eq!(volume_of(&b, "Root")["primaryStorageUuid"], t.ps.as_str());
+    // the designated host that holds it is fine
+    srv.ok("DELETE", &format!("/vm-instances/{}", s(&b["uuid"])), None).await;
+    let c = srv.ok("POST", "/vm-instances", Some(with_data(json!({"name": "c", "hostUuid": h1})))).await["inventory"]
+        .clone();
+    assert_eq!(c["hostUuid"], h1.as_str());
+
+    // the same volume as the root disk of a VM without an image
+    srv.ok("DELETE", &format!("/vm-instances/{}", s(&c["uuid"])), None).await;
+    let d = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(json!({"params": {"name": "d", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [l3],
+                "clusterUuid": t.cluster, "diskAOs": [{"boot": true, "platform": "Linux", "guestOsType": "Ubuntu",
+                "architecture": "x86_64", "sourceType": "VolumeVO", "sourceUuid": data}]}})),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(d["rootVolumeUuid"], data.as_str());
+    assert_eq!(d["hostUuid"], h1.as_str(), "the host holding the root volume");
+    assert_eq!(host_of(&srv, &s(&d["uuid"])).await, h1);
+    // h0 took nothing
+    let (hosts, _) = usage(&srv, &t).await;
+    assert_eq!(hosts[0], h0_free, "{hosts:?}");
+}
+
+/// The `userdata::` system tag is checked as upstream's validator does: one tag at most
+/// (SYS.1007), its value decodable by Java's Base64 decoder; the decoder's refusal escapes
+/// upstream's interceptor as SYS.1000 with the decoder's message. Nothing is created then.
+/// Valid values (padded or not) are kept on the VM as given.
+#[tokio::test]
+async fn userdata_must_be_base64() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let with_tags = |tags: Value| {
+        let mut b = create(&t, json!({"l3NetworkUuids": [l3]}));
+        b["systemTags"] = tags;
+        b
+    };
+    let before = state(&srv, &t).await;
+    for (value, details) in [
+        ("not base64!", "Illegal base64 character 20"),
+        ("w6k_", "Illegal base64 character 5f"),
+        ("é", "Illegal base64 character -3d"),
+        ("Y", "Input byte[] should at least have 2 bytes for base64 bytes"),
+        ("YWJjZ", "Last unit does not have enough valid bits"),
+        ("YWJjZA=", "Input byte array has wrong 4-byte ending unit"),
+        ("=YWJj", "Input byte array has wrong 4-byte ending unit"),
+        ("YQ==YQ==", "Input byte array has incorrect ending byte at 4"),
+    ] {
+        let e = srv.fails("POST", "/vm-instances", Some(with_tags(json!([format!("userdata::{value}")])))).await;
+        assert_eq!(e["code"], "SYS.1000", "{value}: {e}");
+        assert_eq!(e["details"], details, "{value}");
+    }
+    let e = srv.fails("POST", "/vm-instances", Some(with_tags(json!(["userdata::YWJj", "userdata::ZGVm"])))).await;
+    assert_error(&e, "SYS.1007", "Shouldn't be more than one userdata systemTag for one vm.");
+    assert_eq!(state(&srv, &t).await, before);
+
+    for value in ["I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogdAo=", "YWI"] {
+        let vm = s(&srv.ok("POST", "/vm-instances", Some(with_tags(json!([format!("userdata::{value}")])))).await
+            ["inventory"]["uuid"]);
+        let tags: Vec<String> =
+            srv.query(&format!("/system-tags?q=resourceUuid={vm}")).await.iter().map(|x| s(&x["tag"])).collect();
+        assert!(tags.contains(&format!("userdata::{value}")), "{tags:?}");
+    }
 }

@@ -151,3 +151,21 @@ pub fn create(t: &Topo, extra: Value) -> Value {
     }
     json!({"params": p})
 }
+
+/// [`topology`] whose cluster uses a LocalStorage primary storage (a directory in the topology's
+/// temporary directory; capacity that of its file system) instead of the simulator one, which
+/// is detached: each VM's volumes live on the disk of the host it runs on. `ps` is the local one.
+pub async fn local_topology(srv: &Server, hosts: usize) -> Topo {
+    let t = topology(srv, hosts).await;
+    srv.ok("DELETE", &format!("/clusters/{}/primary-storage/{}", t.cluster, t.ps), None).await;
+    let url = t._dir.path().join("local-ps");
+    let ps = s(&srv
+        .ok(
+            "POST",
+            "/primary-storage/local-storage",
+            Some(json!({"params": {"name": "local", "url": url.to_str().unwrap(), "zoneUuid": t.zone}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/clusters/{}/primary-storage/{ps}", t.cluster), None).await;
+    Topo { ps, ..t }
+}

@@ -342,6 +342,152 @@ impl VmTags {
     }
 }
 
+/// The `userdata::` tags of a create (upstream VmInstanceManagerImpl `installUserdataValidator`,
+/// create-message side): at most one (SYS.1007), and its value must pass Java's basic Base64
+/// decoder; upstream lets the decoder's IllegalArgumentException escape the interceptor, so the
+/// API answers SYS.1000 with the exception's message as details.
+pub(super) fn check_userdata(tags: &[String]) -> Result<()> {
+    let mut seen = false;
+    for t in tags {
+        let Some(value) = t.strip_prefix("userdata::") else { continue };
+        if seen {
+            return Err(Error::argerr("Shouldn't be more than one userdata systemTag for one vm."));
+        }
+        seen = true;
+        if let Some(why) = java_base64_error(value) {
+            return Err(Error::code(rzstack_api::codes::SYS_1000, why));
+        }
+    }
+    Ok(())
+}
+
+/// Why `java.util.Base64.getDecoder().decode(s.getBytes())` refuses `s` (the decoder's
+/// messages, same checks in the same order: RFC 4648 alphabet, padding optional but exact when
+/// present, nothing after it), or None when it decodes.
+pub(super) fn java_base64_error(s: &str) -> Option<String> {
+    let src = s.as_bytes();
+    let n = src.len();
+    if n == 0 {
+        return None;
+    }
+    if n < 2 {
+        return Some("Input byte[] should at least have 2 bytes for base64 bytes".into());
+    }
+    let (mut i, mut shift) = (0usize, 18i32);
+    while i < n {
+        let c = src[i];
+        i += 1;
+        if c == b'=' {
+            // "=" where a unit starts, or "xx=" not followed by a second "="
+            let bad_pair = shift == 6
+                && (i == n || {
+                    i += 1;
+                    src[i - 1] != b'='
+                });
+            if bad_pair || shift == 18 {
+                return Some("Input byte array has wrong 4-byte ending unit".into());
+            }
+            break;
+        }
+        if !(c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
+            // Java prints the (signed) byte in hex
+            let v = i32::from(c as i8);
+            let hex = if v < 0 { format!("-{:x}", -v) } else { format!("{v:x}") };
+            return Some(format!("Illegal base64 character {hex}"));
+        }
+        shift -= 6;
+        if shift < 0 {
+            shift = 18;
+        }
+    }
+    if shift == 12 {
+        return Some("Last unit does not have enough valid bits".into());
+    }
+    if i < n {
+        return Some(format!("Input byte array has incorrect ending byte at {i}"));
+    }
+    None
+}
+
+/// The host whose disk holds a volume's files when its primary storage is LocalStorage
+/// (upstream LocalStorageResourceRefVO.hostUuid): the host of the VM the volume belongs or
+/// last belonged to (current, else last host). None for other storage types, and for a volume
+/// no VM ever used (its file is made where the VM lands).
+pub(super) async fn local_host_of_volume(app: &App, volume: &str) -> Result<Option<String>> {
+    let row = one_row(
+        app,
+        "SELECT COALESCE(m.host_uuid, m.last_host_uuid) FROM volume v \
+         JOIN primary_storage p ON p.uuid = v.primary_storage_uuid \
+         JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
+         WHERE v.uuid = $1 AND p.type = 'LocalStorage'",
+        volume,
+    )
+    .await?;
+    Ok(match row {
+        Some(r) => opt_str(&r, 0)?,
+        None => None,
+    })
+}
+
+/// [`local_host_of_volume`] for a volume snapshot on LocalStorage: the host of its volume.
+pub(super) async fn local_host_of_snapshot(app: &App, snapshot: &str) -> Result<Option<String>> {
+    let row = one_row(
+        app,
+        "SELECT COALESCE(m.host_uuid, m.last_host_uuid) FROM volume_snapshot s \
+         JOIN primary_storage p ON p.uuid = s.primary_storage_uuid JOIN volume v ON v.uuid = s.volume_uuid \
+         JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
+         WHERE s.uuid = $1 AND p.type = 'LocalStorage'",
+        snapshot,
+    )
+    .await?;
+    Ok(match row {
+        Some(r) => opt_str(&r, 0)?,
+        None => None,
+    })
+}
+
+/// The host a new VM must run on because LocalStorage files it uses are on that host's disk:
+/// that of the snapshot or existing volume its root volume comes from, else that of its
+/// existing data volumes (upstream: a VM with a LocalStorageResourceRefVO volume is only placed
+/// on that host, LocalStorageAllocatorFactory; existing data volumes are attached after the VM
+/// is made, and LocalStorageFactory.preAttachVolume refuses one on another host than the root
+/// volume's). A data volume on another host than the root volume's (its source's, else the
+/// designated host's, else the first data volume's) is refused with upstream's attach error.
+async fn local_host_of_sources(
+    app: &App,
+    req: &CreateVm,
+    root_volume: &str,
+    vm: &str,
+    data: &[DataVol],
+) -> Result<Option<String>> {
+    let source_host = match &req.snapshot {
+        Some(s) => local_host_of_snapshot(app, &s.uuid).await?,
+        None if req.disk_aos.iter().any(|d| d.boot && d.source_uuid.as_deref() == Some(root_volume)) => {
+            local_host_of_volume(app, root_volume).await?
+        }
+        None => None,
+    };
+    let mut root_host = source_host.clone().or_else(|| req.host_uuid.clone());
+    let mut forced = source_host;
+    for d in data.iter().filter(|d| d.adopt) {
+        let Some(h) = local_host_of_volume(app, &d.uuid).await? else { continue };
+        match &root_host {
+            Some(r) if *r != h => {
+                return Err(Error::operr(format!(
+                    "cannot attach the data volume[uuid:{d}] to the vm[uuid:{vm}]. Both vm's root volume and the data \
+                     volume are on local primary storage, but they are on different hosts. The root volume[uuid:{root_volume}] \
+                     is on the host[uuid:{r}] but the data volume[uuid: {d}] is on the host[uuid: {h}]",
+                    d = d.uuid
+                )))
+            }
+            Some(_) => {}
+            None => root_host = Some(h.clone()),
+        }
+        forced = forced.or(Some(h));
+    }
+    Ok(forced)
+}
+
 /// Why `ip` cannot be taken on `l3` (upstream CheckIpAvailability reasons), or None.
 pub(super) async fn ip_unavailable(app: &App, l3: &str, ip: &str, n: i64) -> Result<Option<&'static str>> {
     let ranges = app
@@ -1128,6 +1274,11 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         }
         data_volumes.push(d);
     }
+    // system-tag validators (upstream TagManager, after the interceptor's checks)
+    check_userdata(&msg.system_tags())?;
+    // LocalStorage: the VM runs where the files of its existing disks are
+    let root_volume_uuid = root_from_volume.clone().unwrap_or_else(new_uuid);
+    let local_host = local_host_of_sources(app, req, &root_volume_uuid, &msg.resource_uuid(), &data_volumes).await?;
     let allocator = if req.host_uuid.is_some() {
         "DesignatedHostAllocatorStrategy".to_string()
     } else {
@@ -1167,7 +1318,8 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         strategy,
         hypervisors,
         primary_storage_for_root: req.primary_storage_uuid_for_root_volume.clone(),
-        root_volume_uuid: root_from_volume.clone().unwrap_or_else(new_uuid),
+        root_volume_uuid,
+        local_host,
         root_from_volume: root_from_volume.is_some(),
         root_name,
         root_size,

@@ -389,7 +389,9 @@ async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) 
 }
 
 /// The VM's user data: its `userdata::<base64>` system tag (upstream `VmSystemTags.USERDATA`),
-/// decoded; a value that is not base64 of UTF-8 text is passed as it is.
+/// decoded into text as upstream's UserdataBuilder does (`new String(bytes)`: bytes that are not
+/// UTF-8 become U+FFFD). Creation refuses a value that is not base64 ([`super::check_userdata`]);
+/// a tag stored before that check, not base64 at all, is passed as the text it is.
 async fn user_data_of(tx: &mut WriteTx, vm: &str) -> Result<Option<String>> {
     let tag = tx
         .fetch_optional(
@@ -399,11 +401,19 @@ async fn user_data_of(tx: &mut WriteTx, vm: &str) -> Result<Option<String>> {
         .await?
         .map(|r| r.try_get::<String, _>(0))
         .transpose()?;
-    Ok(tag.and_then(|t| t.strip_prefix("userdata::").map(|b| decode_base64(b).unwrap_or_else(|| b.to_string()))))
+    Ok(tag.and_then(|t| t.strip_prefix("userdata::").map(user_data_text)))
 }
 
-/// Standard (or URL-safe) base64, padding optional, as UTF-8 text; None when it is not that.
-pub fn decode_base64(s: &str) -> Option<String> {
+/// The guest's user data for a `userdata::` tag value (see [`user_data_of`]).
+fn user_data_text(value: &str) -> String {
+    match decode_base64(value) {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => value.to_string(),
+    }
+}
+
+/// Standard (or URL-safe) base64, padding optional, as bytes; None when it is not base64.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in s.trim().trim_end_matches('=').bytes() {
@@ -423,7 +433,7 @@ pub fn decode_base64(s: &str) -> Option<String> {
             acc &= (1 << bits) - 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// The bridges, taps and DHCP leases of the VM's NICs.
@@ -761,4 +771,20 @@ pub async fn reboot_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
             .map_err(|e| agent_err(vm, "reboot", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod user_data_tests {
+    use super::user_data_text;
+
+    #[test]
+    fn user_data_is_the_decoded_text() {
+        // "#cloud-config\nhostname: t\n", padded and not
+        assert_eq!(user_data_text("I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogdAo="), "#cloud-config\nhostname: t\n");
+        assert_eq!(user_data_text("YWI"), "ab");
+        // bytes that are not UTF-8 become U+FFFD (upstream decodes into a Java String), not the base64 text
+        assert_eq!(user_data_text("/2E="), "\u{fffd}a");
+        // a legacy value that is not base64 at all stays as it was given
+        assert_eq!(user_data_text("#!/bin/sh\necho hi"), "#!/bin/sh\necho hi");
+    }
 }

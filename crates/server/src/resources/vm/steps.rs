@@ -105,6 +105,10 @@ pub struct Ctx {
     /// the volume snapshot the root volume is a copy of (CreateVmInstanceFromVolumeSnapshot)
     #[serde(default)]
     pub(super) from_snapshot: Option<String>,
+    /// the host whose LocalStorage disk holds the snapshot / existing volumes the VM uses: the
+    /// only host it may run on (upstream LocalStorageResourceRefVO.hostUuid)
+    #[serde(default)]
+    pub(super) local_host: Option<String>,
     /// the host chosen (set by allocate-host)
     pub(super) host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
@@ -526,6 +530,25 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN primary_storage p \
              ON p.uuid = r.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter})"
         );
+        if let Some(lh) = &c.local_host {
+            // the local-storage filter runs after the others (upstream LocalStorageAllocatorFactory)
+            stages.push((
+                base.clone(),
+                vals.len(),
+                format!("cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"),
+            ));
+            vals.push(Val::from(lh.as_str()));
+            base += &format!(" AND h.uuid = ${}", vals.len());
+            stages.push((
+                base.clone(),
+                vals.len(),
+                format!(
+                    "the vm[uuid: {}] using local primary storage can only be started on the host[uuid: {lh}], but the host \
+                     is either not having enough CPU/memory/GPU/VFNIC or in the state[Enabled] or status[Connected] to start the vm",
+                    c.vm_uuid
+                ),
+            ));
+        }
         let order = if c.allocator_strategy.contains("LeastVmPreferred") {
             "(SELECT COUNT(*) FROM vm_instance v WHERE v.host_uuid = h.uuid), random()"
         } else {
