@@ -478,6 +478,22 @@ async fn fetch_raw(db: &Db, exprs: &[(String, Raw)], tail: &str, vals: &[Val]) -
             serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")))?;
         return Ok(rows);
     }
+    // PostgreSQL: the same in one JSON text (`json_agg` of `json_build_array`s; doubles print
+    // exact); its functions take at most 100 arguments, so wider rows come row by row.
+    if exprs.len() <= 100 {
+        let inner: Vec<String> = exprs.iter().enumerate().map(|(i, (e, _))| format!("{e} AS c{i}")).collect();
+        let outer: Vec<String> = (0..exprs.len()).map(|i| format!("s.c{i}")).collect();
+        let sql = format!(
+            "SELECT COALESCE(json_agg(json_build_array({})), '[]')::text FROM (SELECT {} {tail}) s",
+            outer.join(", "),
+            inner.join(", ")
+        );
+        let row = query_with(&sql, vals).fetch_one(&db.pool).await?;
+        let text: String = row.try_get(0)?;
+        let rows: Vec<Vec<Value>> =
+            serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")))?;
+        return Ok(rows);
+    }
     let list: Vec<&str> = exprs.iter().map(|(e, _)| e.as_str()).collect();
     let sql = format!("SELECT {} {tail}", list.join(", "));
     let rows = query_with(&sql, vals).fetch_all(&db.pool).await?;
