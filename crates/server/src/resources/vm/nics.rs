@@ -76,17 +76,23 @@ async fn insert_used_ip(
     Ok(inserted == 1)
 }
 
-/// The used addresses of `l3` between `start` and `end`.
+/// The used addresses of `l3` between `start` and `end`: one row (a comma-separated list,
+/// `string_agg` exists on both databases) instead of a row per address, each row being a
+/// hand-off from the database thread.
 async fn used_in_range(tx: &mut WriteTx, l3: &str, start: i64, end: i64) -> Result<std::collections::HashSet<i64>> {
-    let rows = tx
-        .fetch_all(
-            "SELECT ip_in_long FROM used_ip WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
+    let list: Option<String> = tx
+        .fetch_optional(
+            "SELECT string_agg(CAST(ip_in_long AS TEXT), ',') FROM used_ip \
+             WHERE l3_network_uuid = $1 AND ip_in_long >= $2 AND ip_in_long <= $3",
             &[Val::from(l3), Val::I(start), Val::I(end)],
         )
-        .await?;
+        .await?
+        .map(|r| r.try_get::<Option<String>, _>(0))
+        .transpose()?
+        .flatten();
     let mut out = std::collections::HashSet::new();
-    for row in rows {
-        out.insert(row.try_get::<i64, _>(0)?);
+    for n in list.as_deref().unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        out.insert(n.trim().parse::<i64>().map_err(|_| Error::Internal(format!("used_ip: not an address: {n}")))?);
     }
     Ok(out)
 }
