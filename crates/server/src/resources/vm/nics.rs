@@ -119,7 +119,9 @@ pub(super) async fn allocate_ip(
     let mut ranges = tx
         .fetch_all(
             "SELECT uuid, start_ip_long, end_ip_long, netmask, gateway, \
-             (SELECT value FROM global_config WHERE category = $2 AND name = $3) FROM ip_range \
+             (SELECT value FROM global_config WHERE category = $2 AND name = $3), \
+             (SELECT string_agg(start_ip || '-' || end_ip, ',') FROM reserved_ip_range \
+             WHERE l3_network_uuid = $1 AND ip_version = 4) FROM ip_range \
              WHERE l3_network_uuid = $1 AND ip_version = 4 AND ip_range_type = 'Normal' ORDER BY create_date, uuid",
             &[
                 Val::from(l3),
@@ -143,18 +145,16 @@ pub(super) async fn allocate_ip(
             ranges.swap(i, j);
         }
     }
-    // reserved IP ranges of the L3 are never handed out by the allocator (a static IP may name one)
+    // reserved IP ranges of the L3 are never handed out by the allocator (a static IP may name
+    // one); they came with every range row as `start-end,start-end,...`
     let mut reserved: Vec<(i64, i64)> = Vec::new();
-    for r in tx
-        .fetch_all(
-            "SELECT start_ip, end_ip FROM reserved_ip_range WHERE l3_network_uuid = $1 AND ip_version = 4",
-            &[Val::from(l3)],
-        )
-        .await?
-    {
-        let a: String = r.try_get(0)?;
-        let b: String = r.try_get(1)?;
-        if let (Some(a), Some(b)) = (crate::resources::l3::ipv4(&a), crate::resources::l3::ipv4(&b)) {
+    let reserved_list: Option<String> = match ranges.first() {
+        Some(r) => r.try_get(6)?,
+        None => None,
+    };
+    for pair in reserved_list.as_deref().unwrap_or_default().split(',') {
+        let Some((a, b)) = pair.split_once('-') else { continue };
+        if let (Some(a), Some(b)) = (crate::resources::l3::ipv4(a), crate::resources::l3::ipv4(b)) {
             reserved.push((i64::from(a.min(b)), i64::from(a.max(b))));
         }
     }
