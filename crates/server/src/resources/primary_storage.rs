@@ -55,6 +55,29 @@ pub static PRIMARY_STORAGE: ResourceDef = ResourceDef {
     tag_type: Some("PrimaryStorageVO"),
 };
 
+/// Which host's disk holds a volume or snapshot file on a LocalStorage primary storage
+/// (upstream `LocalStorageResourceRefVO`, one row per resource, written and deleted with the
+/// volume / snapshot row). `resourceType` is the resource's VO name.
+pub static LOCAL_STORAGE_RESOURCE_REF: ResourceDef = ResourceDef {
+    inventory: "LocalStorageResourceRefInventory",
+    vo: "LocalStorageResourceRefVO",
+    class: "org.zstack.storage.primary.local.LocalStorageResourceRefInventory",
+    table: "local_storage_resource_ref",
+    fields: &[
+        field("resourceUuid", "resource_uuid", FType::Str),
+        field("primaryStorageUuid", "primary_storage_uuid", FType::Str),
+        field("hostUuid", "host_uuid", FType::Str),
+        field("size", "size", FType::Int),
+        field("resourceType", "resource_type", FType::Str),
+        field("createDate", "create_date", FType::Date),
+        field("lastOpDate", "last_op_date", FType::Date),
+    ],
+    children: &[],
+    class_of: None,
+    order: "t.create_date, t.resource_uuid",
+    tag_type: None,
+};
+
 /// Total and available bytes of the file system holding `path` (statvfs).
 pub fn fs_capacity(path: &str) -> Result<(i64, i64)> {
     let c = std::ffi::CString::new(path).map_err(|_| Error::argerr(format!("invalid path[{path}]")))?;
@@ -296,6 +319,8 @@ async fn delete(app: App, msg: Msg) -> Result<Reply> {
         )));
     }
     // Deleted volumes and snapshots go with their storage (upstream cascades them).
+    tx.execute("DELETE FROM local_storage_resource_ref WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())])
+        .await?;
     tx.execute("DELETE FROM volume_snapshot WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())]).await?;
     tx.execute("DELETE FROM volume WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())]).await?;
     tx.execute("DELETE FROM primary_storage WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
@@ -403,6 +428,11 @@ pub static APIS: &[ApiDef] = &[
         .handler(|a, m| boxed(add(a, m, SIMULATOR))),
     ApiDef::query("QueryPrimaryStorage", "/primary-storage", &PRIMARY_STORAGE)
         .optional_paths(&["/primary-storage/{uuid}"]),
+    ApiDef::query(
+        "QueryLocalStorageResourceRef",
+        "/primary-storage/local-storage/resource-refs",
+        &LOCAL_STORAGE_RESOURCE_REF,
+    ),
     ApiDef::action("UpdatePrimaryStorage", "/primary-storage/{uuid}/actions")
         .params(&[
             Param::str("uuid").required().resource(&PRIMARY_STORAGE),

@@ -9,7 +9,7 @@
 //! host agent; deleting the snapshot and expunging the volume delete the files too.
 
 use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
-use crate::db::Val;
+use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::hostagent::{HostAgent, KvmAgentClient, VolumeDeleteCmd, VolumeSnapshotCmd, PROTOCOL_VERSION};
 use crate::params::Param;
@@ -156,6 +156,19 @@ async fn delete_files(app: &App, vm: Option<&str>, ps: Option<&str>, paths: &[St
     }
 }
 
+/// Forget which host holds a volume's file and its snapshots' on LocalStorage (their
+/// `local_storage_resource_ref` rows), in the transaction that deletes their rows: before the
+/// snapshot rows go.
+pub(crate) async fn forget_local_files(tx: &mut WriteTx, volume: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM local_storage_resource_ref WHERE resource_uuid = $1 \
+         OR resource_uuid IN (SELECT uuid FROM volume_snapshot WHERE volume_uuid = $1)",
+        &[Val::from(volume)],
+    )
+    .await?;
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CreateDataVolume {
@@ -282,6 +295,7 @@ async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
     if status != "Deleted" {
         return Err(Error::operr(format!("the volume[uuid:{uuid}, name:{name}] is not deleted yet, can't expunge it")));
     }
+    forget_local_files(&mut tx, &uuid).await?;
     tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(uuid.as_str())]).await?;
     tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     if let Some(ps) = &ps {
@@ -391,6 +405,20 @@ async fn create_snapshot(app: App, msg: Msg) -> Result<Reply> {
             ],
         )
         .await?;
+        // on LocalStorage the snapshot is on the disk of the host holding its volume (that
+        // volume's ref; for a volume recorded before refs existed, its VM's host)
+        tx.execute(
+            "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, resource_type, \
+             create_date, last_op_date) \
+             SELECT $1, v.primary_storage_uuid, COALESCE(r.host_uuid, m.host_uuid, m.last_host_uuid), $2, \
+             'VolumeSnapshotVO', $3, $3 FROM volume v JOIN primary_storage p ON p.uuid = v.primary_storage_uuid \
+             LEFT JOIN local_storage_resource_ref r ON r.resource_uuid = v.uuid \
+             LEFT JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
+             WHERE v.uuid = $4 AND p.type = 'LocalStorage' \
+             AND COALESCE(r.host_uuid, m.host_uuid, m.last_host_uuid) IS NOT NULL",
+            &[Val::from(uuid.as_str()), Val::I(file_size), Val::I(now), Val::from(v)],
+        )
+        .await?;
         super::own(&mut tx, &uuid, VOLUME_SNAPSHOT.vo, msg.account_uuid()).await?;
     }
     tx.commit().await?;
@@ -494,6 +522,7 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
             files.extend(f.try_get::<Option<String>, _>(0)?);
         }
         tx.execute("DELETE FROM volume_snapshot WHERE uuid = $1", &[Val::from(d.as_str())]).await?;
+        tx.execute("DELETE FROM local_storage_resource_ref WHERE resource_uuid = $1", &[Val::from(d.as_str())]).await?;
         super::disown(&mut tx, d).await?;
     }
     if let (true, Some(p)) = (latest_gone, parent) {

@@ -409,16 +409,18 @@ pub(super) fn java_base64_error(s: &str) -> Option<String> {
     None
 }
 
-/// The host whose disk holds a volume's files when its primary storage is LocalStorage
-/// (upstream LocalStorageResourceRefVO.hostUuid): the host of the VM the volume belongs or
-/// last belonged to (current, else last host). None for other storage types, and for a volume
-/// no VM ever used (its file is made where the VM lands).
+/// The host whose disk holds a volume's files when its primary storage is LocalStorage: its
+/// `local_storage_resource_ref` row (upstream LocalStorageResourceRefVO.hostUuid), kept after
+/// its VM is expunged; for a volume recorded before refs existed, the host of the VM it belongs
+/// or last belonged to (current, else last host). None for other storage types, and for a
+/// volume no VM ever used (its file is made where the VM lands).
 pub(super) async fn local_host_of_volume(app: &App, volume: &str) -> Result<Option<String>> {
     let row = one_row(
         app,
-        "SELECT COALESCE(m.host_uuid, m.last_host_uuid) FROM volume v \
+        "SELECT COALESCE(r.host_uuid, m.host_uuid, m.last_host_uuid) FROM volume v \
          JOIN primary_storage p ON p.uuid = v.primary_storage_uuid \
-         JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
+         LEFT JOIN local_storage_resource_ref r ON r.resource_uuid = v.uuid \
+         LEFT JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
          WHERE v.uuid = $1 AND p.type = 'LocalStorage'",
         volume,
     )
@@ -429,13 +431,17 @@ pub(super) async fn local_host_of_volume(app: &App, volume: &str) -> Result<Opti
     })
 }
 
-/// [`local_host_of_volume`] for a volume snapshot on LocalStorage: the host of its volume.
+/// [`local_host_of_volume`] for a volume snapshot on LocalStorage: its own ref, else its
+/// volume's, else the host of its volume's VM.
 pub(super) async fn local_host_of_snapshot(app: &App, snapshot: &str) -> Result<Option<String>> {
     let row = one_row(
         app,
-        "SELECT COALESCE(m.host_uuid, m.last_host_uuid) FROM volume_snapshot s \
-         JOIN primary_storage p ON p.uuid = s.primary_storage_uuid JOIN volume v ON v.uuid = s.volume_uuid \
-         JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
+        "SELECT COALESCE(rs.host_uuid, rv.host_uuid, m.host_uuid, m.last_host_uuid) FROM volume_snapshot s \
+         JOIN primary_storage p ON p.uuid = s.primary_storage_uuid \
+         LEFT JOIN local_storage_resource_ref rs ON rs.resource_uuid = s.uuid \
+         LEFT JOIN volume v ON v.uuid = s.volume_uuid \
+         LEFT JOIN local_storage_resource_ref rv ON rv.resource_uuid = v.uuid \
+         LEFT JOIN vm_instance m ON m.uuid = COALESCE(v.vm_instance_uuid, v.last_vm_instance_uuid) \
          WHERE s.uuid = $1 AND p.type = 'LocalStorage'",
         snapshot,
     )
@@ -1320,6 +1326,7 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         primary_storage_for_root: req.primary_storage_uuid_for_root_volume.clone(),
         root_volume_uuid,
         local_host,
+        local_refs: Vec::new(),
         root_from_volume: root_from_volume.is_some(),
         root_name,
         root_size,

@@ -274,7 +274,12 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
     let vm = tx
         .fetch_optional(
             "SELECT cpu_num, memory_size, last_host_uuid, root_volume_uuid, hypervisor_type, allocator_strategy, \
-             cluster_uuid, (SELECT COUNT(*) FROM vm_nic n WHERE n.vm_instance_uuid = vm_instance.uuid) \
+             cluster_uuid, (SELECT COUNT(*) FROM vm_nic n WHERE n.vm_instance_uuid = vm_instance.uuid), \
+             COALESCE((SELECT r.host_uuid FROM volume v JOIN local_storage_resource_ref r ON r.resource_uuid = v.uuid \
+             WHERE v.vm_instance_uuid = vm_instance.uuid \
+             ORDER BY CASE WHEN v.type = 'Root' THEN 0 ELSE 1 END, v.device_id, v.uuid LIMIT 1), \
+             CASE WHEN EXISTS (SELECT 1 FROM volume v JOIN primary_storage p ON p.uuid = v.primary_storage_uuid \
+             WHERE v.vm_instance_uuid = vm_instance.uuid AND p.type = 'LocalStorage') THEN last_host_uuid END) \
              FROM vm_instance WHERE uuid = $1",
             &[Val::from(uuid)],
         )
@@ -288,6 +293,9 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
     let strategy: Option<String> = vm.try_get(5)?;
     let vm_cluster: Option<String> = vm.try_get(6)?;
     let nic_count: i64 = vm.try_get(7)?;
+    // the host whose LocalStorage disk holds the VM's volumes (its root volume's ref first; a
+    // VM recorded before refs existed: its last host)
+    let local_host: Option<String> = vm.try_get(8)?;
     let mut vals = vec![Val::from(uuid), Val::from(root.clone()), Val::from(hv.unwrap_or_else(|| "Simulator".into()))];
     let mut filter = String::from(
         "h.state = 'Enabled' AND h.status = 'Connected' AND h.hypervisor_type = $3 \
@@ -312,6 +320,13 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
     } else {
         strategy.as_deref().unwrap_or("LeastVmPreferredHostAllocatorStrategy")
     };
+    // the local-storage filter comes last (upstream LocalStorageAllocatorFactory on start): only
+    // the host holding the files, if it passed the others
+    let unpinned = (filter.clone(), vals.len());
+    if let Some(h) = &local_host {
+        vals.push(Val::from(h.as_str()));
+        filter += &format!(" AND h.uuid = ${}", vals.len());
+    }
     vals.push(Val::from(last.unwrap_or_default()));
     let last_first = format!("CASE WHEN h.uuid = ${} THEN 0 ELSE 1 END", vals.len());
     let order = match strategy {
@@ -336,6 +351,34 @@ pub(super) async fn start_stopped(app: &App, tx: &mut WriteTx, uuid: &str, req: 
         }
     }
     let Some((host, cluster, zone)) = chosen else {
+        if let Some(h) = &local_host {
+            // another host could take it: the files pin it to one that cannot
+            let (f, n) = &unpinned;
+            let mut v = vals[..*n].to_vec();
+            v.push(Val::I(cpu));
+            v.push(Val::I(mem));
+            let others = tx
+                .fetch_optional(
+                    &format!(
+                        "SELECT COUNT(*) FROM host h WHERE {f} AND h.available_cpu >= ${} AND h.available_memory >= ${m} \
+                         AND h.total_physical_memory > ${m}",
+                        n + 1,
+                        m = n + 2
+                    ),
+                    &v,
+                )
+                .await?
+                .map(|r| r.try_get::<i64, _>(0))
+                .transpose()?
+                .unwrap_or(0);
+            if others > 0 {
+                return Err(host_alloc_error(format!(
+                    "the vm[uuid: {uuid}] using local primary storage can only be started on the host[uuid: {h}], but the \
+                     host is either not having enough CPU/memory/GPU/VFNIC or in the state[Enabled] or status[Connected] \
+                     to start the vm"
+                )));
+            }
+        }
         return Err(host_alloc_error(format!("no host having cpu[{cpu}], memory[{mem} bytes] found")));
     };
     tx.execute(
@@ -570,6 +613,7 @@ pub(super) async fn remove_vm_rows(tx: &mut WriteTx, uuid: &str) -> Result<()> {
             )
             .await?;
         }
+        crate::resources::volume::forget_local_files(tx, &vol).await?;
         tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(vol.as_str())]).await?;
         crate::resources::tag::delete_for_resource(tx, &vol).await?;
         crate::resources::disown(tx, &vol).await?;

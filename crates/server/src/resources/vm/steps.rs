@@ -109,6 +109,10 @@ pub struct Ctx {
     /// only host it may run on (upstream LocalStorageResourceRefVO.hostUuid)
     #[serde(default)]
     pub(super) local_host: Option<String>,
+    /// the volumes whose LocalStorage ref (host holding the file) create-volumes wrote, deleted
+    /// by its undo
+    #[serde(default)]
+    pub(super) local_refs: Vec<String>,
     /// the host chosen (set by allocate-host)
     pub(super) host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
@@ -869,6 +873,24 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
             &[Val::I(taken), Val::from(c.root_volume_uuid.as_str()), Val::from(c.vm_uuid.as_str())],
         )
         .await?;
+        // on LocalStorage the files are on the chosen host's disk: a ref for each volume that
+        // has none yet (the new ones; an existing volume no VM used before)
+        let host = c.host.clone().unwrap_or_default();
+        c.local_refs = tx
+            .fetch_all(
+                "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
+                 resource_type, create_date, last_op_date) \
+                 SELECT v.uuid, v.primary_storage_uuid, $1, v.size, 'VolumeVO', $2, $2 FROM volume v \
+                 JOIN primary_storage p ON p.uuid = v.primary_storage_uuid WHERE v.vm_instance_uuid = $3 \
+                 AND p.type = 'LocalStorage' \
+                 AND NOT EXISTS (SELECT 1 FROM local_storage_resource_ref r WHERE r.resource_uuid = v.uuid) \
+                 RETURNING resource_uuid",
+                &[Val::from(host.as_str()), Val::I(now), Val::from(c.vm_uuid.as_str())],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
         Ok(())
     })
 }
@@ -913,6 +935,10 @@ pub(super) fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ct
             }
             crate::resources::tag::delete_for_resource(tx, &u).await?;
             crate::resources::disown(tx, &u).await?;
+        }
+        for u in std::mem::take(&mut c.local_refs) {
+            tx.execute("DELETE FROM local_storage_resource_ref WHERE resource_uuid = $1", &[Val::from(u.as_str())])
+                .await?;
         }
         tx.execute("UPDATE vm_instance SET root_volume_uuid = NULL WHERE uuid = $1", &[Val::from(c.vm_uuid.as_str())])
             .await?;
