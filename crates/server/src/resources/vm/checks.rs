@@ -1327,6 +1327,7 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         root_volume_uuid,
         local_host,
         local_refs: Vec::new(),
+        ps_type: None,
         root_from_volume: root_from_volume.is_some(),
         root_name,
         root_size,

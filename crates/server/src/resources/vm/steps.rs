@@ -113,6 +113,10 @@ pub struct Ctx {
     /// by its undo
     #[serde(default)]
     pub(super) local_refs: Vec<String>,
+    /// the chosen primary storage's type (set by allocate-primary-storage; None in plans stored
+    /// before it existed)
+    #[serde(default)]
+    pub(super) ps_type: Option<String>,
     /// the host chosen (set by allocate-host)
     pub(super) host: Option<String>,
     /// the primary storage chosen (set by allocate-primary-storage)
@@ -687,7 +691,7 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
         let rows = tx
             .fetch_all(
                 &format!(
-                    "SELECT p.uuid, p.url FROM primary_storage p JOIN primary_storage_cluster_ref r ON r.primary_storage_uuid = p.uuid \
+                    "SELECT p.uuid, p.url, p.type FROM primary_storage p JOIN primary_storage_cluster_ref r ON r.primary_storage_uuid = p.uuid \
                      WHERE r.cluster_uuid = $1 AND p.state = 'Enabled' AND p.status = 'Connected' \
                      AND p.available_capacity >= $2{filter} ORDER BY p.available_capacity DESC, p.uuid"
                 ),
@@ -712,6 +716,7 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                 .await?;
                 c.ps = Some(p);
                 c.ps_url = Some(row.try_get::<Option<String>, _>(1)?.unwrap_or_default());
+                c.ps_type = Some(row.try_get::<String, _>(2)?);
                 return Ok(());
             }
         }
@@ -760,6 +765,7 @@ pub(super) fn ps_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) ->
         release_ps(tx, &c.vm_uuid).await?;
         c.ps = None;
         c.ps_url = None;
+        c.ps_type = None;
         Ok(())
     })
 }
@@ -876,8 +882,13 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
         // on LocalStorage the files are on the chosen host's disk: a ref for each volume that
         // has none yet (the new ones; an existing volume no VM used before)
         let host = c.host.clone().unwrap_or_default();
-        c.local_refs = tx
-            .fetch_all(
+        let maybe_local = c.ps_type.as_deref().is_none_or(|t| t == "LocalStorage")
+            || c.root_from_volume
+            || c.data_volumes.iter().any(|d| d.adopt);
+        c.local_refs = if !maybe_local {
+            Vec::new()
+        } else {
+            tx.fetch_all(
                 "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
                  resource_type, create_date, last_op_date) \
                  SELECT v.uuid, v.primary_storage_uuid, $1, v.size, 'VolumeVO', $2, $2 FROM volume v \
@@ -890,7 +901,8 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
             .await?
             .iter()
             .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<_, _>>()?;
+            .collect::<std::result::Result<_, _>>()?
+        };
         Ok(())
     })
 }
