@@ -777,6 +777,16 @@ async fn local_storage_resource_refs() {
     let one = srv.query(&format!("/primary-storage/local-storage/resource-refs?q=resourceUuid={data}")).await;
     assert_eq!(one.len(), 1);
     assert_eq!(one[0]["resourceUuid"], data.as_str());
+    // the inventory has no uuid: a condition on it fails as upstream's query does
+    let r = srv.get(&format!("/primary-storage/local-storage/resource-refs?q=uuid={data}")).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_error(
+        &r.body["error"],
+        "SYS.1000",
+        "inventory class[class org.zstack.storage.primary.local.LocalStorageResourceRefInventory] not having field[uuid]",
+    );
+    let sorted = srv.query("/primary-storage/local-storage/resource-refs?sort=-size").await;
+    assert_eq!(sorted[0]["resourceUuid"], data.as_str(), "the largest first");
 
     // snapshots: a ref on the volume's host; deleting the snapshot deletes it
     let snap = srv
