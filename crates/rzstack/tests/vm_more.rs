@@ -937,3 +937,26 @@ async fn local_storage_start_on_the_host_holding_the_volumes() {
     let r = action(&srv, &c, json!({"startVmInstance": {}})).await;
     assert_eq!(r["inventory"]["hostUuid"], h.as_str());
 }
+
+/// Deleting a host drops the LocalStorage refs that name it, and only those.
+#[tokio::test]
+async fn local_storage_refs_go_with_their_host() {
+    let srv = Server::start().await;
+    let t = local_topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let (h0, h1) = (t.hosts[0].clone(), t.hosts[1].clone());
+    for (name, host) in [("a", &h0), ("b", &h1)] {
+        srv.ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": name, "hostUuid": host, "l3NetworkUuids": [l3]}))),
+        )
+        .await;
+    }
+    let on = |h: &str| format!("/primary-storage/local-storage/resource-refs?q=hostUuid={h}");
+    assert_eq!(srv.query(&on(&h0)).await.len(), 1);
+    assert_eq!(srv.query(&on(&h1)).await.len(), 1);
+    srv.ok("DELETE", &format!("/hosts/{h1}"), None).await;
+    assert!(srv.query(&on(&h1)).await.is_empty());
+    assert_eq!(srv.query(&on(&h0)).await.len(), 1, "the other host's refs stay");
+}

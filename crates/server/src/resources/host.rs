@@ -569,6 +569,8 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
+    // its disk's LocalStorage files are gone with it: no ref may name a host that is not there
+    tx.execute("DELETE FROM local_storage_resource_ref WHERE host_uuid = $1", &[Val::from(uuid)]).await?;
     super::disown(tx, uuid).await
 }
 
