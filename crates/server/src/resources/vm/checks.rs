@@ -302,7 +302,16 @@ pub(super) const VM_TAGS: &[&str] = &[
     "ipv4Gateway::{l3NetworkUuid}::{gateway}",
     "customMac::{l3NetworkUuid}::{mac}",
     "userdata::{userdata}",
+    "hostname::{hostname}",
+    "sshkey::{sshkey}",
+    "rootPassword::{rootPassword}",
+    "createWithoutCdRom::{createWithoutCdRom}",
 ];
+
+/// VM system tags kept on the VM as they are (upstream `VmSystemTags`): the guest's hostname
+/// (checked by [`check_hostname`]), an SSH public key and a root password for the guest's
+/// cloud-init, and `createWithoutCdRom::true` (no empty CD-ROM drive, create-cdrom step).
+const KEPT_AS_IS: &[&str] = &["userdata::", "hostname::", "sshkey::", "rootPassword::", "createWithoutCdRom::"];
 
 /// The VM system tags of a create message, by kind, as (l3 uuid, value).
 #[derive(Default)]
@@ -319,7 +328,7 @@ impl VmTags {
     pub(super) fn parse(tags: &[String]) -> VmTags {
         let mut out = VmTags::default();
         for t in tags {
-            if t.starts_with("userdata::") {
+            if KEPT_AS_IS.iter().any(|p| t.starts_with(p)) {
                 out.kept.push(t.clone());
                 continue;
             }
@@ -359,6 +368,54 @@ pub(super) fn check_userdata(tags: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `hostname::` tags of a create (upstream VmInstanceManagerImpl `installHostnameValidator`,
+/// create-message side): at most one, and a valid domain name as Apache commons
+/// `DomainValidator.getInstance(true)` sees it (both SYS.1007).
+pub(super) fn check_hostname(tags: &[String]) -> Result<()> {
+    let mut count = 0;
+    for t in tags {
+        let Some(name) = t.strip_prefix("hostname::") else { continue };
+        count += 1;
+        if count > 1 {
+            return Err(Error::argerr(format!("only one hostname system tag is allowed, but {count} got")));
+        }
+        if !valid_domain(name) {
+            return Err(Error::argerr(format!(
+                "hostname[{name}] specified in system tag[{t}] is not a valid domain name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A domain name as DomainValidator (local names allowed) accepts it: at most 253 characters;
+/// labels of letters, digits and inner hyphens, 1 to 63 long; one label alone (a local host
+/// name), or several ending with an alphabetic top-level label (DomainValidator checks it
+/// against the IANA list; here any alphabetic label of 2+ letters passes). A final dot is allowed.
+pub(super) fn valid_domain(name: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&str> = name.strip_suffix('.').unwrap_or(name).split('.').collect();
+    match labels.as_slice() {
+        [one] => label_ok(one) && !name.ends_with('.'),
+        [init @ .., tld] => {
+            init.iter().all(|l| label_ok(l))
+                && label_ok(tld)
+                && tld.len() >= 2
+                && tld.chars().all(|c| c.is_ascii_alphabetic())
+        }
+        [] => false,
+    }
 }
 
 /// Why `java.util.Base64.getDecoder().decode(s.getBytes())` refuses `s` (the decoder's
@@ -880,7 +937,8 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
                 "there are more than one L3 network specified in l3NetworkUuids, but defaultL3NetworkUuid is null",
             ));
         }
-        if req.l3_network_uuids.len() == 1 {
+        // the only L3 is the default when none is named; a named one must be in the list
+        if req.l3_network_uuids.len() == 1 && default_l3.is_none() {
             default_l3 = req.l3_network_uuids.first().cloned();
         }
         if let Some(d) = &default_l3 {
@@ -1281,6 +1339,7 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         data_volumes.push(d);
     }
     // system-tag validators (upstream TagManager, after the interceptor's checks)
+    check_hostname(&msg.system_tags())?;
     check_userdata(&msg.system_tags())?;
     // LocalStorage: the VM runs where the files of its existing disks are
     let root_volume_uuid = root_from_volume.clone().unwrap_or_else(new_uuid);

@@ -958,13 +958,24 @@ pub(super) fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ct
     })
 }
 
-/// One empty CD-ROM drive (upstream `vm.vmDefaultCdRomNum` = 1), device 0.
+/// One empty CD-ROM drive (upstream `vm.vmDefaultCdRomNum` = 1), device 0; with the
+/// `createWithoutCdRom::true` tag only the ISO image's drive, if any (upstream VmAllocateCdRomFlow).
 pub(super) fn cdrom_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        tx.execute(
+        let without = c
+            .system_tags
+            .iter()
+            .any(|t| t.strip_prefix("createWithoutCdRom::").is_some_and(|v| v.eq_ignore_ascii_case("true")));
+        let sql = if without {
+            "INSERT INTO vm_cdrom (uuid, vm_instance_uuid, device_id, iso_uuid, name, create_date, last_op_date) \
+             SELECT $1, $2, 0, uuid, $3, $4, $4 FROM image WHERE uuid = $5 AND media_type = 'ISO'"
+        } else {
             // a VM made from an ISO image has it in its first CD-ROM (upstream isoUuid)
             "INSERT INTO vm_cdrom (uuid, vm_instance_uuid, device_id, iso_uuid, name, create_date, last_op_date) \
-             VALUES ($1, $2, 0, (SELECT uuid FROM image WHERE uuid = $5 AND media_type = 'ISO'), $3, $4, $4)",
+             VALUES ($1, $2, 0, (SELECT uuid FROM image WHERE uuid = $5 AND media_type = 'ISO'), $3, $4, $4)"
+        };
+        tx.execute(
+            sql,
             &[
                 Val::from(c.cdrom_uuid.as_str()),
                 Val::from(c.vm_uuid.as_str()),
