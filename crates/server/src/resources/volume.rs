@@ -223,6 +223,12 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
             }
             None => ("NotInstantiated", None),
         };
+        // on LocalStorage the file goes on the disk of the host the localStorage::hostUuid::
+        // tag names (upstream: the tag is required there, the host must be one of the storage's)
+        let local_host = match &req.primary_storage_uuid {
+            Some(ps) => local_host_for_new_volume(&mut tx, ps, &msg.system_tags()).await?,
+            None => None,
+        };
         let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
         tx.execute(
             "INSERT INTO volume (uuid, name, description, primary_storage_uuid, disk_offering_uuid, type, format, size, actual_size, \
@@ -232,7 +238,7 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
                 Val::from(uuid.as_str()),
                 Val::from(req.name),
                 Val::from(req.description),
-                Val::from(req.primary_storage_uuid),
+                Val::from(req.primary_storage_uuid.clone()),
                 Val::from(req.disk_offering_uuid),
                 Val::from(format),
                 Val::I(size),
@@ -242,10 +248,63 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
             ],
         )
         .await?;
+        if let (Some(host), Some(ps)) = (&local_host, &req.primary_storage_uuid) {
+            tx.execute(
+                "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
+                 resource_type, create_date, last_op_date) VALUES ($1, $2, $3, $4, 'VolumeVO', $5, $5)",
+                &[
+                    Val::from(uuid.as_str()),
+                    Val::from(ps.as_str()),
+                    Val::from(host.as_str()),
+                    Val::I(size),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+        }
         super::own(&mut tx, &uuid, VOLUME.vo, msg.account_uuid()).await?;
     }
     tx.commit().await?;
     reply(&app, &VOLUME, &uuid).await
+}
+
+/// The system tag choosing the host whose LocalStorage disk takes a new data volume (upstream
+/// `LocalStorageSystemTags.DEST_HOST_FOR_CREATING_DATA_VOLUME`).
+pub const LOCAL_STORAGE_HOST_TAG: &str = "localStorage::hostUuid::{hostUuid}";
+
+/// The host that takes a data volume instantiated on primary storage `ps`: None when `ps` is
+/// not LocalStorage; on LocalStorage the host of the `localStorage::hostUuid::` tag, which
+/// must be given (upstream LocalStorageAllocatorFactory.buildAllocatedInstallUrl) and be a
+/// host of a cluster the storage is attached to (upstream: a LocalStorageHostRefVO of that
+/// host and storage, LocalStorageFactory.instantiateDataVolumeOnCreation).
+async fn local_host_for_new_volume(tx: &mut WriteTx, ps: &str, system_tags: &[String]) -> Result<Option<String>> {
+    let local = tx
+        .fetch_optional("SELECT 1 FROM primary_storage WHERE uuid = $1 AND type = 'LocalStorage'", &[Val::from(ps)])
+        .await?
+        .is_some();
+    if !local {
+        return Ok(None);
+    }
+    let Some(host) = system_tags.iter().find_map(|t| t.strip_prefix("localStorage::hostUuid::")) else {
+        return Err(Error::argerr(format!(
+            "To create volume on the local primary storage, you must specify the host that the volume is going to be \
+             created using the system tag [{LOCAL_STORAGE_HOST_TAG}]"
+        )));
+    };
+    let belongs = tx
+        .fetch_optional(
+            "SELECT 1 FROM host h JOIN primary_storage_cluster_ref r ON r.cluster_uuid = h.cluster_uuid \
+             WHERE h.uuid = $1 AND r.primary_storage_uuid = $2",
+            &[Val::from(host), Val::from(ps)],
+        )
+        .await?
+        .is_some();
+    if !belongs {
+        return Err(Error::argerr(format!(
+            "the host[uuid:{host}] doesn't belong to the local primary storage[uuid:{ps}]"
+        )));
+    }
+    Ok(Some(host.to_string()))
 }
 
 async fn delete_data_volume(app: App, msg: Msg) -> Result<Reply> {
@@ -547,6 +606,7 @@ pub static APIS: &[ApiDef] = &[
             Param::int("diskSize"),
             Param::str("primaryStorageUuid").resource(&PRIMARY_STORAGE),
         ])
+        .tags(&[LOCAL_STORAGE_HOST_TAG])
         .handler(|a, m| boxed(create_data_volume(a, m))),
     ApiDef::query("QueryVolume", "/volumes", &VOLUME).optional_paths(&["/volumes/{uuid}"]),
     ApiDef::delete("DeleteDataVolume", "/volumes/{uuid}")
