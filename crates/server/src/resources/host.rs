@@ -568,10 +568,117 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 }
 
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
+    drop_local_storage_files(tx, uuid).await?;
     tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
     // its disk's LocalStorage files are gone with it: no ref may name a host that is not there
     tx.execute("DELETE FROM local_storage_resource_ref WHERE host_uuid = $1", &[Val::from(uuid)]).await?;
     super::disown(tx, uuid).await
+}
+
+/// What deleting a host does to the files on its LocalStorage disk (upstream
+/// `LocalStorageFactory.beforeDeleteHost` then `LocalStorageBase.deleteResourceRef`): every VM
+/// whose root volume is there goes (upstream destroys it, then deletes its rows), every volume
+/// there goes with its snapshots (data volumes: upstream DeleteVolumeMsg with the DBOnly policy;
+/// the files are not touched), and so does every snapshot there. Rows only, in `tx`; the
+/// capacity the volumes held goes back to their primary storage (rzstack does not account
+/// LocalStorage capacity per host, upstream takes the host's share out of the storage instead).
+async fn drop_local_storage_files(tx: &mut WriteTx, host: &str) -> Result<()> {
+    let h = Val::from(host);
+    let vms = tx
+        .fetch_all(
+            "SELECT DISTINCT v.vm_instance_uuid FROM volume v JOIN local_storage_resource_ref r \
+             ON r.resource_uuid = v.uuid AND r.resource_type = 'VolumeVO' \
+             WHERE r.host_uuid = $1 AND v.type = 'Root' AND v.vm_instance_uuid IS NOT NULL",
+            std::slice::from_ref(&h),
+        )
+        .await?;
+    let now = now_ms();
+    for r in vms {
+        let vm: String = r.try_get(0)?;
+        let v = Val::from(vm.as_str());
+        tx.execute(
+            "DELETE FROM used_ip WHERE vm_nic_uuid IN (SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1)",
+            std::slice::from_ref(&v),
+        )
+        .await?;
+        let mut owned: Vec<String> = Vec::new();
+        for q in
+            ["SELECT uuid FROM vm_nic WHERE vm_instance_uuid = $1", "SELECT uuid FROM tpm WHERE vm_instance_uuid = $1"]
+        {
+            for n in tx.fetch_all(q, std::slice::from_ref(&v)).await? {
+                owned.push(n.try_get(0)?);
+            }
+        }
+        for o in &owned {
+            super::tag::delete_for_resource(tx, o).await?;
+            super::disown(tx, o).await?;
+        }
+        for q in [
+            "DELETE FROM vm_nic WHERE vm_instance_uuid = $1",
+            "DELETE FROM vm_cdrom WHERE vm_instance_uuid = $1",
+            "DELETE FROM tpm WHERE vm_instance_uuid = $1",
+            "DELETE FROM ssh_key_pair_ref WHERE resource_uuid = $1",
+        ] {
+            tx.execute(q, std::slice::from_ref(&v)).await?;
+        }
+        // its data volumes elsewhere stay, detached (those on this disk go below)
+        tx.execute(
+            "UPDATE volume SET vm_instance_uuid = NULL, device_id = NULL, last_vm_instance_uuid = $2, \
+             last_detach_date = $1, last_op_date = $1 WHERE vm_instance_uuid = $2 AND type = 'Data'",
+            &[Val::I(now), v.clone()],
+        )
+        .await?;
+        tx.execute("DELETE FROM vm_instance WHERE uuid = $1", std::slice::from_ref(&v)).await?;
+        super::tag::delete_for_resource(tx, &vm).await?;
+        super::disown(tx, &vm).await?;
+    }
+    let vols = tx
+        .fetch_all(
+            "SELECT v.uuid, v.primary_storage_uuid, v.reserved_size FROM volume v JOIN local_storage_resource_ref r \
+             ON r.resource_uuid = v.uuid AND r.resource_type = 'VolumeVO' WHERE r.host_uuid = $1",
+            std::slice::from_ref(&h),
+        )
+        .await?;
+    for r in vols {
+        let vol: String = r.try_get(0)?;
+        let ps: Option<String> = r.try_get(1)?;
+        let reserved: i64 = r.try_get(2)?;
+        let snaps =
+            tx.fetch_all("SELECT uuid FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(vol.as_str())]).await?;
+        for s in snaps {
+            let s: String = s.try_get(0)?;
+            super::tag::delete_for_resource(tx, &s).await?;
+            super::disown(tx, &s).await?;
+        }
+        super::volume::forget_local_files(tx, &vol).await?;
+        tx.execute("DELETE FROM volume_snapshot WHERE volume_uuid = $1", &[Val::from(vol.as_str())]).await?;
+        let n = tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(vol.as_str())]).await?;
+        if let (1, Some(ps)) = (n, ps) {
+            tx.execute(
+                "UPDATE primary_storage SET available_capacity = CASE WHEN available_capacity + $1 > total_capacity \
+                 THEN total_capacity ELSE available_capacity + $1 END, last_op_date = $2 WHERE uuid = $3",
+                &[Val::I(reserved), Val::I(now), Val::from(ps.as_str())],
+            )
+            .await?;
+        }
+        super::tag::delete_for_resource(tx, &vol).await?;
+        super::disown(tx, &vol).await?;
+    }
+    // snapshots on this disk whose volume is elsewhere (or gone)
+    let snaps = tx
+        .fetch_all(
+            "SELECT resource_uuid FROM local_storage_resource_ref WHERE host_uuid = $1 AND resource_type = 'VolumeSnapshotVO'",
+            std::slice::from_ref(&h),
+        )
+        .await?;
+    for s in snaps {
+        let s: String = s.try_get(0)?;
+        if tx.execute("DELETE FROM volume_snapshot WHERE uuid = $1", &[Val::from(s.as_str())]).await? == 1 {
+            super::tag::delete_for_resource(tx, &s).await?;
+            super::disown(tx, &s).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The cluster deletion cascade: delete every host of `cluster_uuid`, inside `tx`.
