@@ -149,3 +149,141 @@ async fn hostname_sshkey_root_password_and_create_without_cdrom_tags() {
         .clone();
     assert_eq!(vm["vmCdRoms"].as_array().unwrap().len(), 1);
 }
+
+/// Parameters of the page honoured as documented: primaryStorageUuidForRootVolume,
+/// dataDiskOfferingUuids (repeatable) then dataDiskSizes, rootDiskOfferingUuid for an ISO
+/// image, type ApplianceVm (no default L3 needed); and the interceptor's refusals for a
+/// Disabled L3 network, a Disabled disk offering and an ISO without root disk settings.
+#[tokio::test]
+async fn root_storage_disk_offerings_iso_and_appliance_vm() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let a = network(&srv, &t, "a", 10, 20).await;
+    let b = network(&srv, &t, "b", 30, 40).await;
+    let ps2 = s(&srv
+        .ok(
+            "POST",
+            "/primary-storage/simulators",
+            Some(json!({"params": {"name": "ps2", "url": "/sim-ps2", "zoneUuid": t.zone,
+                "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/clusters/{}/primary-storage/{ps2}", t.cluster), None).await;
+    let off = s(&srv.ok("POST", "/disk-offerings", Some(json!({"params": {"name": "d2", "diskSize": 2 * GB}}))).await
+        ["inventory"]["uuid"]);
+
+    // the root volume on the primary storage asked for (both are attached to the cluster)
+    for ps in [&ps2, &t.ps] {
+        let vm = srv
+            .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "r", "primaryStorageUuidForRootVolume": ps}))))
+            .await["inventory"]
+            .clone();
+        let root = vm["allVolumes"].as_array().unwrap().iter().find(|v| v["type"] == "Root").unwrap().clone();
+        assert_eq!(root["primaryStorageUuid"], ps.as_str());
+        assert_eq!(root["uuid"], vm["rootVolumeUuid"]);
+    }
+
+    // data volumes: the offerings (one repeated) then the sizes, device ids in that order
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "d", "dataDiskOfferingUuids": [off, off], "dataDiskSizes": [GB]}))),
+        )
+        .await["inventory"]
+        .clone();
+    let mut data: Vec<Value> =
+        vm["allVolumes"].as_array().unwrap().iter().filter(|v| v["type"] == "Data").cloned().collect();
+    data.sort_by_key(|v| v["deviceId"].as_i64());
+    let got: Vec<(i64, i64, Option<String>)> = data
+        .iter()
+        .map(|v| {
+            (
+                v["deviceId"].as_i64().unwrap(),
+                v["size"].as_i64().unwrap(),
+                v["diskOfferingUuid"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(1, 2 * GB, Some(off.clone())), (2, 2 * GB, Some(off.clone())), (3, GB, None)]);
+
+    // an ISO image: the root disk offering sizes the root volume, the ISO is in the CD-ROM
+    let bs = s(&srv.query("/backup-storage").await[0]["uuid"]);
+    let raw = t._dir.path().join("boot.iso");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let iso = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "iso", "url": raw.display().to_string(), "mediaType": "ISO",
+                "backupStorageUuids": [bs], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "iso", "imageUuid": iso, "rootDiskOfferingUuid": off}))),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm["imageUuid"], iso.as_str());
+    let root = vm["allVolumes"].as_array().unwrap().iter().find(|v| v["type"] == "Root").unwrap().clone();
+    assert_eq!(root["size"], 2 * GB);
+    assert_eq!(root["diskOfferingUuid"], off.as_str());
+    assert_eq!(vm["vmCdRoms"][0]["isoUuid"], iso.as_str());
+
+    // ApplianceVm: two L3 networks and no default are fine (the default rule is for UserVm)
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "appliance", "type": "ApplianceVm", "l3NetworkUuids": [a, b]}))),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm["type"], "ApplianceVm");
+    assert!(vm.get("defaultL3NetworkUuid").is_none(), "{vm}");
+    assert_eq!(vm["vmNics"].as_array().unwrap().len(), 2);
+
+    // refusals, nothing changed by any
+    srv.ok(
+        "PUT",
+        &format!("/l3-networks/{b}/actions"),
+        Some(json!({"changeL3NetworkState": {"stateEvent": "disable"}})),
+    )
+    .await;
+    let off_disabled = s(&srv
+        .ok("POST", "/disk-offerings", Some(json!({"params": {"name": "x", "diskSize": GB}})))
+        .await["inventory"]["uuid"]);
+    srv.ok(
+        "PUT",
+        &format!("/disk-offerings/{off_disabled}/actions"),
+        Some(json!({"changeDiskOfferingState": {"stateEvent": "disable"}})),
+    )
+    .await;
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let cases: Vec<(Value, &str, String)> = vec![
+        (
+            json!({"l3NetworkUuids": [a, b], "defaultL3NetworkUuid": a}),
+            "SYS.1006",
+            format!("l3Network[uuid:{b}] is Disabled, can not create vm on it"),
+        ),
+        (
+            json!({"dataDiskOfferingUuids": [off, off_disabled]}),
+            "SYS.1006",
+            format!("disk offerings[uuids:[{off_disabled}]] are Disabled, can not create vm from it"),
+        ),
+        (json!({"imageUuid": iso}), "SYS.1007", "image mediaType is ISO but missing root disk settings".into()),
+        (
+            json!({"primaryStorageUuidForRootVolume": "0123456789ab4def8123456789abcdef"}),
+            "SYS.1003",
+            "invalid field[primaryStorageUuidForRootVolume], resource[uuid:0123456789ab4def8123456789abcdef, type:PrimaryStorageVO] not found".into(),
+        ),
+    ];
+    for (extra, code, text) in cases {
+        let e = srv.fails("POST", "/vm-instances", Some(create(&t, extra))).await;
+        assert_error(&e, code, &text);
+    }
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
+}
