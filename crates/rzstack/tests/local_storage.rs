@@ -275,3 +275,34 @@ async fn deleting_a_host_drops_what_its_disk_held() {
         srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "again", "l3NetworkUuids": [l3]})))).await;
     assert_eq!(again["inventory"]["hostUuid"], h0.as_str());
 }
+
+/// Deleting a host whose VMs' volumes are on shared storage: its running VMs are stopped
+/// (upstream VmCascadeExtension), keeping their volumes and addresses and the host as their
+/// last host, and start again on another host; VMs elsewhere are untouched.
+#[tokio::test]
+async fn deleting_a_host_stops_its_vms_on_shared_storage() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let (h0, h1) = (t.hosts[0].clone(), t.hosts[1].clone());
+    let mk = |name: &str, h: &str| create(&t, json!({"name": name, "hostUuid": h, "l3NetworkUuids": [l3]}));
+    let a = srv.ok("POST", "/vm-instances", Some(mk("a", &h1))).await["inventory"].clone();
+    let b = srv.ok("POST", "/vm-instances", Some(mk("b", &h0))).await["inventory"].clone();
+    let a_uuid = s(&a["uuid"]);
+    let ips = used_ips(&srv).await;
+    let b_before = srv.query(&format!("/vm-instances/{}", s(&b["uuid"]))).await;
+
+    srv.ok("DELETE", &format!("/hosts/{h1}"), None).await;
+    let a2 = srv.query(&format!("/vm-instances/{a_uuid}")).await[0].clone();
+    assert_eq!(a2["state"], "Stopped");
+    assert!(a2.get("hostUuid").is_none(), "{a2}");
+    assert_eq!(a2["lastHostUuid"], h1.as_str());
+    assert_eq!(a2["vmNics"][0]["ip"], a["vmNics"][0]["ip"]);
+    assert_eq!(volume_of(&a2, "Root")["status"], "Ready");
+    assert_eq!(used_ips(&srv).await, ips);
+    assert_eq!(srv.query(&format!("/vm-instances/{}", s(&b["uuid"]))).await, b_before);
+
+    let started = srv.ok("PUT", &format!("/vm-instances/{a_uuid}/actions"), Some(json!({"startVmInstance": {}}))).await;
+    assert_eq!(started["inventory"]["state"], "Running");
+    assert_eq!(started["inventory"]["hostUuid"], h0.as_str());
+}

@@ -569,6 +569,18 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     drop_local_storage_files(tx, uuid).await?;
+    // the VMs still on it are stopped (upstream VmCascadeExtension: StopVmInstanceMsg for the
+    // host's VMs, resource release failures ignored): rows only, its last host kept
+    let stopped = tx
+        .fetch_all(
+            "UPDATE vm_instance SET state = 'Stopped', last_host_uuid = host_uuid, host_uuid = NULL, last_op_date = $1 \
+             WHERE host_uuid = $2 AND state IN ('Running', 'Unknown', 'Crashed', 'Paused') RETURNING uuid",
+            &[Val::I(now_ms()), Val::from(uuid)],
+        )
+        .await?;
+    for r in stopped {
+        crate::hostagent::simulate_destroy(&r.try_get::<String, _>(0)?);
+    }
     tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
     // its disk's LocalStorage files are gone with it: no ref may name a host that is not there
     tx.execute("DELETE FROM local_storage_resource_ref WHERE host_uuid = $1", &[Val::from(uuid)]).await?;
