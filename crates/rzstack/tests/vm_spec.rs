@@ -287,3 +287,39 @@ async fn root_storage_disk_offerings_iso_and_appliance_vm() {
     }
     assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
 }
+
+/// The DHCP lease on a real KVM host carries the guest's host name (upstream VmHostNameHelper):
+/// the `hostname::` tag, else the default NIC's IPv4 address with dashes. Skips (like
+/// kvm_vm.rs) when not root or QEMU / dnsmasq / the test image are unavailable.
+#[tokio::test]
+async fn kvm_dhcp_lease_carries_the_hostname() {
+    use common::kvm::{uuid as u, walk, KvmCloud};
+    let Some(c) = KvmCloud::setup("vm_spec", "h").await else { return };
+    let lease = |mac: &str| -> Vec<String> {
+        walk(&c.agent_dir.path().join("dhcp"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "hosts"))
+            .flat_map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
+            .filter(|l| l.to_ascii_lowercase().contains(&mac.to_ascii_lowercase()))
+            .collect()
+    };
+    let body = |name: &str, tags: Value| {
+        json!({"params": {"name": name, "instanceOfferingUuid": c.offering, "imageUuid": c.image,
+            "l3NetworkUuids": [c.l3]}, "systemTags": tags})
+    };
+    let vm =
+        c.s.ok("POST", "/vm-instances", Some(body("named", json!(["hostname::web-1"])))).await["inventory"].clone();
+    let nic = &vm["vmNics"][0];
+    let (mac, ip) = (s(&nic["mac"]), s(&nic["ip"]));
+    assert_eq!(lease(&mac), vec![format!("{mac},{ip},web-1")]);
+    let vm2 = c.s.ok("POST", "/vm-instances", Some(body("plain", json!([])))).await["inventory"].clone();
+    let nic = &vm2["vmNics"][0];
+    let (mac2, ip2) = (s(&nic["mac"]), s(&nic["ip"]));
+    assert_eq!(lease(&mac2), vec![format!("{mac2},{ip2},{}", ip2.replace('.', "-"))]);
+    for v in [&vm, &vm2] {
+        let vu = u(v);
+        c.s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
+        c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    }
+    assert!(lease(&mac).is_empty() && lease(&mac2).is_empty(), "the leases go with the VMs");
+}

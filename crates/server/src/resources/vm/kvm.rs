@@ -54,6 +54,11 @@ pub struct NicPlan {
     pub vlan: Option<u16>,
     pub gateway: Option<String>,
     pub netmask: Option<String>,
+    /// the guest's host name in this NIC's DHCP lease: on the VM's default L3 network only,
+    /// its `hostname::` tag (the host part of a dotted name), else its IPv4 address with
+    /// dashes for dots (upstream VmHostNameHelper); None in plans stored before it existed
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// Everything the agent needs, read in the saga's transaction (kept in the saga's context;
@@ -279,7 +284,10 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
     let mut nics = Vec::new();
     for r in tx
         .fetch_all(
-            "SELECT n.mac, n.ip, n.device_id, n.l3_network_uuid, l2.uuid, l2.physical_interface, l2.vlan, l2.type \
+            "SELECT n.mac, n.ip, n.device_id, n.l3_network_uuid, l2.uuid, l2.physical_interface, l2.vlan, l2.type, \
+             (SELECT v.default_l3_network_uuid FROM vm_instance v WHERE v.uuid = n.vm_instance_uuid), \
+             (SELECT t.tag FROM system_tag t WHERE t.resource_uuid = n.vm_instance_uuid AND t.tag LIKE 'hostname::%' \
+              ORDER BY t.create_date LIMIT 1) \
              FROM vm_nic n JOIN l3_network l3 ON l3.uuid = n.l3_network_uuid JOIN l2_network l2 ON l2.uuid = l3.l2_network_uuid \
              WHERE n.vm_instance_uuid = $1 ORDER BY n.device_id",
             &[Val::from(vm)],
@@ -301,9 +309,18 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
             Some(g) => (g.try_get::<Option<String>, _>(0)?, Some(g.try_get::<String, _>(1)?)),
             None => (None, None),
         };
+        let ip: Option<String> = r.try_get(1)?;
+        let default_l3: Option<String> = r.try_get(8)?;
+        let tag: Option<String> = r.try_get(9)?;
+        let hostname = if default_l3.as_deref() == Some(l3.as_str()) {
+            lease_hostname(tag.as_deref().and_then(|t| t.strip_prefix("hostname::")), ip.as_deref())
+        } else {
+            None
+        };
         nics.push(NicPlan {
             mac: r.try_get(0)?,
-            ip: r.try_get(1)?,
+            ip,
+            hostname,
             device,
             tap: tap_name(vm, device),
             l3,
@@ -315,6 +332,15 @@ async fn vols_and_nics(tx: &mut WriteTx, vm: &str, root_volume: &str) -> Result<
         });
     }
     Ok((vols, thick, nics))
+}
+
+/// The DHCP host name of the default NIC: the `hostname::` tag's host part, else the IPv4
+/// address with dashes (upstream VmHostNameHelper).
+fn lease_hostname(tag: Option<&str>, ip: Option<&str>) -> Option<String> {
+    match tag {
+        Some(h) => h.split('.').next().filter(|h| !h.is_empty()).map(String::from),
+        None => ip.map(|ip| ip.replace('.', "-")),
+    }
 }
 
 fn bridge_of(n: &NicPlan) -> BridgeSpec {
@@ -452,7 +478,7 @@ fn network_cmd(p: &Plan) -> NetworkPrepareCmd {
             bridge_name: bridge.clone(),
         });
         if let (Some(gw), Some(mask), Some(ip)) = (&n.gateway, &n.netmask, &n.ip) {
-            let lease = DhcpLease { mac: n.mac.clone(), ip: ip.clone(), hostname: None };
+            let lease = DhcpLease { mac: n.mac.clone(), ip: ip.clone(), hostname: n.hostname.clone() };
             match net.dhcp.iter_mut().find(|d| d.l3_uuid == n.l3) {
                 Some(d) => d.leases.push(lease),
                 None => net.dhcp.push(DhcpSpec {
@@ -776,6 +802,15 @@ pub async fn reboot_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
 #[cfg(test)]
 mod user_data_tests {
     use super::user_data_text;
+
+    #[test]
+    fn lease_hostname_is_the_tag_host_part_or_the_dashed_ip() {
+        use super::lease_hostname;
+        assert_eq!(lease_hostname(Some("web-1"), Some("10.0.0.5")).as_deref(), Some("web-1"));
+        assert_eq!(lease_hostname(Some("db01.example.com"), None).as_deref(), Some("db01"));
+        assert_eq!(lease_hostname(None, Some("192.168.10.15")).as_deref(), Some("192-168-10-15"));
+        assert_eq!(lease_hostname(None, None), None);
+    }
 
     #[test]
     fn user_data_is_the_decoded_text() {
