@@ -58,9 +58,9 @@ async fn data_volume_on_the_tagged_host() {
     let (h0, h1) = (t.hosts[0].clone(), t.hosts[1].clone());
     let free = ps_available(&srv, &t.ps).await;
 
-    let v = srv.ok("POST", "/volumes/data", Some(data_volume("d", Some(&t.ps), &host_tag(&h1), None))).await
-        ["inventory"]
-        .clone();
+    let mut body = data_volume("d", Some(&t.ps), &host_tag(&h1), None);
+    body["userTags"] = json!(["ut"]);
+    let v = srv.ok("POST", "/volumes/data", Some(body)).await["inventory"].clone();
     assert_eq!(v["status"], "Ready");
     assert_eq!(v["state"], "Enabled");
     assert_eq!(v["type"], "Data");
@@ -77,6 +77,10 @@ async fn data_volume_on_the_tagged_host() {
     assert_eq!(r["size"], GB);
     assert!(r["createDate"].is_string() && r["lastOpDate"].is_string(), "{r}");
     assert_eq!(ps_available(&srv, &t.ps).await, free - GB);
+    let ut = srv.query(&format!("/user-tags?q=resourceUuid={d}")).await;
+    assert_eq!(ut.len(), 1, "{ut:?}");
+    assert_eq!(ut[0]["tag"], "ut");
+    assert_eq!(ut[0]["resourceType"], "VolumeVO");
     // a snapshot of it is on the same disk
     let snap = s(&srv
         .ok("POST", &format!("/volumes/{d}/volume-snapshots"), Some(json!({"params": {"name": "sn"}})))
@@ -131,10 +135,18 @@ async fn data_volume_on_the_tagged_host() {
     assert_eq!(state(&srv, &t.ps).await, before);
 
     // no primary storage: NotInstantiated, no ref; a simulator storage: Ready, no ref
-    let n =
-        srv.ok("POST", "/volumes/data", Some(data_volume("n", None, &host_tag(&h1), None))).await["inventory"].clone();
+    let mut body = data_volume("n", None, &host_tag(&h1), None);
+    body["userTags"] = json!(["ut"]);
+    let n = srv.ok("POST", "/volumes/data", Some(body)).await["inventory"].clone();
     assert_eq!(n["status"], "NotInstantiated");
     assert!(n.get("primaryStorageUuid").is_none(), "{n}");
+    // its tags go when it is expunged
+    let nu = s(&n["uuid"]);
+    assert_eq!(srv.query(&format!("/user-tags?q=resourceUuid={nu}")).await.len(), 1);
+    srv.ok("DELETE", &format!("/volumes/{nu}"), None).await;
+    srv.ok("PUT", &format!("/volumes/{nu}/actions"), Some(json!({"expungeDataVolume": {}}))).await;
+    assert!(srv.query(&format!("/volumes/{nu}")).await.is_empty());
+    assert!(srv.query(&format!("/user-tags?q=resourceUuid={nu}")).await.is_empty());
     let sim = s(&srv.query("/primary-storage?q=type=SimulatorPrimaryStorage").await[0]["uuid"]);
     let o = srv.ok("POST", "/volumes/data", Some(data_volume("o", Some(&sim), &host_tag(&h1), None))).await
         ["inventory"]

@@ -262,6 +262,8 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
             )
             .await?;
         }
+        // upstream createTagsFromAPICreateMessage (system tags not registered for VolumeVO skipped)
+        super::tag::attach_create_tags(&mut tx, &uuid, VOLUME.vo, &msg.system_tags(), &msg.user_tags()).await?;
         super::own(&mut tx, &uuid, VOLUME.vo, msg.account_uuid()).await?;
     }
     tx.commit().await?;
@@ -364,6 +366,7 @@ async fn expunge_data_volume(app: App, msg: Msg) -> Result<Reply> {
         )
         .await?;
     }
+    super::tag::delete_for_resource(&mut tx, &uuid).await?;
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
     // the file (and its snapshots next to it) on its KVM host
