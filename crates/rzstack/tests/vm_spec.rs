@@ -323,3 +323,68 @@ async fn kvm_dhcp_lease_carries_the_hostname() {
     }
     assert!(lease(&mac).is_empty() && lease(&mac2).is_empty(), "the leases go with the VMs");
 }
+
+const RSA_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDDDxlV6Lr7GF4QXu0LcTdKwFXUTvftAaic3/jepCfkj3ioNc5rurGT2PwNxPvw1v36Ty4yoTiwcHOj7MAuYQD4aPVWXebQXDjJ+8u76vbr+kZ8XNQZmvoz/Kd7Y2ePH9/pfZgRYPwo3+e66STv5oaJtT3hGF1CgdQ16ahaDywGCw== r@h";
+
+/// The guest's user data on a real KVM host (upstream UserdataBuilder): the key pairs of
+/// `sshKeyPairUuids`, then the `sshkey::` tag, and `rootPassword::` in a `#cloud-config` part;
+/// with a `userdata::` tag too, both parts in one MIME multipart document. Skips like kvm_vm.rs.
+#[tokio::test]
+async fn kvm_user_data_carries_ssh_keys_and_root_password() {
+    use common::kvm::{uuid as u, walk, KvmCloud};
+    let Some(c) = KvmCloud::setup("vm_spec", "u").await else { return };
+    let key = s(&c.s.ok("POST", "/ssh-key-pair", Some(json!({"params": {"name": "k", "publicKey": RSA_KEY}}))).await
+        ["inventory"]["uuid"]);
+    let user_data = |vm: &str| -> String {
+        let f = walk(c.agent_dir.path())
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "userdata") && p.to_string_lossy().contains(vm))
+            .unwrap_or_else(|| panic!("no userdata file for {vm}: {:?}", walk(c.agent_dir.path())));
+        std::fs::read_to_string(f).expect("userdata")
+    };
+    let body = |name: &str, keys: Value, tags: Value| {
+        json!({"params": {"name": name, "instanceOfferingUuid": c.offering, "imageUuid": c.image,
+            "l3NetworkUuids": [c.l3], "sshKeyPairUuids": keys}, "systemTags": tags})
+    };
+    let config = format!(
+        "#cloud-config\nssh_authorized_keys:\n  - {RSA_KEY}\n  - ssh-ed25519 AAAAC3Nz x@y\ndisable_root: false\n\
+         chpasswd:\n  list: |\n    root:pass123\n  expire: False"
+    );
+    let vm =
+        c.s.ok(
+            "POST",
+            "/vm-instances",
+            Some(body("k", json!([key]), json!(["sshkey::ssh-ed25519 AAAAC3Nz x@y", "rootPassword::pass123"]))),
+        )
+        .await["inventory"]
+            .clone();
+    assert_eq!(user_data(&u(&vm)), config);
+    // with userdata:: as well ("#!/bin/sh\necho hi" in base64)
+    let vm2 =
+        c.s.ok(
+            "POST",
+            "/vm-instances",
+            Some(body(
+                "u",
+                json!([key]),
+                json!([
+                    "sshkey::ssh-ed25519 AAAAC3Nz x@y",
+                    "rootPassword::pass123",
+                    "userdata::IyEvYmluL3NoCmVjaG8gaGk="
+                ]),
+            )),
+        )
+        .await["inventory"]
+            .clone();
+    let both = user_data(&u(&vm2));
+    assert!(both.starts_with("Content-Type: multipart/mixed; boundary="), "{both}");
+    assert!(both.contains("Content-Type: text/x-shellscript") && both.contains("#!/bin/sh\necho hi\n"), "{both}");
+    assert!(
+        both.contains(&format!("Content-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{config}\n"))
+    );
+    for v in [&vm, &vm2] {
+        let vu = u(v);
+        c.s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
+        c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    }
+}

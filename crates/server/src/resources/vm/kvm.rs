@@ -414,20 +414,86 @@ async fn create_volumes(p: &Plan, agent: &KvmAgentClient, cached: Option<&str>) 
     Ok(())
 }
 
-/// The VM's user data: its `userdata::<base64>` system tag (upstream `VmSystemTags.USERDATA`),
-/// decoded into text as upstream's UserdataBuilder does (`new String(bytes)`: bytes that are not
-/// UTF-8 become U+FFFD). Creation refuses a value that is not base64 ([`super::check_userdata`]);
-/// a tag stored before that check, not base64 at all, is passed as the text it is.
+/// The VM's user data, as upstream's UserdataBuilder makes it: its `userdata::<base64>` system
+/// tag (`VmSystemTags.USERDATA`) decoded into text (`new String(bytes)`: bytes that are not
+/// UTF-8 become U+FFFD), then, when the VM has SSH keys (its key pairs, `sshKeyPairUuids`, then
+/// its `sshkey::` tag) or a `rootPassword::` tag, a `#cloud-config` document setting them. Both
+/// together go as one MIME multipart document (how cloud-init takes several parts). Creation
+/// refuses a userdata value that is not base64 ([`super::check_userdata`]); a tag stored before
+/// that check, not base64 at all, is passed as the text it is.
 async fn user_data_of(tx: &mut WriteTx, vm: &str) -> Result<Option<String>> {
-    let tag = tx
-        .fetch_optional(
-            "SELECT tag FROM system_tag WHERE resource_uuid = $1 AND tag LIKE 'userdata::%' ORDER BY create_date LIMIT 1",
+    let rows = tx
+        .fetch_all(
+            "SELECT tag, create_date, 'tag' FROM system_tag WHERE resource_uuid = $1 \
+             AND (tag LIKE 'userdata::%' OR tag LIKE 'sshkey::%' OR tag LIKE 'rootPassword::%') \
+             UNION ALL SELECT k.public_key, r.create_date, 'key' FROM ssh_key_pair_ref r \
+             JOIN ssh_key_pair k ON k.uuid = r.ssh_key_pair_uuid WHERE r.resource_uuid = $1 \
+             ORDER BY 3 DESC, 2, 1",
             &[Val::from(vm)],
         )
-        .await?
-        .map(|r| r.try_get::<String, _>(0))
-        .transpose()?;
-    Ok(tag.and_then(|t| t.strip_prefix("userdata::").map(user_data_text)))
+        .await?;
+    let (mut user, mut tag_key, mut password, mut keys) = (None, None, None, Vec::new());
+    for r in &rows {
+        let text: String = r.try_get(0)?;
+        if r.try_get::<String, _>(2)? == "key" {
+            keys.push(text);
+        } else if let Some(v) = text.strip_prefix("userdata::") {
+            user = user.or_else(|| Some(user_data_text(v)));
+        } else if let Some(v) = text.strip_prefix("sshkey::") {
+            tag_key = tag_key.or_else(|| Some(v.to_string()));
+        } else if let Some(v) = text.strip_prefix("rootPassword::") {
+            password = password.or_else(|| Some(v.to_string()));
+        }
+    }
+    keys.extend(tag_key);
+    Ok(combine_user_data(user, cloud_config(&keys, password.as_deref())))
+}
+
+/// The `#cloud-config` part for SSH keys and a root password (upstream UserdataBuilder's layout),
+/// or None when there is neither.
+fn cloud_config(keys: &[String], password: Option<&str>) -> Option<String> {
+    if keys.is_empty() && password.is_none() {
+        return None;
+    }
+    let mut s = String::from("#cloud-config");
+    if !keys.is_empty() {
+        s.push_str("\nssh_authorized_keys:");
+        for k in keys {
+            s.push_str(&format!("\n  - {k}"));
+        }
+        s.push_str("\ndisable_root: false");
+    }
+    if let Some(p) = password {
+        s.push_str(&format!("\nchpasswd:\n  list: |\n    root:{p}\n  expire: False"));
+    }
+    Some(s)
+}
+
+/// One user-data document of the user's part and the cloud-config part: either alone as it
+/// is, both as a MIME multipart document (each part typed by its first line).
+fn combine_user_data(user: Option<String>, config: Option<String>) -> Option<String> {
+    match (user, config) {
+        (Some(u), Some(c)) => {
+            let b = "==RZSTACK-USERDATA==";
+            let ty = |t: &str| {
+                if t.starts_with("#cloud-config") {
+                    "text/cloud-config"
+                } else if t.starts_with("#!") {
+                    "text/x-shellscript"
+                } else {
+                    "text/plain"
+                }
+            };
+            let part =
+                |t: &str| format!("--{b}\nContent-Type: {}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{t}\n", ty(t));
+            Some(format!(
+                "Content-Type: multipart/mixed; boundary=\"{b}\"\nMIME-Version: 1.0\n\n{}{}--{b}--\n",
+                part(&u),
+                part(&c)
+            ))
+        }
+        (u, c) => u.or(c),
+    }
 }
 
 /// The guest's user data for a `userdata::` tag value (see [`user_data_of`]).
@@ -810,6 +876,24 @@ mod user_data_tests {
         assert_eq!(lease_hostname(Some("db01.example.com"), None).as_deref(), Some("db01"));
         assert_eq!(lease_hostname(None, Some("192.168.10.15")).as_deref(), Some("192-168-10-15"));
         assert_eq!(lease_hostname(None, None), None);
+    }
+
+    #[test]
+    fn ssh_keys_and_root_password_make_a_cloud_config_part() {
+        use super::{cloud_config, combine_user_data};
+        assert_eq!(cloud_config(&[], None), None);
+        let c = cloud_config(&["ssh-rsa A a@b".into(), "ssh-ed25519 B".into()], Some("pw")).unwrap();
+        assert_eq!(
+            c,
+            "#cloud-config\nssh_authorized_keys:\n  - ssh-rsa A a@b\n  - ssh-ed25519 B\ndisable_root: false\n\
+             chpasswd:\n  list: |\n    root:pw\n  expire: False"
+        );
+        assert_eq!(combine_user_data(None, Some(c.clone())), Some(c.clone()));
+        assert_eq!(combine_user_data(Some("x".into()), None).as_deref(), Some("x"));
+        let both = combine_user_data(Some("#!/bin/sh\necho hi".into()), Some(c)).unwrap();
+        assert!(both.starts_with("Content-Type: multipart/mixed; boundary="), "{both}");
+        assert!(both.contains("Content-Type: text/x-shellscript") && both.contains("Content-Type: text/cloud-config"));
+        assert!(both.contains("#!/bin/sh\necho hi\n") && both.ends_with("--==RZSTACK-USERDATA==--\n"));
     }
 
     #[test]
