@@ -388,3 +388,82 @@ async fn kvm_user_data_carries_ssh_keys_and_root_password() {
         c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
     }
 }
+
+/// CreateVmInstanceFromVolumeSnapshot with the page's other parameters: resourceUuid,
+/// hostUuid, two L3 networks with defaultL3NetworkUuid, rootVolumeSystemTags, VM system and
+/// user tags; and CreateVmInstance's refusals of a system L3 network for a UserVm and of a
+/// Disabled image (upstream VmInstanceApiInterceptor texts), nothing changed by either.
+#[tokio::test]
+async fn from_snapshot_parameters_and_more_interceptor_refusals() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 2).await;
+    let a = network(&srv, &t, "a", 10, 20).await;
+    let b = network(&srv, &t, "b", 30, 40).await;
+    let src = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "src"})))).await["inventory"].clone();
+    let root = s(&src["rootVolumeUuid"]);
+    let snap = s(&srv
+        .ok("POST", &format!("/volumes/{root}/volume-snapshots"), Some(json!({"params": {"name": "s1"}})))
+        .await["inventory"]["uuid"]);
+    let ru = "0a1b2c3d4e5f40718293a4b5c6d7e8f9";
+    let vm = srv
+        .ok(
+            "POST",
+            &format!("/vm-instances/from/volume-snapshots/{snap}"),
+            Some(json!({"params": {"name": "fs", "instanceOfferingUuid": t.offering, "l3NetworkUuids": [a, b],
+                "defaultL3NetworkUuid": b, "hostUuid": t.hosts[1], "resourceUuid": ru,
+                "rootVolumeSystemTags": ["volumeProvisioningStrategy::ThickProvisioning"]},
+                "systemTags": ["hostname::from-snap"], "userTags": ["web"]})),
+        )
+        .await["inventory"]
+        .clone();
+    assert_eq!(vm["uuid"], ru);
+    assert_eq!(vm["hostUuid"], t.hosts[1].as_str());
+    assert_eq!(vm["clusterUuid"], t.cluster.as_str());
+    assert_eq!(vm["defaultL3NetworkUuid"], b.as_str());
+    let nics: Vec<&str> =
+        vm["vmNics"].as_array().unwrap().iter().map(|n| n["l3NetworkUuid"].as_str().unwrap()).collect();
+    assert_eq!(nics, vec![a.as_str(), b.as_str()]);
+    let nroot = s(&vm["rootVolumeUuid"]);
+    let tags = |r: String| {
+        let srv = &srv;
+        async move {
+            let mut v: Vec<String> =
+                srv.query(&format!("/system-tags?q=resourceUuid={r}")).await.iter().map(|x| s(&x["tag"])).collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(tags(nroot).await, vec!["volumeProvisioningStrategy::ThickProvisioning"]);
+    assert!(tags(ru.to_string()).await.contains(&"hostname::from-snap".to_string()));
+    let users: Vec<String> =
+        srv.query(&format!("/user-tags?q=resourceUuid={ru}")).await.iter().map(|x| s(&x["tag"])).collect();
+    assert_eq!(users, vec!["web"]);
+
+    // refusals
+    let sys_l2 = s(&srv
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "sys", "zoneUuid": t.zone, "physicalInterface": "eth9"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let sys_l3 = s(&srv
+        .ok(
+            "POST",
+            "/l3-networks",
+            Some(json!({"params": {"name": "sys", "l2NetworkUuid": sys_l2, "system": true, "category": "System"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [sys_l3]})))).await;
+    assert_error(&e, "SYS.1006", &format!("l3Network[uuid:{sys_l3}] is system network, can not create user vm on it"));
+    srv.ok(
+        "PUT",
+        &format!("/images/{}/actions", t.image),
+        Some(json!({"changeImageState": {"stateEvent": "disable"}})),
+    )
+    .await;
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({})))).await;
+    assert_error(&e, "SYS.1006", &format!("image[uuid:{}] is Disabled, can't create vm from it", t.image));
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
+}
