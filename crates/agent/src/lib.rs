@@ -14,6 +14,7 @@
 pub mod facts;
 pub mod network;
 pub mod qemu;
+pub mod qcow2;
 pub mod qmp;
 pub mod storage;
 pub mod sys;

@@ -1,5 +1,8 @@
-//! Images and volumes: the per-host image cache and qcow2 volumes made with `qemu-img`.
+//! Images and volumes: the per-host image cache and qcow2 volumes made with `qemu-img`, except
+//! a thin volume on a backing file (a linked clone), whose overlay is written directly
+//! ([`crate::qcow2`]).
 
+use crate::qcow2;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
     Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, StorageCapacity, StorageCapacityCmd, VolumeCreateCmd,
@@ -33,6 +36,34 @@ pub async fn img_info(path: &Path, shared: bool) -> Result<ImgInfo, String> {
         virtual_size: v["virtual-size"].as_i64().unwrap_or(0),
         backing_file: v["full-backing-filename"].as_str().or(v["backing-filename"].as_str()).map(String::from),
     })
+}
+
+/// An empty qcow2 overlay at `tmp` (a new file) on `backing` of format `backing_format`:
+/// written directly by [`qcow2::Overlay`] (no process to start), else, should that fail for
+/// any reason (logged), made by `qemu-img create` as before.
+async fn create_overlay(tmp: &Path, backing: &str, backing_format: &str, virtual_size: i64) -> Result<(), String> {
+    let written = {
+        let (tmp, backing, backing_format) = (tmp.to_path_buf(), backing.to_string(), backing_format.to_string());
+        tokio::task::spawn_blocking(move || {
+            qcow2::Overlay {
+                virtual_size: virtual_size.max(0) as u64,
+                backing_file: &backing,
+                backing_format: &backing_format,
+                cluster_bits: qcow2::DEFAULT_CLUSTER_BITS,
+            }
+            .write(&tmp)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the qcow2 writer failed: {e}")))
+    };
+    if let Err(e) = written {
+        let path = tmp.display();
+        tracing::warn!(%path, backing, error = %e, "qcow2 overlay not written directly, using qemu-img create");
+        remove_if_exists(tmp)?;
+        let (t, size) = (tmp.to_string_lossy().into_owned(), virtual_size.to_string());
+        sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing, &t, &size]).await?;
+    }
+    Ok(())
 }
 
 /// Bytes a file uses on disk.
@@ -228,8 +259,7 @@ impl Storage {
                             sys::run(QEMU_IMG, &["resize", "--preallocation=falloc", &t, &size]).await?;
                         }
                     } else {
-                        sys::run(QEMU_IMG, &["create", "-q", "-f", "qcow2", "-F", &bi.format, "-b", b, &t, &size])
-                            .await?;
+                        create_overlay(&tmp, b, &bi.format, virtual_size).await?;
                     }
                     rename(&tmp, &dest)?;
                     Ok((virtual_size, (!thick).then(|| b.clone())))

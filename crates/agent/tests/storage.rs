@@ -75,6 +75,23 @@ async fn image_cache_thin_thick_data_snapshot_delete() {
     assert_eq!(thin.backing_file.as_deref(), Some(cache.install_path.as_str()));
     assert_eq!(thin.size, 128 * MIB);
     assert!(thin.actual_size < 2 * MIB, "thin overlay is small: {}", thin.actual_size);
+    // The overlay (written by the agent, not by qemu-img) is a consistent qcow2 that qemu-img
+    // reads as asked: backing file and format, virtual size, the image's content.
+    let check = std::process::Command::new("qemu-img").args(["check", &thin.install_path]).output().unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && out.contains("No errors were found"), "{out}");
+    let info =
+        std::process::Command::new("qemu-img").args(["info", "--output=json", &thin.install_path]).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], 128 * MIB, "{info}");
+    assert_eq!(info["backing-filename"], cache.install_path.as_str(), "{info}");
+    assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
+    let cmp = std::process::Command::new("qemu-img")
+        .args(["compare", &thin.install_path, &cache.install_path])
+        .status()
+        .unwrap();
+    assert!(cmp.success(), "the overlay shows the image's content");
     // A replay answers the same volume.
     let again: VolumeInfo = a.ok(PATH_VOLUME_CREATE, body).await;
     assert_eq!(again, thin);
