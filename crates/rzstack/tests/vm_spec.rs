@@ -467,3 +467,39 @@ async fn from_snapshot_parameters_and_more_interceptor_refusals() {
     assert_error(&e, "SYS.1006", &format!("image[uuid:{}] is Disabled, can't create vm from it", t.image));
     assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
 }
+
+/// An L3 network whose L2 network is not attached to any cluster: the host allocator's first
+/// filter (upstream AttachedL2NetworkAllocatorFlow) names it, HOST_ALLOCATION.1000 under SYS.1006,
+/// nothing left; once the L2 is attached the same request succeeds.
+#[tokio::test]
+async fn l3_whose_l2_is_not_attached_names_the_l2_filter() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let a = network(&srv, &t, "a", 10, 20).await;
+    let l2 = s(&srv
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "x", "zoneUuid": t.zone, "physicalInterface": "eth7"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let b = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": "x", "l2NetworkUuid": l2}}))).await
+        ["inventory"]["uuid"]);
+    srv.ok(
+        "POST",
+        &format!("/l3-networks/{b}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": "192.168.20.10", "endIp": "192.168.20.20",
+            "netmask": "255.255.255.0", "gateway": "192.168.20.1"}})),
+    )
+    .await;
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let body = create(&t, json!({"clusterUuid": null, "l3NetworkUuids": [a, b], "defaultL3NetworkUuid": a}));
+    let e = srv.fails("POST", "/vm-instances", Some(body.clone())).await;
+    let text = format!("no host found in clusters that has attached to L2Networks which have L3Networks[{a}, {b}]");
+    assert_error(&e, "SYS.1006", &text);
+    assert_error(&e["cause"], "HOST_ALLOCATION.1000", &text);
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
+    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", t.cluster), None).await;
+    let vm = srv.ok("POST", "/vm-instances", Some(body)).await["inventory"].clone();
+    assert_eq!(vm["vmNics"].as_array().unwrap().len(), 2);
+}

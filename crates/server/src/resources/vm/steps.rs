@@ -473,7 +473,32 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         // location + state + hypervisor. The cluster/zone conditions are `IN (uncorrelated
         // subquery)`: evaluated once per statement instead of once per host.
         let mut vals: Vec<Val> = Vec::new();
-        let mut base = String::from("h.state = 'Enabled' AND h.status = 'Connected'");
+        // the clusters the L2 networks of all the VM's L3 networks are attached to (upstream's
+        // first filter, AttachedL2NetworkAllocatorFlow)
+        let mut base = String::from("1 = 1");
+        for l3 in c.nics.iter().map(|n| n.l3.as_str()) {
+            vals.push(Val::from(l3));
+            base += &format!(
+                " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM l3_network l JOIN l2_network_cluster_ref r \
+                 ON r.l2_network_uuid = l.l2_network_uuid WHERE l.uuid = ${})",
+                vals.len()
+            );
+        }
+        // Each filter stage with the error it stands for: counted (in order) only when no host
+        // passes them all, to name the first stage no host passes.
+        let mut stages: Vec<(String, usize, String)> = Vec::new();
+        if !c.nics.is_empty() {
+            let l3s: Vec<&str> = c.nics.iter().map(|n| n.l3.as_str()).collect();
+            stages.push((
+                base.clone(),
+                vals.len(),
+                format!(
+                    "no host found in clusters that has attached to L2Networks which have L3Networks[{}]",
+                    l3s.join(", ")
+                ),
+            ));
+        }
+        base += " AND h.state = 'Enabled' AND h.status = 'Connected'";
         if let Some(h) = &c.designated_host {
             vals.push(Val::from(h.as_str()));
             base += &format!(" AND h.uuid = ${}", vals.len());
@@ -486,21 +511,11 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         }
         base += &format!(" AND {}", in_list("h.hypervisor_type", vals.len() + 1, c.hypervisors.len()));
         vals.extend(c.hypervisors.iter().map(|h| Val::from(h.as_str())));
-        for l3 in c.nics.iter().map(|n| n.l3.as_str()) {
-            vals.push(Val::from(l3));
-            base += &format!(
-                " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM l3_network l JOIN l2_network_cluster_ref r \
-                 ON r.l2_network_uuid = l.l2_network_uuid WHERE l.uuid = ${})",
-                vals.len()
-            );
-        }
-        // Each filter stage with the error it stands for: counted (in order) only when no host
-        // passes them all, to name the first stage no host passes.
-        let mut stages: Vec<(String, usize, String)> = vec![(
+        stages.push((
             base.clone(),
             vals.len(),
             format!("no host having state=Enabled status=Connected hypervisorType={} found", c.hypervisors.join(",")),
-        )];
+        ));
         if let (Some(img), None) = (&c.image_uuid, &c.from_snapshot) {
             vals.push(Val::from(img.as_str()));
             base += &format!(
