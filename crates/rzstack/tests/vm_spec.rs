@@ -503,3 +503,45 @@ async fn l3_whose_l2_is_not_attached_names_the_l2_filter() {
     let vm = srv.ok("POST", "/vm-instances", Some(body)).await["inventory"].clone();
     assert_eq!(vm["vmNics"].as_array().unwrap().len(), 2);
 }
+
+/// An image only on a backup storage of another zone: the allocator's image filter (upstream
+/// ImageBackupStorageAllocatorFlow) names the zones that backup storage serves, nothing left.
+#[tokio::test]
+async fn image_on_another_zones_backup_storage_names_its_zones() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let z2 = s(&srv.create_zone("z2").await["uuid"]);
+    let bs2 = s(&srv
+        .ok(
+            "POST",
+            "/backup-storage/simulators",
+            Some(json!({"params": {"name": "bs2", "url": "/sim-bs2", "totalCapacity": 100 * GB, "availableCapacity": 100 * GB}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/zones/{z2}/backup-storage/{bs2}"), None).await;
+    let qcow = t._dir.path().join("t2.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "64M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let img2 = s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "img2", "url": format!("file://{}", qcow.display()), "format": "qcow2",
+                "backupStorageUuids": [bs2], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"imageUuid": img2})))).await;
+    let text =
+        format!("no host found in zones[uuids:[{z2}]] that attaches to backup storage where image[{img2}] is on");
+    assert_error(&e, "SYS.1006", &text);
+    assert_error(&e["cause"], "HOST_ALLOCATION.1000", &text);
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
+    // once that backup storage serves the VM's zone too, the same request succeeds
+    srv.ok("POST", &format!("/zones/{}/backup-storage/{bs2}", t.zone), None).await;
+    let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"imageUuid": img2})))).await["inventory"].clone();
+    assert_eq!(vm["imageUuid"], img2.as_str());
+}

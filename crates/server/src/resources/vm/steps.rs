@@ -527,7 +527,10 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             stages.push((
                 base.clone(),
                 vals.len(),
-                format!("no host found in zones that attaches to backup storage where image[{img}] is on"),
+                // `{zones}`: filled in only when this stage is the one that fails
+                format!(
+                    "no host found in zones[uuids:{{zones}}] that attaches to backup storage where image[{img}] is on"
+                ),
             ));
         }
         vals.push(Val::I(c.cpu_num));
@@ -590,6 +593,9 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         if rows.is_empty() {
             for (stage, n, error) in stages {
                 if tx_count(&app.db, &format!("SELECT COUNT(*) FROM host h WHERE {stage}"), &vals[..n]).await? == 0 {
+                    if let (true, Some(img)) = (error.contains("{zones}"), &c.image_uuid) {
+                        return Err(host_alloc_error(error.replace("{zones}", &image_zones(&app.db, img).await?)));
+                    }
                     return Err(host_alloc_error(error));
                 }
             }
@@ -640,6 +646,22 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         }
         Err(host_alloc_error(format!("no host having cpu[{}], memory[{} bytes] found", c.cpu_num, c.memory_size)))
     })
+}
+
+/// The zones the connected backup storages holding an image are attached to, as a Java list
+/// prints them (upstream ImageBackupStorageAllocatorFlow's error names them).
+async fn image_zones(db: &crate::db::Db, image: &str) -> Result<String> {
+    let rows = db
+        .fetch_all(
+            "SELECT DISTINCT bz.zone_uuid FROM image_backup_storage_ref ibr \
+             JOIN backup_storage b ON b.uuid = ibr.backup_storage_uuid \
+             JOIN backup_storage_zone_ref bz ON bz.backup_storage_uuid = ibr.backup_storage_uuid \
+             WHERE ibr.image_uuid = $1 AND ibr.status <> 'Deleted' AND b.status = 'Connected' ORDER BY bz.zone_uuid",
+            &[Val::from(image)],
+        )
+        .await?;
+    let zones: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<_, _>>()?;
+    Ok(format!("[{}]", zones.join(", ")))
 }
 
 pub(super) async fn tx_count(db: &crate::db::Db, sql: &str, vals: &[Val]) -> Result<i64> {
