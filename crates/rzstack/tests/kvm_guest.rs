@@ -283,7 +283,8 @@ async fn guests_on_a_kvm_host() {
         .ok(
             "POST",
             "/volumes/data",
-            Some(json!({"params": {"name": "x", "diskSize": 32 * MIB, "primaryStorageUuid": c.ps}})),
+            Some(json!({"params": {"name": "x", "diskSize": 32 * MIB, "primaryStorageUuid": c.ps},
+                "systemTags": [format!("localStorage::hostUuid::{}", c.host)]})),
         )
         .await["inventory"]);
     let xs = s.ok("POST", &format!("/volumes/{x}/volume-snapshots"), Some(json!({"params": {"name": "snap-x"}}))).await
