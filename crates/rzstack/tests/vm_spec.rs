@@ -545,3 +545,41 @@ async fn image_on_another_zones_backup_storage_names_its_zones() {
     let vm = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"imageUuid": img2})))).await["inventory"].clone();
     assert_eq!(vm["imageUuid"], img2.as_str());
 }
+
+/// dataVolumeSystemTagsOnIndex counts from 0; as upstream (VmAllocateVolumeFlow looks up the
+/// key of each data volume's index), keys that name no data volume are ignored, not refused.
+/// And vmNicParams without l3NetworkUuids is refused with upstream's text.
+#[tokio::test]
+async fn data_volume_tags_on_index_and_nic_params_without_l3() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "a", 10, 20).await;
+    let thick = "volumeProvisioningStrategy::ThickProvisioning";
+    let vm = srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(
+                &t,
+                json!({"l3NetworkUuids": [l3], "dataDiskSizes": [1u64 << 30],
+                    "dataVolumeSystemTagsOnIndex": {"0": [thick], "1": [thick], "x": [thick]}}),
+            )),
+        )
+        .await["inventory"]
+        .clone();
+    let data: Vec<&Value> = vm["allVolumes"].as_array().unwrap().iter().filter(|v| v["type"] == "Data").collect();
+    assert_eq!(data.len(), 1);
+    let tags: Vec<String> = srv
+        .query(&format!("/system-tags?q=resourceUuid={}", s(&data[0]["uuid"])))
+        .await
+        .iter()
+        .map(|x| s(&x["tag"]))
+        .collect();
+    assert_eq!(tags, vec![thick.to_string()]);
+
+    let before = (usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await);
+    let nic = json!([{"l3NetworkUuid": l3}]).to_string();
+    let e = srv.fails("POST", "/vm-instances", Some(create(&t, json!({"name": "nic", "vmNicParams": nic})))).await;
+    assert_error(&e, "SYS.1007", "l3NetworkUuids and vmNicInventories mustn't both be empty or both be set");
+    assert_eq!((usage(&srv, &t).await, rows(&srv).await, used_ips(&srv).await), before, "nothing changed");
+}

@@ -132,7 +132,7 @@ pub(super) const NIC_QOS_MAX: i64 = 32_212_254_720;
 /// groups, NIC type) are refused by name, and so is a key VmNicParam does not have.
 pub(super) fn parse_nic_params(text: &str, l3s: &[String]) -> Result<Vec<NicParam>> {
     if l3s.is_empty() {
-        return Err(Error::argerr("l3NetworkUuids cannot be empty when vmNicParams is provided"));
+        return Err(Error::argerr("l3NetworkUuids and vmNicInventories mustn't both be empty or both be set"));
     }
     let items: Vec<serde_json::Map<String, Value>> =
         serde_json::from_str(text).map_err(|e| Error::operr(format!("invalid json format, causes: {e}")))?;
@@ -1204,19 +1204,12 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     for sz in &req.data_disk_sizes {
         data_volumes.push(DataVol { uuid: new_uuid(), size: *sz, ..DataVol::default() });
     }
-    // dataVolumeSystemTagsOnIndex: extra system tags for the n-th of those data volumes
-    let n_disks = data_volumes.len();
-    for (k, vtags) in &req.data_volume_system_tags_on_index {
-        if vtags.is_empty() {
-            continue;
-        }
-        match k.trim().parse::<usize>() {
-            Ok(i) if i < n_disks => data_volumes[i].tags.extend(vtags.iter().cloned()),
-            _ => {
-                return Err(Error::argerr(format!(
-                    "dataVolumeSystemTagsOnIndex[{k}] is invalid, it must be between 1 and {n_disks}"
-                )))
-            }
+    // dataVolumeSystemTagsOnIndex: extra system tags for the n-th (from 0) of those data
+    // volumes; as upstream (VmAllocateVolumeFlow looks up each volume's index), a key that
+    // names no data volume is ignored
+    for (i, vol) in data_volumes.iter_mut().enumerate() {
+        if let Some(vtags) = req.data_volume_system_tags_on_index.get(&i.to_string()) {
+            vol.tags.extend(vtags.iter().cloned());
         }
     }
     // data volumes from DataVolumeTemplate images, sized as the image
