@@ -243,10 +243,11 @@ async fn last_host_preferred_on_start() {
         assert_eq!(r["inventory"]["state"], "Running");
         assert_eq!(r["inventory"]["hostUuid"], h.as_str(), "the last host is preferred");
     }
-    // b is created with a designated host, so its strategy is Designated: also its last host
+    // b was created on a designated host, but keeps its offering's strategy (upstream): it
+    // starts again on the host with fewer VMs
     let r = action(&srv, &b, json!({"stopVmInstance": {}})).await;
-    assert_eq!(r["inventory"]["allocatorStrategy"], "DesignatedHostAllocatorStrategy");
-    assert_eq!(action(&srv, &b, json!({"startVmInstance": {}})).await["inventory"]["hostUuid"], h.as_str());
+    assert_eq!(r["inventory"]["allocatorStrategy"], "LeastVmPreferredHostAllocatorStrategy");
+    assert_eq!(action(&srv, &b, json!({"startVmInstance": {}})).await["inventory"]["hostUuid"], other.as_str());
     // a LeastVmPreferred VM whose last host is the busy one starts on the emptier host
     let c = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "c", "l3NetworkUuids": [l3]})))).await
         ["inventory"]

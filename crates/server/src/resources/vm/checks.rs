@@ -1337,11 +1337,10 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     // LocalStorage: the VM runs where the files of its existing disks are
     let root_volume_uuid = root_from_volume.clone().unwrap_or_else(new_uuid);
     let local_host = local_host_of_sources(app, req, &root_volume_uuid, &msg.resource_uuid(), &data_volumes).await?;
-    let allocator = if req.host_uuid.is_some() {
-        "DesignatedHostAllocatorStrategy".to_string()
-    } else {
-        allocator.unwrap_or_else(|| "DesignatedHostAllocatorStrategy".into())
-    };
+    // the VM keeps its instance offering's strategy, or none without an offering (upstream
+    // NewVmInstanceMsgBuilder); a designated host or cluster only designates this allocation
+    // (and a start without a strategy uses LeastVmPreferred, as upstream)
+    let allocator = allocator.unwrap_or_default();
     let strategy = req.strategy.clone().unwrap_or_else(|| "InstantStart".into());
     // virtio (upstream NewVmInstanceMsgBuilder): the message's, else the image's; a virtio VM
     // carries the `driver::virtio` system tag. NICs use the paravirtual driver (virtio) when the

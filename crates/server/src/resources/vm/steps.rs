@@ -393,7 +393,7 @@ pub(super) fn record_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) 
                 Val::from(c.reserved_memory_size),
                 Val::I(c.cpu_num),
                 Val::I(c.cpu_speed),
-                Val::from(c.allocator_strategy.as_str()),
+                Val::from(Some(c.allocator_strategy.as_str()).filter(|a| !a.is_empty())),
                 Val::from(state),
                 Val::I(internal_id),
                 Val::from(c.guest_os_type.clone()),
