@@ -77,6 +77,9 @@ async fn data_volume_on_the_tagged_host() {
     assert_eq!(r["size"], GB);
     assert!(r["createDate"].is_string() && r["lastOpDate"].is_string(), "{r}");
     assert_eq!(ps_available(&srv, &t.ps).await, free - GB);
+    // the tag stays on the volume, as upstream keeps the message's system tags
+    let st: Vec<Value> = srv.query(&format!("/system-tags?q=resourceUuid={d}")).await;
+    assert!(st.iter().any(|x| x["tag"] == format!("localStorage::hostUuid::{h1}").as_str()), "{st:?}");
     let ut = srv.query(&format!("/user-tags?q=resourceUuid={d}")).await;
     assert_eq!(ut.len(), 1, "{ut:?}");
     assert_eq!(ut[0]["tag"], "ut");

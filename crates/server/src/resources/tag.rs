@@ -153,6 +153,7 @@ pub static SYSTEM_TAG_PATTERNS: &[(&str, &[&str])] = &[
             "capability::virtio-scsi",
             "volumeProvisioningStrategy::{strategy}",
             "notSupportActualSize::{flag}",
+            "localStorage::hostUuid::{hostUuid}",
             "packer",
         ],
     ),
