@@ -11,7 +11,9 @@
 use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
-use crate::hostagent::{HostAgent, KvmAgentClient, VolumeDeleteCmd, VolumeSnapshotCmd, PROTOCOL_VERSION};
+use crate::hostagent::{
+    HostAgent, KvmAgentClient, Provisioning, VolumeCreateCmd, VolumeDeleteCmd, VolumeSnapshotCmd, PROTOCOL_VERSION,
+};
 use crate::params::Param;
 use crate::query::{self, field, FType, ResourceDef};
 use crate::util::now_ms;
@@ -21,6 +23,7 @@ use sqlx::Row;
 
 use super::offering::DISK_OFFERING;
 use super::primary_storage::PRIMARY_STORAGE;
+use super::vm::VM;
 
 pub static VOLUME: ResourceDef = ResourceDef {
     inventory: "VolumeInventory",
@@ -599,6 +602,478 @@ async fn delete_snapshot(app: App, msg: Msg) -> Result<Reply> {
     Ok(Reply::empty())
 }
 
+/// Upstream `VolumeConstant.DEFAULT_MAX_DATA_VOLUME_NUMBER` (KVM's `dataVolume.maxNum` default
+/// is the same).
+const MAX_DATA_VOLUMES: i64 = 24;
+
+/// The VM states upstream allows AttachDataVolumeToVmMsg/DetachDataVolumeFromVmMsg in, as
+/// Java prints that HashSet.
+const ATTACH_STATES: &str = "[Stopped, Running, Paused]";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachDataVolume {
+    volume_uuid: String,
+    vm_instance_uuid: String,
+}
+
+/// What attach reads of the VM and the volume.
+struct AttachCtx {
+    vm_state: String,
+    vm_hv: Option<String>,
+    vm_host: Option<String>,
+    vm_cluster: Option<String>,
+    vm_platform: Option<String>,
+    vm_root: Option<String>,
+    vm_kvm: Option<(String, String)>,
+    vol_name: String,
+    vol_type: String,
+    vol_state: String,
+    vol_status: String,
+    vol_vm: Option<String>,
+    vol_shareable: bool,
+    vol_ps: Option<String>,
+    vol_size: i64,
+    vol_path: Option<String>,
+}
+
+async fn attach_ctx(app: &App, volume: &str, vm: &str) -> Result<AttachCtx> {
+    let v = app
+        .db
+        .fetch_optional(
+            "SELECT v.state, v.hypervisor_type, v.host_uuid, v.cluster_uuid, v.platform, v.root_volume_uuid, \
+             h.management_ip, h.password, h.hypervisor_type FROM vm_instance v \
+             LEFT JOIN host h ON h.uuid = COALESCE(v.host_uuid, v.last_host_uuid) WHERE v.uuid = $1",
+            &[Val::from(vm)],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("invalid field[vmInstanceUuid], resource[uuid:{vm}, type:VmInstanceVO] not found"))
+        })?;
+    let d = app
+        .db
+        .fetch_optional(
+            "SELECT name, type, state, status, vm_instance_uuid, is_shareable, primary_storage_uuid, size, install_path \
+             FROM volume WHERE uuid = $1",
+            &[Val::from(volume)],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("invalid field[volumeUuid], resource[uuid:{volume}, type:VolumeVO] not found"))
+        })?;
+    let host_hv: Option<String> = v.try_get(8)?;
+    let vm_kvm = match (host_hv.as_deref(), v.try_get::<Option<String>, _>(6)?) {
+        (Some("KVM"), Some(ip)) => Some((ip, v.try_get::<Option<String>, _>(7)?.unwrap_or_default())),
+        _ => None,
+    };
+    Ok(AttachCtx {
+        vm_state: v.try_get(0)?,
+        vm_hv: v.try_get(1)?,
+        vm_host: v.try_get(2)?,
+        vm_cluster: v.try_get(3)?,
+        vm_platform: v.try_get(4)?,
+        vm_root: v.try_get(5)?,
+        vm_kvm,
+        vol_name: d.try_get(0)?,
+        vol_type: d.try_get(1)?,
+        vol_state: d.try_get(2)?,
+        vol_status: d.try_get(3)?,
+        vol_vm: d.try_get(4)?,
+        vol_shareable: d.try_get::<Option<i64>, _>(5)?.unwrap_or(0) != 0,
+        vol_ps: d.try_get(6)?,
+        vol_size: d.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
+        vol_path: d.try_get(8)?,
+    })
+}
+
+async fn strings(app: &App, sql: &str, arg: &str) -> Result<Vec<String>> {
+    app.db.fetch_all(sql, &[Val::from(arg)]).await?.into_iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+}
+
+/// The checks upstream makes before attaching, in its order: VolumeApiInterceptor (platform,
+/// the volume's type/state/status, the clusters), LocalStorageApiInterceptor (hosts), then
+/// the VM (its state, VM.1005; the number of its data volumes).
+async fn attach_checks(app: &App, c: &AttachCtx, volume: &str, vm: &str) -> Result<()> {
+    if c.vm_platform.as_deref() == Some("Other") && c.vm_state != "Stopped" {
+        return Err(Error::operr(format!(
+            "the vm[uuid:{vm}] doesn't support to online attach volume[{volume}] on the basis of that the image \
+             platform type of the vm is other "
+        )));
+    }
+    if c.vol_type == "Root" {
+        return Err(Error::operr(format!(
+            "the volume[uuid:{volume}, name:{}] is Root Volume, can't attach it",
+            c.vol_name
+        )));
+    }
+    if c.vol_state == "Disabled" {
+        return Err(Error::operr(format!("data volume[uuid:{volume}] is Disabled, can't attach")));
+    }
+    if c.vol_status == "Deleted" {
+        return Err(Error::operr(format!(
+            "the volume[uuid:{volume}] is in status of deleted, cannot do the operation"
+        )));
+    }
+    if c.vol_vm.is_some() && !c.vol_shareable {
+        return Err(Error::operr(format!(
+            "data volume[uuid:{volume}] has been attached to some vm, can't attach again"
+        )));
+    }
+    if c.vol_status != "Ready" && c.vol_status != "NotInstantiated" {
+        return Err(Error::operr(format!(
+            "data volume can only be attached when status is [Ready, NotInstantiated], current is {}",
+            c.vol_status
+        )));
+    }
+    // the clusters of the VM (its own, else those of its root volume's storage) must share one
+    // with the volume's storage
+    let mut vm_clusters: Vec<String> = c.vm_cluster.iter().cloned().collect();
+    if vm_clusters.is_empty() {
+        if let Some(root) = &c.vm_root {
+            vm_clusters = strings(
+                app,
+                "SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN volume v \
+                 ON v.primary_storage_uuid = r.primary_storage_uuid WHERE v.uuid = $1",
+                root,
+            )
+            .await?;
+        }
+    }
+    if let (false, Some(ps)) = (vm_clusters.is_empty(), &c.vol_ps) {
+        let vol_clusters =
+            strings(app, "SELECT cluster_uuid FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1", ps)
+                .await?;
+        if !vol_clusters.is_empty() && !vm_clusters.iter().any(|c| vol_clusters.contains(c)) {
+            return Err(Error::operr("Can't attach volume to VM, no qualified cluster"));
+        }
+    }
+    // LocalStorage: the volume's file is on one host's disk
+    let vol_host = strings(
+        app,
+        "SELECT host_uuid FROM local_storage_resource_ref WHERE resource_uuid = $1 AND resource_type = 'VolumeVO'",
+        volume,
+    )
+    .await?
+    .pop();
+    if let Some(vol_host) = &vol_host {
+        match &c.vm_host {
+            Some(h) if h == vol_host => {}
+            Some(h) => {
+                return Err(Error::operr(format!(
+                    "the host of the vm[hostUuid:{h}] is different from that of the volume[hostUuid:{vol_host}]. \
+                     the volume cannot attach to the vm."
+                )))
+            }
+            None => {
+                let rows = app
+                    .db
+                    .fetch_all(
+                        "SELECT r.resource_uuid, r.host_uuid FROM local_storage_resource_ref r JOIN volume v \
+                         ON v.uuid = r.resource_uuid WHERE r.resource_type = 'VolumeVO' AND v.vm_instance_uuid = $1 \
+                         ORDER BY v.device_id",
+                        &[Val::from(vm)],
+                    )
+                    .await?;
+                let mut pairs = Vec::new();
+                for r in rows {
+                    pairs.push((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
+                }
+                let mut hosts: Vec<&String> = pairs.iter().map(|p| &p.1).collect();
+                hosts.dedup();
+                hosts.sort();
+                hosts.dedup();
+                if hosts.len() >= 2 {
+                    let list: Vec<String> = pairs.iter().map(|(v, h)| format!("volume[{v}] is on host[{h}]")).collect();
+                    return Err(Error::operr(format!(
+                        "the vm has multiple local volumes on different hosts[[{}]]. please check the abnormal vm \
+                         local volumes",
+                        list.join(", ")
+                    )));
+                }
+                if let Some(other) = hosts.first().filter(|h| *h != &vol_host) {
+                    return Err(Error::operr(format!(
+                        "the volume on a host[hostUuid:{vol_host}] cannot be attached to the vm, because the vm has \
+                         local volumes on other host[hostUuid:{other}]"
+                    )));
+                }
+            }
+        }
+    }
+    if !matches!(c.vm_state.as_str(), "Running" | "Stopped" | "Paused") {
+        return Err(state_refused(
+            rzstack_api::codes::VM_1005,
+            &c.vm_state,
+            "org.zstack.header.vm.AttachDataVolumeToVmMsg",
+        ));
+    }
+    let attached = match app
+        .db
+        .fetch_optional("SELECT COUNT(*) FROM volume WHERE type = 'Data' AND vm_instance_uuid = $1", &[Val::from(vm)])
+        .await?
+    {
+        Some(r) => r.try_get::<i64, _>(0)?,
+        None => 0,
+    };
+    if attached + 1 > MAX_DATA_VOLUMES {
+        return Err(Error::operr(format!(
+            "hypervisor[{}] only allows max {MAX_DATA_VOLUMES} data volumes to be attached to a single vm; there have \
+             been {attached} data volumes attached to vm[uuid:{vm}]",
+            c.vm_hv.as_deref().unwrap_or("null")
+        )));
+    }
+    Ok(())
+}
+
+/// VM.1010 (upstream validateOperationByState) wrapped in `wrapper`.
+fn state_refused(wrapper: rzstack_api::Code, state: &str, class: &str) -> Error {
+    let cause = rzstack_api::ErrorCode::new(
+        rzstack_api::codes::VM_1010,
+        format!(
+            "current vm instance state[{state}] doesn't allow to proceed message[{class}], allowed states are \
+             {ATTACH_STATES}"
+        ),
+    );
+    let details = cause.details.clone().unwrap_or_default();
+    Error::Api(rzstack_api::ErrorCode::new(wrapper, details).with_cause(cause))
+}
+
+/// Hot-plugging into a running QEMU is not done by this node yet: refused rather than
+/// recorded without the guest seeing it.
+fn no_hotplug(what: &str, vm: &str) -> Error {
+    Error::operr(format!(
+        "{what} a data volume while the vm[uuid:{vm}] is running on a KVM host is not supported by this management \
+         node yet (no hot-plug); stop the vm first"
+    ))
+}
+
+async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
+    let req: AttachDataVolume = msg.parse()?;
+    let (volume, vm) = (req.volume_uuid.as_str(), req.vm_instance_uuid.as_str());
+    let c = attach_ctx(&app, volume, vm).await?;
+    if msg.replay && c.vol_vm.as_deref() == Some(vm) {
+        // a replay of a job that did it already
+        return reply(&app, &VOLUME, volume).await;
+    }
+    attach_checks(&app, &c, volume, vm).await?;
+    if c.vm_kvm.is_some() && c.vm_state != "Stopped" {
+        return Err(no_hotplug("attaching", vm));
+    }
+    let now = now_ms();
+    // a NotInstantiated volume is instantiated on the VM's root volume's storage (on LocalStorage,
+    // on the disk of the VM's host)
+    let target = match (&c.vol_ps, &c.vm_root) {
+        (Some(ps), _) => Some(ps.clone()),
+        (None, Some(root)) => strings(
+            &app,
+            "SELECT primary_storage_uuid FROM volume WHERE uuid = $1 AND primary_storage_uuid IS NOT NULL",
+            root,
+        )
+        .await?
+        .pop(),
+        (None, None) => None,
+    };
+    let instantiate = c.vol_status == "NotInstantiated" || c.vol_ps.is_none();
+    let Some(ps) = target else {
+        return Err(Error::operr(format!(
+            "cannot instantiate the data volume[uuid:{volume}]: the vm[uuid:{vm}] has no root volume on a primary storage"
+        )));
+    };
+    let local_host = if instantiate {
+        let local = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM primary_storage WHERE uuid = $1 AND type = 'LocalStorage'",
+                &[Val::from(ps.as_str())],
+            )
+            .await?
+            .is_some();
+        if local {
+            let h = strings(
+                &app,
+                "SELECT COALESCE(v.host_uuid, v.last_host_uuid, (SELECT r.host_uuid FROM local_storage_resource_ref r \
+                 WHERE r.resource_uuid = v.root_volume_uuid)) FROM vm_instance v WHERE v.uuid = $1 \
+                 AND COALESCE(v.host_uuid, v.last_host_uuid, (SELECT r.host_uuid FROM local_storage_resource_ref r \
+                 WHERE r.resource_uuid = v.root_volume_uuid)) IS NOT NULL",
+                vm,
+            )
+            .await?
+            .pop();
+            Some(h.ok_or_else(|| {
+                Error::operr(format!(
+                    "cannot find the host of vm[uuid:{vm}] to instantiate the local volume[uuid:{volume}]"
+                ))
+            })?)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    // a VM on a KVM host: the volume needs a file there before the VM uses it
+    let mut new_path = None;
+    if let (Some((ip, token)), false) = (&c.vm_kvm, c.vol_path.as_deref().is_some_and(|p| p.starts_with('/'))) {
+        let url =
+            strings(&app, "SELECT url FROM primary_storage WHERE uuid = $1", &ps).await?.pop().unwrap_or_default();
+        let path = format!(
+            "{}/dataVolumes/acct-{}/vol-{volume}/{volume}.qcow2",
+            url.trim_end_matches('/'),
+            msg.account_uuid()
+        );
+        if !path.starts_with('/') {
+            return Err(Error::operr(format!(
+                "volume[uuid:{volume}] has no file and its primary storage[uuid:{ps}] no path"
+            )));
+        }
+        let agent = KvmAgentClient::new(ip, token);
+        agent
+            .create_volume(&VolumeCreateCmd {
+                version: PROTOCOL_VERSION,
+                volume_uuid: volume.to_string(),
+                install_path: path.clone(),
+                size: c.vol_size,
+                backing_file: None,
+                provisioning: Provisioning::ThinProvisioning,
+            })
+            .await
+            .map_err(|e| {
+                Error::operr(format!("failed to create the file of volume[uuid:{volume}] on its KVM host: {e}"))
+            })?;
+        new_path = Some(path);
+    }
+    let mut tx = app.db.begin_write().await?;
+    if instantiate {
+        let n = tx
+            .execute(
+                "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                 WHERE uuid = $3 AND available_capacity >= $1",
+                &[Val::I(c.vol_size), Val::I(now), Val::from(ps.as_str())],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::operr(format!(
+                "cannot instantiate the data volume[uuid:{volume}]: the primary storage[uuid:{ps}] has less than {} bytes \
+                 available",
+                c.vol_size
+            )));
+        }
+        if let Some(h) = &local_host {
+            tx.execute(
+                "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
+                 resource_type, create_date, last_op_date) VALUES ($1, $2, $3, $4, 'VolumeVO', $5, $5)",
+                &[Val::from(volume), Val::from(ps.as_str()), Val::from(h.as_str()), Val::I(c.vol_size), Val::I(now)],
+            )
+            .await?;
+        }
+    }
+    // attached in one statement: the volume still free and the VM still in a state that allows it
+    let n = tx
+        .execute(
+            "UPDATE volume SET vm_instance_uuid = CASE WHEN is_shareable = 1 THEN NULL ELSE $1 END, \
+             device_id = (SELECT MIN(d.n) FROM (SELECT 1 AS n UNION SELECT device_id + 1 FROM volume \
+               WHERE vm_instance_uuid = $1 AND device_id IS NOT NULL) d \
+               WHERE NOT EXISTS (SELECT 1 FROM volume x WHERE x.vm_instance_uuid = $1 AND x.device_id = d.n)), \
+             last_attach_date = $2, last_op_date = $2, format = COALESCE(format, 'qcow2'), \
+             install_path = COALESCE($4, install_path), \
+             status = CASE WHEN status = 'NotInstantiated' THEN 'Ready' ELSE status END, \
+             primary_storage_uuid = COALESCE(primary_storage_uuid, $5), \
+             reserved_size = CASE WHEN $6 = 1 THEN size ELSE reserved_size END \
+             WHERE uuid = $3 AND (vm_instance_uuid IS NULL OR is_shareable = 1) AND state = 'Enabled' \
+             AND status IN ('Ready', 'NotInstantiated') \
+             AND EXISTS (SELECT 1 FROM vm_instance m WHERE m.uuid = $1 AND m.state = $7)",
+            &[
+                Val::from(vm),
+                Val::I(now),
+                Val::from(volume),
+                Val::from(new_path),
+                Val::from(ps.as_str()),
+                Val::I(i64::from(instantiate)),
+                Val::from(c.vm_state.as_str()),
+            ],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::operr(format!(
+            "data volume[uuid:{volume}] or vm[uuid:{vm}] changed while attaching, try again"
+        )));
+    }
+    tx.commit().await?;
+    reply(&app, &VOLUME, volume).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DetachDataVolume {
+    uuid: String,
+    vm_uuid: Option<String>,
+}
+
+async fn detach_data_volume(app: App, msg: Msg) -> Result<Reply> {
+    let req: DetachDataVolume = msg.parse()?;
+    let volume = req.uuid.as_str();
+    let d = app
+        .db
+        .fetch_optional(
+            "SELECT name, type, vm_instance_uuid, is_shareable FROM volume WHERE uuid = $1",
+            &[Val::from(volume)],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("invalid field[uuid], resource[uuid:{volume}, type:VolumeVO] not found"))
+        })?;
+    let name: String = d.try_get(0)?;
+    let ty: String = d.try_get(1)?;
+    let attached: Option<String> = d.try_get(2)?;
+    let shareable = d.try_get::<Option<i64>, _>(3)?.unwrap_or(0) != 0;
+    if !shareable && attached.is_none() {
+        if msg.replay {
+            // a replay of a job that did it already
+            return reply(&app, &VOLUME, volume).await;
+        }
+        return Err(Error::operr(format!("data volume[uuid:{volume}] is not attached to any vm, can't detach")));
+    }
+    if shareable && req.vm_uuid.is_none() {
+        return Err(Error::operr(format!("to detach shareable data volume[uuid:{volume}], vm uuid is needed.")));
+    }
+    if ty != "Data" {
+        return Err(Error::operr(format!("the volume[uuid:{volume}, name:{name}, type:{ty}] can't detach it")));
+    }
+    let Some(vm) = attached.or(req.vm_uuid) else {
+        return reply(&app, &VOLUME, volume).await;
+    };
+    let row = app
+        .db
+        .fetch_optional(
+            "SELECT v.state, h.hypervisor_type FROM vm_instance v \
+             LEFT JOIN host h ON h.uuid = COALESCE(v.host_uuid, v.last_host_uuid) WHERE v.uuid = $1",
+            &[Val::from(vm.as_str())],
+        )
+        .await?;
+    let (state, hv): (Option<String>, Option<String>) = match row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (None, None),
+    };
+    // a VM that is gone or Destroyed: nothing to do on it, the volume is freed
+    if let Some(state) = state.as_deref().filter(|s| *s != "Destroyed") {
+        if !matches!(state, "Running" | "Stopped" | "Paused") {
+            return Err(Error::operr(format!(
+                "Detaching volume is not allowed when VM[uuid={vm}] is in state[{state}]"
+            )));
+        }
+        if hv.as_deref() == Some("KVM") && state != "Stopped" {
+            return Err(no_hotplug("detaching", &vm));
+        }
+    }
+    let now = now_ms();
+    app.db
+        .execute(
+            "UPDATE volume SET vm_instance_uuid = NULL, device_id = NULL, last_vm_instance_uuid = $1, \
+             last_detach_date = $2, last_op_date = $2 WHERE uuid = $3 AND (vm_instance_uuid = $1 OR is_shareable = 1)",
+            &[Val::from(vm.as_str()), Val::I(now), Val::from(volume)],
+        )
+        .await?;
+    reply(&app, &VOLUME, volume).await
+}
+
 pub static APIS: &[ApiDef] = &[
     ApiDef::create("CreateDataVolume", "/volumes/data")
         .timeout(3 * HOURS)
@@ -638,4 +1113,13 @@ pub static APIS: &[ApiDef] = &[
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
         ])
         .handler(|a, m| boxed(delete_snapshot(a, m))),
+    ApiDef::post("AttachDataVolumeToVm", "/volumes/{volumeUuid}/vm-instances/{vmInstanceUuid}")
+        .params(&[
+            Param::str("vmInstanceUuid").required().resource(&VM),
+            Param::str("volumeUuid").required().resource(&VOLUME),
+        ])
+        .handler(|a, m| boxed(attach_data_volume(a, m))),
+    ApiDef::delete("DetachDataVolumeFromVm", "/volumes/{uuid}/vm-instances")
+        .params(&[Param::str("uuid").required().resource(&VOLUME), Param::str("vmUuid").resource(&VM)])
+        .handler(|a, m| boxed(detach_data_volume(a, m))),
 ];
