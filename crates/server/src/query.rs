@@ -453,46 +453,34 @@ fn literal(s: &str) -> String {
 
 /// The rows of `SELECT <exprs> <tail>` as raw JSON values: strings, integers, floats, nulls.
 ///
-/// On SQLite the database renders the whole result as one JSON text (`json_group_array` of
-/// `json_array`s), so a page of 1,000 rows is one row through the driver instead of 1,000 row
-/// conversions and hand-offs from its worker thread. Floats travel as 17-digit text (exact).
+/// The database renders the whole result as one JSON text, so a page of 1,000 rows is one row
+/// through the driver instead of 1,000 row conversions and hand-offs from its worker thread:
+/// on SQLite `json_group_array` of `json_array`s (floats as 17-digit text, exact), on
+/// PostgreSQL `json_agg` of `json_build_array`s (doubles print exact; its functions take at
+/// most 100 arguments, so wider rows come row by row).
 async fn fetch_raw(db: &Db, exprs: &[(String, Raw)], tail: &str, vals: &[Val]) -> Result<Vec<Vec<Value>>> {
-    if db.kind == crate::db::DbKind::Sqlite {
+    let sqlite = db.kind == crate::db::DbKind::Sqlite;
+    if sqlite || exprs.len() <= 100 {
         let inner: Vec<String> = exprs.iter().enumerate().map(|(i, (e, _))| format!("{e} AS c{i}")).collect();
         let outer: Vec<String> = exprs
             .iter()
             .enumerate()
             .map(|(i, (_, r))| match r {
-                Raw::Float => format!("CASE WHEN s.c{i} IS NULL THEN NULL ELSE printf('%!.17g', s.c{i}) END"),
+                Raw::Float if sqlite => {
+                    format!("CASE WHEN s.c{i} IS NULL THEN NULL ELSE printf('%!.17g', s.c{i}) END")
+                }
                 _ => format!("s.c{i}"),
             })
             .collect();
-        let sql = format!(
-            "SELECT json_group_array(json_array({})) FROM (SELECT {} {tail}) s",
-            outer.join(", "),
-            inner.join(", ")
-        );
+        let (outer, inner) = (outer.join(", "), inner.join(", "));
+        let sql = if sqlite {
+            format!("SELECT json_group_array(json_array({outer})) FROM (SELECT {inner} {tail}) s")
+        } else {
+            format!("SELECT COALESCE(json_agg(json_build_array({outer})), '[]')::text FROM (SELECT {inner} {tail}) s")
+        };
         let row = query_with(&sql, vals).fetch_one(&db.pool).await?;
         let text: String = row.try_get(0)?;
-        let rows: Vec<Vec<Value>> =
-            serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")))?;
-        return Ok(rows);
-    }
-    // PostgreSQL: the same in one JSON text (`json_agg` of `json_build_array`s; doubles print
-    // exact); its functions take at most 100 arguments, so wider rows come row by row.
-    if exprs.len() <= 100 {
-        let inner: Vec<String> = exprs.iter().enumerate().map(|(i, (e, _))| format!("{e} AS c{i}")).collect();
-        let outer: Vec<String> = (0..exprs.len()).map(|i| format!("s.c{i}")).collect();
-        let sql = format!(
-            "SELECT COALESCE(json_agg(json_build_array({})), '[]')::text FROM (SELECT {} {tail}) s",
-            outer.join(", "),
-            inner.join(", ")
-        );
-        let row = query_with(&sql, vals).fetch_one(&db.pool).await?;
-        let text: String = row.try_get(0)?;
-        let rows: Vec<Vec<Value>> =
-            serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")))?;
-        return Ok(rows);
+        return serde_json::from_str(&text).map_err(|e| Error::Internal(format!("query result: {e}")));
     }
     let list: Vec<&str> = exprs.iter().map(|(e, _)| e.as_str()).collect();
     let sql = format!("SELECT {} {tail}", list.join(", "));
