@@ -206,7 +206,7 @@ pub async fn attach_create_tags(
         if t.starts_with("ephemeral::") || !is_valid_system_tag(resource_type, t) {
             continue;
         }
-        insert_system_tag_if_absent(tx, &new_uuid(), resource_uuid, resource_type, t, false, now).await?;
+        insert_system_tag(tx, &new_uuid(), resource_uuid, resource_type, t, false, now, true).await?;
     }
     for t in user_tags {
         // one statement: inserted unless the resource has the tag (then the transaction rolls back)
@@ -238,7 +238,7 @@ pub async fn add_inherent_system_tag(
     resource_type: &str,
     tag: &str,
 ) -> Result<()> {
-    insert_system_tag_if_absent(tx, &new_uuid(), resource_uuid, resource_type, tag, true, now_ms()).await
+    insert_system_tag(tx, &new_uuid(), resource_uuid, resource_type, tag, true, now_ms(), true).await
 }
 
 /// Remove every tag of a deleted resource, in the deleting transaction.
@@ -259,34 +259,10 @@ async fn has_tag(tx: &mut WriteTx, table: &str, resource_uuid: &str, resource_ty
     Ok(tx.fetch_optional(&sql, &[Val::from(resource_uuid), Val::from(resource_type), Val::from(tag)]).await?.is_some())
 }
 
-/// Put a system tag on a resource unless it has it already: one statement (the existence check
-/// is the INSERT's own condition, a search of the (resource_uuid, resource_type) index).
-async fn insert_system_tag_if_absent(
-    tx: &mut WriteTx,
-    uuid: &str,
-    resource_uuid: &str,
-    resource_type: &str,
-    tag: &str,
-    inherent: bool,
-    now: i64,
-) -> Result<()> {
-    tx.execute(
-        "INSERT INTO system_tag (uuid, resource_uuid, resource_type, tag, type, inherent, create_date, last_op_date) \
-         SELECT $1, $2, $3, $4, 'System', $5, $6, $6 WHERE NOT EXISTS \
-         (SELECT 1 FROM system_tag WHERE resource_uuid = $2 AND resource_type = $3 AND tag = $4)",
-        &[
-            Val::from(uuid),
-            Val::from(resource_uuid),
-            Val::from(resource_type),
-            Val::from(tag),
-            Val::from(inherent),
-            Val::I(now),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
+/// Put a system tag on a resource. With `if_absent`, unless it has it already, in one statement
+/// (the existence check is the INSERT's own condition, a search of the (resource_uuid,
+/// resource_type) index).
+#[allow(clippy::too_many_arguments)]
 async fn insert_system_tag(
     tx: &mut WriteTx,
     uuid: &str,
@@ -295,20 +271,25 @@ async fn insert_system_tag(
     tag: &str,
     inherent: bool,
     now: i64,
+    if_absent: bool,
 ) -> Result<()> {
-    tx.execute(
+    let sql = if if_absent {
         "INSERT INTO system_tag (uuid, resource_uuid, resource_type, tag, type, inherent, create_date, last_op_date) \
-         VALUES ($1, $2, $3, $4, 'System', $5, $6, $6)",
-        &[
-            Val::from(uuid),
-            Val::from(resource_uuid),
-            Val::from(resource_type),
-            Val::from(tag),
-            Val::from(inherent),
-            Val::I(now),
-        ],
-    )
-    .await?;
+         SELECT $1, $2, $3, $4, 'System', $5, $6, $6 WHERE NOT EXISTS \
+         (SELECT 1 FROM system_tag WHERE resource_uuid = $2 AND resource_type = $3 AND tag = $4)"
+    } else {
+        "INSERT INTO system_tag (uuid, resource_uuid, resource_type, tag, type, inherent, create_date, last_op_date) \
+         VALUES ($1, $2, $3, $4, 'System', $5, $6, $6)"
+    };
+    let vals = [
+        Val::from(uuid),
+        Val::from(resource_uuid),
+        Val::from(resource_type),
+        Val::from(tag),
+        Val::from(inherent),
+        Val::I(now),
+    ];
+    tx.execute(sql, &vals).await?;
     Ok(())
 }
 
@@ -399,7 +380,8 @@ async fn create_system_tag(app: App, msg: Msg) -> Result<Reply> {
         if has_tag(&mut tx, "system_tag", &req.resource_uuid, &req.resource_type, &req.tag).await? {
             return Ok(Reply::empty());
         }
-        insert_system_tag(&mut tx, &uuid, &req.resource_uuid, &req.resource_type, &req.tag, false, now_ms()).await?;
+        insert_system_tag(&mut tx, &uuid, &req.resource_uuid, &req.resource_type, &req.tag, false, now_ms(), false)
+            .await?;
     }
     tx.commit().await?;
     tag_reply(&app, &SYSTEM_TAG, &uuid).await
