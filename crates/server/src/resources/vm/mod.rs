@@ -30,6 +30,7 @@ use super::primary_storage::PRIMARY_STORAGE;
 use super::volume::VOLUME;
 use super::zone::ZONE;
 
+mod actions;
 mod checks;
 mod create;
 mod kvm;
@@ -315,4 +316,26 @@ pub static APIS: &[ApiDef] = &[
     ApiDef::query("QueryVmInstance", "/vm-instances", &VM).optional_paths(&["/vm-instances/{uuid}"]),
     ApiDef::query("QueryTpm", "/tpms", &TPM).optional_paths(&["/tpms/{uuid}"]),
     ApiDef::query("QueryVmNic", "/vm-instances/nics", &VM_NIC).optional_paths(&["/vm-instances/nics/{uuid}"]),
+    ApiDef::action("ChangeInstanceOffering", "/vm-instances/{vmInstanceUuid}/actions")
+        .params(&[
+            Param::str("vmInstanceUuid").required().resource(&VM),
+            Param::str("instanceOfferingUuid").required().resource(&INSTANCE_OFFERING),
+        ])
+        .handler(|a, m| boxed(actions::change_instance_offering(a, m))),
+    ApiDef::post("AttachL3NetworkToVm", "/vm-instances/{vmInstanceUuid}/l3-networks/{l3NetworkUuid}")
+        .params(&[
+            Param::str("vmInstanceUuid").required().resource(&VM),
+            Param::str("l3NetworkUuid").required().resource(&super::l3::L3_NETWORK),
+            Param::str("staticIp"),
+            Param::str("driverType"),
+            Param::str("customMac"),
+            Param::str("vmNicParams"),
+        ])
+        .handler(|a, m| boxed(actions::attach_l3(a, m))),
+    ApiDef::delete("DetachL3NetworkFromVm", "/vm-instances/nics/{vmNicUuid}")
+        .params(&[Param::str("vmNicUuid").required().resource(&VM_NIC)])
+        .handler(|a, m| boxed(actions::detach_l3(a, m))),
+    ApiDef::get("GetVmAttachableL3Network", "/vm-instances/{vmInstanceUuid}/l3-networks-candidates")
+        .params(&[Param::str("vmInstanceUuid").required().resource(&VM)])
+        .handler(|a, m| boxed(actions::attachable_l3(a, m))),
 ];

@@ -1,0 +1,247 @@
+//! VM actions after creation, through the public API on simulator hosts:
+//! ChangeInstanceOffering, AttachL3NetworkToVm, DetachL3NetworkFromVm, GetVmAttachableL3Network.
+mod common;
+
+use common::sim::*;
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+
+async fn action(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.ok("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+async fn refused(srv: &Server, vm: &str, body: Value) -> Value {
+    srv.fails("PUT", &format!("/vm-instances/{vm}/actions"), Some(body)).await
+}
+
+async fn vm_inv(srv: &Server, vm: &str) -> Value {
+    srv.query(&format!("/vm-instances/{vm}")).await[0].clone()
+}
+
+fn nic_on<'a>(vm: &'a Value, l3: &str) -> Option<&'a Value> {
+    vm["vmNics"].as_array().unwrap().iter().find(|n| n["l3NetworkUuid"] == l3)
+}
+
+/// Stopped: the new offering's CPU/memory/strategy are stored, no host capacity moves until
+/// the next start, which reserves the new size. Running (no online modification): refused
+/// with upstream's text, nothing changed; a Created (never started) VM likewise.
+#[tokio::test]
+async fn change_instance_offering() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let big = s(&srv
+        .ok(
+            "POST",
+            "/instance-offerings",
+            Some(json!({"params": {"name": "big", "cpuNum": 2, "memorySize": 2 * GB,
+                "allocatorStrategy": "LastHostPreferredAllocatorStrategy"}})),
+        )
+        .await["inventory"]["uuid"]);
+    let idle = usage(&srv, &t).await;
+    let vm =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3]})))).await["inventory"]
+            ["uuid"]);
+    let running = usage(&srv, &t).await;
+    assert_eq!(running.0[0], (idle.0[0].0 - 1, idle.0[0].1 - GB));
+
+    // Running: refused, nothing changed
+    let body = json!({"changeInstanceOffering": {"instanceOfferingUuid": big}});
+    let e = refused(&srv, &vm, body.clone()).await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        "the VM cannot do online cpu/memory update because of disabling Instance Offering Online Modification. Please stop the VM then do the cpu/memory update again",
+    );
+    let inv = vm_inv(&srv, &vm).await;
+    assert_eq!((inv["cpuNum"].clone(), inv["memorySize"].clone()), (json!(1), json!(GB)));
+    assert_eq!(inv["instanceOfferingUuid"], t.offering.as_str());
+    assert_eq!(usage(&srv, &t).await, running);
+
+    // an unknown offering: SYS.1003
+    let e = refused(&srv, &vm, json!({"changeInstanceOffering": {"instanceOfferingUuid": "0".repeat(32)}})).await;
+    assert_eq!(e["code"], "SYS.1003", "{e}");
+
+    // Stopped: changed, no capacity moves
+    action(&srv, &vm, json!({"stopVmInstance": {}})).await;
+    let stopped = usage(&srv, &t).await;
+    assert_eq!(stopped.0, idle.0, "a stopped VM holds no host capacity");
+    let r = action(&srv, &vm, body.clone()).await;
+    let inv = &r["inventory"];
+    assert_eq!(r["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+    assert_eq!(inv["uuid"], vm.as_str());
+    assert_eq!(inv["state"], "Stopped");
+    assert_eq!(inv["cpuNum"], 2);
+    assert_eq!(inv["memorySize"], 2 * GB);
+    assert_eq!(inv["instanceOfferingUuid"], big.as_str());
+    assert_eq!(inv["allocatorStrategy"], "LastHostPreferredAllocatorStrategy");
+    assert_eq!(usage(&srv, &t).await, stopped);
+    assert_eq!(vm_inv(&srv, &vm).await["cpuNum"], 2);
+
+    // the next start reserves the new size
+    action(&srv, &vm, json!({"startVmInstance": {}})).await;
+    assert_eq!(usage(&srv, &t).await.0[0], (idle.0[0].0 - 2, idle.0[0].1 - 2 * GB));
+    action(&srv, &vm, json!({"stopVmInstance": {}})).await;
+    assert_eq!(usage(&srv, &t).await, stopped);
+
+    // a VM never started (Created): not Stopped, so refused as upstream, unchanged
+    let later = s(&srv
+        .ok(
+            "POST",
+            "/vm-instances",
+            Some(create(&t, json!({"name": "later", "strategy": "JustCreate", "l3NetworkUuids": [l3]}))),
+        )
+        .await["inventory"]["uuid"]);
+    let e = refused(&srv, &later, body).await;
+    assert_error(&e, "SYS.1007", "Please stop the VM then do the cpu/memory update again");
+    let inv = vm_inv(&srv, &later).await;
+    assert_eq!(inv["cpuNum"], 1);
+    assert_eq!(inv["instanceOfferingUuid"], t.offering.as_str());
+}
+
+/// Attach an L3 to a running simulator VM: a new NIC (next device id, `fa:` MAC, an address of
+/// the range, one used IP more); attaching it again, a static IP out of range or one in use:
+/// refused with upstream's texts, nothing allocated. Detach frees the NIC and its IP; the
+/// default L3 moves to the remaining NIC. Stopped VMs too. The candidates list follows.
+#[tokio::test]
+async fn attach_detach_l3() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3a = network(&srv, &t, "a", 10, 20).await;
+    let l3b = network(&srv, &t, "b", 30, 40).await;
+    let created = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a]})))).await;
+    let vm = s(&created["inventory"]["uuid"]);
+    let ips0 = used_ips(&srv).await;
+    assert_eq!(ips0, 1);
+
+    // candidates: b only (a is attached)
+    let r = srv.get(&format!("/vm-instances/{vm}/l3-networks-candidates")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let c: Vec<String> = r.body["inventories"].as_array().unwrap().iter().map(|l| s(&l["uuid"])).collect();
+    assert_eq!(c, vec![l3b.clone()]);
+
+    // attach b
+    let r = srv.ok("POST", &format!("/vm-instances/{vm}/l3-networks/{l3b}"), Some(json!({"params": {}}))).await;
+    let inv = &r["inventory"];
+    assert_eq!(r["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+    assert_eq!(inv["vmNics"].as_array().unwrap().len(), 2);
+    assert_eq!(inv["defaultL3NetworkUuid"], l3a.as_str());
+    let nic = nic_on(inv, &l3b).expect("nic on b").clone();
+    assert_eq!(nic["deviceId"], 1);
+    assert_eq!(nic["vmInstanceUuid"], vm.as_str());
+    assert_eq!(nic["hypervisorType"], "Simulator");
+    assert_eq!(nic["netmask"], "255.255.255.0");
+    assert_eq!(nic["gateway"], "192.168.10.1");
+    let mac = s(&nic["mac"]);
+    assert!(mac.starts_with("fa:") && mac.len() == 17, "{mac}");
+    let ip = s(&nic["ip"]);
+    let last: u8 = ip.strip_prefix("192.168.10.").unwrap().parse().unwrap();
+    assert!((30..=40).contains(&last), "{ip}");
+    assert_eq!(nic["usedIps"][0]["ip"], ip.as_str());
+    assert_eq!(nic["usedIps"][0]["l3NetworkUuid"], l3b.as_str());
+    assert_eq!(used_ips(&srv).await, ips0 + 1);
+    let r = srv.get(&format!("/vm-instances/{vm}/l3-networks-candidates")).await;
+    assert_eq!(r.body["inventories"].as_array().unwrap().len(), 0, "{}", r.text);
+
+    // again: refused, nothing allocated
+    let before = rows(&srv).await;
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/l3-networks/{l3b}"), Some(json!({"params": {}}))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!(
+            "unable to attach a L3 network. The L3 network[uuid:[{l3b}]] is already attached to the vm[uuid: {vm}]"
+        ),
+    );
+    assert_eq!(rows(&srv).await, before);
+    assert_eq!(used_ips(&srv).await, ips0 + 1);
+
+    // detach a (the default): the default moves to b, a's IP is freed
+    let nic_a = s(&nic_on(inv, &l3a).unwrap()["uuid"]);
+    let r = srv.ok("DELETE", &format!("/vm-instances/nics/{nic_a}"), None).await;
+    let inv = &r["inventory"];
+    assert_eq!(inv["vmNics"].as_array().unwrap().len(), 1);
+    assert!(nic_on(inv, &l3a).is_none());
+    assert_eq!(inv["defaultL3NetworkUuid"], l3b.as_str());
+    assert_eq!(used_ips(&srv).await, ips0);
+    assert!(srv.query(&format!("/vm-instances/nics/{nic_a}")).await.is_empty());
+
+    // stopped VM: a static IP out of range and one in use are refused, then a free one works
+    action(&srv, &vm, json!({"stopVmInstance": {}})).await;
+    let before = rows(&srv).await;
+    let e = srv
+        .fails(
+            "POST",
+            &format!("/vm-instances/{vm}/l3-networks/{l3a}"),
+            Some(json!({"params": {"staticIp": "192.168.10.99"}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1007",
+        &format!("the static IP[192.168.10.99] is not in any IP range of the L3 network[uuid:{l3a}]"),
+    );
+    let other = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "o", "l3NetworkUuids": [l3a]})))).await;
+    let taken = s(&other["inventory"]["vmNics"][0]["ip"]);
+    let before2 = rows(&srv).await;
+    assert_eq!(before2.2, before.2 + 1);
+    let ips1 = used_ips(&srv).await;
+    let e = srv
+        .fails("POST", &format!("/vm-instances/{vm}/l3-networks/{l3a}"), Some(json!({"params": {"staticIp": taken}})))
+        .await;
+    assert_error(&e, "SYS.1006", &format!("the static IP[{taken}] has been occupied on the L3 network[uuid:{l3a}]"));
+    assert_eq!(rows(&srv).await, before2);
+    assert_eq!(used_ips(&srv).await, ips1);
+    let free = if taken == "192.168.10.15" { "192.168.10.16" } else { "192.168.10.15" };
+    let r = srv
+        .ok("POST", &format!("/vm-instances/{vm}/l3-networks/{l3a}"), Some(json!({"params": {"staticIp": free}})))
+        .await;
+    let nic = nic_on(&r["inventory"], &l3a).expect("nic on a").clone();
+    assert_eq!(nic["ip"], free);
+    assert_eq!(nic["deviceId"], 0, "the lowest free device id");
+    assert_eq!(used_ips(&srv).await, ips1 + 1);
+
+    // a detach while the VM is being destroyed is refused: destroyed VM
+    action(&srv, &vm, json!({"startVmInstance": {}})).await;
+    srv.ok("DELETE", &format!("/vm-instances/{vm}"), None).await;
+    let nic_uuid = s(&nic["uuid"]);
+    let e = srv.fails("DELETE", &format!("/vm-instances/nics/{nic_uuid}"), None).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("unable to detach a L3 network. The vm[uuid: {vm}] is not Running or Stopped; the current state is Destroyed"),
+    );
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/l3-networks/{l3b}"), Some(json!({"params": {}}))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("unable to attach a L3 network. The vm[uuid: {vm}] is not Running or Stopped; the current state is Destroyed"),
+    );
+    assert_eq!(srv.query(&format!("/vm-instances/nics/{nic_uuid}")).await.len(), 1);
+}
+
+/// Two concurrent attaches of the same L3 to the same VM: exactly one NIC and one IP.
+#[tokio::test]
+async fn concurrent_attach_same_l3() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3a = network(&srv, &t, "a", 10, 20).await;
+    let l3b = network(&srv, &t, "b", 30, 40).await;
+    let vm =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a]})))).await["inventory"]
+            ["uuid"]);
+    let ips0 = used_ips(&srv).await;
+    let path = format!("/vm-instances/{vm}/l3-networks/{l3b}");
+    let (r1, r2) = tokio::join!(
+        srv.job("POST", &path, Some(json!({"params": {}}))),
+        srv.job("POST", &path, Some(json!({"params": {}})))
+    );
+    let ok = [r1.status, r2.status].iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 1, "{} / {}", r1.text, r2.text);
+    let failed = if r1.status == 200 { &r2 } else { &r1 };
+    assert_error(&failed.body["error"], "SYS.1006", "is already attached to the vm");
+    let inv = vm_inv(&srv, &vm).await;
+    let on_b = inv["vmNics"].as_array().unwrap().iter().filter(|n| n["l3NetworkUuid"] == l3b.as_str()).count();
+    assert_eq!(on_b, 1);
+    assert_eq!(used_ips(&srv).await, ips0 + 1);
+}

@@ -1,0 +1,389 @@
+//! VM actions after creation: ChangeInstanceOffering, AttachL3NetworkToVm,
+//! DetachL3NetworkFromVm, GetVmAttachableL3Network. Each runs in the VM's turn
+//! ([`queue::turn`]) and changes rows in one write transaction.
+//!
+//! Hot changes on a Running KVM VM (NIC hot-plug) are not done by this node yet: they are
+//! refused with a clear error; Stopped VMs and simulator VMs are served fully.
+
+use super::*;
+
+fn vm_uuid(msg: &Msg) -> String {
+    msg.str("vmInstanceUuid").unwrap_or_default().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// ChangeInstanceOffering
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeOffering {
+    instance_offering_uuid: String,
+}
+
+/// Upstream: with `vm.numa` off (the default; this node has no online modification) only a
+/// Stopped VM may change its offering; the new CPU/memory take effect at its next start (a
+/// Stopped VM holds no host capacity, so none moves now). The VM must know a host (current or
+/// last), as upstream's spec needs one.
+pub(super) async fn change_instance_offering(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = vm_uuid(&msg);
+    let _turn = queue::turn(&uuid).await;
+    let req: ChangeOffering = msg.parse()?;
+    let mut tx = app.db.begin_write().await?;
+    let vm = tx
+        .fetch_optional(
+            "SELECT state, host_uuid, last_host_uuid FROM vm_instance WHERE uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?
+        .ok_or_else(|| vm_not_found(&uuid))?;
+    let state: String = vm.try_get(0)?;
+    let host: Option<String> = vm.try_get(1)?;
+    let last_host: Option<String> = vm.try_get(2)?;
+    if state != "Stopped" {
+        return Err(Error::argerr(
+            "the VM cannot do online cpu/memory update because of disabling Instance Offering Online Modification. Please stop the VM then do the cpu/memory update again",
+        ));
+    }
+    if host.is_none() && last_host.is_none() {
+        return Err(Error::operr(format!("failed to find host of vm[uuid={uuid}]")));
+    }
+    let off = tx
+        .fetch_optional(
+            "SELECT cpu_num, memory_size, allocator_strategy FROM instance_offering WHERE uuid = $1",
+            &[Val::from(req.instance_offering_uuid.as_str())],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("instance offering[uuid:{}] is not found", req.instance_offering_uuid))
+        })?;
+    let cpu: i64 = off.try_get(0)?;
+    let mem: i64 = off.try_get(1)?;
+    let strategy: Option<String> = off.try_get(2)?;
+    let n = tx
+        .execute(
+            "UPDATE vm_instance SET cpu_num = $1, memory_size = $2, allocator_strategy = $3, instance_offering_uuid = $4, \
+             last_op_date = $5 WHERE uuid = $6 AND state = 'Stopped'",
+            &[
+                Val::I(cpu),
+                Val::I(mem),
+                Val::from(strategy),
+                Val::from(req.instance_offering_uuid.as_str()),
+                Val::I(now_ms()),
+                Val::from(uuid.as_str()),
+            ],
+        )
+        .await?;
+    if n != 1 {
+        return Err(Error::operr(format!("the state of vm[uuid:{uuid}] changed while it was being updated")));
+    }
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+// ---------------------------------------------------------------------------------------
+// AttachL3NetworkToVm / DetachL3NetworkFromVm
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachL3 {
+    l3_network_uuid: String,
+    static_ip: Option<String>,
+    driver_type: Option<String>,
+    custom_mac: Option<String>,
+}
+
+fn kvm_running_refused(uuid: &str, what: &str) -> Error {
+    Error::operr(format!(
+        "unable to {what} on the running vm[uuid:{uuid}]: hot-plug on KVM hosts is not supported by this management node; stop the vm first"
+    ))
+}
+
+pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = vm_uuid(&msg);
+    let _turn = queue::turn(&uuid).await;
+    let req: AttachL3 = msg.parse()?;
+    let l3 = req.l3_network_uuid.as_str();
+    let mut tx = app.db.begin_write().await?;
+    let vm = tx
+        .fetch_optional(
+            "SELECT state, type, hypervisor_type, internal_id, default_l3_network_uuid FROM vm_instance WHERE uuid = $1",
+            &[Val::from(uuid.as_str())],
+        )
+        .await?
+        .ok_or_else(|| vm_not_found(&uuid))?;
+    let state: String = vm.try_get(0)?;
+    let vm_type: Option<String> = vm.try_get(1)?;
+    let hv: Option<String> = vm.try_get(2)?;
+    let internal_id: i64 = vm.try_get(3)?;
+    let default_l3: Option<String> = vm.try_get(4)?;
+    if state != "Running" && state != "Stopped" {
+        return Err(Error::operr(format!(
+            "unable to attach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
+        )));
+    }
+    let l3row = tx
+        .fetch_optional(
+            "SELECT l2_network_uuid, state, system, enable_ipam, \
+             (SELECT COUNT(*) FROM ip_range r WHERE r.l3_network_uuid = l.uuid) FROM l3_network l WHERE uuid = $1",
+            &[Val::from(l3)],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("l3 network[uuid:{l3}] is not found")))?;
+    let l2: String = l3row.try_get(0)?;
+    let l3_state: String = l3row.try_get(1)?;
+    let system: i64 = l3row.try_get(2)?;
+    let ipam: Option<i64> = l3row.try_get(3)?;
+    let ranges: i64 = l3row.try_get(4)?;
+    let ipam = ipam.unwrap_or(1) != 0;
+    if ranges == 0 && ipam {
+        return Err(Error::operr(format!(
+            "unable to attach a L3 network. The L3 network[uuid:{l3}] doesn't has have ip range"
+        )));
+    }
+    let clusters = tx
+        .fetch_optional("SELECT 1 FROM l2_network_cluster_ref WHERE l2_network_uuid = $1", &[Val::from(l2.as_str())])
+        .await?;
+    if clusters.is_none() {
+        return Err(Error::operr(format!(
+            "unable to attach a L3 network. The L3 network[uuid:[{l3}]] are belonged to l2 networks [uuids:[{l2}]] that have not been attached to any cluster"
+        )));
+    }
+    let attached = tx
+        .fetch_optional(
+            "SELECT 1 FROM vm_nic WHERE vm_instance_uuid = $1 AND l3_network_uuid = $2",
+            &[Val::from(uuid.as_str()), Val::from(l3)],
+        )
+        .await?;
+    if attached.is_some() {
+        // vm.multivNics is off by default: one NIC per L3
+        return Err(Error::operr(format!(
+            "unable to attach a L3 network. The L3 network[uuid:[{l3}]] is already attached to the vm[uuid: {uuid}]"
+        )));
+    }
+    if l3_state == "Disabled" {
+        return Err(Error::operr(format!("unable to attach a L3 network. The L3 network[uuid:{l3}] is disabled")));
+    }
+    if vm_type.as_deref().unwrap_or("UserVm") == "UserVm" && system != 0 {
+        return Err(Error::operr(format!(
+            "unable to attach a L3 network. The L3 network[uuid:{l3}] is a system network and vm is a user vm"
+        )));
+    }
+    if let Some(ip) = &req.static_ip {
+        let n = crate::resources::l3::ipv4(ip).map(i64::from);
+        let in_range = match n {
+            Some(n) => tx
+                .fetch_optional(
+                    "SELECT 1 FROM ip_range WHERE l3_network_uuid = $1 AND ip_version = 4 AND start_ip_long <= $2 \
+                     AND end_ip_long >= $2",
+                    &[Val::from(l3), Val::I(n)],
+                )
+                .await?
+                .is_some(),
+            None => false,
+        };
+        if !in_range && ipam {
+            return Err(Error::argerr(format!(
+                "the static IP[{ip}] is not in any IP range of the L3 network[uuid:{l3}]"
+            )));
+        }
+        let used = tx
+            .fetch_optional(
+                "SELECT 1 FROM used_ip WHERE l3_network_uuid = $1 AND ip = $2",
+                &[Val::from(l3), Val::from(ip.as_str())],
+            )
+            .await?;
+        if used.is_some() {
+            return Err(Error::operr(format!("the static IP[{ip}] has been occupied on the L3 network[uuid:{l3}]")));
+        }
+    }
+    if state == "Running" && hv.as_deref() == Some("KVM") {
+        return Err(kvm_running_refused(&uuid, "attach a L3 network"));
+    }
+    // the lowest free device id
+    let used: Vec<i64> = tx
+        .fetch_all("SELECT device_id FROM vm_nic WHERE vm_instance_uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<std::result::Result<_, _>>()?;
+    let device = (0..).find(|d| !used.contains(d)).unwrap_or(0);
+    let nic_uuid = new_uuid();
+    let now = now_ms();
+    let tries = if req.custom_mac.is_some() { 1 } else { 32 };
+    let mut inserted = false;
+    for _ in 0..tries {
+        let n = tx
+            .execute(
+                "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
+                 driver_type, internal_name, device_id, type, state, create_date, last_op_date) \
+                 VALUES ($1, $2, $3, $4, $5, 4, $6, $7, $8, 'VNIC', 'enable', $9, $9) ON CONFLICT (mac) DO NOTHING",
+                &[
+                    Val::from(nic_uuid.as_str()),
+                    Val::from(uuid.as_str()),
+                    Val::from(l3),
+                    Val::S(req.custom_mac.clone().map(|m| m.to_lowercase()).unwrap_or_else(|| mac_for(device))),
+                    Val::from(hv.clone()),
+                    Val::from(req.driver_type.as_deref().unwrap_or("virtio")),
+                    Val::S(format!("vnic{internal_id}.{device}")),
+                    Val::I(device),
+                    Val::I(now),
+                ],
+            )
+            .await?;
+        if n == 1 {
+            inserted = true;
+            break;
+        }
+    }
+    if !inserted {
+        if let Some(m) = &req.custom_mac {
+            return Err(Error::operr(format!("Duplicate mac address [{m}]")));
+        }
+        return Err(Error::code(
+            Code { code: "VM.1009", description: "Unable to allocate a mac address for vm's nic" },
+            format!("cannot find a free mac address for the nic[deviceId:{device}] of vm[uuid:{uuid}]"),
+        ));
+    }
+    let ip_uuid = new_uuid();
+    let (ip, netmask, gateway) = allocate_ip(&mut tx, l3, &nic_uuid, &ip_uuid, req.static_ip.as_deref()).await?;
+    tx.execute(
+        "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4 WHERE uuid = $5",
+        &[
+            Val::from(ip_uuid.as_str()),
+            Val::from(ip),
+            Val::from(netmask),
+            Val::from(gateway),
+            Val::from(nic_uuid.as_str()),
+        ],
+    )
+    .await?;
+    if default_l3.is_none() {
+        tx.execute(
+            "UPDATE vm_instance SET default_l3_network_uuid = $1 WHERE uuid = $2 AND default_l3_network_uuid IS NULL",
+            &[Val::from(l3), Val::from(uuid.as_str())],
+        )
+        .await?;
+    }
+    tx.execute("UPDATE vm_instance SET last_op_date = $1 WHERE uuid = $2", &[Val::I(now), Val::from(uuid.as_str())])
+        .await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
+    let nic = msg.str("vmNicUuid").unwrap_or_default().to_string();
+    let owner: Option<String> = {
+        let mut tx = app.db.begin_write().await?;
+        let r = tx
+            .fetch_optional("SELECT vm_instance_uuid FROM vm_nic WHERE uuid = $1", &[Val::from(nic.as_str())])
+            .await?;
+        tx.commit().await?;
+        match r {
+            Some(r) => r.try_get::<Option<String>, _>(0)?,
+            None => return Err(Error::not_found(format!("vm nic[uuid:{nic}] is not found"))),
+        }
+    };
+    let Some(uuid) = owner else {
+        return Err(Error::operr(format!("the nic[uuid:{nic}] is not attached to any vm")));
+    };
+    let _turn = queue::turn(&uuid).await;
+    let mut tx = app.db.begin_write().await?;
+    let row = tx
+        .fetch_optional(
+            "SELECT v.state, v.hypervisor_type, v.default_l3_network_uuid, n.l3_network_uuid FROM vm_nic n \
+             JOIN vm_instance v ON v.uuid = n.vm_instance_uuid WHERE n.uuid = $1 AND v.uuid = $2",
+            &[Val::from(nic.as_str()), Val::from(uuid.as_str())],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("vm nic[uuid:{nic}] is not found")))?;
+    let state: String = row.try_get(0)?;
+    let hv: Option<String> = row.try_get(1)?;
+    let default_l3: Option<String> = row.try_get(2)?;
+    let l3: String = row.try_get(3)?;
+    if state != "Running" && state != "Stopped" {
+        return Err(Error::operr(format!(
+            "unable to detach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
+        )));
+    }
+    if state == "Running" && hv.as_deref() == Some("KVM") {
+        return Err(kvm_running_refused(&uuid, "detach a L3 network"));
+    }
+    tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic.as_str())]).await?;
+    crate::resources::tag::delete_for_resource(&mut tx, &nic).await?;
+    tx.execute("DELETE FROM vm_nic WHERE uuid = $1", &[Val::from(nic.as_str())]).await?;
+    if default_l3.as_deref() == Some(l3.as_str()) {
+        // the default L3 goes to another NIC's L3, or none
+        let next: Option<String> = tx
+            .fetch_optional(
+                "SELECT l3_network_uuid FROM vm_nic WHERE vm_instance_uuid = $1 ORDER BY device_id LIMIT 1",
+                &[Val::from(uuid.as_str())],
+            )
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        tx.execute(
+            "UPDATE vm_instance SET default_l3_network_uuid = $1 WHERE uuid = $2",
+            &[Val::from(next), Val::from(uuid.as_str())],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE vm_instance SET last_op_date = $1 WHERE uuid = $2",
+        &[Val::I(now_ms()), Val::from(uuid.as_str())],
+    )
+    .await?;
+    tx.commit().await?;
+    reply(&app, &uuid).await
+}
+
+/// Enabled, non-system L3 networks on an L2 attached to the VM's cluster (the zone's when the
+/// VM has no cluster), with an IP range, not attached to the VM yet.
+pub(super) async fn attachable_l3(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = vm_uuid(&msg);
+    let mut tx = app.db.begin_write().await?;
+    let vm = tx
+        .fetch_optional("SELECT cluster_uuid, zone_uuid FROM vm_instance WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+        .ok_or_else(|| vm_not_found(&uuid))?;
+    let cluster: Option<String> = vm.try_get(0)?;
+    let zone: Option<String> = vm.try_get(1)?;
+    let common = "l.state = 'Enabled' AND l.category <> 'System' \
+         AND EXISTS (SELECT 1 FROM ip_range r WHERE r.l3_network_uuid = l.uuid AND r.ip_range_type = 'Normal') \
+         AND l.uuid NOT IN (SELECT n.l3_network_uuid FROM vm_nic n WHERE n.vm_instance_uuid = $2)";
+    let rows = match &cluster {
+        Some(c) => {
+            tx.fetch_all(
+                &format!(
+                    "SELECT l.uuid FROM l3_network l WHERE l.l2_network_uuid IN \
+                     (SELECT l2_network_uuid FROM l2_network_cluster_ref WHERE cluster_uuid = $1) AND {common} \
+                     ORDER BY l.create_date, l.uuid"
+                ),
+                &[Val::from(c.as_str()), Val::from(uuid.as_str())],
+            )
+            .await?
+        }
+        None => {
+            tx.fetch_all(
+                &format!("SELECT l.uuid FROM l3_network l WHERE l.zone_uuid = $1 AND {common} ORDER BY l.create_date, l.uuid"),
+                &[Val::from(zone), Val::from(uuid.as_str())],
+            )
+            .await?
+        }
+    };
+    let uuids: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<_, _>>()?;
+    tx.commit().await?;
+    let def = &crate::resources::l3::L3_NETWORK;
+    let mut invs = Vec::new();
+    for u in &uuids {
+        if let Some(inv) = query::get(&app.db, def, u).await? {
+            invs.push(inv);
+        }
+    }
+    let mut schema = serde_json::Map::new();
+    for (i, inv) in invs.iter().enumerate() {
+        query::schema_for(def, &format!("inventories[{i}]"), inv, &mut schema);
+    }
+    let mut body = serde_json::Map::new();
+    body.insert("inventories".into(), Value::Array(invs.into_iter().map(Value::Object).collect()));
+    Ok(Reply { body, schema })
+}
