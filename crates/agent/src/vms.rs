@@ -11,8 +11,8 @@
 use crate::qmp::Qmp;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
-    VmDestroyCmd, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VolumeInfo, ACCEL_KVM, VM_PAUSED,
-    VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
+    VmDestroyCmd, VmDisk, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VmVolumeCmd, VolumeInfo,
+    ACCEL_KVM, VM_PAUSED, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -24,6 +24,10 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 /// unix socket paths are at most 107 bytes.
 const MAX_SOCKET_PATH: usize = 107;
+/// Empty PCIe root ports a VM with virtio devices gets for hot-plugged data volumes.
+const HOTPLUG_PORTS: usize = 6;
+/// How long the guest may take to release a hot-unplugged disk.
+const UNPLUG_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -187,6 +191,14 @@ impl Vms {
             } else {
                 a.push(format!("ide-hd,drive={node},bus=ide.{ahci_port},id=hd{}{boot}", d.device_id));
                 ahci_port += 1;
+            }
+        }
+        if cmd.virtio {
+            // PCIe root ports left empty for data volumes hot-plugged later (the root bus of q35
+            // takes no hot-plugged devices)
+            for i in 0..HOTPLUG_PORTS {
+                a.push("-device".into());
+                a.push(format!("pcie-root-port,id=hp{i},bus=pcie.0,chassis={}", i + 1));
             }
         }
         if let Some(iso) = &cmd.cdrom {
@@ -429,6 +441,120 @@ impl Vms {
             vms.push(self.state_of(&u).await);
         }
         Ok(VmStatusList { vms })
+    }
+
+    /// Hot-plug a data volume into a running VM: `blockdev-add` (node `disk<deviceId>`) then
+    /// `device_add` of a virtio-blk-pci `vd<deviceId>` on a free hot-plug port; the recorded
+    /// start command gets the disk. Already there: success.
+    pub async fn attach_volume(&self, cmd: &VmVolumeCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let mut rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        if self.live_pid(uuid, &rec).is_none() {
+            return Err(format!("VM {uuid} is not running on this host"));
+        }
+        let d = &cmd.volume;
+        if rec.cmd.data_volumes.iter().any(|v| v.device_id == d.device_id && v.volume_uuid == d.volume_uuid) {
+            return Ok(self.state_of(uuid).await);
+        }
+        if let Some(v) = std::iter::once(&rec.cmd.root_volume)
+            .chain(&rec.cmd.data_volumes)
+            .find(|v| v.device_id == d.device_id || v.install_path == d.install_path)
+        {
+            return Err(format!(
+                "VM {uuid} already has the disk {} ({}) as device {}",
+                v.volume_uuid, v.install_path, v.device_id
+            ));
+        }
+        if !rec.cmd.virtio {
+            return Err(format!("VM {uuid} has no virtio devices: its disks cannot be hot-plugged"));
+        }
+        if !Path::new(&d.install_path).is_file() {
+            return Err(format!("the volume {} does not exist on this host", d.install_path));
+        }
+        let node = format!("disk{}", d.device_id);
+        let id = format!("vd{}", d.device_id);
+        let mut q = self.qmp(uuid).await?;
+        let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+        q.execute(
+            "blockdev-add",
+            Some(json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": d.install_path}})),
+        )
+        .await
+        .map_err(e)?;
+        let mut why = String::from("no hot-plug port");
+        let mut plugged = false;
+        for i in 0..HOTPLUG_PORTS {
+            let args = json!({"driver": "virtio-blk-pci", "drive": node, "id": id, "bus": format!("hp{i}")});
+            match q.execute("device_add", Some(args)).await {
+                Ok(_) => {
+                    plugged = true;
+                    break;
+                }
+                // a port taken by an earlier hot-plug: try the next one
+                Err(err @ crate::qmp::QmpError::Command { .. }) => why = err.to_string(),
+                Err(err) => return Err(e(err)),
+            }
+        }
+        if !plugged {
+            let _ = q.execute("blockdev-del", Some(json!({"node-name": node}))).await;
+            return Err(format!("VM {uuid}: cannot hot-plug {}: {why}", d.install_path));
+        }
+        rec.cmd.data_volumes.push(VmDisk { ..d.clone() });
+        self.save(uuid, &rec)?;
+        drop(q);
+        Ok(self.state_of(uuid).await)
+    }
+
+    /// Hot-unplug a data volume: `device_del` of `vd<deviceId>`, wait for QEMU's
+    /// DEVICE_DELETED (the guest let it go), then `blockdev-del`; the recorded start command
+    /// loses the disk. Not there: success.
+    pub async fn detach_volume(&self, cmd: &VmVolumeCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let mut rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        let d = &cmd.volume;
+        let Some(pos) = rec.cmd.data_volumes.iter().position(|v| v.volume_uuid == d.volume_uuid) else {
+            return Ok(self.state_of(uuid).await);
+        };
+        let dev = rec.cmd.data_volumes[pos].device_id;
+        if self.live_pid(uuid, &rec).is_some() {
+            let (node, id) = (format!("disk{dev}"), format!("vd{dev}"));
+            let mut q = self.qmp(uuid).await?;
+            let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+            match q.execute("device_del", Some(json!({"id": id}))).await {
+                Ok(_) => {
+                    let seen =
+                        |ev: &serde_json::Value| ev["event"] == "DEVICE_DELETED" && ev["data"]["device"] == id.as_str();
+                    let mut gone = q.take_events().iter().any(seen);
+                    let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
+                    while !gone {
+                        match tokio::time::timeout_at(deadline, q.next_event()).await {
+                            Ok(Ok(ev)) => gone = seen(&ev),
+                            Ok(Err(err)) => return Err(e(err)),
+                            Err(_) => {
+                                return Err(format!(
+                                    "VM {uuid}: the guest did not release the disk {id} in {UNPLUG_WAIT:?}"
+                                ))
+                            }
+                        }
+                    }
+                }
+                // already gone (an earlier attempt that timed out after the guest let go)
+                Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
+                Err(err) => return Err(e(err)),
+            }
+            match q.execute("blockdev-del", Some(json!({"node-name": node}))).await {
+                Ok(_) => {}
+                Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
+                Err(err) => return Err(e(err)),
+            }
+        }
+        rec.cmd.data_volumes.remove(pos);
+        self.save(uuid, &rec)?;
+        Ok(self.state_of(uuid).await)
     }
 
     /// Copy a disk of a running VM to `dest` through QEMU (`drive-backup`, sync=full), waiting

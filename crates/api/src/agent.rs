@@ -128,6 +128,10 @@ pub const PATH_VM_STATUS: &str = "/v1/vm/status";
 pub const PATH_NETWORK_PREPARE: &str = "/v1/network/prepare";
 pub const PATH_NETWORK_RELEASE: &str = "/v1/network/release";
 pub const PATH_STORAGE_CAPACITY: &str = "/v1/storage/capacity";
+/// [`VmVolumeCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-plug a data volume into a running VM.
+pub const PATH_VM_VOLUME_ATTACH: &str = "/v1/vm/volume/attach";
+/// [`VmVolumeCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-unplug a data volume from a running VM.
+pub const PATH_VM_VOLUME_DETACH: &str = "/v1/vm/volume/detach";
 
 /// The answer to every command after connect/ping: `result` is set when `success` is true,
 /// `error` (the reason) when it is false.
@@ -564,6 +568,29 @@ pub struct VmStatusCmd {
 impl VmStatusCmd {
     pub fn validate(&self) -> Result<(), String> {
         self.vm_uuids.iter().try_for_each(|u| check_uuid("vmUuid", u))
+    }
+}
+
+/// Hot-plug ([`PATH_VM_VOLUME_ATTACH`]) or hot-unplug ([`PATH_VM_VOLUME_DETACH`]) a data
+/// volume of a running VM (a virtio-blk device with the id `vd<deviceId>`); the VM's recorded
+/// start command follows. Doing it again is success; a VM that does not run is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmVolumeCmd {
+    pub version: u32,
+    pub vm_uuid: String,
+    pub volume: VmDisk,
+}
+
+impl VmVolumeCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_uuid("vmUuid", &self.vm_uuid)?;
+        check_uuid("volumeUuid", &self.volume.volume_uuid)?;
+        check_abs_path("installPath", &self.volume.install_path)?;
+        if self.volume.device_id < 1 {
+            return Err(format!("a data volume's deviceId must be at least 1, got {}", self.volume.device_id));
+        }
+        Ok(())
     }
 }
 

@@ -216,3 +216,71 @@ async fn local_storage_hosts() {
     assert_eq!(refs.len(), 1, "{refs:?}");
     assert_eq!(refs[0]["hostUuid"], h1.as_str());
 }
+
+/// One QMP command on the VM's socket (the agent opens it per operation only); its `return`.
+fn qmp(sock: &std::path::Path, command: &str, args: Value) -> Result<Value, Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
+    w.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    let mut r = BufReader::new(w.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).expect("QMP greeting");
+    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
+        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
+            let v: Value = serde_json::from_str(&line).expect("QMP json");
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e.clone());
+            }
+        }
+    };
+    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
+    answer(&mut w, json!({"execute": command, "arguments": args}))
+}
+
+/// A KVM host (QEMU under TCG here): attaching a data volume to the running guest hot-plugs
+/// it (its virtio driver takes the disk: DRIVER_OK), detaching unplugs it (the guest lets go).
+#[tokio::test]
+async fn hot_plug_on_a_kvm_host() {
+    use common::kvm::{qemu_pids, uuid, KvmCloud};
+    let Some(c) = KvmCloud::setup("volume_attach", "va").await else { return };
+    let s = &c.s;
+    let vm = c.create_vm("hp", json!({})).await;
+    let vu = uuid(&vm);
+    c.wait_serial(&vu, "RZSTACK-GUEST-UP").await;
+    let sock = c.serial_log(&vu).await.parent().expect("vm dir").join("qmp.sock");
+    let d = new_volume(s, "hot", json!({"diskSize": 32 << 20})).await;
+    let inv = attach(s, &d, &vu).await;
+    assert_eq!(inv["vmInstanceUuid"], vu.as_str());
+    assert_eq!(inv["deviceId"], 1);
+    assert_eq!(inv["status"], "Ready");
+    let file = s.query(&format!("/volumes/{d}")).await[0]["installPath"].as_str().expect("a file").to_string();
+    assert!(std::path::Path::new(&file).is_file(), "{file}");
+    let virtio = json!({"path": "/machine/peripheral/vd1/virtio-backend"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let st = qmp(&sock, "x-query-virtio-status", virtio.clone()).expect("vd1 is plugged");
+        if st.to_string().contains("DRIVER_OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the guest never took vd1: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    let inv = detach(s, &d).await;
+    assert!(inv["vmInstanceUuid"].is_null(), "{inv}");
+    assert!(qmp(&sock, "x-query-virtio-status", virtio).is_err(), "vd1 is gone");
+    let nodes = qmp(&sock, "query-named-block-nodes", json!({})).expect("nodes");
+    assert!(!nodes.to_string().contains(&file), "the file is closed: {nodes}");
+
+    s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
+    if !s.query(&format!("/vm-instances/{vu}")).await.is_empty() {
+        s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    }
+    assert!(qemu_pids(&vu).is_empty(), "no QEMU left for {vu}");
+}

@@ -489,6 +489,18 @@ impl KvmAgentClient {
     }
 }
 
+impl KvmAgentClient {
+    /// Hot-plug a data volume into a running VM ([`rzstack_api::agent::PATH_VM_VOLUME_ATTACH`]).
+    pub async fn attach_volume(&self, cmd: &rzstack_api::agent::VmVolumeCmd) -> Result<VmState, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_VOLUME_ATTACH, cmd, REQUEST_TIMEOUT).await
+    }
+
+    /// Hot-unplug a data volume from a running VM (waits for the guest to let it go).
+    pub async fn detach_volume(&self, cmd: &rzstack_api::agent::VmVolumeCmd) -> Result<VmState, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_VOLUME_DETACH, cmd, REQUEST_TIMEOUT + Duration::from_secs(60)).await
+    }
+}
+
 /// `e` and its sources, joined (reqwest's top-level text alone hides "connection refused").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

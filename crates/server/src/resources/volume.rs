@@ -837,13 +837,33 @@ fn state_refused(wrapper: rzstack_api::Code, state: &str, class: &str) -> Error 
     Error::Api(rzstack_api::ErrorCode::new(wrapper, details).with_cause(cause))
 }
 
-/// Hot-plugging into a running QEMU is not done by this node yet: refused rather than
-/// recorded without the guest seeing it.
-fn no_hotplug(what: &str, vm: &str) -> Error {
-    Error::operr(format!(
-        "{what} a data volume while the vm[uuid:{vm}] is running on a KVM host is not supported by this management \
-         node yet (no hot-plug); stop the vm first"
-    ))
+/// The smallest device id (from 1) none of the VM's volumes has (upstream
+/// NextVolumeDeviceIdGetter; the root volume is 0).
+async fn next_device_id(app: &App, vm: &str) -> Result<i64> {
+    let used: Vec<i64> = app
+        .db
+        .fetch_all(
+            "SELECT device_id FROM volume WHERE vm_instance_uuid = $1 AND device_id IS NOT NULL",
+            &[Val::from(vm)],
+        )
+        .await?
+        .into_iter()
+        .map(|r| Ok(r.try_get::<i64, _>(0)?))
+        .collect::<Result<_>>()?;
+    Ok((1..).find(|n| !used.contains(n)).unwrap_or(1))
+}
+
+/// The agent command naming a data volume of a VM on a KVM host.
+fn vm_volume_cmd(vm: &str, volume: &str, path: &str, device_id: i64) -> rzstack_api::agent::VmVolumeCmd {
+    rzstack_api::agent::VmVolumeCmd {
+        version: PROTOCOL_VERSION,
+        vm_uuid: vm.to_string(),
+        volume: rzstack_api::agent::VmDisk {
+            volume_uuid: volume.to_string(),
+            install_path: path.to_string(),
+            device_id,
+        },
+    }
 }
 
 async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
@@ -855,10 +875,6 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
         return reply(&app, &VOLUME, volume).await;
     }
     attach_checks(&app, &c, volume, vm).await?;
-    if c.vm_kvm.is_some() && c.vm_state != "Stopped" {
-        return Err(no_hotplug("attaching", vm));
-    }
-    let now = now_ms();
     // a NotInstantiated volume is instantiated on the VM's root volume's storage (on LocalStorage,
     // on the disk of the VM's host)
     let target = match (&c.vol_ps, &c.vm_root) {
@@ -940,13 +956,57 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
             })?;
         new_path = Some(path);
     }
+    let device_id = next_device_id(&app, vm).await?;
+    // a VM running on a KVM host sees the disk appear: hot-plugged by its agent, outside the
+    // transaction (undone if the rows cannot follow)
+    let hotplug = match (&c.vm_kvm, c.vm_state.as_str()) {
+        (Some((ip, token)), "Running" | "Paused") => {
+            let path = new_path.clone().or(c.vol_path.clone()).unwrap_or_default();
+            let cmd = vm_volume_cmd(vm, volume, &path, device_id);
+            let agent = KvmAgentClient::new(ip, token);
+            agent.attach_volume(&cmd).await.map_err(|e| {
+                Error::code(
+                    rzstack_api::codes::VM_1005,
+                    format!(
+                        "failed to attach the data volume[uuid:{volume}] to the vm[uuid:{vm}] on its KVM host: {e}"
+                    ),
+                )
+            })?;
+            Some((agent, cmd))
+        }
+        _ => None,
+    };
+    let done = attach_rows(&app, &c, volume, vm, &ps, instantiate, local_host.as_deref(), new_path, device_id).await;
+    if let (Err(_), Some((agent, cmd))) = (&done, &hotplug) {
+        if let Err(e) = agent.detach_volume(cmd).await {
+            tracing::warn!("undoing the hot-plug of volume {volume} into vm {vm}: {e}");
+        }
+    }
+    done?;
+    reply(&app, &VOLUME, volume).await
+}
+
+/// The rows of an attach, in one transaction.
+#[allow(clippy::too_many_arguments)]
+async fn attach_rows(
+    app: &App,
+    c: &AttachCtx,
+    volume: &str,
+    vm: &str,
+    ps: &str,
+    instantiate: bool,
+    local_host: Option<&str>,
+    new_path: Option<String>,
+    device_id: i64,
+) -> Result<()> {
+    let now = now_ms();
     let mut tx = app.db.begin_write().await?;
     if instantiate {
         let n = tx
             .execute(
                 "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
                  WHERE uuid = $3 AND available_capacity >= $1",
-                &[Val::I(c.vol_size), Val::I(now), Val::from(ps.as_str())],
+                &[Val::I(c.vol_size), Val::I(now), Val::from(ps)],
             )
             .await?;
         if n == 0 {
@@ -956,11 +1016,11 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
                 c.vol_size
             )));
         }
-        if let Some(h) = &local_host {
+        if let Some(h) = local_host {
             tx.execute(
                 "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
                  resource_type, create_date, last_op_date) VALUES ($1, $2, $3, $4, 'VolumeVO', $5, $5)",
-                &[Val::from(volume), Val::from(ps.as_str()), Val::from(h.as_str()), Val::I(c.vol_size), Val::I(now)],
+                &[Val::from(volume), Val::from(ps), Val::from(h), Val::I(c.vol_size), Val::I(now)],
             )
             .await?;
         }
@@ -969,9 +1029,7 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
     let n = tx
         .execute(
             "UPDATE volume SET vm_instance_uuid = CASE WHEN is_shareable = 1 THEN NULL ELSE $1 END, \
-             device_id = (SELECT MIN(d.n) FROM (SELECT 1 AS n UNION SELECT device_id + 1 FROM volume \
-               WHERE vm_instance_uuid = $1 AND device_id IS NOT NULL) d \
-               WHERE NOT EXISTS (SELECT 1 FROM volume x WHERE x.vm_instance_uuid = $1 AND x.device_id = d.n)), \
+             device_id = $8, \
              last_attach_date = $2, last_op_date = $2, format = COALESCE(format, 'qcow2'), \
              install_path = COALESCE($4, install_path), \
              status = CASE WHEN status = 'NotInstantiated' THEN 'Ready' ELSE status END, \
@@ -979,15 +1037,17 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
              reserved_size = CASE WHEN $6 = 1 THEN size ELSE reserved_size END \
              WHERE uuid = $3 AND (vm_instance_uuid IS NULL OR is_shareable = 1) AND state = 'Enabled' \
              AND status IN ('Ready', 'NotInstantiated') \
-             AND EXISTS (SELECT 1 FROM vm_instance m WHERE m.uuid = $1 AND m.state = $7)",
+             AND EXISTS (SELECT 1 FROM vm_instance m WHERE m.uuid = $1 AND m.state = $7) \
+             AND NOT EXISTS (SELECT 1 FROM volume x WHERE x.vm_instance_uuid = $1 AND x.device_id = $8)",
             &[
                 Val::from(vm),
                 Val::I(now),
                 Val::from(volume),
                 Val::from(new_path),
-                Val::from(ps.as_str()),
+                Val::from(ps),
                 Val::I(i64::from(instantiate)),
                 Val::from(c.vm_state.as_str()),
+                Val::I(device_id),
             ],
         )
         .await?;
@@ -997,7 +1057,7 @@ async fn attach_data_volume(app: App, msg: Msg) -> Result<Reply> {
         )));
     }
     tx.commit().await?;
-    reply(&app, &VOLUME, volume).await
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -1043,14 +1103,14 @@ async fn detach_data_volume(app: App, msg: Msg) -> Result<Reply> {
     let row = app
         .db
         .fetch_optional(
-            "SELECT v.state, h.hypervisor_type FROM vm_instance v \
+            "SELECT v.state, h.hypervisor_type, h.management_ip, h.password FROM vm_instance v \
              LEFT JOIN host h ON h.uuid = COALESCE(v.host_uuid, v.last_host_uuid) WHERE v.uuid = $1",
             &[Val::from(vm.as_str())],
         )
         .await?;
-    let (state, hv): (Option<String>, Option<String>) = match row {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?),
-        None => (None, None),
+    let (state, hv, ip, token): (Option<String>, Option<String>, Option<String>, Option<String>) = match row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
+        None => (None, None, None, None),
     };
     // a VM that is gone or Destroyed: nothing to do on it, the volume is freed
     if let Some(state) = state.as_deref().filter(|s| *s != "Destroyed") {
@@ -1059,8 +1119,25 @@ async fn detach_data_volume(app: App, msg: Msg) -> Result<Reply> {
                 "Detaching volume is not allowed when VM[uuid={vm}] is in state[{state}]"
             )));
         }
-        if hv.as_deref() == Some("KVM") && state != "Stopped" {
-            return Err(no_hotplug("detaching", &vm));
+        // a VM running on a KVM host lets the disk go first (its agent hot-unplugs it)
+        if let (Some("KVM"), Some(ip), false) = (hv.as_deref(), &ip, state == "Stopped") {
+            let r = app
+                .db
+                .fetch_optional("SELECT install_path, device_id FROM volume WHERE uuid = $1", &[Val::from(volume)])
+                .await?;
+            if let Some(r) = r {
+                let path: Option<String> = r.try_get(0)?;
+                let dev: Option<i64> = r.try_get(1)?;
+                if let (Some(path), Some(dev)) = (path.filter(|p| p.starts_with('/')), dev) {
+                    let agent = KvmAgentClient::new(ip, token.as_deref().unwrap_or_default());
+                    agent.detach_volume(&vm_volume_cmd(&vm, volume, &path, dev)).await.map_err(|e| {
+                        Error::code(
+                            rzstack_api::codes::VM_1006,
+                            format!("failed to detach the data volume[uuid:{volume}] from the vm[uuid:{vm}] on its KVM host: {e}"),
+                        )
+                    })?;
+                }
+            }
         }
     }
     let now = now_ms();
