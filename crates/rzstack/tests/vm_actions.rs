@@ -245,3 +245,67 @@ async fn concurrent_attach_same_l3() {
     assert_eq!(on_b, 1);
     assert_eq!(used_ips(&srv).await, ips0 + 1);
 }
+
+/// SetVmStaticIp on a simulator VM: the NIC gets the address (the old one freed, one used IP
+/// still), the VM gets `staticIp::<l3>::<ip>`; refusals with upstream's texts change nothing.
+#[tokio::test]
+async fn set_static_ip() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3a = network(&srv, &t, "a", 10, 20).await;
+    let l3b = network(&srv, &t, "b", 30, 40).await;
+    let vm =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a]})))).await["inventory"]
+            ["uuid"]);
+    let other = srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "o", "l3NetworkUuids": [l3a]})))).await;
+    let taken = s(&other["inventory"]["vmNics"][0]["ip"]);
+    let old = s(&vm_inv(&srv, &vm).await["vmNics"][0]["ip"]);
+    let free = (10..=20).map(|i| format!("192.168.10.{i}")).find(|i| *i != taken && *i != old).unwrap();
+    let ips0 = used_ips(&srv).await;
+    let set = |ip: Value, l3: &str| json!({"setVmStaticIp": {"l3NetworkUuid": l3, "ip": ip}});
+
+    // refusals, nothing changed
+    let e = refused(&srv, &vm, json!({"setVmStaticIp": {"l3NetworkUuid": l3a}})).await;
+    assert_error(&e, "SYS.1007", "could not set ip address, due to no ip address is specified");
+    let e = refused(&srv, &vm, set(json!(old), &l3a)).await;
+    assert_error(&e, "SYS.1007", &format!("ip address [{old}] already set to vmNic [uuid:"));
+    let e = refused(&srv, &vm, set(json!("10.9.9.9"), &l3a)).await;
+    assert_error(&e, "SYS.1007", "ip address [10.9.9.9] is not in ip range [192.168.10.0/24]");
+    let e = refused(&srv, &vm, set(json!(taken), &l3a)).await;
+    assert_error(&e, "L3.1000", &format!("because IP[{taken}] is not available"));
+    let e = refused(&srv, &vm, set(json!("192.168.10.33"), &l3b)).await;
+    assert_error(&e, "SYS.1006", &format!("the vm[uuid:{vm}] has no nic on the L3 network[uuid:{l3b}]"));
+    assert_eq!(s(&vm_inv(&srv, &vm).await["vmNics"][0]["ip"]), old);
+    assert_eq!(used_ips(&srv).await, ips0);
+    assert!(srv.query(&format!("/system-tags?q=resourceUuid={vm}&q=tag~=staticIp%25")).await.is_empty());
+
+    // success
+    let r = action(&srv, &vm, set(json!(free), &l3a)).await;
+    assert!(r.get("inventory").is_none(), "the event has no inventory: {r}");
+    let inv = vm_inv(&srv, &vm).await;
+    let nic = &inv["vmNics"][0];
+    assert_eq!(nic["ip"], free.as_str());
+    assert_eq!(nic["usedIps"].as_array().unwrap().len(), 1);
+    assert_eq!(nic["usedIps"][0]["ip"], free.as_str());
+    assert_eq!(nic["usedIpUuid"], nic["usedIps"][0]["uuid"]);
+    assert_eq!(used_ips(&srv).await, ips0);
+    let tags: Vec<String> =
+        srv.query(&format!("/system-tags?q=resourceUuid={vm}")).await.iter().map(|t| s(&t["tag"])).collect();
+    assert!(tags.contains(&format!("staticIp::{l3a}::{free}")), "{tags:?}");
+    // the old address is free again: another VM may take it; the new one is held
+    let o = s(&other["inventory"]["uuid"]);
+    let e = refused(&srv, &o, set(json!(free), &l3a)).await;
+    assert_error(&e, "L3.1000", &format!("because IP[{free}] is not available"));
+    action(&srv, &o, set(json!(old), &l3a)).await;
+    assert_eq!(s(&vm_inv(&srv, &o).await["vmNics"][0]["ip"]), old);
+    assert_eq!(used_ips(&srv).await, ips0);
+
+    // a destroyed VM: refused by state
+    srv.ok("DELETE", &format!("/vm-instances/{vm}"), None).await;
+    let e = refused(&srv, &vm, set(json!(old), &l3a)).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        "current vm instance state[Destroyed] doesn't allow to proceed message[org.zstack.header.vm.APISetVmStaticIpMsg]",
+    );
+}

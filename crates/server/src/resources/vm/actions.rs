@@ -387,3 +387,157 @@ pub(super) async fn attachable_l3(app: App, msg: Msg) -> Result<Reply> {
     body.insert("inventories".into(), Value::Array(invs.into_iter().map(Value::Object).collect()));
     Ok(Reply { body, schema })
 }
+
+// ---------------------------------------------------------------------------------------
+// SetVmStaticIp
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SetStaticIp {
+    l3_network_uuid: String,
+    ip: Option<String>,
+    ip6: Option<String>,
+}
+
+const SET_STATIC_IP_STATES: &[&str] = &["Running", "Stopped"];
+
+/// VM.1010 wrapped in SYS.1006, as upstream's handler reports a state that does not allow it.
+fn state_refused(class: &str, allowed: &[&str], state: &str) -> Error {
+    let cause = ErrorCode::new(
+        rzstack_api::codes::VM_1010,
+        format!(
+            "current vm instance state[{state}] doesn't allow to proceed message[{class}], allowed states are [{}]",
+            java_hash_set_order(allowed).join(", ")
+        ),
+    );
+    let details = cause.details.clone().unwrap_or_default();
+    Error::Api(ErrorCode::new(rzstack_api::codes::SYS_1006, details).with_cause(cause))
+}
+
+/// Give the VM's NIC on the L3 the required address (IPAM L3s, IPv4): the new address is
+/// taken first (UNIQUE-guarded), then the old one freed, the NIC updated and the VM's
+/// `staticIp::` tag for that L3 replaced, all in one transaction.
+pub(super) async fn set_static_ip(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = vm_uuid(&msg);
+    let _turn = queue::turn(&uuid).await;
+    let req: SetStaticIp = msg.parse()?;
+    let l3 = req.l3_network_uuid.as_str();
+    let mut tx = app.db.begin_write().await?;
+    let ipam: i64 = tx
+        .fetch_optional("SELECT enable_ipam FROM l3_network WHERE uuid = $1", &[Val::from(l3)])
+        .await?
+        .ok_or_else(|| Error::not_found(format!("l3 network[uuid:{l3}] is not found")))?
+        .try_get(0)?;
+    if req.ip.is_none() && req.ip6.is_none() && ipam != 0 {
+        return Err(Error::argerr("could not set ip address, due to no ip address is specified"));
+    }
+    if req.ip6.is_some() || ipam == 0 {
+        return Err(Error::argerr(
+            "setting an IPv6 address or an address on an L3 network without IPAM is not supported by this management node",
+        ));
+    }
+    let Some(ip) = req.ip.clone() else {
+        return Err(Error::argerr("could not set ip address, due to no ip address is specified"));
+    };
+    let nics = tx
+        .fetch_all(
+            "SELECT n.uuid, u.ip, r.network_cidr, r.start_ip_long, r.end_ip_long FROM vm_nic n \
+             LEFT JOIN used_ip u ON u.vm_nic_uuid = n.uuid AND u.l3_network_uuid = $2 AND u.ip_version = 4 \
+             LEFT JOIN ip_range r ON r.uuid = u.ip_range_uuid WHERE n.vm_instance_uuid = $1 ORDER BY n.device_id",
+            &[Val::from(uuid.as_str()), Val::from(l3)],
+        )
+        .await?;
+    let n = crate::resources::l3::ipv4(&ip).map(i64::from);
+    let mut target: Option<(String, String)> = None;
+    for r in &nics {
+        let nic: String = r.try_get(0)?;
+        let Some(n) = n else {
+            return Err(Error::argerr(format!("static ip [{ip}] format error")));
+        };
+        let old: Option<String> = r.try_get(1)?;
+        let Some(old) = old else { continue };
+        if old == ip {
+            return Err(Error::argerr(format!("ip address [{ip}] already set to vmNic [uuid:{nic}]")));
+        }
+        let cidr: Option<String> = r.try_get(2)?;
+        if let Some(cidr) = &cidr {
+            if !in_cidr(n, cidr) {
+                return Err(Error::argerr(format!("ip address [{ip}] is not in ip range [{cidr}]")));
+            }
+        }
+        target.get_or_insert((nic, old));
+    }
+    if nics.is_empty() {
+        return Err(Error::argerr(format!("the VM[uuid:{uuid}] has no nic on the L3 network[uuid:{l3}]")));
+    }
+    let state = vm_state(&mut tx, &uuid).await?.ok_or_else(|| vm_not_found(&uuid))?;
+    if !SET_STATIC_IP_STATES.contains(&state.as_str()) {
+        return Err(state_refused("org.zstack.header.vm.APISetVmStaticIpMsg", SET_STATIC_IP_STATES, &state));
+    }
+    let Some((nic, _old)) = target else {
+        return Err(Error::operr(format!("the vm[uuid:{uuid}] has no nic on the L3 network[uuid:{l3}]")));
+    };
+    let hv: Option<String> = tx
+        .fetch_optional("SELECT hypervisor_type FROM vm_instance WHERE uuid = $1", &[Val::from(uuid.as_str())])
+        .await?
+        .map(|r| r.try_get::<Option<String>, _>(0))
+        .transpose()?
+        .flatten();
+    if state == "Running" && hv.as_deref() == Some("KVM") {
+        return Err(kvm_running_refused(&uuid, "change the ip address"));
+    }
+    let old_ip_uuid: Option<String> = tx
+        .fetch_optional("SELECT used_ip_uuid FROM vm_nic WHERE uuid = $1", &[Val::from(nic.as_str())])
+        .await?
+        .map(|r| r.try_get::<Option<String>, _>(0))
+        .transpose()?
+        .flatten();
+    let ip_uuid = new_uuid();
+    let (ip, netmask, gateway) = allocate_ip(&mut tx, l3, &nic, &ip_uuid, Some(&ip)).await?;
+    tx.execute(
+        "DELETE FROM used_ip WHERE vm_nic_uuid = $1 AND l3_network_uuid = $2 AND ip_version = 4 AND uuid <> $3",
+        &[Val::from(nic.as_str()), Val::from(l3), Val::from(ip_uuid.as_str())],
+    )
+    .await?;
+    let primary = old_ip_uuid.is_none()
+        || tx
+            .fetch_optional(
+                "SELECT 1 FROM vm_nic WHERE uuid = $1 AND l3_network_uuid = $2",
+                &[Val::from(nic.as_str()), Val::from(l3)],
+            )
+            .await?
+            .is_some();
+    if primary {
+        tx.execute(
+            "UPDATE vm_nic SET used_ip_uuid = $1, ip = $2, netmask = $3, gateway = $4, last_op_date = $5 WHERE uuid = $6",
+            &[
+                Val::from(ip_uuid.as_str()),
+                Val::from(ip.as_str()),
+                Val::from(netmask),
+                Val::from(gateway),
+                Val::I(now_ms()),
+                Val::from(nic.as_str()),
+            ],
+        )
+        .await?;
+    }
+    tx.execute(
+        "DELETE FROM system_tag WHERE resource_uuid = $1 AND resource_type = 'VmInstanceVO' AND tag LIKE $2",
+        &[Val::from(uuid.as_str()), Val::S(format!("staticIp::{l3}::%"))],
+    )
+    .await?;
+    crate::resources::tag::attach_create_tags(&mut tx, &uuid, "VmInstanceVO", &[format!("staticIp::{l3}::{ip}")], &[])
+        .await?;
+    tx.commit().await?;
+    Ok(Reply::empty())
+}
+
+fn in_cidr(n: i64, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else { return true };
+    let (Some(net), Ok(len)) = (crate::resources::l3::ipv4(net), len.parse::<u32>()) else { return true };
+    if len == 0 || len > 32 {
+        return true;
+    }
+    let mask: u32 = u32::MAX << (32 - len);
+    (n as u32) & mask == net & mask
+}

@@ -338,4 +338,16 @@ pub static APIS: &[ApiDef] = &[
     ApiDef::get("GetVmAttachableL3Network", "/vm-instances/{vmInstanceUuid}/l3-networks-candidates")
         .params(&[Param::str("vmInstanceUuid").required().resource(&VM)])
         .handler(|a, m| boxed(actions::attachable_l3(a, m))),
+    ApiDef::action("SetVmStaticIp", "/vm-instances/{vmInstanceUuid}/actions")
+        .params(&[
+            Param::str("vmInstanceUuid").required().resource(&VM),
+            Param::str("l3NetworkUuid").required().resource(&super::l3::L3_NETWORK),
+            Param::str("ip"),
+            Param::str("ip6"),
+            Param::str("netmask"),
+            Param::str("gateway"),
+            Param::str("ipv6Gateway"),
+            Param::str("ipv6Prefix"),
+        ])
+        .handler(|a, m| boxed(actions::set_static_ip(a, m))),
 ];
