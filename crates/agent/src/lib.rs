@@ -245,6 +245,21 @@ async fn snapshot(
     }
     st.storage.snapshot_volume(c).await
 }
+handler!(volume_resize, rzstack_api::agent::VolumeResizeCmd, |st, c| resize(st, c));
+
+/// A running VM's disk is grown by its QEMU, then read back; anything else with qemu-img.
+async fn resize(
+    st: &AgentState,
+    c: &rzstack_api::agent::VolumeResizeCmd,
+) -> Result<rzstack_api::agent::VolumeInfo, String> {
+    c.validate()?;
+    if let Some(vm) = &c.vm_uuid {
+        if st.vms.resize_disk(vm, &c.install_path, c.size).await? {
+            return storage::Storage::volume_info(std::path::Path::new(&c.install_path)).await;
+        }
+    }
+    st.storage.resize_volume(c).await
+}
 handler!(storage_capacity, rzstack_api::agent::StorageCapacityCmd, |st, c| st.storage.capacity(c));
 handler!(vm_start, rzstack_api::agent::VmStartCmd, |st, c| st.vms.start(c));
 handler!(vm_stop, rzstack_api::agent::VmStopCmd, |st, c| st.vms.stop(c));
@@ -265,6 +280,7 @@ fn router(state: Arc<AgentState>) -> Router {
         .route(PATH_VOLUME_CREATE, post(volume_create))
         .route(PATH_VOLUME_DELETE, post(volume_delete))
         .route(PATH_VOLUME_SNAPSHOT, post(volume_snapshot))
+        .route(rzstack_api::agent::PATH_VOLUME_RESIZE, post(volume_resize))
         .route(PATH_STORAGE_CAPACITY, post(storage_capacity))
         .route(PATH_VM_START, post(vm_start))
         .route(PATH_VM_STOP, post(vm_stop))

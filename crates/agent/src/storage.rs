@@ -6,7 +6,7 @@ use crate::qcow2;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
     Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, StorageCapacity, StorageCapacityCmd, VolumeCreateCmd,
-    VolumeDeleteCmd, VolumeInfo, VolumeSnapshotCmd,
+    VolumeDeleteCmd, VolumeInfo, VolumeResizeCmd, VolumeSnapshotCmd,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -341,6 +341,27 @@ impl Storage {
         }
         rename(&tmp, &dest)?;
         Self::volume_info(&dest).await
+    }
+
+    /// Grow a volume file with `qemu-img resize` (no -U: refused while a running QEMU holds it).
+    pub async fn resize_volume(&self, cmd: &VolumeResizeCmd) -> Result<VolumeInfo, String> {
+        cmd.validate()?;
+        let path = PathBuf::from(&cmd.install_path);
+        let _g = self.locks.lock(&cmd.install_path).await;
+        if !path.is_file() {
+            return Err(format!("the volume {} does not exist on this host", cmd.install_path));
+        }
+        let i = img_info(&path, false).await.map_err(|e| lock_hint(e, &cmd.install_path))?;
+        if cmd.size < i.virtual_size {
+            return Err(format!("cannot shrink {} from {} to {} bytes", cmd.install_path, i.virtual_size, cmd.size));
+        }
+        if cmd.size > i.virtual_size {
+            let size = cmd.size.to_string();
+            sys::run(QEMU_IMG, &["resize", "-q", "-f", &i.format, &cmd.install_path, &size])
+                .await
+                .map_err(|e| lock_hint(e, &cmd.install_path))?;
+        }
+        Self::volume_info(&path).await
     }
 
     /// `df` of the filesystem holding the path (made when missing).

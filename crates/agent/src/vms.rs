@@ -557,6 +557,25 @@ impl Vms {
         Ok(self.state_of(uuid).await)
     }
 
+    /// Grow a disk of a running VM through QEMU (`block_resize` of its node `disk<deviceId>`):
+    /// the guest sees the new size. `Ok(false)` when the VM is not running (the caller resizes
+    /// the file itself).
+    pub async fn resize_disk(&self, uuid: &str, path: &str, size: i64) -> Result<bool, String> {
+        let _g = self.locks.lock(uuid).await;
+        let Some(rec) = self.load(uuid) else { return Ok(false) };
+        if self.live_pid(uuid, &rec).is_none() {
+            return Ok(false);
+        }
+        let disk = std::iter::once(&rec.cmd.root_volume)
+            .chain(&rec.cmd.data_volumes)
+            .find(|d| d.install_path == path)
+            .ok_or_else(|| format!("{path} is not a disk of VM {uuid}"))?;
+        let mut q = self.qmp(uuid).await?;
+        let args = json!({"node-name": format!("disk{}", disk.device_id), "size": size});
+        q.execute("block_resize", Some(args)).await.map_err(|e| format!("VM {uuid}: {e}"))?;
+        Ok(true)
+    }
+
     /// Copy a disk of a running VM to `dest` through QEMU (`drive-backup`, sync=full), waiting
     /// for the job. `Ok(None)` when the VM is not running (the caller copies the file itself).
     pub async fn backup_disk(&self, uuid: &str, src: &str, dest: &str) -> Result<Option<VolumeInfo>, String> {

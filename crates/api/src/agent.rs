@@ -120,6 +120,7 @@ pub const PATH_IMAGE_CACHE: &str = "/v1/image/cache";
 pub const PATH_VOLUME_CREATE: &str = "/v1/volume/create";
 pub const PATH_VOLUME_DELETE: &str = "/v1/volume/delete";
 pub const PATH_VOLUME_SNAPSHOT: &str = "/v1/volume/snapshot";
+pub const PATH_VOLUME_RESIZE: &str = "/v1/volume/resize";
 pub const PATH_VM_START: &str = "/v1/vm/start";
 pub const PATH_VM_STOP: &str = "/v1/vm/stop";
 pub const PATH_VM_REBOOT: &str = "/v1/vm/reboot";
@@ -356,6 +357,34 @@ impl VolumeSnapshotCmd {
         check_abs_path("installPath", &self.install_path)?;
         if self.volume_install_path == self.install_path {
             return Err("the snapshot cannot overwrite its volume".into());
+        }
+        Ok(())
+    }
+}
+
+/// Grow a volume to `size` bytes (never shrink). With `vmUuid` of a running VM whose disk it
+/// is, QEMU grows it (QMP `block_resize`, the guest sees the new size); else `qemu-img resize`
+/// (refused while a running QEMU holds the file). Growing to the size it has is success.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeResizeCmd {
+    pub version: u32,
+    pub install_path: String,
+    /// The new virtual size in bytes.
+    pub size: i64,
+    /// The VM the volume is attached to, if any.
+    #[serde(default)]
+    pub vm_uuid: Option<String>,
+}
+
+impl VolumeResizeCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_abs_path("installPath", &self.install_path)?;
+        if let Some(v) = &self.vm_uuid {
+            check_uuid("vmUuid", v)?;
+        }
+        if self.size <= 0 {
+            return Err(format!("a volume needs a positive size, not {}", self.size));
         }
         Ok(())
     }

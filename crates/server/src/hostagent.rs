@@ -618,6 +618,13 @@ impl HostAgent for KvmAgentClient {
     }
 }
 
+impl KvmAgentClient {
+    /// Grow a volume file (QEMU `block_resize` for a running VM's disk, else `qemu-img resize`).
+    pub async fn resize_volume(&self, cmd: &rzstack_api::agent::VolumeResizeCmd) -> Result<VolumeInfo, AgentError> {
+        self.command(rzstack_api::agent::PATH_VOLUME_RESIZE, cmd, STORAGE_TIMEOUT).await
+    }
+}
+
 /// A stop's grace period plus time for the forced stop.
 fn stop_timeout(cmd: &VmStopCmd) -> Duration {
     Duration::from_secs(cmd.grace_secs()) + REQUEST_TIMEOUT

@@ -284,6 +284,7 @@ pub fn all_apis() -> Vec<&'static ApiDef> {
         backup_storage::APIS,
         image::APIS,
         volume::APIS,
+        volume_ops::APIS,
         l2::APIS,
         l3::APIS,
         offering::APIS,

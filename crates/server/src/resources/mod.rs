@@ -14,6 +14,7 @@ pub mod ssh_key;
 pub mod tag;
 pub mod vm;
 pub mod volume;
+pub mod volume_ops;
 pub mod zone;
 
 use crate::api::{Msg, Reply};
