@@ -278,6 +278,19 @@ async fn hot_plug_on_a_kvm_host() {
     let nodes = qmp(&sock, "query-named-block-nodes", json!({})).expect("nodes");
     assert!(!nodes.to_string().contains(&file), "the file is closed: {nodes}");
 
+    // a stopped VM: rows only (a NotInstantiated volume gets its file on the host); the next
+    // boot has both disks
+    s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"stopVmInstance": {}}))).await;
+    assert_eq!(attach(s, &d, &vu).await["deviceId"], 1);
+    let d2 = new_volume(s, "cold", json!({"diskSize": 48 << 20})).await;
+    let inv = attach(s, &d2, &vu).await;
+    assert_eq!(inv["deviceId"], 2);
+    let file2 = s.query(&format!("/volumes/{d2}")).await[0]["installPath"].as_str().expect("a file").to_string();
+    assert!(std::path::Path::new(&file2).is_file(), "{file2}");
+    s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"startVmInstance": {}}))).await;
+    let log = c.wait_serial(&vu, &format!("RZSTACK-GUEST-DISK vdc size={}", 48 << 20)).await;
+    assert!(log.contains(&format!("RZSTACK-GUEST-DISK vdb size={}", 32 << 20)), "{log}");
+
     s.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
     if !s.query(&format!("/vm-instances/{vu}")).await.is_empty() {
         s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
