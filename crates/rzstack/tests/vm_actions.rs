@@ -309,3 +309,76 @@ async fn set_static_ip() {
         "current vm instance state[Destroyed] doesn't allow to proceed message[org.zstack.header.vm.APISetVmStaticIpMsg]",
     );
 }
+
+async fn iso_image(srv: &Server, t: &Topo, name: &str) -> String {
+    let bs = s(&srv.query("/backup-storage").await[0]["uuid"]);
+    let raw = t._dir.path().join(format!("{name}.iso"));
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    s(&srv
+        .ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": name, "url": raw.display().to_string(), "mediaType": "ISO",
+                "backupStorageUuids": [bs], "platform": "Linux", "guestOsType": "Ubuntu", "architecture": "x86_64"}})),
+        )
+        .await["inventory"]["uuid"])
+}
+
+/// AttachIsoToVmInstance / DetachIsoFromVmInstance on simulator VMs (Running and Stopped):
+/// the ISO goes into the empty CD-ROM and out again; a second ISO (one CD-ROM), the same ISO
+/// again, a non-ISO image and a Destroyed VM are refused with upstream's texts, unchanged.
+#[tokio::test]
+async fn attach_detach_iso() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let iso = iso_image(&srv, &t, "a").await;
+    let iso2 = iso_image(&srv, &t, "b").await;
+    let vm =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3]})))).await["inventory"]
+            ["uuid"]);
+    let cdrom = vm_inv(&srv, &vm).await["vmCdRoms"][0].clone();
+    assert!(cdrom.get("isoUuid").is_none(), "{cdrom}");
+
+    // a non-ISO image: refused
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/iso/{}", t.image), Some(json!({"params": {}}))).await;
+    assert_error(&e, "SYS.1007", "Unsupported Image Media Type: [RootVolumeTemplate] ");
+
+    // Running simulator VM: attached
+    let r = srv.ok("POST", &format!("/vm-instances/{vm}/iso/{iso}"), Some(json!({"params": {}}))).await;
+    assert_eq!(r["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+    let cds = r["inventory"]["vmCdRoms"].as_array().unwrap();
+    assert_eq!(cds.len(), 1);
+    assert_eq!(cds[0]["uuid"], cdrom["uuid"]);
+    assert_eq!(cds[0]["isoUuid"], iso.as_str());
+
+    // again / another one: refused, unchanged
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/iso/{iso}"), Some(json!({"params": {}}))).await;
+    assert_error(&e, "SYS.1006", &format!("VM[uuid:{vm}] already has an ISO[uuid:{iso}] attached"));
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/iso/{iso2}"), Some(json!({"params": {}}))).await;
+    assert_error(&e, "SYS.1006", &format!("All vm[uuid:{vm}] CD-ROMs have mounted ISO"));
+    assert_eq!(vm_inv(&srv, &vm).await["vmCdRoms"][0]["isoUuid"], iso.as_str());
+
+    // detach without isoUuid (the only one), then again: nothing to do, fine
+    let r = srv.ok("DELETE", &format!("/vm-instances/{vm}/iso"), None).await;
+    assert!(r["inventory"]["vmCdRoms"][0].get("isoUuid").is_none(), "{r}");
+    let r = srv.ok("DELETE", &format!("/vm-instances/{vm}/iso?isoUuid={iso}"), None).await;
+    assert_eq!(r["inventory"]["uuid"], vm.as_str());
+
+    // Stopped: attach and detach by uuid
+    action(&srv, &vm, json!({"stopVmInstance": {}})).await;
+    let r = srv.ok("POST", &format!("/vm-instances/{vm}/iso/{iso2}"), Some(json!({"params": {}}))).await;
+    assert_eq!(r["inventory"]["vmCdRoms"][0]["isoUuid"], iso2.as_str());
+    let r = srv.ok("DELETE", &format!("/vm-instances/{vm}/iso?isoUuid={iso2}"), None).await;
+    assert!(r["inventory"]["vmCdRoms"][0].get("isoUuid").is_none(), "{r}");
+
+    // Destroyed: refused by state
+    srv.ok("DELETE", &format!("/vm-instances/{vm}"), None).await;
+    let e = srv.fails("POST", &format!("/vm-instances/{vm}/iso/{iso}"), Some(json!({"params": {}}))).await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        "current vm instance state[Destroyed] doesn't allow to proceed message[org.zstack.header.vm.AttachIsoToVmInstanceMsg]",
+    );
+    assert!(vm_inv(&srv, &vm).await["vmCdRoms"][0].get("isoUuid").is_none());
+}

@@ -350,4 +350,13 @@ pub static APIS: &[ApiDef] = &[
             Param::str("ipv6Prefix"),
         ])
         .handler(|a, m| boxed(actions::set_static_ip(a, m))),
+    ApiDef::post("AttachIsoToVmInstance", "/vm-instances/{vmInstanceUuid}/iso/{isoUuid}")
+        .params(&[
+            Param::str("vmInstanceUuid").required().resource(&VM),
+            Param::str("isoUuid").required().resource(&IMAGE),
+        ])
+        .handler(|a, m| boxed(actions::attach_iso(a, m))),
+    ApiDef::delete("DetachIsoFromVmInstance", "/vm-instances/{vmInstanceUuid}/iso")
+        .params(&[Param::str("vmInstanceUuid").required().resource(&VM), Param::str("isoUuid")])
+        .handler(|a, m| boxed(actions::detach_iso(a, m))),
 ];
