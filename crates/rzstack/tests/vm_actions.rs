@@ -382,3 +382,36 @@ async fn attach_detach_iso() {
     );
     assert!(vm_inv(&srv, &vm).await["vmCdRoms"][0].get("isoUuid").is_none());
 }
+
+/// GetVmConsoleAddress: a Running simulator VM's console is VNC on its host's management IP;
+/// a Stopped VM is refused by state (VM.1010 in SYS.1006), an unknown VM with SYS.1003.
+#[tokio::test]
+async fn console_address() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "n", 10, 20).await;
+    let vm =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3]})))).await["inventory"]
+            ["uuid"]);
+    let r = srv.get(&format!("/vm-instances/{vm}/console-addresses")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["hostIp"], "10.0.0.1");
+    assert_eq!(r.body["protocol"], "vnc");
+    assert_eq!(r.body["port"], 5900);
+    assert_eq!(r.body["vdiPortInfo"]["vncPort"], 5900);
+
+    action(&srv, &vm, json!({"stopVmInstance": {}})).await;
+    let r = srv.get(&format!("/vm-instances/{vm}/console-addresses")).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_error(
+        &r.body["error"],
+        "SYS.1006",
+        "current vm instance state[Stopped] doesn't allow to proceed message[org.zstack.header.vm.APIGetVmConsoleAddressMsg]",
+    );
+    assert_eq!(r.body["error"]["cause"]["code"], "VM.1010", "{}", r.text);
+    let missing = "0123456789abcdef0123456789abcdef";
+    let r = srv.get(&format!("/vm-instances/{missing}/console-addresses")).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "SYS.1003", "{}", r.text);
+    assert_eq!(vm_inv(&srv, &vm).await["state"], "Stopped");
+}

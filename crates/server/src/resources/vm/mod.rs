@@ -359,4 +359,7 @@ pub static APIS: &[ApiDef] = &[
     ApiDef::delete("DetachIsoFromVmInstance", "/vm-instances/{vmInstanceUuid}/iso")
         .params(&[Param::str("vmInstanceUuid").required().resource(&VM), Param::str("isoUuid")])
         .handler(|a, m| boxed(actions::detach_iso(a, m))),
+    ApiDef::get("GetVmConsoleAddress", "/vm-instances/{uuid}/console-addresses")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(actions::console_address(a, m))),
 ];
