@@ -246,6 +246,7 @@ async fn snapshot(
     st.storage.snapshot_volume(c).await
 }
 handler!(volume_resize, rzstack_api::agent::VolumeResizeCmd, |st, c| resize(st, c));
+handler!(volume_revert, rzstack_api::agent::VolumeRevertCmd, |st, c| st.storage.revert_volume(c));
 
 /// A running VM's disk is grown by its QEMU, then read back; anything else with qemu-img.
 async fn resize(
@@ -281,6 +282,7 @@ fn router(state: Arc<AgentState>) -> Router {
         .route(PATH_VOLUME_DELETE, post(volume_delete))
         .route(PATH_VOLUME_SNAPSHOT, post(volume_snapshot))
         .route(rzstack_api::agent::PATH_VOLUME_RESIZE, post(volume_resize))
+        .route(rzstack_api::agent::PATH_VOLUME_REVERT, post(volume_revert))
         .route(PATH_STORAGE_CAPACITY, post(storage_capacity))
         .route(PATH_VM_START, post(vm_start))
         .route(PATH_VM_STOP, post(vm_stop))

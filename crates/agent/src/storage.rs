@@ -6,7 +6,7 @@ use crate::qcow2;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
     Deleted, ImageCacheCmd, ImageCacheInfo, Provisioning, StorageCapacity, StorageCapacityCmd, VolumeCreateCmd,
-    VolumeDeleteCmd, VolumeInfo, VolumeResizeCmd, VolumeSnapshotCmd,
+    VolumeDeleteCmd, VolumeInfo, VolumeResizeCmd, VolumeRevertCmd, VolumeSnapshotCmd,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -338,6 +338,32 @@ impl Storage {
         if let Err(e) = sys::run(QEMU_IMG, &["convert", "-O", "qcow2", &cmd.volume_install_path, &t]).await {
             let _ = remove_if_exists(&tmp);
             return Err(lock_hint(e, &cmd.volume_install_path));
+        }
+        rename(&tmp, &dest)?;
+        Self::volume_info(&dest).await
+    }
+
+    /// Replace a volume file with a copy of a snapshot (`qemu-img convert` to a temporary file,
+    /// then a rename over the volume).
+    pub async fn revert_volume(&self, cmd: &VolumeRevertCmd) -> Result<VolumeInfo, String> {
+        cmd.validate()?;
+        let dest = PathBuf::from(&cmd.install_path);
+        let _g = self.locks.lock(&cmd.install_path).await;
+        if !Path::new(&cmd.snapshot_install_path).is_file() {
+            return Err(format!("the snapshot {} does not exist on this host", cmd.snapshot_install_path));
+        }
+        if dest.exists() {
+            // Without -U, qemu-img fails on an image a running QEMU holds.
+            img_info(&dest, false).await.map_err(|e| lock_hint(e, &cmd.install_path))?;
+        } else if let Some(parent) = dest.parent() {
+            sys::mkdirs(parent)?;
+        }
+        let tmp = tmp_of(&dest);
+        remove_if_exists(&tmp)?;
+        let t = tmp.to_string_lossy().into_owned();
+        if let Err(e) = sys::run(QEMU_IMG, &["convert", "-O", "qcow2", &cmd.snapshot_install_path, &t]).await {
+            let _ = remove_if_exists(&tmp);
+            return Err(e);
         }
         rename(&tmp, &dest)?;
         Self::volume_info(&dest).await

@@ -9,6 +9,8 @@
 //! - [`PATH_VOLUME_CREATE`]: [`VolumeCreateCmd`] → [`AgentRsp`]`<`[`VolumeInfo`]`>`
 //! - [`PATH_VOLUME_DELETE`]: [`VolumeDeleteCmd`] → [`AgentRsp`]`<`[`Deleted`]`>`
 //! - [`PATH_VOLUME_SNAPSHOT`]: [`VolumeSnapshotCmd`] → [`AgentRsp`]`<`[`VolumeInfo`]`>`
+//! - [`PATH_VOLUME_RESIZE`]: [`VolumeResizeCmd`] → [`AgentRsp`]`<`[`VolumeInfo`]`>`
+//! - [`PATH_VOLUME_REVERT`]: [`VolumeRevertCmd`] → [`AgentRsp`]`<`[`VolumeInfo`]`>`
 //! - [`PATH_VM_START`]: [`VmStartCmd`] → [`AgentRsp`]`<`[`VmState`]`>`
 //! - [`PATH_VM_STOP`], [`PATH_VM_REBOOT`]: [`VmStopCmd`] → [`AgentRsp`]`<`[`VmState`]`>`
 //! - [`PATH_VM_DESTROY`]: [`VmDestroyCmd`] → [`AgentRsp`]`<`[`VmState`]`>`
@@ -121,6 +123,7 @@ pub const PATH_VOLUME_CREATE: &str = "/v1/volume/create";
 pub const PATH_VOLUME_DELETE: &str = "/v1/volume/delete";
 pub const PATH_VOLUME_SNAPSHOT: &str = "/v1/volume/snapshot";
 pub const PATH_VOLUME_RESIZE: &str = "/v1/volume/resize";
+pub const PATH_VOLUME_REVERT: &str = "/v1/volume/revert";
 pub const PATH_VM_START: &str = "/v1/vm/start";
 pub const PATH_VM_STOP: &str = "/v1/vm/stop";
 pub const PATH_VM_REBOOT: &str = "/v1/vm/reboot";
@@ -357,6 +360,28 @@ impl VolumeSnapshotCmd {
         check_abs_path("installPath", &self.install_path)?;
         if self.volume_install_path == self.install_path {
             return Err("the snapshot cannot overwrite its volume".into());
+        }
+        Ok(())
+    }
+}
+
+/// Revert a volume to a snapshot: the file at `installPath` is replaced (atomically, by a
+/// rename) with an independent qcow2 copy of `snapshotInstallPath`, which stays as it is.
+/// Refused while a running QEMU holds the volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRevertCmd {
+    pub version: u32,
+    pub snapshot_install_path: String,
+    pub install_path: String,
+}
+
+impl VolumeRevertCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_abs_path("snapshotInstallPath", &self.snapshot_install_path)?;
+        check_abs_path("installPath", &self.install_path)?;
+        if self.snapshot_install_path == self.install_path {
+            return Err("the snapshot and the volume are the same file".into());
         }
         Ok(())
     }

@@ -349,7 +349,7 @@ fn img_info(p: &str) -> Value {
 }
 
 /// On a KVM host: ResizeRootVolume of a running VM (QEMU grows the disk), of a stopped one
-/// (qemu-img), then RevertVolumeFromSnapshot: the volume gets a new file holding the
+/// (qemu-img), then RevertVolumeFromSnapshot: the volume's file is replaced with a copy of the
 /// snapshot (its size back to the snapshot's), and the VM boots from it.
 #[tokio::test]
 async fn kvm_resize_and_revert() {
@@ -381,7 +381,7 @@ async fn kvm_resize_and_revert() {
 
     // stopped: a snapshot, then qemu-img grows the file
     c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
-    let snap = new_snapshot(&c.s, &root, "before-grow").await;
+    let snap_uuid = new_snapshot(&c.s, &root, "before-grow").await;
     let size2 = size1 + 64 * common::sim::MB;
     let inv =
         c.s.ok("PUT", &path, act("resizeRootVolume", json!({"uuid": root, "size": size2}))).await["inventory"].clone();
@@ -391,23 +391,26 @@ async fn kvm_resize_and_revert() {
     // a running VM's volume cannot be reverted
     c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"startVmInstance": {}}))).await;
     let e =
-        c.s.fails("PUT", &format!("/volume-snapshots/{snap}/actions"), act("revertVolumeFromSnapshot", json!({})))
+        c.s.fails("PUT", &format!("/volume-snapshots/{snap_uuid}/actions"), act("revertVolumeFromSnapshot", json!({})))
             .await;
     assert_error(&e, "SYS.1006", "is not in Stopped state, current state is Running");
     assert_eq!(volume(&c.s, &root).await["installPath"], file.as_str());
     c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
 
-    // revert: a new, independent file with the snapshot's content and size
-    c.s.ok("PUT", &format!("/volume-snapshots/{snap}/actions"), act("revertVolumeFromSnapshot", json!({}))).await;
+    // revert: the file replaced with an independent copy of the snapshot (its content and size)
+    let snap_file = s(&snap(&c.s, &snap_uuid).await["primaryStorageInstallPath"]);
+    c.s.ok("PUT", &format!("/volume-snapshots/{snap_uuid}/actions"), act("revertVolumeFromSnapshot", json!({}))).await;
     let v = volume(&c.s, &root).await;
-    let new_file = s(&v["installPath"]);
-    assert_ne!(new_file, file, "{v}");
-    assert_eq!(std::path::Path::new(&new_file).parent(), std::path::Path::new(&file).parent(), "next to the old file");
-    let info = img_info(&new_file);
+    assert_eq!(v["installPath"], file.as_str(), "{v}");
+    assert_eq!(v["size"], size1);
+    let info = img_info(&file);
     assert_eq!(info["virtual-size"].as_i64(), Some(size1), "{info}");
     assert!(info["backing-filename"].is_null(), "{info}");
-    assert_eq!(v["size"], size1);
-    assert_eq!(snap_latest(&c.s, &snap).await, true);
+    let o =
+        std::process::Command::new("qemu-img").args(["compare", "-U", &snap_file, &file]).output().expect("qemu-img");
+    assert!(o.status.success(), "the volume holds the snapshot: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(std::path::Path::new(&snap_file).is_file(), "the snapshot stays");
+    assert_eq!(snap_latest(&c.s, &snap_uuid).await, true);
 
     // the VM boots from the reverted file
     c.s.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"startVmInstance": {}}))).await;

@@ -623,6 +623,11 @@ impl KvmAgentClient {
     pub async fn resize_volume(&self, cmd: &rzstack_api::agent::VolumeResizeCmd) -> Result<VolumeInfo, AgentError> {
         self.command(rzstack_api::agent::PATH_VOLUME_RESIZE, cmd, STORAGE_TIMEOUT).await
     }
+
+    /// Replace a volume file with a copy of a snapshot.
+    pub async fn revert_volume(&self, cmd: &rzstack_api::agent::VolumeRevertCmd) -> Result<VolumeInfo, AgentError> {
+        self.command(rzstack_api::agent::PATH_VOLUME_REVERT, cmd, STORAGE_TIMEOUT).await
+    }
 }
 
 /// A stop's grace period plus time for the forced stop.

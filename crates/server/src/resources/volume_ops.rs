@@ -4,17 +4,19 @@
 //! ResizeDataVolume and GetVmAttachableDataVolume.
 //!
 //! On simulator hosts these change the database only. A volume with a file on a KVM host:
-//! a revert gives the volume a new file holding the snapshot's content (made by the host
-//! agent), a resize of a stopped VM's volume grows the file with `qemu-img resize`.
+//! a revert replaces its file with a copy of the snapshot's (by the host agent, install path
+//! kept); a resize grows the file (`qemu-img resize` when its VM is stopped, QMP
+//! `block_resize` when it runs).
 
 use crate::api::{boxed, ApiDef, Msg, Reply, HOURS};
 use crate::db::Val;
 use crate::error::{Error, Result};
-use crate::hostagent::{HostAgent, KvmAgentClient, VolumeSnapshotCmd, PROTOCOL_VERSION};
+use crate::hostagent::{KvmAgentClient, PROTOCOL_VERSION};
 use crate::params::Param;
 use crate::query::{self};
 use crate::util::now_ms;
 use crate::App;
+use rzstack_api::agent::VolumeRevertCmd;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -172,23 +174,13 @@ async fn revert_volume_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
             )));
         }
     }
-    // A volume with a file on a KVM host gets a new file holding the snapshot's content, next to
-    // the old one (an independent qcow2: the snapshot's file can still be deleted on its own).
+    // A volume with a file on a KVM host: its file is replaced with an independent qcow2 copy
+    // of the snapshot (the snapshot's file can still be deleted on its own), by the host agent.
     let mut new_file: Option<(String, i64)> = None;
     if let (Some(sf), Some(vf)) = (snap_file.filter(|p| p.starts_with('/')), vol_file.filter(|p| p.starts_with('/'))) {
         if let Some(agent) = kvm_agent_of(&app, &volume).await? {
-            let dir = vf.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
-            // named after the job, so that a replay answers the same file
-            let file_uuid = msg.job_uuid.replace('-', "");
-            let file_uuid = if file_uuid.len() == 32 { file_uuid } else { crate::util::new_uuid() };
-            let cmd = VolumeSnapshotCmd {
-                version: PROTOCOL_VERSION,
-                snapshot_uuid: file_uuid.clone(),
-                volume_install_path: sf,
-                install_path: format!("{dir}/{file_uuid}.qcow2"),
-                vm_uuid: None,
-            };
-            let info = agent.snapshot_volume(&cmd).await.map_err(|e| {
+            let cmd = VolumeRevertCmd { version: PROTOCOL_VERSION, snapshot_install_path: sf, install_path: vf };
+            let info = agent.revert_volume(&cmd).await.map_err(|e| {
                 Error::operr(format!(
                     "failed to revert volume[uuid:{volume}] to snapshot[uuid:{s}] on its KVM host: {e}"
                 ))
