@@ -304,79 +304,66 @@ async fn resize(app: &App, uuid: &str, size: i64, want: &str) -> Result<Reply> {
             vm.as_deref().unwrap_or_default()
         )));
     }
-    let now = now_ms();
     let instantiated = status == "Ready" && ps.is_some();
-    // 1. the capacity taken, committed (no transaction stays open while the host works)
-    let held = match (instantiated, &ps) {
-        (true, Some(ps)) => {
-            let n = app
-                .db
-                .execute(
-                    "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
-                     WHERE uuid = $3 AND available_capacity >= $1",
-                    &[Val::I(grow), Val::I(now), Val::from(ps.as_str())],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::operr(format!(
-                    "resize volume[uuid: {uuid}] failed: the primary storage[uuid:{ps}] has less than {grow} bytes \
-                     available"
-                )));
-            }
-            Some(ps.clone())
-        }
-        _ => None,
+    let short = |ps: &str| {
+        Error::operr(format!(
+            "resize volume[uuid: {uuid}] failed: the primary storage[uuid:{ps}] has less than {grow} bytes available"
+        ))
     };
-    let give_back = |app: App, held: Option<String>| async move {
-        if let Some(ps) = held {
-            if let Err(e) = app
-                .db
-                .execute(
-                    "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 \
-                     WHERE uuid = $3",
-                    &[Val::I(grow), Val::I(now_ms()), Val::from(ps.as_str())],
-                )
-                .await
-            {
-                tracing::warn!("giving back {grow} bytes to primary storage {ps}: {e}");
-            }
-        }
-    };
-    // 2. the file on its KVM host
-    if let Some(f) = file.filter(|p| p.starts_with('/')) {
-        let grown = async {
-            if let Some(agent) = kvm_agent_of(app, uuid).await? {
-                let cmd = rzstack_api::agent::VolumeResizeCmd {
-                    version: PROTOCOL_VERSION,
-                    install_path: f,
-                    size,
-                    vm_uuid: vm.filter(|_| vm_state.as_deref() == Some("Running")),
-                };
-                agent
-                    .resize_volume(&cmd)
-                    .await
-                    .map_err(|e| Error::operr(format!("resize volume[uuid: {uuid}] failed: {e}")))?;
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if let Err(e) = grown {
-            give_back(app.clone(), held).await;
-            return Err(e);
+    // 1. a first look at the capacity (the UPDATE below is what holds it)
+    if let (true, Some(ps)) = (instantiated, &ps) {
+        let enough = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM primary_storage WHERE uuid = $1 AND available_capacity >= $2",
+                &[Val::from(ps.as_str()), Val::I(grow)],
+            )
+            .await?
+            .is_some();
+        if !enough {
+            return Err(short(ps));
         }
     }
-    // 3. the rows, guarded by the size read above
+    // 2. the file on its KVM host (idempotent: growing to the size it has is success), no
+    // transaction open meanwhile
+    if let Some(f) = file.filter(|p| p.starts_with('/')) {
+        if let Some(agent) = kvm_agent_of(app, uuid).await? {
+            let cmd = rzstack_api::agent::VolumeResizeCmd {
+                version: PROTOCOL_VERSION,
+                install_path: f,
+                size,
+                vm_uuid: vm.filter(|_| vm_state.as_deref() == Some("Running")),
+            };
+            agent
+                .resize_volume(&cmd)
+                .await
+                .map_err(|e| Error::operr(format!("resize volume[uuid: {uuid}] failed: {e}")))?;
+        }
+    }
+    // 3. capacity and rows in one transaction: the capacity taken atomically, the volume's size
+    // guarded by the size read above (a replay after it committed finds nothing to grow)
+    let now = now_ms();
     let mut tx = app.db.begin_write().await?;
+    if let (true, Some(ps)) = (instantiated, &ps) {
+        let n = tx
+            .execute(
+                "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                 WHERE uuid = $3 AND available_capacity >= $1",
+                &[Val::I(grow), Val::I(now), Val::from(ps.as_str())],
+            )
+            .await?;
+        if n == 0 {
+            return Err(short(ps));
+        }
+    }
     let n = tx
         .execute(
             "UPDATE volume SET size = $1, reserved_size = CASE WHEN $2 = 1 THEN reserved_size + $3 ELSE reserved_size END, \
              last_op_date = $4 WHERE uuid = $5 AND size = $6",
-            &[Val::I(size), Val::I(i64::from(held.is_some())), Val::I(grow), Val::I(now), Val::from(uuid), Val::I(old)],
+            &[Val::I(size), Val::I(i64::from(instantiated)), Val::I(grow), Val::I(now), Val::from(uuid), Val::I(old)],
         )
         .await?;
     if n == 0 {
-        drop(tx);
-        give_back(app.clone(), held).await;
         return Err(Error::operr(format!("volume[uuid:{uuid}] changed while resizing, try again")));
     }
     tx.execute(
