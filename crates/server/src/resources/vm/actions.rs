@@ -290,7 +290,8 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     let mut tx = app.db.begin_write().await?;
     let row = tx
         .fetch_optional(
-            "SELECT v.state, v.hypervisor_type, v.default_l3_network_uuid, n.l3_network_uuid FROM vm_nic n \
+            "SELECT v.state, v.hypervisor_type, v.default_l3_network_uuid, n.l3_network_uuid, n.mac, n.device_id, \
+             v.last_host_uuid FROM vm_nic n \
              JOIN vm_instance v ON v.uuid = n.vm_instance_uuid WHERE n.uuid = $1 AND v.uuid = $2",
             &[Val::from(nic.as_str()), Val::from(uuid.as_str())],
         )
@@ -300,6 +301,9 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     let hv: Option<String> = row.try_get(1)?;
     let default_l3: Option<String> = row.try_get(2)?;
     let l3: String = row.try_get(3)?;
+    let mac: String = row.try_get(4)?;
+    let device: i64 = row.try_get(5)?;
+    let last_host: Option<String> = row.try_get(6)?;
     if state != "Running" && state != "Stopped" {
         return Err(Error::operr(format!(
             "unable to detach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
@@ -333,7 +337,30 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     )
     .await?;
     tx.commit().await?;
+    if let (Some("KVM"), Some(host)) = (hv.as_deref(), last_host.as_deref()) {
+        release_nic_on_host(&app, &uuid, host, &l3, &mac, device).await;
+    }
     reply(&app, &uuid).await
+}
+
+/// A stopped KVM VM keeps its taps and DHCP leases on its last host for the next start: a
+/// detached NIC's tap and lease go now (best effort: a host that cannot be reached keeps a
+/// stale tap, which a later NIC with the same device id reuses).
+async fn release_nic_on_host(app: &App, vm: &str, host: &str, l3: &str, mac: &str, device: i64) {
+    let cmd = crate::hostagent::NetworkReleaseCmd {
+        version: crate::hostagent::PROTOCOL_VERSION,
+        taps: vec![super::kvm::tap_name(vm, device)],
+        leases: vec![rzstack_api::agent::DhcpRelease { l3_uuid: l3.to_string(), macs: vec![mac.to_string()] }],
+        ..Default::default()
+    };
+    match crate::hostagent::agent_for_host(&app.db, host).await {
+        Ok(agent) => {
+            if let Err(e) = agent.release_network(&cmd).await {
+                tracing::warn!("releasing the tap of a detached nic of vm {vm} on host {host}: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("releasing the tap of a detached nic of vm {vm} on host {host}: {e}"),
+    }
 }
 
 /// Enabled, non-system L3 networks on an L2 attached to the VM's cluster (the zone's when the
