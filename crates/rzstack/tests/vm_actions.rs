@@ -415,3 +415,56 @@ async fn console_address() {
     assert_eq!(r.body["error"]["code"], "SYS.1003", "{}", r.text);
     assert_eq!(vm_inv(&srv, &vm).await["state"], "Stopped");
 }
+
+/// Concurrent attaches of two L3s to one VM get distinct device ids, and of one L3 to two VMs
+/// distinct addresses; a customMac in use is refused with nothing left behind.
+#[tokio::test]
+async fn concurrent_attach_distinct() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3a = network(&srv, &t, "a", 10, 20).await;
+    let l3b = network(&srv, &t, "b", 30, 40).await;
+    let l3c = network(&srv, &t, "c", 50, 60).await;
+    let vm1 =
+        s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3a]})))).await["inventory"]
+            ["uuid"]);
+    let vm2 = s(&srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "v2", "l3NetworkUuids": [l3a]}))))
+        .await["inventory"]["uuid"]);
+    let (p1, p2) = (format!("/vm-instances/{vm1}/l3-networks/{l3b}"), format!("/vm-instances/{vm1}/l3-networks/{l3c}"));
+    let (r1, r2) = tokio::join!(
+        srv.job("POST", &p1, Some(json!({"params": {}}))),
+        srv.job("POST", &p2, Some(json!({"params": {}})))
+    );
+    assert_eq!((r1.status, r2.status), (200, 200), "{} / {}", r1.text, r2.text);
+    let inv = vm_inv(&srv, &vm1).await;
+    let mut devs: Vec<i64> =
+        inv["vmNics"].as_array().unwrap().iter().map(|n| n["deviceId"].as_i64().unwrap()).collect();
+    devs.sort();
+    assert_eq!(devs, vec![0, 1, 2]);
+
+    let (q1, q2) = (format!("/vm-instances/{vm2}/l3-networks/{l3b}"), format!("/vm-instances/{vm2}/l3-networks/{l3c}"));
+    let (r1, r2) = tokio::join!(
+        srv.job("POST", &q1, Some(json!({"params": {}}))),
+        srv.job("POST", &q2, Some(json!({"params": {}})))
+    );
+    assert_eq!((r1.status, r2.status), (200, 200), "{} / {}", r1.text, r2.text);
+    let nics = srv.query("/vm-instances/nics").await;
+    let mut ips: Vec<String> = nics.iter().map(|n| s(&n["ip"])).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 6, "{ips:?}");
+    assert_eq!(used_ips(&srv).await, 6);
+
+    // a MAC in use: refused, nothing left
+    let mac = s(&nics[0]["mac"]);
+    let vm3 = s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"name": "v3"})))).await["inventory"]["uuid"]);
+    let before = rows(&srv).await;
+    let e = srv
+        .fails("POST", &format!("/vm-instances/{vm3}/l3-networks/{l3a}"), Some(json!({"params": {"customMac": mac}})))
+        .await;
+    assert_error(&e, "SYS.1006", &format!("Duplicate mac address [{mac}]"));
+    assert_eq!(rows(&srv).await, before);
+    assert_eq!(used_ips(&srv).await, 6);
+    assert!(vm_inv(&srv, &vm3).await.get("defaultL3NetworkUuid").is_none());
+}

@@ -216,7 +216,8 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
             .execute(
                 "INSERT INTO vm_nic (uuid, vm_instance_uuid, l3_network_uuid, mac, hypervisor_type, ip_version, \
                  driver_type, internal_name, device_id, type, state, create_date, last_op_date) \
-                 VALUES ($1, $2, $3, $4, $5, 4, $6, $7, $8, 'VNIC', 'enable', $9, $9) ON CONFLICT (mac) DO NOTHING",
+                 SELECT $1, $2, $3, $4, $5, 4, $6, $7, $8, 'VNIC', 'enable', $9, $9 WHERE NOT EXISTS \
+                 (SELECT 1 FROM vm_nic WHERE vm_instance_uuid = $2 AND l3_network_uuid = $3) ON CONFLICT (mac) DO NOTHING",
                 &[
                     Val::from(nic_uuid.as_str()),
                     Val::from(uuid.as_str()),
@@ -236,6 +237,18 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
         }
     }
     if !inserted {
+        // the guard: a NIC on this L3 appeared meanwhile (another management node's attach)
+        let raced = tx
+            .fetch_optional(
+                "SELECT 1 FROM vm_nic WHERE vm_instance_uuid = $1 AND l3_network_uuid = $2",
+                &[Val::from(uuid.as_str()), Val::from(l3)],
+            )
+            .await?;
+        if raced.is_some() {
+            return Err(Error::operr(format!(
+                "unable to attach a L3 network. The L3 network[uuid:[{l3}]] is already attached to the vm[uuid: {uuid}]"
+            )));
+        }
         if let Some(m) = &req.custom_mac {
             return Err(Error::operr(format!("Duplicate mac address [{m}]")));
         }
