@@ -136,7 +136,6 @@ async fn revert_volume_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
     let name: String = row.try_get(0)?;
     let state: String = row.try_get(1)?;
     let status: String = row.try_get(2)?;
-    let tree: Option<String> = row.try_get(4)?;
     let snap_file: Option<String> = row.try_get(5)?;
     let volume: Option<String> = row.try_get(6)?;
     let vm: Option<String> = row.try_get(7)?;
@@ -194,7 +193,7 @@ async fn revert_volume_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
         // a volume grown since the snapshot goes back to the snapshot's size: the difference
         // returns to its primary storage
         let size = if *size > 0 { *size } else { vol_size };
-        let back = vol_size - size;
+        let back = (vol_size - size).max(0);
         tx.execute(
             "UPDATE volume SET install_path = $1, size = $2, reserved_size = CASE WHEN reserved_size > 0 \
              THEN reserved_size - $3 ELSE reserved_size END, last_op_date = $4 WHERE uuid = $5",
@@ -208,16 +207,21 @@ async fn revert_volume_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
                 &[Val::I(back), Val::I(now), Val::from(ps.as_str())],
             )
             .await?;
+            tx.execute(
+                "UPDATE local_storage_resource_ref SET size = size - $1, last_op_date = $2 WHERE resource_uuid = $3",
+                &[Val::I(back), Val::I(now), Val::from(volume.as_str())],
+            )
+            .await?;
         }
     } else {
         tx.execute("UPDATE volume SET last_op_date = $1 WHERE uuid = $2", &[Val::I(now), Val::from(volume.as_str())])
             .await?;
     }
-    // the reverted-to snapshot becomes the latest of its tree: the next snapshot is its child
+    // the reverted-to snapshot becomes the volume's latest (CreateVolumeSnapshot takes the
+    // volume's latest as the parent: the next snapshot is its child, in its tree)
     tx.execute(
-        "UPDATE volume_snapshot SET latest = 0, last_op_date = $1 WHERE latest = 1 AND volume_uuid = $2 \
-         AND (tree_uuid = $3 OR $3 IS NULL) AND uuid != $4",
-        &[Val::I(now), Val::from(volume.as_str()), Val::from(tree), Val::from(s)],
+        "UPDATE volume_snapshot SET latest = 0, last_op_date = $1 WHERE latest = 1 AND volume_uuid = $2 AND uuid != $3",
+        &[Val::I(now), Val::from(volume.as_str()), Val::from(s)],
     )
     .await?;
     tx.execute(
