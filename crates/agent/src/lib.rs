@@ -269,6 +269,8 @@ handler!(vm_destroy, rzstack_api::agent::VmDestroyCmd, |st, c| st.vms.destroy(c)
 handler!(vm_status, rzstack_api::agent::VmStatusCmd, |st, c| st.vms.status(c));
 handler!(vm_volume_attach, rzstack_api::agent::VmVolumeCmd, |st, c| st.vms.attach_volume(c));
 handler!(vm_volume_detach, rzstack_api::agent::VmVolumeCmd, |st, c| st.vms.detach_volume(c));
+handler!(vm_nic_attach, rzstack_api::agent::VmNicCmd, |st, c| st.vms.attach_nic(c));
+handler!(vm_nic_detach, rzstack_api::agent::VmNicCmd, |st, c| st.vms.detach_nic(c));
 handler!(network_prepare, rzstack_api::agent::NetworkPrepareCmd, |st, c| st.network.prepare(c));
 handler!(network_release, rzstack_api::agent::NetworkReleaseCmd, |st, c| st.network.release(c));
 
@@ -291,6 +293,8 @@ fn router(state: Arc<AgentState>) -> Router {
         .route(PATH_VM_STATUS, post(vm_status))
         .route(rzstack_api::agent::PATH_VM_VOLUME_ATTACH, post(vm_volume_attach))
         .route(rzstack_api::agent::PATH_VM_VOLUME_DETACH, post(vm_volume_detach))
+        .route(rzstack_api::agent::PATH_VM_NIC_ATTACH, post(vm_nic_attach))
+        .route(rzstack_api::agent::PATH_VM_NIC_DETACH, post(vm_nic_detach))
         .route(PATH_NETWORK_PREPARE, post(network_prepare))
         .route(PATH_NETWORK_RELEASE, post(network_release))
         .with_state(state)

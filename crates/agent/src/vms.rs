@@ -557,6 +557,125 @@ impl Vms {
         Ok(self.state_of(uuid).await)
     }
 
+    /// Hot-plug a NIC: `netdev_add` of its tap (made by network/prepare), `device_add` of a
+    /// virtio-net device `hnic<deviceId>` on a free hot-plug port; the recorded start command
+    /// gains the NIC. Already there (same MAC and device id): success.
+    pub async fn attach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let mut rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        if self.live_pid(uuid, &rec).is_none() {
+            return Err(format!("VM {uuid} is not running on this host"));
+        }
+        let n = &cmd.nic;
+        if rec.cmd.nics.iter().any(|x| x.device_id == n.device_id && x.mac.eq_ignore_ascii_case(&n.mac)) {
+            return Ok(self.state_of(uuid).await);
+        }
+        if let Some(x) = rec.cmd.nics.iter().find(|x| x.device_id == n.device_id || x.mac.eq_ignore_ascii_case(&n.mac))
+        {
+            return Err(format!("VM {uuid} already has the NIC {} as device {}", x.mac, x.device_id));
+        }
+        if !rec.cmd.virtio {
+            return Err(format!("VM {uuid} has no virtio devices: its NICs cannot be hot-plugged"));
+        }
+        let (netdev, id) = (format!("hnet{}", n.device_id), format!("hnic{}", n.device_id));
+        let mut q = self.qmp(uuid).await?;
+        let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+        q.execute(
+            "netdev_add",
+            Some(json!({"type": "tap", "id": netdev, "ifname": n.tap_name, "script": "no", "downscript": "no"})),
+        )
+        .await
+        .map_err(e)?;
+        let mut why = String::from("no hot-plug port");
+        let mut plugged = false;
+        for i in 0..HOTPLUG_PORTS {
+            let args = json!({"driver": "virtio-net-pci", "netdev": netdev, "id": id,
+                              "mac": n.mac.to_ascii_lowercase(), "bus": format!("hp{i}")});
+            match q.execute("device_add", Some(args)).await {
+                Ok(_) => {
+                    plugged = true;
+                    break;
+                }
+                // a port taken by an earlier hot-plug: try the next one
+                Err(err @ crate::qmp::QmpError::Command { .. }) => why = err.to_string(),
+                Err(err) => return Err(e(err)),
+            }
+        }
+        if !plugged {
+            let _ = q.execute("netdev_del", Some(json!({"id": netdev}))).await;
+            return Err(format!("VM {uuid}: cannot hot-plug the NIC {}: {why}", n.mac));
+        }
+        rec.cmd.nics.push(n.clone());
+        self.save(uuid, &rec)?;
+        drop(q);
+        Ok(self.state_of(uuid).await)
+    }
+
+    /// Hot-unplug a NIC, found by its MAC among QEMU's NICs (`query-rx-filter`): `device_del`,
+    /// wait for DEVICE_DELETED (the guest let it go), then `netdev_del` of its backend; the
+    /// recorded start command loses the NIC. Not there: success.
+    pub async fn detach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let mut rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        let mac = cmd.nic.mac.to_ascii_lowercase();
+        let pos = rec.cmd.nics.iter().position(|x| x.mac.eq_ignore_ascii_case(&mac));
+        if self.live_pid(uuid, &rec).is_some() {
+            let mut q = self.qmp(uuid).await?;
+            let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+            let filters = q.execute("query-rx-filter", None).await.map_err(e)?;
+            let id = filters
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| f["main-mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&mac)))
+                .and_then(|f| f["name"].as_str())
+                .map(String::from);
+            if let Some(id) = id {
+                // the backend: `net<i>` for a NIC `nic<i>` of the start, `hnet<d>` for `hnic<d>`
+                let netdev = match id.strip_prefix("hnic") {
+                    Some(d) => format!("hnet{d}"),
+                    None => format!("net{}", id.strip_prefix("nic").unwrap_or(&id)),
+                };
+                match q.execute("device_del", Some(json!({"id": id}))).await {
+                    Ok(_) => {
+                        let seen = |ev: &serde_json::Value| {
+                            ev["event"] == "DEVICE_DELETED" && ev["data"]["device"] == id.as_str()
+                        };
+                        let mut gone = q.take_events().iter().any(seen);
+                        let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
+                        while !gone {
+                            match tokio::time::timeout_at(deadline, q.next_event()).await {
+                                Ok(Ok(ev)) => gone = seen(&ev),
+                                Ok(Err(err)) => return Err(e(err)),
+                                Err(_) => {
+                                    return Err(format!(
+                                        "VM {uuid}: the guest did not release the NIC {id} in {UNPLUG_WAIT:?}"
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
+                    Err(err) => return Err(e(err)),
+                }
+                match q.execute("netdev_del", Some(json!({"id": netdev}))).await {
+                    Ok(_) => {}
+                    Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
+                    Err(err) => return Err(e(err)),
+                }
+            }
+        }
+        if let Some(pos) = pos {
+            rec.cmd.nics.remove(pos);
+            self.save(uuid, &rec)?;
+        }
+        Ok(self.state_of(uuid).await)
+    }
+
     /// Grow a disk of a running VM through QEMU (`block_resize` of its node `disk<deviceId>`):
     /// the guest sees the new size. `Ok(false)` when the VM is not running (the caller resizes
     /// the file itself).

@@ -136,6 +136,10 @@ pub const PATH_STORAGE_CAPACITY: &str = "/v1/storage/capacity";
 pub const PATH_VM_VOLUME_ATTACH: &str = "/v1/vm/volume/attach";
 /// [`VmVolumeCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-unplug a data volume from a running VM.
 pub const PATH_VM_VOLUME_DETACH: &str = "/v1/vm/volume/detach";
+/// [`VmNicCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-plug a NIC (its tap exists) into a running VM.
+pub const PATH_VM_NIC_ATTACH: &str = "/v1/vm/nic/attach";
+/// [`VmNicCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-unplug a NIC (found by its MAC) from a running VM.
+pub const PATH_VM_NIC_DETACH: &str = "/v1/vm/nic/detach";
 
 /// The answer to every command after connect/ping: `result` is set when `success` is true,
 /// `error` (the reason) when it is false.
@@ -634,6 +638,29 @@ pub struct VmVolumeCmd {
     pub version: u32,
     pub vm_uuid: String,
     pub volume: VmDisk,
+}
+
+/// Hot-plug ([`PATH_VM_NIC_ATTACH`]) or hot-unplug ([`PATH_VM_NIC_DETACH`]) a NIC of a running
+/// VM (a virtio-net device on the NIC's tap, made by network/prepare); the VM's recorded start
+/// command follows. Doing it again is success; a VM that does not run is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmNicCmd {
+    pub version: u32,
+    pub vm_uuid: String,
+    pub nic: VmNicSpec,
+}
+
+impl VmNicCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_uuid("vmUuid", &self.vm_uuid)?;
+        check_mac(&self.nic.mac)?;
+        check_ifname("tapName", &self.nic.tap_name)?;
+        if self.nic.device_id < 0 {
+            return Err(format!("a NIC's deviceId must not be negative, got {}", self.nic.device_id));
+        }
+        Ok(())
+    }
 }
 
 impl VmVolumeCmd {

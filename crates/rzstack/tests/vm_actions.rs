@@ -468,3 +468,111 @@ async fn concurrent_attach_distinct() {
     assert_eq!(used_ips(&srv).await, 6);
     assert!(vm_inv(&srv, &vm3).await.get("defaultL3NetworkUuid").is_none());
 }
+
+/// One QMP command on the VM's socket (the agent opens it per operation only); its `return`.
+fn qmp(sock: &std::path::Path, command: &str, args: Value) -> Result<Value, Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
+    w.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    let mut r = BufReader::new(w.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).expect("QMP greeting");
+    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
+        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
+            let v: Value = serde_json::from_str(&line).expect("QMP json");
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e.clone());
+            }
+        }
+    };
+    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
+    answer(&mut w, json!({"execute": command, "arguments": args}))
+}
+
+/// A KVM host (QEMU under TCG here): attaching an L3 to the running guest hot-plugs a
+/// virtio-net device on a new tap (the guest's driver takes it: DRIVER_OK), detaching unplugs
+/// it and removes the tap; the NIC QEMU started with (on the root bus) cannot be unplugged:
+/// refused, nothing changed.
+#[tokio::test]
+async fn nic_hot_plug_on_a_kvm_host() {
+    use common::kvm::{qemu_pids, uuid, KvmCloud};
+    let Some(c) = KvmCloud::setup("vm_actions", "na").await else { return };
+    let srv = &c.s;
+    // a second network: a NoVlan L2 on another veth pair (its own bridge and DHCP)
+    let pid = std::process::id() % 1000;
+    let (up, peer) = (format!("rzn2{pid}u"), format!("rzn2{pid}p"));
+    let _links = common::kvm::Links(vec![up.clone(), peer.clone(), format!("br_{up}")]);
+    assert!(common::kvm::sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair {up}");
+    let l2 = s(&srv
+        .ok(
+            "POST",
+            "/l2-networks/no-vlan",
+            Some(json!({"params": {"name": "v", "zoneUuid": c.zone, "physicalInterface": up}})),
+        )
+        .await["inventory"]["uuid"]);
+    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", c.cluster), None).await;
+    let l3 = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": "v", "l2NetworkUuid": l2}}))).await
+        ["inventory"]["uuid"]);
+    let n = std::process::id() % 200 + 20;
+    srv.ok(
+        "POST",
+        &format!("/l3-networks/{l3}/ip-ranges"),
+        Some(json!({"params": {"name": "r", "startIp": format!("10.237.{n}.10"), "endIp": format!("10.237.{n}.20"),
+            "netmask": "255.255.255.0", "gateway": format!("10.237.{n}.1")}})),
+    )
+    .await;
+
+    let vm = c.create_vm("hn", json!({})).await;
+    let vu = uuid(&vm);
+    c.wait_serial(&vu, "RZSTACK-GUEST-UP").await;
+    let sock = c.serial_log(&vu).await.parent().expect("vm dir").join("qmp.sock");
+    let first = vm["vmNics"][0].clone();
+
+    // the NIC of the start: on the root bus, not hot-unpluggable: refused, unchanged
+    let e = srv.fails("DELETE", &format!("/vm-instances/nics/{}", s(&first["uuid"])), None).await;
+    assert_error(&e, "SYS.1006", "failed to hot-unplug the nic");
+    assert_eq!(vm_inv(srv, &vu).await["vmNics"].as_array().unwrap().len(), 1);
+    assert_eq!(used_ips(srv).await, 1);
+
+    // hot-plug
+    let r = srv.ok("POST", &format!("/vm-instances/{vu}/l3-networks/{l3}"), Some(json!({"params": {}}))).await;
+    let nic = nic_on(&r["inventory"], &l3).expect("nic on the vlan").clone();
+    assert_eq!(nic["deviceId"], 1);
+    assert!(s(&nic["ip"]).starts_with(&format!("10.237.{n}.")), "{nic}");
+    let tap = format!("tap{}1", &vu[..8]);
+    assert!(common::kvm::sh(&["ip", "link", "show", &tap]), "the tap {tap} exists");
+    let filters = qmp(&sock, "query-rx-filter", json!({})).expect("rx filters");
+    assert!(filters.to_string().contains(&s(&nic["mac"])), "QEMU has the NIC: {filters}");
+    let virtio = json!({"path": "/machine/peripheral/hnic1/virtio-backend"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let st = qmp(&sock, "x-query-virtio-status", virtio.clone()).expect("hnic1 is plugged");
+        if st.to_string().contains("DRIVER_OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the guest never took hnic1: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(used_ips(srv).await, 2);
+
+    // hot-unplug: the device, its tap and its address go
+    let r = srv.ok("DELETE", &format!("/vm-instances/nics/{}", s(&nic["uuid"])), None).await;
+    assert_eq!(r["inventory"]["vmNics"].as_array().unwrap().len(), 1);
+    assert!(qmp(&sock, "x-query-virtio-status", virtio).is_err(), "hnic1 is gone");
+    let filters = qmp(&sock, "query-rx-filter", json!({})).expect("rx filters");
+    assert!(!filters.to_string().contains(&s(&nic["mac"])), "{filters}");
+    assert!(!common::kvm::sh(&["ip", "link", "show", &tap]), "the tap {tap} is gone");
+    assert_eq!(used_ips(srv).await, 1);
+
+    srv.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
+    if !srv.query(&format!("/vm-instances/{vu}")).await.is_empty() {
+        srv.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
+    }
+    assert!(qemu_pids(&vu).is_empty(), "no QEMU left for {vu}");
+}

@@ -499,6 +499,16 @@ impl KvmAgentClient {
     pub async fn detach_volume(&self, cmd: &rzstack_api::agent::VmVolumeCmd) -> Result<VmState, AgentError> {
         self.command(rzstack_api::agent::PATH_VM_VOLUME_DETACH, cmd, REQUEST_TIMEOUT + Duration::from_secs(60)).await
     }
+
+    /// Hot-plug a NIC (its tap prepared) into a running VM ([`rzstack_api::agent::PATH_VM_NIC_ATTACH`]).
+    pub async fn attach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_NIC_ATTACH, cmd, REQUEST_TIMEOUT).await
+    }
+
+    /// Hot-unplug a NIC from a running VM (waits for the guest to let it go).
+    pub async fn detach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_NIC_DETACH, cmd, REQUEST_TIMEOUT + Duration::from_secs(60)).await
+    }
 }
 
 /// `e` and its sources, joined (reqwest's top-level text alone hides "connection refused").

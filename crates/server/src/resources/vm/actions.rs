@@ -6,6 +6,7 @@
 //! refused with a clear error; Stopped VMs and simulator VMs are served fully.
 
 use super::*;
+use crate::hostagent::KvmAgentClient;
 
 fn vm_uuid(msg: &Msg) -> String {
     msg.str("vmInstanceUuid").unwrap_or_default().to_string()
@@ -106,7 +107,8 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
     let mut tx = app.db.begin_write().await?;
     let vm = tx
         .fetch_optional(
-            "SELECT state, type, hypervisor_type, internal_id, default_l3_network_uuid FROM vm_instance WHERE uuid = $1",
+            "SELECT state, type, hypervisor_type, internal_id, default_l3_network_uuid, host_uuid FROM vm_instance \
+             WHERE uuid = $1",
             &[Val::from(uuid.as_str())],
         )
         .await?
@@ -116,6 +118,7 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
     let hv: Option<String> = vm.try_get(2)?;
     let internal_id: i64 = vm.try_get(3)?;
     let default_l3: Option<String> = vm.try_get(4)?;
+    let host: Option<String> = vm.try_get(5)?;
     if state != "Running" && state != "Stopped" {
         return Err(Error::operr(format!(
             "unable to attach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
@@ -196,9 +199,12 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
             return Err(Error::operr(format!("the static IP[{ip}] has been occupied on the L3 network[uuid:{l3}]")));
         }
     }
-    if state == "Running" && hv.as_deref() == Some("KVM") {
-        return Err(kvm_running_refused(&uuid, "attach a L3 network"));
-    }
+    // a Running KVM VM gets the NIC hot-plugged once its rows are committed
+    let hot_host = match (state.as_str(), hv.as_deref(), &host) {
+        ("Running", Some("KVM"), Some(h)) => Some(h.clone()),
+        ("Running", Some("KVM"), None) => return Err(kvm_running_refused(&uuid, "attach a L3 network")),
+        _ => None,
+    };
     // the lowest free device id
     let used: Vec<i64> = tx
         .fetch_all("SELECT device_id FROM vm_nic WHERE vm_instance_uuid = $1", &[Val::from(uuid.as_str())])
@@ -280,7 +286,88 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
     tx.execute("UPDATE vm_instance SET last_op_date = $1 WHERE uuid = $2", &[Val::I(now), Val::from(uuid.as_str())])
         .await?;
     tx.commit().await?;
+    if let Some(h) = hot_host {
+        if let Err(e) = hot_plug(&app, &uuid, &h, device).await {
+            // give back what this attach took: the NIC, its address, the default L3 it set
+            let mut tx = app.db.begin_write().await?;
+            tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic_uuid.as_str())]).await?;
+            tx.execute("DELETE FROM vm_nic WHERE uuid = $1", &[Val::from(nic_uuid.as_str())]).await?;
+            if default_l3.is_none() {
+                tx.execute(
+                    "UPDATE vm_instance SET default_l3_network_uuid = NULL WHERE uuid = $1 AND default_l3_network_uuid = $2",
+                    &[Val::from(uuid.as_str()), Val::from(l3)],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            return Err(e);
+        }
+    }
     reply(&app, &uuid).await
+}
+
+/// The agent of a KVM host and the VM's NIC `device` as its start plan sees it.
+async fn kvm_nic(app: &App, vm: &str, host: &str, device: i64) -> Result<(KvmAgentClient, super::kvm::NicPlan)> {
+    let mut tx = app.db.begin_write().await?;
+    let plan = super::kvm::start_plan(&mut tx, vm, host).await?;
+    tx.commit().await?;
+    let Some(plan) = plan else {
+        return Err(Error::operr(format!("host[uuid:{host}] of vm[uuid:{vm}] is not a KVM host")));
+    };
+    let agent = KvmAgentClient::new(&plan.ip, &plan.token);
+    let nic = plan
+        .nics
+        .into_iter()
+        .find(|n| n.device == device)
+        .ok_or_else(|| Error::not_found(format!("the nic[deviceId:{device}] of vm[uuid:{vm}] is not found")))?;
+    Ok((agent, nic))
+}
+
+/// Hot-plug NIC `device` into the running KVM VM: its bridge, tap and DHCP lease first (as at
+/// start), then the virtio-net device over QMP. A failure releases the tap again.
+async fn hot_plug(app: &App, vm: &str, host: &str, device: i64) -> Result<()> {
+    use crate::hostagent::HostAgent;
+    use rzstack_api::agent::{BridgeSpec, DhcpLease, DhcpSpec, TapSpec, VmNicCmd, VmNicSpec};
+    let (agent, n) = kvm_nic(app, vm, host, device).await?;
+    let b =
+        BridgeSpec { l2_uuid: n.l2.clone(), physical_interface: n.interface.clone(), vlan: n.vlan, bridge_name: None };
+    let bridge = b.name();
+    let mut net = crate::hostagent::NetworkPrepareCmd {
+        version: crate::hostagent::PROTOCOL_VERSION,
+        bridges: vec![b],
+        taps: vec![TapSpec {
+            vm_uuid: vm.to_string(),
+            tap_name: n.tap.clone(),
+            mac: n.mac.clone(),
+            bridge_name: bridge.clone(),
+        }],
+        ..Default::default()
+    };
+    if let (Some(gw), Some(mask), Some(ip)) = (&n.gateway, &n.netmask, &n.ip) {
+        net.dhcp.push(DhcpSpec {
+            l3_uuid: n.l3.clone(),
+            bridge_name: bridge,
+            gateway: gw.clone(),
+            netmask: mask.clone(),
+            dns: vec![],
+            dns_domain: None,
+            leases: vec![DhcpLease { mac: n.mac.clone(), ip: ip.clone(), hostname: n.hostname.clone() }],
+        });
+    }
+    let failed = |what: &str, e: crate::hostagent::AgentError| {
+        Error::operr(format!("failed to {what} of vm[uuid:{vm}] on its KVM host[uuid:{host}]: {e}"))
+    };
+    agent.prepare_network(&net).await.map_err(|e| failed("prepare the network of the new nic", e))?;
+    let cmd = VmNicCmd {
+        version: crate::hostagent::PROTOCOL_VERSION,
+        vm_uuid: vm.to_string(),
+        nic: VmNicSpec { mac: n.mac.clone(), tap_name: n.tap.clone(), device_id: device },
+    };
+    if let Err(e) = agent.attach_nic(&cmd).await {
+        release_nic_on_host(app, vm, host, &n.l3, &n.mac, device).await;
+        return Err(failed("hot-plug the new nic", e));
+    }
+    Ok(())
 }
 
 pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
@@ -322,9 +409,40 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
             "unable to detach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
         )));
     }
-    if state == "Running" && hv.as_deref() == Some("KVM") {
-        return Err(kvm_running_refused(&uuid, "detach a L3 network"));
-    }
+    let hot_host: Option<String> = if state == "Running" && hv.as_deref() == Some("KVM") {
+        let h: Option<String> = tx
+            .fetch_optional("SELECT host_uuid FROM vm_instance WHERE uuid = $1", &[Val::from(uuid.as_str())])
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten();
+        let Some(h) = h else { return Err(kvm_running_refused(&uuid, "detach a L3 network")) };
+        // the guest lets the device go first; nothing in the database changes when it does not
+        let cmd = rzstack_api::agent::VmNicCmd {
+            version: crate::hostagent::PROTOCOL_VERSION,
+            vm_uuid: uuid.clone(),
+            nic: rzstack_api::agent::VmNicSpec {
+                mac: mac.clone(),
+                tap_name: super::kvm::tap_name(&uuid, device),
+                device_id: device,
+            },
+        };
+        // no transaction is open while the host works (the VM's turn keeps others out)
+        tx.commit().await?;
+        let agent = super::kvm::agent_of_vm(&app.db, &uuid)
+            .await?
+            .ok_or_else(|| kvm_running_refused(&uuid, "detach a L3 network"))?;
+        let unplugged = agent.detach_nic(&cmd).await;
+        tx = app.db.begin_write().await?;
+        unplugged.map_err(|e| {
+            Error::operr(format!(
+                "failed to hot-unplug the nic[uuid:{nic}] of vm[uuid:{uuid}] on its KVM host[uuid:{h}]: {e}"
+            ))
+        })?;
+        Some(h)
+    } else {
+        None
+    };
     tx.execute("DELETE FROM used_ip WHERE vm_nic_uuid = $1", &[Val::from(nic.as_str())]).await?;
     crate::resources::tag::delete_for_resource(&mut tx, &nic).await?;
     tx.execute("DELETE FROM vm_nic WHERE uuid = $1", &[Val::from(nic.as_str())]).await?;
@@ -350,7 +468,7 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     )
     .await?;
     tx.commit().await?;
-    if let (Some("KVM"), Some(host)) = (hv.as_deref(), last_host.as_deref()) {
+    if let (Some("KVM"), Some(host)) = (hv.as_deref(), hot_host.as_deref().or(last_host.as_deref())) {
         release_nic_on_host(&app, &uuid, host, &l3, &mac, device).await;
     }
     reply(&app, &uuid).await
