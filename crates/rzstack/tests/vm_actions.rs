@@ -561,6 +561,19 @@ async fn nic_hot_plug_on_a_kvm_host() {
     }
     assert_eq!(used_ips(srv).await, 2);
 
+    // SetVmStaticIp on the running VM: the host's DHCP server serves the NIC's MAC the new address
+    let hosts = c.agent_dir.path().join("dhcp").join(&l3).join("hosts");
+    let mac = s(&nic["mac"]);
+    let old_ip = s(&nic["ip"]);
+    assert!(std::fs::read_to_string(&hosts).unwrap().contains(&format!("{mac},{old_ip}")));
+    let new_ip = (10..=20).map(|i| format!("10.237.{n}.{i}")).find(|i| *i != old_ip).unwrap();
+    action(srv, &vu, json!({"setVmStaticIp": {"l3NetworkUuid": l3, "ip": new_ip}})).await;
+    let leases = std::fs::read_to_string(&hosts).unwrap();
+    assert!(leases.contains(&format!("{mac},{new_ip}")), "{leases}");
+    assert!(!leases.contains(&format!(",{old_ip}")), "{leases}");
+    assert_eq!(s(&nic_on(&vm_inv(srv, &vu).await, &l3).unwrap()["ip"]), new_ip);
+    assert_eq!(used_ips(srv).await, 2);
+
     // hot-unplug: the device, its tap and its address go
     let r = srv.ok("DELETE", &format!("/vm-instances/nics/{}", s(&nic["uuid"])), None).await;
     assert_eq!(r["inventory"]["vmNics"].as_array().unwrap().len(), 1);

@@ -323,12 +323,10 @@ async fn kvm_nic(app: &App, vm: &str, host: &str, device: i64) -> Result<(KvmAge
     Ok((agent, nic))
 }
 
-/// Hot-plug NIC `device` into the running KVM VM: its bridge, tap and DHCP lease first (as at
-/// start), then the virtio-net device over QMP. A failure releases the tap again.
-async fn hot_plug(app: &App, vm: &str, host: &str, device: i64) -> Result<()> {
-    use crate::hostagent::HostAgent;
-    use rzstack_api::agent::{BridgeSpec, DhcpLease, DhcpSpec, TapSpec, VmNicCmd, VmNicSpec};
-    let (agent, n) = kvm_nic(app, vm, host, device).await?;
+/// The bridge, tap and DHCP lease of one NIC, as the start plan prepares them (idempotent; the
+/// lease replaces the one of the same MAC).
+fn nic_network(vm: &str, n: &super::kvm::NicPlan) -> crate::hostagent::NetworkPrepareCmd {
+    use rzstack_api::agent::{BridgeSpec, DhcpLease, DhcpSpec, TapSpec};
     let b =
         BridgeSpec { l2_uuid: n.l2.clone(), physical_interface: n.interface.clone(), vlan: n.vlan, bridge_name: None };
     let bridge = b.name();
@@ -354,6 +352,16 @@ async fn hot_plug(app: &App, vm: &str, host: &str, device: i64) -> Result<()> {
             leases: vec![DhcpLease { mac: n.mac.clone(), ip: ip.clone(), hostname: n.hostname.clone() }],
         });
     }
+    net
+}
+
+/// Hot-plug NIC `device` into the running KVM VM: its bridge, tap and DHCP lease first (as at
+/// start), then the virtio-net device over QMP. A failure releases the tap again.
+async fn hot_plug(app: &App, vm: &str, host: &str, device: i64) -> Result<()> {
+    use crate::hostagent::HostAgent;
+    use rzstack_api::agent::{VmNicCmd, VmNicSpec};
+    let (agent, n) = kvm_nic(app, vm, host, device).await?;
+    let net = nic_network(vm, &n);
     let failed = |what: &str, e: crate::hostagent::AgentError| {
         Error::operr(format!("failed to {what} of vm[uuid:{vm}] on its KVM host[uuid:{host}]: {e}"))
     };
@@ -641,9 +649,22 @@ pub(super) async fn set_static_ip(app: App, msg: Msg) -> Result<Reply> {
         .map(|r| r.try_get::<Option<String>, _>(0))
         .transpose()?
         .flatten();
-    if state == "Running" && hv.as_deref() == Some("KVM") {
-        return Err(kvm_running_refused(&uuid, "change the ip address"));
-    }
+    // a Running KVM VM: its host's DHCP server gets the new lease before the old address goes
+    let hot_host: Option<(String, i64)> = if state == "Running" && hv.as_deref() == Some("KVM") {
+        let r = tx
+            .fetch_optional(
+                "SELECT v.host_uuid, n.device_id FROM vm_instance v JOIN vm_nic n ON n.vm_instance_uuid = v.uuid \
+                 WHERE v.uuid = $1 AND n.uuid = $2",
+                &[Val::from(uuid.as_str()), Val::from(nic.as_str())],
+            )
+            .await?
+            .ok_or_else(|| vm_not_found(&uuid))?;
+        let h: Option<String> = r.try_get(0)?;
+        let Some(h) = h else { return Err(kvm_running_refused(&uuid, "change the ip address")) };
+        Some((h, r.try_get(1)?))
+    } else {
+        None
+    };
     let old_ip_uuid: Option<String> = tx
         .fetch_optional("SELECT used_ip_uuid FROM vm_nic WHERE uuid = $1", &[Val::from(nic.as_str())])
         .await?
@@ -652,6 +673,17 @@ pub(super) async fn set_static_ip(app: App, msg: Msg) -> Result<Reply> {
         .flatten();
     let ip_uuid = new_uuid();
     let (ip, netmask, gateway) = allocate_ip(&mut tx, l3, &nic, &ip_uuid, Some(&ip)).await?;
+    if let Some((host, device)) = &hot_host {
+        // the new address is held (committed) while the host works; given back if it fails
+        tx.commit().await?;
+        if let Err(e) = refresh_lease(&app, &uuid, host, *device, l3, &ip).await {
+            let mut tx = app.db.begin_write().await?;
+            tx.execute("DELETE FROM used_ip WHERE uuid = $1", &[Val::from(ip_uuid.as_str())]).await?;
+            tx.commit().await?;
+            return Err(e);
+        }
+        tx = app.db.begin_write().await?;
+    }
     tx.execute(
         "DELETE FROM used_ip WHERE vm_nic_uuid = $1 AND l3_network_uuid = $2 AND ip_version = 4 AND uuid <> $3",
         &[Val::from(nic.as_str()), Val::from(l3), Val::from(ip_uuid.as_str())],
@@ -688,6 +720,37 @@ pub(super) async fn set_static_ip(app: App, msg: Msg) -> Result<Reply> {
         .await?;
     tx.commit().await?;
     Ok(Reply::empty())
+}
+
+/// Give the NIC's DHCP lease on its KVM host the new address `ip` (the guest takes it when it
+/// renews its lease).
+async fn refresh_lease(app: &App, vm: &str, host: &str, device: i64, l3: &str, ip: &str) -> Result<()> {
+    use crate::hostagent::HostAgent;
+    let (agent, mut n) = kvm_nic(app, vm, host, device).await?;
+    if n.l3 != l3 {
+        return Ok(());
+    }
+    n.ip = Some(ip.to_string());
+    if n.hostname.is_some() {
+        // the default NIC's lease host name follows the address when no hostname:: tag names it
+        let tagged = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM system_tag WHERE resource_uuid = $1 AND tag LIKE 'hostname::%'",
+                &[Val::from(vm)],
+            )
+            .await?
+            .is_some();
+        if !tagged {
+            n.hostname = Some(ip.replace('.', "-"));
+        }
+    }
+    agent.prepare_network(&nic_network(vm, &n)).await.map_err(|e| {
+        Error::operr(format!(
+            "failed to give the new ip address[{ip}] to the DHCP server of vm[uuid:{vm}] on its KVM host[uuid:{host}]: {e}"
+        ))
+    })?;
+    Ok(())
 }
 
 fn in_cidr(n: i64, cidr: &str) -> bool {
