@@ -1,9 +1,12 @@
 //! VM actions after creation: ChangeInstanceOffering, AttachL3NetworkToVm,
-//! DetachL3NetworkFromVm, GetVmAttachableL3Network. Each runs in the VM's turn
-//! ([`queue::turn`]) and changes rows in one write transaction.
+//! DetachL3NetworkFromVm, GetVmAttachableL3Network, SetVmStaticIp, AttachIsoToVmInstance,
+//! DetachIsoFromVmInstance, GetVmConsoleAddress. Each change runs in the VM's turn
+//! ([`queue::turn`]); no write transaction stays open while a KVM host works.
 //!
-//! Hot changes on a Running KVM VM (NIC hot-plug) are not done by this node yet: they are
-//! refused with a clear error; Stopped VMs and simulator VMs are served fully.
+//! Running KVM VMs: NICs are hot-plugged/unplugged over QMP (a NIC QEMU started with sits on
+//! the root bus and cannot be unplugged: refused), a static IP change updates the host's DHCP
+//! lease; an ISO change (no CD-ROM medium change yet) and the console (QEMU runs without a
+//! display) are refused with a clear error. Stopped VMs and simulator VMs are served fully.
 
 use super::*;
 use crate::hostagent::KvmAgentClient;
@@ -95,7 +98,7 @@ struct AttachL3 {
 
 fn kvm_running_refused(uuid: &str, what: &str) -> Error {
     Error::operr(format!(
-        "unable to {what} on the running vm[uuid:{uuid}]: hot-plug on KVM hosts is not supported by this management node; stop the vm first"
+        "unable to {what} on the running vm[uuid:{uuid}]: this management node cannot do it on a running KVM vm; stop the vm first"
     ))
 }
 
