@@ -120,6 +120,18 @@ async fn attach_detach_l3() {
     let c: Vec<String> = r.body["inventories"].as_array().unwrap().iter().map(|l| s(&l["uuid"])).collect();
     assert_eq!(c, vec![l3b.clone()]);
 
+    // vmNicParams cannot be honoured by this node: refused, nothing changed
+    let e = srv
+        .fails(
+            "POST",
+            &format!("/vm-instances/{vm}/l3-networks/{l3b}"),
+            Some(json!({"params": {"vmNicParams": json!([{"l3NetworkUuid": l3b}]).to_string()}})),
+        )
+        .await;
+    assert_error(&e, "SYS.1007", "vmNicParams is not supported by AttachL3NetworkToVm");
+    assert_eq!(used_ips(&srv).await, ips0);
+    assert_eq!(vm_inv(&srv, &vm).await["vmNics"].as_array().unwrap().len(), 1);
+
     // attach b
     let r = srv.ok("POST", &format!("/vm-instances/{vm}/l3-networks/{l3b}"), Some(json!({"params": {}}))).await;
     let inv = &r["inventory"];
@@ -383,8 +395,9 @@ async fn attach_detach_iso() {
     assert!(vm_inv(&srv, &vm).await["vmCdRoms"][0].get("isoUuid").is_none());
 }
 
-/// GetVmConsoleAddress: a Running simulator VM's console is VNC on its host's management IP;
-/// a Stopped VM is refused by state (VM.1010 in SYS.1006), an unknown VM with SYS.1003.
+/// GetVmConsoleAddress: a Running simulator VM has no console (no guest runs): refused
+/// clearly, never a made-up address; a Stopped VM is refused by state (VM.1010 in SYS.1006),
+/// an unknown VM with SYS.1003.
 #[tokio::test]
 async fn console_address() {
     let srv = Server::start().await;
@@ -394,11 +407,12 @@ async fn console_address() {
         s(&srv.ok("POST", "/vm-instances", Some(create(&t, json!({"l3NetworkUuids": [l3]})))).await["inventory"]
             ["uuid"]);
     let r = srv.get(&format!("/vm-instances/{vm}/console-addresses")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body["hostIp"], "10.0.0.1");
-    assert_eq!(r.body["protocol"], "vnc");
-    assert_eq!(r.body["port"], 5900);
-    assert_eq!(r.body["vdiPortInfo"]["vncPort"], 5900);
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_error(
+        &r.body["error"],
+        "SYS.1006",
+        &format!("the vm[uuid:{vm}] has no console: a simulator host runs no guest"),
+    );
 
     action(&srv, &vm, json!({"stopVmInstance": {}})).await;
     let r = srv.get(&format!("/vm-instances/{vm}/console-addresses")).await;

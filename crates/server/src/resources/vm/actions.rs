@@ -106,6 +106,12 @@ pub(super) async fn attach_l3(app: App, msg: Msg) -> Result<Reply> {
     let uuid = vm_uuid(&msg);
     let _turn = queue::turn(&uuid).await;
     let req: AttachL3 = msg.parse()?;
+    // accepted by the API's shape, not honoured here yet: refused rather than ignored
+    if msg.fields.get("vmNicParams").is_some_and(|v| !v.is_null() && v.as_str() != Some("")) {
+        return Err(Error::argerr(
+            "vmNicParams is not supported by AttachL3NetworkToVm on this management node; use staticIp, customMac and driverType",
+        ));
+    }
     let l3 = req.l3_network_uuid.as_str();
     let mut tx = app.db.begin_write().await?;
     let vm = tx
@@ -920,12 +926,11 @@ pub(super) async fn detach_iso(app: App, msg: Msg) -> Result<Reply> {
 // GetVmConsoleAddress
 
 const CONSOLE_STATES: &[&str] = &["Running", "Crashed"];
-/// The console port a simulator host reports (upstream's KVM default VNC port).
-const SIMULATOR_VNC_PORT: i64 = 5900;
 
-/// Upstream asks the VM's host for its VNC/SPICE port. A simulator host reports a VNC console
-/// on its management IP; this node's KVM agent starts QEMU without a display, so a KVM VM has
-/// no console address: refused clearly, as upstream's host error.
+/// Upstream asks the VM's host for its VNC/SPICE port. No host here has one to give: this
+/// node's KVM agent starts QEMU without a display, and a simulator host runs no guest (upstream's
+/// simulator does not answer the request either). Refused clearly after upstream's checks,
+/// never a made-up address.
 pub(super) async fn console_address(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
@@ -944,18 +949,13 @@ pub(super) async fn console_address(app: App, msg: Msg) -> Result<Reply> {
     if !CONSOLE_STATES.contains(&state.as_str()) {
         return Err(state_refused("org.zstack.header.vm.APIGetVmConsoleAddressMsg", CONSOLE_STATES, &state));
     }
-    let Some(ip) = ip else {
+    if ip.is_none() {
         return Err(Error::operr(format!("the vm[uuid:{uuid}] is not on any host")));
-    };
-    if hv.as_deref() == Some("KVM") {
-        return Err(Error::operr(format!(
-            "operation error, because:the vm[uuid:{uuid}] has no console: the host agent runs its QEMU without a display (no VNC or SPICE)"
-        )));
     }
-    Ok(Reply::fields([
-        ("hostIp", Value::from(ip)),
-        ("port", Value::from(SIMULATOR_VNC_PORT)),
-        ("protocol", Value::from("vnc")),
-        ("vdiPortInfo", serde_json::json!({"vncPort": SIMULATOR_VNC_PORT})),
-    ]))
+    let why = if hv.as_deref() == Some("KVM") {
+        "the host agent runs its QEMU without a display (no VNC or SPICE)"
+    } else {
+        "a simulator host runs no guest"
+    };
+    Err(Error::operr(format!("operation error, because:the vm[uuid:{uuid}] has no console: {why}")))
 }
