@@ -13,8 +13,8 @@
 
 pub mod facts;
 pub mod network;
-pub mod qemu;
 pub mod qcow2;
+pub mod qemu;
 pub mod qmp;
 pub mod storage;
 pub mod sys;

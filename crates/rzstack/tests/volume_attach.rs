@@ -74,7 +74,7 @@ async fn attach_and_detach_on_simulator_hosts() {
     assert_eq!(inv["primaryStorageUuid"], t.ps.as_str());
     assert_eq!(inv["isShareable"], false);
     assert!(inv["lastAttachDate"].is_string(), "{inv}");
-    assert!(inv.get("lastDetachDate").map_or(true, |d| d.is_null()), "{inv}");
+    assert!(inv.get("lastDetachDate").is_none_or(|d| d.is_null()), "{inv}");
     assert_eq!(usage(&srv, &t).await.1, free - GB);
     assert_eq!(vm_volumes(&srv, &vm_uuid).await, vec![(root.clone(), 0), (d1.clone(), 1)]);
 
