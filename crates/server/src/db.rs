@@ -275,6 +275,10 @@ impl Db {
             // An embedded SQLite connection cannot have been dropped by a server: no ping (a
             // round trip to the connection's worker thread) before every use.
             .test_before_acquire(kind != DbKind::Sqlite)
+            // ... nor go stale: kept open, so that a request never waits for one to be opened
+            // (file, worker thread, PRAGMAs: 4 ms and more under load)
+            .idle_timeout((kind == DbKind::Postgres).then_some(std::time::Duration::from_secs(600)))
+            .max_lifetime((kind == DbKind::Postgres).then_some(std::time::Duration::from_secs(1800)))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
@@ -294,9 +298,10 @@ impl Db {
             });
         let pool = opts.clone().connect(&url).await?;
         // Writers hold the writer lock while they wait for a connection: two connections of
-        // their own (one may still be on its way back to the pool when the next writer starts).
+        // their own (one may still be on its way back to the pool when the next writer starts),
+        // both opened now rather than by the first burst of writes.
         let writer = match kind {
-            DbKind::Sqlite => opts.max_connections(2).connect(&url).await?,
+            DbKind::Sqlite => opts.max_connections(2).min_connections(2).connect(&url).await?,
             DbKind::Postgres => pool.clone(),
         };
         let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
@@ -448,8 +453,33 @@ async fn run_group(writer: &AnyPool, batch: Vec<Grouped>) {
         }
         let mut tx = writer.begin().await?;
         let mut n = Vec::with_capacity(batch.len());
-        for g in &batch {
-            n.push(query_with(g.sql, &g.vals).execute(&mut *tx).await?.rows_affected());
+        let mut i = 0;
+        while i < batch.len() {
+            // a run of the same `INSERT ... VALUES (...)` goes as one multi-row statement: one
+            // hand-off to the database thread instead of one per row
+            let run = batch[i..].iter().take_while(|g| std::ptr::eq(g.sql, batch[i].sql)).count();
+            if let (true, Some(tuple)) = (run > 1, values_tuple(batch[i].sql)) {
+                let chunk = &batch[i..i + run];
+                let mut sql = String::with_capacity(batch[i].sql.len() + run * (tuple.len() + 8));
+                sql.push_str(&batch[i].sql[..batch[i].sql.len() - tuple.len()]);
+                let mut vals = Vec::with_capacity(run * chunk[0].vals.len());
+                for (k, g) in chunk.iter().enumerate() {
+                    if k > 0 {
+                        sql.push_str(", ");
+                    }
+                    renumber(&mut sql, tuple, vals.len());
+                    vals.extend(g.vals.iter().cloned());
+                }
+                let done = query_with(&sql, &vals).execute(&mut *tx).await?.rows_affected();
+                if done != run as u64 {
+                    return Err(Error::Internal(format!("a grouped insert wrote {done} of {run} rows")));
+                }
+                n.extend(std::iter::repeat_n(1, run));
+                i += run;
+                continue;
+            }
+            n.push(query_with(batch[i].sql, &batch[i].vals).execute(&mut *tx).await?.rows_affected());
+            i += 1;
         }
         tx.commit().await?;
         Ok(n)
@@ -473,6 +503,33 @@ async fn run_group(writer: &AnyPool, batch: Vec<Grouped>) {
             }
         }
     }
+}
+
+/// The `(...)` tuple that ends a plain `INSERT ... VALUES (...)` (no `ON CONFLICT`, no
+/// `RETURNING`, no `SELECT`), which can be repeated for more rows.
+fn values_tuple(sql: &str) -> Option<&str> {
+    if !sql.starts_with("INSERT INTO") || sql.contains("ON CONFLICT") || sql.contains("RETURNING") {
+        return None;
+    }
+    let at = sql.rfind(" VALUES (")?;
+    let tuple = &sql[at + " VALUES ".len()..];
+    (tuple.ends_with(')') && !tuple.contains("SELECT")).then_some(tuple)
+}
+
+/// Append `tuple` to `sql` with every `$n` placeholder moved up by `offset`.
+fn renumber(sql: &mut String, tuple: &str, offset: usize) {
+    let mut rest = tuple;
+    while let Some(at) = rest.find('$') {
+        sql.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => sql.push_str(&(n + offset).to_string()),
+            Err(_) => sql.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    sql.push_str(rest);
 }
 
 /// How often the checkpointer copies a SQLite write-ahead log back into its database file.
@@ -574,6 +631,21 @@ mod tests {
             jobs.close().await;
         }
         assert!(dir.path().join("rzstack-jobs.db").exists());
+    }
+
+    #[test]
+    fn multi_row_inserts() {
+        let sql = "INSERT INTO t (a, b, c) VALUES ($1, 'x', $2)";
+        let tuple = values_tuple(sql).unwrap();
+        assert_eq!(tuple, "($1, 'x', $2)");
+        let mut out = String::from("INSERT INTO t (a, b, c) VALUES ");
+        renumber(&mut out, tuple, 0);
+        out.push_str(", ");
+        renumber(&mut out, tuple, 2);
+        assert_eq!(out, "INSERT INTO t (a, b, c) VALUES ($1, 'x', $2), ($3, 'x', $4)");
+        assert!(values_tuple("INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO NOTHING").is_none());
+        assert!(values_tuple("INSERT INTO t (a) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM t)").is_none());
+        assert!(values_tuple("UPDATE t SET a = $1").is_none());
     }
 
     /// Statements sent at the same moment share commits; a duplicate among them fails alone.
