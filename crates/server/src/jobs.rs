@@ -234,8 +234,8 @@ async fn call_web_hook(http: reqwest::Client, url: String, job: String, success:
     }
 }
 
-/// The answer to `GET /api-jobs/{uuid}`: (status, body).
-pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, Value)>> {
+/// The answer to `GET /api-jobs/{uuid}`: (status, JSON text of the body).
+pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u16, String)>> {
     let running = in_process().get(uuid).cloned();
     if let Some(running) = running {
         let done = running.done.notified();
@@ -243,11 +243,11 @@ pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u1
         // registered before the second look, so an end in between is not missed
         done.as_mut().enable();
         if in_process().contains_key(uuid) && tokio::time::timeout(LONG_POLL, done).await.is_err() {
-            return Ok(Some((202, json!({}))));
+            return Ok(Some((202, "{}".into())));
         }
         // the job ended in this process: its result as stored in its row
         if let Some((success, text, schema)) = running.result.get() {
-            return Ok(Some(answer(*success, text, Some(schema.clone()), want_schema)));
+            return Ok(Some(answer(*success, text, Some(schema), want_schema)));
         }
     }
     let row = app
@@ -257,27 +257,28 @@ pub async fn poll(app: &App, uuid: &str, want_schema: bool) -> Result<Option<(u1
     let Some(row) = row else { return Ok(None) };
     let state: String = row.try_get(0)?;
     if state != "done" {
-        return Ok(Some((202, json!({}))));
+        return Ok(Some((202, "{}".into())));
     }
     let success: i64 = row.try_get::<Option<i64>, _>(1)?.unwrap_or(0);
     let text: String = row.try_get::<Option<String>, _>(2)?.unwrap_or_else(|| "{}".into());
     let schema: Option<String> = if success != 0 && want_schema { row.try_get(3)? } else { None };
-    Ok(Some(answer(success != 0, &text, schema, want_schema)))
+    Ok(Some(answer(success != 0, &text, schema.as_deref(), want_schema)))
 }
 
-/// A done job's answer from its stored result.
-fn answer(success: bool, text: &str, schema: Option<String>, want_schema: bool) -> (u16, Value) {
-    let mut body: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({}));
-    if success && want_schema {
-        if let (Some(s), Value::Object(b)) = (schema, &mut body) {
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&s) {
-                if !m.is_empty() {
-                    b.insert("schema".into(), Value::Object(m));
-                }
-            }
+/// A done job's answer from its stored result: the stored JSON text itself, with the `schema`
+/// map spliced in as the last key when asked for (no parse and re-serialization of the
+/// inventory on every poll).
+fn answer(success: bool, text: &str, schema: Option<&str>, want_schema: bool) -> (u16, String) {
+    let status = if success { 200 } else { 503 };
+    let body = text.trim();
+    let schema = schema.map(str::trim).filter(|m| success && want_schema && m.len() > 2 && m.starts_with('{'));
+    match (schema, body.strip_suffix('}')) {
+        (Some(m), Some(open)) if body.starts_with('{') => {
+            let sep = if open.trim_end() == "{" { "" } else { "," };
+            (status, format!("{open}{sep}\"schema\":{m}}}"))
         }
+        _ => (status, body.to_string()),
     }
-    (if success { 200 } else { 503 }, body)
 }
 
 /// Resume the jobs this node left unfinished (a crash or a kill), or fail those that have
@@ -361,6 +362,27 @@ mod tests {
     fn own_nice() -> i32 {
         // SAFETY: plain integer system calls.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    }
+
+    #[test]
+    fn answers_splice_the_schema_into_the_stored_text() {
+        let inv = r#"{"inventory":{"uuid":"a"}}"#;
+        let schema = r#"{"inventory":"org.zstack.header.vm.VmInstanceInventory"}"#;
+        let (st, body) = super::answer(true, inv, Some(schema), true);
+        assert_eq!(st, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["inventory"]["uuid"], "a");
+        assert_eq!(v["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
+        assert!(body.ends_with(r#""schema":{"inventory":"org.zstack.header.vm.VmInstanceInventory"}}"#), "{body}");
+        // no schema asked, an empty map, or a failure: the stored text as it is
+        assert_eq!(super::answer(true, inv, Some(schema), false).1, inv);
+        assert_eq!(super::answer(true, inv, Some("{}"), true).1, inv);
+        let err = r#"{"error":{"code":"SYS.1000"}}"#;
+        assert_eq!(super::answer(false, err, Some(schema), true), (503, err.to_string()));
+        // an empty body with a schema
+        let (_, b) = super::answer(true, "{}", Some(schema), true);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
     }
 
     /// Jobs run on threads below the HTTP side's CPU priority.

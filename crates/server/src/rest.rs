@@ -23,6 +23,13 @@ fn json_response(status: u16, body: &Value) -> Response {
     r
 }
 
+/// A JSON answer whose text is already made (a stored job result).
+fn json_text_response(status: u16, body: String) -> Response {
+    let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+    r.headers_mut().insert("content-type", HeaderValue::from_static(JSON));
+    r
+}
+
 fn text_response(e: RestError) -> Response {
     let mut r = (StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), e.text).into_response();
     r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -218,7 +225,7 @@ async fn handle_inner(
 
 async fn poll_job(app: &App, uuid: &str, headers: &HeaderMap) -> Result<Response, RestError> {
     match jobs::poll(app, uuid, headers.contains_key("x-json-schema")).await {
-        Ok(Some((status, body))) => Ok(json_response(status, &body)),
+        Ok(Some((status, body))) => Ok(json_text_response(status, body)),
         Ok(None) => Err(RestError::not_found("the job has been expired")),
         Err(e) => Err(RestError::internal(e.to_string())),
     }
