@@ -524,28 +524,7 @@ impl Vms {
             let (node, id) = (format!("disk{dev}"), format!("vd{dev}"));
             let mut q = self.qmp(uuid).await?;
             let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
-            match q.execute("device_del", Some(json!({"id": id}))).await {
-                Ok(_) => {
-                    let seen =
-                        |ev: &serde_json::Value| ev["event"] == "DEVICE_DELETED" && ev["data"]["device"] == id.as_str();
-                    let mut gone = q.take_events().iter().any(seen);
-                    let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
-                    while !gone {
-                        match tokio::time::timeout_at(deadline, q.next_event()).await {
-                            Ok(Ok(ev)) => gone = seen(&ev),
-                            Ok(Err(err)) => return Err(e(err)),
-                            Err(_) => {
-                                return Err(format!(
-                                    "VM {uuid}: the guest did not release the disk {id} in {UNPLUG_WAIT:?}"
-                                ))
-                            }
-                        }
-                    }
-                }
-                // already gone (an earlier attempt that timed out after the guest let go)
-                Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
-                Err(err) => return Err(e(err)),
-            }
+            unplug(&mut q, uuid, &id, "disk").await?;
             match q.execute("blockdev-del", Some(json!({"node-name": node}))).await {
                 Ok(_) => {}
                 Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
@@ -640,28 +619,7 @@ impl Vms {
                     Some(d) => format!("hnet{d}"),
                     None => format!("net{}", id.strip_prefix("nic").unwrap_or(&id)),
                 };
-                match q.execute("device_del", Some(json!({"id": id}))).await {
-                    Ok(_) => {
-                        let seen = |ev: &serde_json::Value| {
-                            ev["event"] == "DEVICE_DELETED" && ev["data"]["device"] == id.as_str()
-                        };
-                        let mut gone = q.take_events().iter().any(seen);
-                        let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
-                        while !gone {
-                            match tokio::time::timeout_at(deadline, q.next_event()).await {
-                                Ok(Ok(ev)) => gone = seen(&ev),
-                                Ok(Err(err)) => return Err(e(err)),
-                                Err(_) => {
-                                    return Err(format!(
-                                        "VM {uuid}: the guest did not release the NIC {id} in {UNPLUG_WAIT:?}"
-                                    ))
-                                }
-                            }
-                        }
-                    }
-                    Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
-                    Err(err) => return Err(e(err)),
-                }
+                unplug(&mut q, uuid, &id, "NIC").await?;
                 match q.execute("netdev_del", Some(json!({"id": netdev}))).await {
                     Ok(_) => {}
                     Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => {}
@@ -780,4 +738,27 @@ impl Vms {
         }
         running
     }
+}
+
+/// `device_del` of a hot-plugged device, then wait (up to [`UNPLUG_WAIT`]) for the guest to let
+/// it go (`DEVICE_DELETED`). A device already gone (an earlier attempt that timed out after the
+/// guest let go) is success.
+async fn unplug(q: &mut crate::qmp::Qmp, uuid: &str, id: &str, what: &str) -> Result<(), String> {
+    let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+    match q.execute("device_del", Some(json!({"id": id}))).await {
+        Ok(_) => {}
+        Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("not found") => return Ok(()),
+        Err(err) => return Err(e(err)),
+    }
+    let seen = |ev: &serde_json::Value| ev["event"] == "DEVICE_DELETED" && ev["data"]["device"] == id;
+    let mut gone = q.take_events().iter().any(seen);
+    let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
+    while !gone {
+        match tokio::time::timeout_at(deadline, q.next_event()).await {
+            Ok(Ok(ev)) => gone = seen(&ev),
+            Ok(Err(err)) => return Err(e(err)),
+            Err(_) => return Err(format!("VM {uuid}: the guest did not release the {what} {id} in {UNPLUG_WAIT:?}")),
+        }
+    }
+    Ok(())
 }
