@@ -4,20 +4,12 @@
 
 mod common;
 
-use common::sim::{create, local_topology, network, s, topology, usage, GB};
+use common::sim::{create, local_topology, network, new_volume, s, topology, usage, GB};
 use common::{assert_error, Server};
 use serde_json::{json, Value};
 
 async fn volume(srv: &Server, uuid: &str) -> Value {
     srv.query(&format!("/volumes/{uuid}")).await[0].clone()
-}
-
-async fn new_volume(srv: &Server, name: &str, extra: Value) -> String {
-    let mut p = json!({"name": name, "diskSize": GB});
-    for (k, v) in extra.as_object().unwrap() {
-        p[k] = v.clone();
-    }
-    s(&srv.ok("POST", "/volumes/data", Some(json!({"params": p}))).await["inventory"]["uuid"])
 }
 
 async fn attach(srv: &Server, vol: &str, vm: &str) -> Value {

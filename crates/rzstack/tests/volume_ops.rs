@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::sim::{create, network, s, topology, usage, GB};
+use common::sim::{create, network, new_volume, s, topology, usage, GB};
 use common::{assert_error, Server};
 use serde_json::{json, Value};
 
@@ -15,14 +15,6 @@ async fn volume(srv: &Server, uuid: &str) -> Value {
 
 async fn snap(srv: &Server, uuid: &str) -> Value {
     srv.query(&format!("/volume-snapshots/{uuid}")).await[0].clone()
-}
-
-async fn new_volume(srv: &Server, name: &str, extra: Value) -> String {
-    let mut p = json!({"name": name, "diskSize": GB});
-    for (k, v) in extra.as_object().unwrap() {
-        p[k] = v.clone();
-    }
-    s(&srv.ok("POST", "/volumes/data", Some(json!({"params": p}))).await["inventory"]["uuid"])
 }
 
 async fn new_snapshot(srv: &Server, vol: &str, name: &str) -> String {

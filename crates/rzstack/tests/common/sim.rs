@@ -169,3 +169,12 @@ pub async fn local_topology(srv: &Server, hosts: usize) -> Topo {
     srv.ok("POST", &format!("/clusters/{}/primary-storage/{ps}", t.cluster), None).await;
     Topo { ps, ..t }
 }
+
+/// Create a 1 GiB data volume named `name`, with `extra` params (e.g. a primary storage); its uuid.
+pub async fn new_volume(srv: &Server, name: &str, extra: Value) -> String {
+    let mut p = json!({"name": name, "diskSize": GB});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        p[k] = v.clone();
+    }
+    s(&srv.ok("POST", "/volumes/data", Some(json!({"params": p}))).await["inventory"]["uuid"])
+}
