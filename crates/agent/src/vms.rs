@@ -483,21 +483,8 @@ impl Vms {
         )
         .await
         .map_err(e)?;
-        let mut why = String::from("no hot-plug port");
-        let mut plugged = false;
-        for i in 0..HOTPLUG_PORTS {
-            let args = json!({"driver": "virtio-blk-pci", "drive": node, "id": id, "bus": format!("hp{i}")});
-            match q.execute("device_add", Some(args)).await {
-                Ok(_) => {
-                    plugged = true;
-                    break;
-                }
-                // a port taken by an earlier hot-plug: try the next one
-                Err(err @ crate::qmp::QmpError::Command { .. }) => why = err.to_string(),
-                Err(err) => return Err(e(err)),
-            }
-        }
-        if !plugged {
+        let args = json!({"driver": "virtio-blk-pci", "drive": node, "id": id});
+        if let Some(why) = plug(&mut q, uuid, args).await? {
             let _ = q.execute("blockdev-del", Some(json!({"node-name": node}))).await;
             return Err(format!("VM {uuid}: cannot hot-plug {}: {why}", d.install_path));
         }
@@ -567,22 +554,8 @@ impl Vms {
         )
         .await
         .map_err(e)?;
-        let mut why = String::from("no hot-plug port");
-        let mut plugged = false;
-        for i in 0..HOTPLUG_PORTS {
-            let args = json!({"driver": "virtio-net-pci", "netdev": netdev, "id": id,
-                              "mac": n.mac.to_ascii_lowercase(), "bus": format!("hp{i}")});
-            match q.execute("device_add", Some(args)).await {
-                Ok(_) => {
-                    plugged = true;
-                    break;
-                }
-                // a port taken by an earlier hot-plug: try the next one
-                Err(err @ crate::qmp::QmpError::Command { .. }) => why = err.to_string(),
-                Err(err) => return Err(e(err)),
-            }
-        }
-        if !plugged {
+        let args = json!({"driver": "virtio-net-pci", "netdev": netdev, "id": id, "mac": n.mac.to_ascii_lowercase()});
+        if let Some(why) = plug(&mut q, uuid, args).await? {
             let _ = q.execute("netdev_del", Some(json!({"id": netdev}))).await;
             return Err(format!("VM {uuid}: cannot hot-plug the NIC {}: {why}", n.mac));
         }
@@ -761,4 +734,19 @@ async fn unplug(q: &mut crate::qmp::Qmp, uuid: &str, id: &str, what: &str) -> Re
         }
     }
     Ok(())
+}
+
+/// `device_add` of `args` on the first free hot-plug port (`hp<i>`). `Ok(None)` when plugged,
+/// `Ok(Some(why))` when no port took it (each refusal is a port taken by an earlier hot-plug).
+async fn plug(q: &mut crate::qmp::Qmp, uuid: &str, mut args: serde_json::Value) -> Result<Option<String>, String> {
+    let mut why = String::from("no hot-plug port");
+    for i in 0..HOTPLUG_PORTS {
+        args["bus"] = json!(format!("hp{i}"));
+        match q.execute("device_add", Some(args.clone())).await {
+            Ok(_) => return Ok(None),
+            Err(err @ crate::qmp::QmpError::Command { .. }) => why = err.to_string(),
+            Err(err) => return Err(format!("VM {uuid}: {err}")),
+        }
+    }
+    Ok(Some(why))
 }
