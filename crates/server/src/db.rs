@@ -369,7 +369,7 @@ impl Db {
             Some(l) => Some(l.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.writer.begin().await?;
+        let tx = begin(&self.writer, self.kind).await?;
         Ok(WriteTx { tx, _guard: guard, _queued: queued })
     }
 
@@ -443,6 +443,18 @@ impl Db {
     }
 }
 
+/// Begin a transaction on a writer pool. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`), waiting for it under the busy timeout: a deferred transaction that has
+/// read and then writes cannot wait (SQLite answers SQLITE_BUSY at once) and the transaction
+/// dropped by the writer before may still hold the lock (sqlx rolls a dropped transaction back
+/// after the connection went back to the pool, when our writer lock is already free).
+async fn begin(writer: &AnyPool, kind: DbKind) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    Ok(match kind {
+        DbKind::Sqlite => writer.begin_with("BEGIN IMMEDIATE").await?,
+        DbKind::Postgres => writer.begin().await?,
+    })
+}
+
 /// Commit a group of statements in one transaction and answer each. When one of them fails
 /// (a duplicate job uuid, say) or the commit does, the group is rolled back and each statement
 /// runs on its own, so that each gets its own answer.
@@ -451,7 +463,7 @@ async fn run_group(writer: &AnyPool, batch: Vec<Grouped>) {
         if batch.len() == 1 {
             return Ok(vec![query_with(batch[0].sql, &batch[0].vals).execute(writer).await?.rows_affected()]);
         }
-        let mut tx = writer.begin().await?;
+        let mut tx = begin(writer, DbKind::Sqlite).await?;
         let mut n = Vec::with_capacity(batch.len());
         let mut i = 0;
         while i < batch.len() {
