@@ -207,7 +207,7 @@ impl Db {
     /// Connect to `url` (`sqlite://...` or `postgres://...`), creating the SQLite file and
     /// its directory when missing.
     pub async fn connect(url: &str) -> Result<Db> {
-        Self::connect_with(url, MIGRATIONS).await
+        Self::connect_with(url, MIGRATIONS, true).await
     }
 
     /// The database of the API jobs (`api_job`). On SQLite a file of its own beside the main
@@ -220,7 +220,7 @@ impl Db {
         let Some(jobs_url) = jobs_sqlite_url(url).filter(|_| self.kind == DbKind::Sqlite) else {
             return Ok(self.clone());
         };
-        let mut jobs = Self::connect_with(&jobs_url, JOB_MIGRATIONS).await?;
+        let mut jobs = Self::connect_with(&jobs_url, JOB_MIGRATIONS, false).await?;
         jobs.start_group_writer();
         let old = self.fetch_all(&format!("SELECT {JOB_COLUMNS} FROM api_job"), &[]).await?;
         if !old.is_empty() {
@@ -244,7 +244,9 @@ impl Db {
         Ok(jobs)
     }
 
-    async fn connect_with(url: &str, migrations: &[(i64, &str)]) -> Result<Db> {
+    /// `background_writer`: on SQLite, the writer's connections run at the job threads' lower
+    /// CPU priority (see [`crate::jobs::on_job_threads`]).
+    async fn connect_with(url: &str, migrations: &[(i64, &str)], background_writer: bool) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let (kind, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
@@ -271,7 +273,13 @@ impl Db {
                 DbKind::Sqlite => SQLITE_POOL,
                 DbKind::Postgres => POSTGRES_POOL,
             })
-            .min_connections(1)
+            // SQLite: every connection opened now, by the thread that starts the node (each runs
+            // on a thread of its own that keeps the opener's CPU priority: one opened later by a
+            // job would serve HTTP requests at the jobs' lower priority)
+            .min_connections(match kind {
+                DbKind::Sqlite => SQLITE_POOL,
+                DbKind::Postgres => 1,
+            })
             // An embedded SQLite connection cannot have been dropped by a server: no ping (a
             // round trip to the connection's worker thread) before every use.
             .test_before_acquire(kind != DbKind::Sqlite)
@@ -282,7 +290,7 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        // (the file is in WAL mode already: see below)
                         conn.execute("PRAGMA busy_timeout=30000").await?;
                         conn.execute("PRAGMA synchronous=NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys=ON").await?;
@@ -296,12 +304,33 @@ impl Db {
                     Ok(())
                 })
             });
+        if kind == DbKind::Sqlite {
+            // WAL mode is kept in the file: switched once, on one connection, before the pools
+            // open theirs at once (a switch racing other connections answers "database is
+            // locked" without waiting).
+            let mut first = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+            first.execute("PRAGMA busy_timeout=30000").await?;
+            first.execute("PRAGMA journal_mode=WAL").await?;
+            sqlx::Connection::close(first).await?;
+        }
         let pool = opts.clone().connect(&url).await?;
         // Writers hold the writer lock while they wait for a connection: two connections of
         // their own (one may still be on its way back to the pool when the next writer starts),
         // both opened now rather than by the first burst of writes.
+        // The main file's writer runs the sagas' SQL: its connections' threads (SQLite runs each
+        // connection on a thread of its own, which inherits the nice value of the thread that
+        // opens it) are opened from the job runtime, so that they too yield the CPU to the
+        // threads answering HTTP requests.
         let writer = match kind {
-            DbKind::Sqlite => opts.max_connections(2).min_connections(2).connect(&url).await?,
+            DbKind::Sqlite => {
+                let opts = opts.max_connections(2).min_connections(2);
+                if background_writer {
+                    let url = url.clone();
+                    crate::jobs::on_job_threads(async move { opts.connect(&url).await }).await??
+                } else {
+                    opts.connect(&url).await?
+                }
+            }
             DbKind::Postgres => pool.clone(),
         };
         let write_lock = (kind == DbKind::Sqlite).then(|| Arc::new(Mutex::new(())));
@@ -455,6 +484,9 @@ async fn begin(writer: &AnyPool, kind: DbKind) -> Result<sqlx::Transaction<'stat
     })
 }
 
+/// The most rows one grouped multi-row INSERT writes.
+const MULTI_ROW_MAX: usize = 64;
+
 /// Commit a group of statements in one transaction and answer each. When one of them fails
 /// (a duplicate job uuid, say) or the commit does, the group is rolled back and each statement
 /// runs on its own, so that each gets its own answer.
@@ -467,27 +499,36 @@ async fn run_group(writer: &AnyPool, batch: Vec<Grouped>) {
         let mut n = Vec::with_capacity(batch.len());
         let mut i = 0;
         while i < batch.len() {
-            // a run of the same `INSERT ... VALUES (...)` goes as one multi-row statement: one
-            // hand-off to the database thread instead of one per row
+            // a run of the same `INSERT ... VALUES (...)` goes as multi-row statements: one
+            // hand-off to the database thread for many rows. Their sizes are powers of two (at
+            // most MULTI_ROW_MAX rows), so that a few statements, each prepared once and kept
+            // in the connection's cache, serve every run: preparing a new text of hundreds
+            // of placeholders for each run cost more than it saved.
             let run = batch[i..].iter().take_while(|g| std::ptr::eq(g.sql, batch[i].sql)).count();
             if let (true, Some(tuple)) = (run > 1, values_tuple(batch[i].sql)) {
-                let chunk = &batch[i..i + run];
-                let mut sql = String::with_capacity(batch[i].sql.len() + run * (tuple.len() + 8));
-                sql.push_str(&batch[i].sql[..batch[i].sql.len() - tuple.len()]);
-                let mut vals = Vec::with_capacity(run * chunk[0].vals.len());
-                for (k, g) in chunk.iter().enumerate() {
-                    if k > 0 {
-                        sql.push_str(", ");
+                let head = &batch[i].sql[..batch[i].sql.len() - tuple.len()];
+                let mut left = run;
+                while left > 0 {
+                    let size = 1usize << (usize::BITS - 1 - left.min(MULTI_ROW_MAX).leading_zeros());
+                    let chunk = &batch[i..i + size];
+                    let mut sql = String::with_capacity(head.len() + size * (tuple.len() + 8));
+                    sql.push_str(head);
+                    let mut vals = Vec::with_capacity(size * chunk[0].vals.len());
+                    for (k, g) in chunk.iter().enumerate() {
+                        if k > 0 {
+                            sql.push_str(", ");
+                        }
+                        renumber(&mut sql, tuple, vals.len());
+                        vals.extend(g.vals.iter().cloned());
                     }
-                    renumber(&mut sql, tuple, vals.len());
-                    vals.extend(g.vals.iter().cloned());
-                }
-                let done = query_with(&sql, &vals).execute(&mut *tx).await?.rows_affected();
-                if done != run as u64 {
-                    return Err(Error::Internal(format!("a grouped insert wrote {done} of {run} rows")));
+                    let done = query_with(&sql, &vals).execute(&mut *tx).await?.rows_affected();
+                    if done != size as u64 {
+                        return Err(Error::Internal(format!("a grouped insert wrote {done} of {size} rows")));
+                    }
+                    i += size;
+                    left -= size;
                 }
                 n.extend(std::iter::repeat_n(1, run));
-                i += run;
                 continue;
             }
             n.push(query_with(batch[i].sql, &batch[i].vals).execute(&mut *tx).await?.rows_affected());
@@ -610,6 +651,46 @@ mod tests {
         assert_eq!(jobs_sqlite_url("sqlite::memory:"), None);
         assert_eq!(jobs_sqlite_url("sqlite://file.db?mode=memory"), None);
         assert_eq!(jobs_sqlite_url("postgres://u:p@h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn grouped_runs_of_any_length_land_in_multi_row_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("rzstack.db").display());
+        let jobs = Db::connect(&url).await.unwrap().open_jobs(&url).await.unwrap();
+        for (round, n) in [1usize, 2, 3, 63, 64, 65, 100, 255].into_iter().enumerate() {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move {
+                        jobs.execute_grouped(
+                            "INSERT INTO api_job (uuid, api, request, state, timeout_ms, attempts, mn_uuid, create_date) \
+                             VALUES ($1, $2, '{}', 'processing', 1000, 1, 'mn', $3)",
+                            vec![Val::S(format!("r{round}-{i}")), Val::S(format!("API{i}")), Val::I(i as i64)],
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.unwrap().unwrap(), 1);
+            }
+            // every row with its own values (placeholders renumbered right in each piece)
+            let rows = jobs
+                .fetch_all(
+                    "SELECT uuid, api, create_date FROM api_job WHERE uuid LIKE $1",
+                    &[Val::S(format!("r{round}-%"))],
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), n);
+            for r in rows {
+                let uuid: String = r.get(0);
+                let i: i64 = uuid.rsplit('-').next().unwrap().parse().unwrap();
+                assert_eq!(r.get::<String, _>(1), format!("API{i}"));
+                assert_eq!(r.get::<i64, _>(2), i);
+            }
+        }
     }
 
     #[tokio::test]

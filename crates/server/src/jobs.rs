@@ -170,6 +170,16 @@ fn job_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Run `work` on the job runtime: threads it starts (a SQLite connection's worker, say) have
+/// the job threads' lower priority.
+pub(crate) async fn on_job_threads<F>(work: F) -> Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    job_runtime().spawn(work).await.map_err(|e| Error::Internal(format!("a task on the job runtime failed: {e}")))
+}
+
 async fn finish(app: &App, job: &str, result: Result<Reply>, webhook: Option<String>) {
     let (success, body, schema) = match result {
         Ok(r) => (true, Value::Object(r.body), Value::Object(r.schema)),

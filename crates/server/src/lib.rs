@@ -175,6 +175,13 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         ms = started.elapsed().as_millis() as u64,
         "management node ready"
     );
+    // Answers go out as soon as they are written (no Nagle delay behind an unacknowledged
+    // segment of the same connection).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
