@@ -485,7 +485,7 @@ async fn begin(writer: &AnyPool, kind: DbKind) -> Result<sqlx::Transaction<'stat
 }
 
 /// The most rows one grouped multi-row INSERT writes.
-const MULTI_ROW_MAX: usize = 64;
+const MULTI_ROW_MAX: usize = 16;
 
 /// Commit a group of statements in one transaction and answer each. When one of them fails
 /// (a duplicate job uuid, say) or the commit does, the group is rolled back and each statement
