@@ -290,16 +290,10 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
-                        // (the file is in WAL mode already: see below)
-                        conn.execute("PRAGMA busy_timeout=30000").await?;
-                        conn.execute("PRAGMA synchronous=NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys=ON").await?;
-                        // a page cache of up to 32 MiB per connection (SQLite's default is
-                        // 2 MiB): at 10,000 VMs the hot pages no longer come from the OS
-                        conn.execute("PRAGMA cache_size=-32768").await?;
-                        // No checkpoint inside a writer's commit (its fsyncs took 10 ms and
-                        // more there): the checkpointer task copies the log back instead.
-                        conn.execute("PRAGMA wal_autocheckpoint=0").await?;
+                        // a page cache of up to 8 MiB per reader (SQLite's default is 2 MiB;
+                        // every reader is kept open and the pool hands them out in turn, so
+                        // their caches add up); 32 MiB for each writer, below
+                        sqlite_setup(conn, 8 << 10).await?;
                     }
                     Ok(())
                 })
@@ -323,7 +317,11 @@ impl Db {
         // threads answering HTTP requests.
         let writer = match kind {
             DbKind::Sqlite => {
-                let opts = opts.max_connections(2).min_connections(2);
+                // at 10,000 VMs the sagas' hot pages no longer come from the OS
+                let opts = opts
+                    .max_connections(2)
+                    .min_connections(2)
+                    .after_connect(|conn, _meta| Box::pin(sqlite_setup(conn, 32 << 10)));
                 if background_writer {
                     let url = url.clone();
                     crate::jobs::on_job_threads(async move { opts.connect(&url).await }).await??
@@ -482,6 +480,19 @@ async fn begin(writer: &AnyPool, kind: DbKind) -> Result<sqlx::Transaction<'stat
         DbKind::Sqlite => writer.begin_with("BEGIN IMMEDIATE").await?,
         DbKind::Postgres => writer.begin().await?,
     })
+}
+
+/// The settings of every SQLite connection (the file's WAL mode is set once, before): a page
+/// cache of up to `cache_kib` KiB.
+async fn sqlite_setup(conn: &mut sqlx::AnyConnection, cache_kib: i64) -> std::result::Result<(), sqlx::Error> {
+    conn.execute("PRAGMA busy_timeout=30000").await?;
+    conn.execute("PRAGMA synchronous=NORMAL").await?;
+    conn.execute("PRAGMA foreign_keys=ON").await?;
+    conn.execute(format!("PRAGMA cache_size=-{cache_kib}").as_str()).await?;
+    // No checkpoint inside a writer's commit (its fsyncs took 10 ms and more there): the
+    // checkpointer task copies the log back instead.
+    conn.execute("PRAGMA wal_autocheckpoint=0").await?;
+    Ok(())
 }
 
 /// The most rows one grouped multi-row INSERT writes.
