@@ -395,6 +395,35 @@ mod tests {
         assert_eq!(v["schema"]["inventory"], "org.zstack.header.vm.VmInstanceInventory");
     }
 
+    /// The nice values of this process's SQLite connection threads.
+    fn sqlite_thread_nices() -> Vec<i32> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            if head.contains("(sqlx-sqlite-wor") {
+                // after the name: state is field 3, nice field 19
+                out.push(rest.split_whitespace().nth(16).unwrap().parse().unwrap());
+            }
+        }
+        out
+    }
+
+    /// The main file's SQLite writer (the sagas' SQL) runs at the jobs' priority; the readers
+    /// that answer HTTP requests at the node's.
+    #[tokio::test]
+    async fn sagas_sqlite_writer_runs_at_the_job_priority() {
+        let here = own_nice();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("rzstack.db").display());
+        let _db = crate::db::Db::connect(&url).await.unwrap();
+        let nices = sqlite_thread_nices();
+        let low = nices.iter().filter(|n| **n == (here + super::JOB_NICENESS).min(19)).count();
+        let normal = nices.iter().filter(|n| **n == here).count();
+        assert!(low >= 2, "writer threads at the job priority: {nices:?}");
+        assert!(normal >= 8, "reader threads at the node's priority: {nices:?}");
+    }
+
     /// Jobs run on threads below the HTTP side's CPU priority.
     #[test]
     fn job_threads_run_at_a_lower_priority() {
