@@ -13,12 +13,14 @@ use crate::db::{is_unique_violation, Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::globals;
 use crate::hostagent::{
-    AgentError, ConnectCmd, HostAgent, HostFacts, KvmAgentClient, SimulatorAgent, PROTOCOL_VERSION,
+    AgentError, ConnectCmd, HostAgent, HostFacts, KvmAgentClient, NetworkReleaseCmd, SimulatorAgent, VmDestroyCmd,
+    VolumeDeleteCmd, PROTOCOL_VERSION,
 };
 use crate::params::Param;
 use crate::query::{self, field, FType, ResourceDef};
 use crate::util::now_ms;
 use crate::App;
+use rzstack_api::agent::DhcpRelease;
 use rzstack_api::codes::{self, Code};
 use rzstack_api::ErrorCode;
 use serde::Deserialize;
@@ -567,6 +569,174 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
+/// DeleteHost: the rows in one transaction ([`delete_one`]); then, for a KVM host, its agent
+/// is asked (best effort) to end what the deletion leaves without a manager: the QEMU of every
+/// VM stopped or deleted with the host, their taps and DHCP leases, the volume and snapshot
+/// files whose rows went with the host's LocalStorage (upstream: the host's VMs get a
+/// StopVmInstanceMsg whose failure does not stop the deletion). An agent that does not answer
+/// only costs a warning: the rows are already committed.
+async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    let cleanup = agent_cleanup(&mut tx, &uuid).await?;
+    delete_one(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    if let Some(c) = cleanup {
+        c.run().await;
+    }
+    Ok(Reply::empty())
+}
+
+/// How long one agent call of a host deletion may take (the deletion is already committed).
+const CLEANUP_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// What a deleted KVM host's agent is asked to do once the rows are gone.
+struct AgentCleanup {
+    host: String,
+    agent: KvmAgentClient,
+    /// VMs whose QEMU may still run there.
+    vms: Vec<String>,
+    /// Taps and DHCP leases of the VMs that ran there (stopped ones keep theirs for the next start).
+    network: NetworkReleaseCmd,
+    /// Volume and snapshot files on the host's LocalStorage whose rows are deleted.
+    files: Vec<String>,
+}
+
+/// The tap of NIC `device` of `vm` (the agent protocol's naming, as the VM code uses it).
+fn tap_of(vm: &str, device: i64) -> String {
+    format!("tap{}{}", vm.get(..8).unwrap_or(vm), device)
+}
+
+/// Read, in the deletion's transaction and before any row changes, what [`AgentCleanup`] must
+/// do for host `uuid`. None for simulator hosts and unknown uuids.
+async fn agent_cleanup(tx: &mut WriteTx, uuid: &str) -> Result<Option<AgentCleanup>> {
+    let h = Val::from(uuid);
+    let Some(row) = tx
+        .fetch_optional(
+            "SELECT management_ip, password FROM host WHERE uuid = $1 AND hypervisor_type = 'KVM'",
+            std::slice::from_ref(&h),
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let ip: String = row.try_get(0)?;
+    let token: Option<String> = row.try_get(1)?;
+    // the VMs [`delete_one`] stops, and those it deletes with their root volume (any state)
+    let local_roots = "SELECT v.vm_instance_uuid FROM volume v JOIN local_storage_resource_ref r \
+         ON r.resource_uuid = v.uuid AND r.resource_type = 'VolumeVO' \
+         WHERE r.host_uuid = $1 AND v.type = 'Root' AND v.vm_instance_uuid IS NOT NULL";
+    let mut vms = Vec::new();
+    for r in tx
+        .fetch_all(
+            &format!(
+                "SELECT uuid FROM vm_instance WHERE (host_uuid = $1 AND state IN ('Running', 'Unknown', 'Crashed', \
+                 'Paused')) OR (host_uuid = $1 AND uuid IN ({local_roots})) ORDER BY uuid"
+            ),
+            std::slice::from_ref(&h),
+        )
+        .await?
+    {
+        vms.push(r.try_get::<String, _>(0)?);
+    }
+    // their NICs, and those of the stopped VMs that ran there last (their taps stayed)
+    let mut network = NetworkReleaseCmd { version: PROTOCOL_VERSION, ..Default::default() };
+    for r in tx
+        .fetch_all(
+            &format!(
+                "SELECT n.vm_instance_uuid, n.device_id, n.mac, n.l3_network_uuid FROM vm_nic n \
+                 JOIN vm_instance v ON v.uuid = n.vm_instance_uuid \
+                 WHERE (v.host_uuid = $1 AND (v.state IN ('Running', 'Unknown', 'Crashed', 'Paused') \
+                 OR v.uuid IN ({local_roots}))) OR (v.host_uuid IS NULL AND v.last_host_uuid = $1) \
+                 ORDER BY n.vm_instance_uuid, n.device_id"
+            ),
+            std::slice::from_ref(&h),
+        )
+        .await?
+    {
+        let vm: String = r.try_get(0)?;
+        let device: Option<i64> = r.try_get(1)?;
+        let mac: Option<String> = r.try_get(2)?;
+        let l3: Option<String> = r.try_get(3)?;
+        if let Some(device) = device {
+            network.taps.push(tap_of(&vm, device));
+        }
+        if let (Some(mac), Some(l3)) = (mac, l3) {
+            match network.leases.iter_mut().find(|l| l.l3_uuid == l3) {
+                Some(l) => l.macs.push(mac),
+                None => network.leases.push(DhcpRelease { l3_uuid: l3, macs: vec![mac] }),
+            }
+        }
+    }
+    // the files whose rows [`drop_local_storage_files`] deletes
+    let mut files = Vec::new();
+    for r in tx
+        .fetch_all(
+            "SELECT v.install_path FROM volume v JOIN local_storage_resource_ref r ON r.resource_uuid = v.uuid \
+             AND r.resource_type = 'VolumeVO' WHERE r.host_uuid = $1 \
+             UNION SELECT s.primary_storage_install_path FROM volume_snapshot s JOIN volume v ON v.uuid = s.volume_uuid \
+             JOIN local_storage_resource_ref r ON r.resource_uuid = v.uuid AND r.resource_type = 'VolumeVO' \
+             WHERE r.host_uuid = $1 \
+             UNION SELECT s.primary_storage_install_path FROM volume_snapshot s JOIN local_storage_resource_ref r \
+             ON r.resource_uuid = s.uuid AND r.resource_type = 'VolumeSnapshotVO' WHERE r.host_uuid = $1",
+            std::slice::from_ref(&h),
+        )
+        .await?
+    {
+        if let Some(p) = r.try_get::<Option<String>, _>(0)?.filter(|p| p.starts_with('/')) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(Some(AgentCleanup {
+        host: uuid.to_string(),
+        agent: KvmAgentClient::new(&ip, token.as_deref().unwrap_or_default()),
+        vms,
+        network,
+        files,
+    }))
+}
+
+impl AgentCleanup {
+    /// One call within [`CLEANUP_CALL_LIMIT`]; false when the agent cannot be reached (the
+    /// rest is skipped: a gone host answers nothing).
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, AgentError>>,
+    ) -> bool {
+        let e = match tokio::time::timeout(CLEANUP_CALL_LIMIT, f).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) => e,
+            Err(_) => AgentError::Unreachable(format!("no answer within {} s", CLEANUP_CALL_LIMIT.as_secs())),
+        };
+        tracing::warn!(host = %self.host, agent = %self.agent.url(), error = %e, "deleting the host: {what} failed");
+        !matches!(e, AgentError::Unreachable(_))
+    }
+
+    /// Best effort, in order: end the QEMU processes, release the network, delete the files.
+    async fn run(self) {
+        for vm in &self.vms {
+            let cmd = VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: vm.clone() };
+            if !self.call(&format!("destroying vm[uuid:{vm}]"), self.agent.destroy_vm(&cmd)).await {
+                return;
+            }
+        }
+        if !self.network.taps.is_empty() || !self.network.leases.is_empty() {
+            let what = "releasing the taps and DHCP leases of its VMs";
+            if !self.call(what, self.agent.release_network(&self.network)).await {
+                return;
+            }
+        }
+        for f in &self.files {
+            let cmd = VolumeDeleteCmd { version: PROTOCOL_VERSION, install_path: f.clone() };
+            if !self.call(&format!("deleting {f}"), self.agent.delete_volume(&cmd)).await {
+                return;
+            }
+        }
+    }
+}
+
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     drop_local_storage_files(tx, uuid).await?;
     // the VMs still on it are stopped (upstream VmCascadeExtension: StopVmInstanceMsg for the
@@ -1027,7 +1197,7 @@ pub static APIS: &[ApiDef] = &[
         // Upstream declares no resourceType here: an unknown uuid, well-formed or not,
         // simply succeeds (HostApiInterceptor).
         .params(&[Param::str("uuid").required(), Param::str("deleteMode").values(&["Permissive", "Enforcing"])])
-        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
+        .handler(|a, m| boxed(delete_host(a, m))),
     ApiDef::get("GetCpuMemoryCapacity", "/hosts/capacities/cpu-memory")
         .params(&[
             Param::list("zoneUuids").resource(&super::zone::ZONE),
