@@ -26,6 +26,10 @@ const QUIT_WAIT: Duration = Duration::from_secs(10);
 const MAX_SOCKET_PATH: usize = 107;
 /// Empty PCIe root ports a VM with virtio devices gets for hot-plugged data volumes.
 const HOTPLUG_PORTS: usize = 6;
+/// The root port of the `i`-th NIC (by device id) QEMU starts with: `hp<HOTPLUG_PORTS + i>`.
+fn nic_port(i: usize) -> usize {
+    HOTPLUG_PORTS + i
+}
 /// How long the guest may take to release a hot-unplugged disk.
 const UNPLUG_WAIT: Duration = Duration::from_secs(60);
 
@@ -39,6 +43,10 @@ struct Record {
     swtpm_pid: Option<u32>,
     #[serde(default)]
     stopped_by: Option<String>,
+    /// The root ports `hp<i>` the running QEMU has (the free ones plus one per virtio NIC it
+    /// started with); 0 in records of older agents (then [`HOTPLUG_PORTS`]).
+    #[serde(default)]
+    ports: usize,
 }
 
 pub struct Vms {
@@ -216,9 +224,20 @@ impl Vms {
         for (i, n) in nics.iter().enumerate() {
             a.push("-netdev".into());
             a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap_name));
-            let model = if cmd.virtio { "virtio-net-pci" } else { "e1000" };
+            let mac = n.mac.to_ascii_lowercase();
             a.push("-device".into());
-            a.push(format!("{model},netdev=net{i},mac={},id=nic{i}", n.mac.to_ascii_lowercase()));
+            if cmd.virtio {
+                // each NIC on a root port of its own (`hp<6+i>`, after the free ones), so that it
+                // can be unplugged like a hot-plugged one; the ports take the root-bus slots the
+                // NICs had, in the same order (the guest enumerates and names them as before)
+                let port = nic_port(i);
+                a.push(format!("pcie-root-port,id=hp{port},bus=pcie.0,chassis={}", port + 1));
+                a.push("-device".into());
+                a.push(format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i},bus=hp{port}"));
+            } else {
+                // no virtio: an e1000 on the root bus (not hot-unpluggable)
+                a.push(format!("e1000,netdev=net{i},mac={mac},id=nic{i}"));
+            }
         }
         if cmd.user_data.is_some() {
             a.extend(["-fw_cfg".into(), format!("name=opt/rzstack/userdata,file={}", p("userdata"))]);
@@ -321,7 +340,8 @@ impl Vms {
         }
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
-        let mut rec = Record { cmd: cmd.clone(), pid: None, swtpm_pid: None, stopped_by: None };
+        let ports = if cmd.virtio { nic_port(cmd.nics.len()) } else { 0 };
+        let mut rec = Record { cmd: cmd.clone(), pid: None, swtpm_pid: None, stopped_by: None, ports };
         self.save(uuid, &rec)?;
         if cmd.tpm {
             rec.swtpm_pid = Some(self.start_swtpm(&dir).await?);
@@ -484,7 +504,7 @@ impl Vms {
         .await
         .map_err(e)?;
         let args = json!({"driver": "virtio-blk-pci", "drive": node, "id": id});
-        if let Some(why) = plug(&mut q, uuid, args).await? {
+        if let Some(why) = plug(&mut q, uuid, rec.ports, args).await? {
             let _ = q.execute("blockdev-del", Some(json!({"node-name": node}))).await;
             return Err(format!("VM {uuid}: cannot hot-plug {}: {why}", d.install_path));
         }
@@ -555,7 +575,7 @@ impl Vms {
         .await
         .map_err(e)?;
         let args = json!({"driver": "virtio-net-pci", "netdev": netdev, "id": id, "mac": n.mac.to_ascii_lowercase()});
-        if let Some(why) = plug(&mut q, uuid, args).await? {
+        if let Some(why) = plug(&mut q, uuid, rec.ports, args).await? {
             let _ = q.execute("netdev_del", Some(json!({"id": netdev}))).await;
             return Err(format!("VM {uuid}: cannot hot-plug the NIC {}: {why}", n.mac));
         }
@@ -565,9 +585,11 @@ impl Vms {
         Ok(self.state_of(uuid).await)
     }
 
-    /// Hot-unplug a NIC, found by its MAC among QEMU's NICs (`query-rx-filter`): `device_del`,
-    /// wait for DEVICE_DELETED (the guest let it go), then `netdev_del` of its backend; the
-    /// recorded start command loses the NIC. Not there: success.
+    /// Hot-unplug a NIC, found by its MAC among QEMU's NICs (`query-rx-filter`), hot-plugged or
+    /// started with (on its own root port): `device_del`, wait for DEVICE_DELETED (the guest
+    /// let it go), then `netdev_del` of its backend; the recorded start command loses the NIC.
+    /// Not there: success. A NIC on the root bus (an e1000 of a VM without virtio, or a NIC of
+    /// a VM started by an older agent) is refused.
     pub async fn detach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, String> {
         cmd.validate()?;
         let uuid = cmd.vm_uuid.as_str();
@@ -587,6 +609,19 @@ impl Vms {
                 .and_then(|f| f["name"].as_str())
                 .map(String::from);
             if let Some(id) = id {
+                // a NIC of the start sits on a root port of its own only in a virtio VM started
+                // by this agent version; elsewhere it is on the root bus, which takes no unplug
+                let on_root_bus = id.starts_with("nic") && (!rec.cmd.virtio || rec.ports == 0);
+                if on_root_bus {
+                    let why = if rec.cmd.virtio {
+                        "a virtio-net device QEMU was started with by an older agent"
+                    } else {
+                        "an e1000 device (the VM has no virtio devices)"
+                    };
+                    return Err(format!(
+                        "VM {uuid}: the NIC {mac} is {why} on the PCI root bus, which cannot be hot-unplugged; stop the VM first"
+                    ));
+                }
                 // the backend: `net<i>` for a NIC `nic<i>` of the start, `hnet<d>` for `hnic<d>`
                 let netdev = match id.strip_prefix("hnic") {
                     Some(d) => format!("hnet{d}"),
@@ -736,11 +771,18 @@ async fn unplug(q: &mut crate::qmp::Qmp, uuid: &str, id: &str, what: &str) -> Re
     Ok(())
 }
 
-/// `device_add` of `args` on the first free hot-plug port (`hp<i>`). `Ok(None)` when plugged,
-/// `Ok(Some(why))` when no port took it (each refusal is a port taken by an earlier hot-plug).
-async fn plug(q: &mut crate::qmp::Qmp, uuid: &str, mut args: serde_json::Value) -> Result<Option<String>, String> {
+/// `device_add` of `args` on the first free hot-plug port (`hp<i>`, `i < ports`). `Ok(None)` when
+/// plugged, `Ok(Some(why))` when no port took it (each refusal is a port taken by an earlier
+/// hot-plug or by a NIC of the start).
+async fn plug(
+    q: &mut crate::qmp::Qmp,
+    uuid: &str,
+    ports: usize,
+    mut args: serde_json::Value,
+) -> Result<Option<String>, String> {
     let mut why = String::from("no hot-plug port");
-    for i in 0..HOTPLUG_PORTS {
+    // the free ports first, then those of start-time NICs unplugged since
+    for i in 0..ports.max(HOTPLUG_PORTS) {
         args["bus"] = json!(format!("hp{i}"));
         match q.execute("device_add", Some(args.clone())).await {
             Ok(_) => return Ok(None),
@@ -749,4 +791,82 @@ async fn plug(q: &mut crate::qmp::Qmp, uuid: &str, mut args: serde_json::Value) 
         }
     }
     Ok(Some(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rzstack_api::agent::VmNicSpec;
+
+    fn cmd(virtio: bool) -> VmStartCmd {
+        let nic = |d: i64, mac: &str| VmNicSpec { mac: mac.into(), tap_name: format!("tapx{d}"), device_id: d };
+        VmStartCmd {
+            version: 1,
+            vm_uuid: "0123456789abcdef0123456789abcdef".into(),
+            name: "t".into(),
+            cpu_num: 1,
+            memory_size: 256 << 20,
+            virtio,
+            root_volume: VmDisk { volume_uuid: "r".into(), install_path: "/r.qcow2".into(), device_id: 0 },
+            data_volumes: vec![VmDisk { volume_uuid: "d".into(), install_path: "/d.qcow2".into(), device_id: 1 }],
+            cdrom: None,
+            // out of device-id order on purpose: the command line orders them
+            nics: vec![nic(1, "FA:00:00:00:00:02"), nic(0, "fa:00:00:00:00:01")],
+            boot_order: vec![],
+            tpm: false,
+            user_data: None,
+        }
+    }
+
+    fn devices(a: &[String]) -> Vec<String> {
+        a.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].clone()).collect()
+    }
+
+    /// A virtio VM: the disks, the 6 free hot-plug ports, then per NIC (by device id) a root
+    /// port of its own after them, the NIC on it with its MAC (lower case) and tap backend.
+    #[test]
+    fn virtio_nics_of_the_start_sit_on_root_ports_of_their_own() {
+        let vms = Vms::new(Path::new("/tmp/rz"), "tcg");
+        let a = vms.qemu_args(&cmd(true), Path::new("/tmp/rz/vms/x"));
+        let mut want: Vec<String> =
+            vec!["virtio-blk-pci,drive=disk0,id=vd0,bootindex=1".into(), "virtio-blk-pci,drive=disk1,id=vd1".into()];
+        want.extend((0..HOTPLUG_PORTS).map(|i| format!("pcie-root-port,id=hp{i},bus=pcie.0,chassis={}", i + 1)));
+        want.extend([
+            "pcie-root-port,id=hp6,bus=pcie.0,chassis=7".to_string(),
+            "virtio-net-pci,netdev=net0,mac=fa:00:00:00:00:01,id=nic0,bus=hp6".into(),
+            "pcie-root-port,id=hp7,bus=pcie.0,chassis=8".into(),
+            "virtio-net-pci,netdev=net1,mac=fa:00:00:00:00:02,id=nic1,bus=hp7".into(),
+        ]);
+        assert_eq!(devices(&a), want);
+        let netdevs: Vec<&String> = a.windows(2).filter(|w| w[0] == "-netdev").map(|w| &w[1]).collect();
+        assert_eq!(
+            netdevs,
+            ["tap,id=net0,ifname=tapx0,script=no,downscript=no", "tap,id=net1,ifname=tapx1,script=no,downscript=no"]
+        );
+        // every bus named exists before its device; chassis numbers are distinct
+        let chassis: Vec<&str> = want
+            .iter()
+            .filter_map(|d| d.split("chassis=").nth(1))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(chassis.len(), HOTPLUG_PORTS + 2);
+        assert_eq!(nic_port(2), HOTPLUG_PORTS + 2);
+    }
+
+    /// Without virtio: AHCI disks, no root ports, e1000 NICs on the root bus as before.
+    #[test]
+    fn emulated_nics_stay_on_the_root_bus() {
+        let vms = Vms::new(Path::new("/tmp/rz"), "tcg");
+        let a = vms.qemu_args(&cmd(false), Path::new("/tmp/rz/vms/x"));
+        let d = devices(&a);
+        assert!(!d.iter().any(|x| x.starts_with("pcie-root-port")), "{d:?}");
+        assert_eq!(
+            d[2..],
+            [
+                "e1000,netdev=net0,mac=fa:00:00:00:00:01,id=nic0".to_string(),
+                "e1000,netdev=net1,mac=fa:00:00:00:00:02,id=nic1".into()
+            ]
+        );
+    }
 }

@@ -3,9 +3,11 @@
 //! DetachIsoFromVmInstance, GetVmConsoleAddress. Each change runs in the VM's turn
 //! ([`queue::turn`]); no write transaction stays open while a KVM host works.
 //!
-//! Running KVM VMs: NICs are hot-plugged/unplugged over QMP (a NIC QEMU started with sits on
-//! the root bus and cannot be unplugged: refused), a static IP change updates the host's DHCP
-//! lease; an ISO change (no CD-ROM medium change yet) and the console (QEMU runs without a
+//! Running KVM VMs: NICs are hot-plugged/unplugged over QMP (a virtio NIC QEMU started with
+//! sits on a PCIe root port of its own and is unplugged like a hot-plugged one; an e1000 NIC of
+//! a VM without virtio sits on the root bus: the agent refuses, nothing changes; upstream
+//! refuses any detach on a KVM VM whose platform is not paravirtualized), a static IP change
+//! updates the host's DHCP lease; an ISO change (no CD-ROM medium change yet) and the console (QEMU runs without a
 //! display) are refused with a clear error. Stopped VMs and simulator VMs are served fully.
 
 use super::*;
@@ -408,7 +410,7 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     let row = tx
         .fetch_optional(
             "SELECT v.state, v.hypervisor_type, v.default_l3_network_uuid, n.l3_network_uuid, n.mac, n.device_id, \
-             v.last_host_uuid FROM vm_nic n \
+             v.last_host_uuid, v.platform FROM vm_nic n \
              JOIN vm_instance v ON v.uuid = n.vm_instance_uuid WHERE n.uuid = $1 AND v.uuid = $2",
             &[Val::from(nic.as_str()), Val::from(uuid.as_str())],
         )
@@ -421,10 +423,19 @@ pub(super) async fn detach_l3(app: App, msg: Msg) -> Result<Reply> {
     let mac: String = row.try_get(4)?;
     let device: i64 = row.try_get(5)?;
     let last_host: Option<String> = row.try_get(6)?;
+    let platform: Option<String> = row.try_get(7)?;
     if state != "Running" && state != "Stopped" {
         return Err(Error::operr(format!(
             "unable to detach a L3 network. The vm[uuid: {uuid}] is not Running or Stopped; the current state is {state}"
         )));
+    }
+    // upstream (KVM): only paravirtualized platforms (virtio NICs) may lose a NIC
+    if let (Some("KVM"), Some(p)) = (hv.as_deref(), platform.as_deref()) {
+        if !matches!(p, "Linux" | "WindowsVirtio" | "Paravirtualization") {
+            return Err(Error::operr(format!(
+                "unable to detach a L3 network on kvm host because platform of vm[uuid: {uuid}] is {p}"
+            )));
+        }
     }
     let hot_host: Option<String> = if state == "Running" && hv.as_deref() == Some("KVM") {
         let h: Option<String> = tx
