@@ -176,6 +176,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/0012_tag_pattern.sql")),
     (13, include_str!("migrations/0013_scale_indexes.sql")),
     (14, include_str!("migrations/0014_local_storage_ref.sql")),
+    (15, include_str!("migrations/0015_local_storage_host_ref.sql")),
 ];
 
 /// The schema of the API job database (see [`Db::open_jobs`]) when it is a SQLite file of its

@@ -347,6 +347,7 @@ async fn add_host(app: App, msg: Msg, kind: NewHost) -> Result<Reply> {
             )));
         }
         super::own(&mut tx, &uuid, HOST.vo, msg.account_uuid()).await?;
+        super::primary_storage::local_storage_host_joined(&mut tx, &uuid).await?;
     }
     tx.commit().await?;
     reply(&app, &uuid).await
@@ -754,6 +755,7 @@ async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     tx.execute("DELETE FROM host WHERE uuid = $1", &[Val::from(uuid)]).await?;
     // its disk's LocalStorage files are gone with it: no ref may name a host that is not there
     tx.execute("DELETE FROM local_storage_resource_ref WHERE host_uuid = $1", &[Val::from(uuid)]).await?;
+    super::primary_storage::local_storage_host_left(tx, uuid).await?;
     super::disown(tx, uuid).await
 }
 

@@ -7,7 +7,7 @@
 //! capacity until the host agent exists.
 
 use crate::api::{boxed, ApiDef, Msg, Reply};
-use crate::db::Val;
+use crate::db::{Val, WriteTx};
 use crate::error::{Error, Result};
 use crate::params::Param;
 use crate::query::{field, FType, Refs, ResourceDef};
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use sqlx::Row;
 
 use super::cluster::CLUSTER;
+use super::host::HOST;
 
 pub const LOCAL_STORAGE: &str = "LocalStorage";
 pub const NFS: &str = "NFS";
@@ -319,6 +320,8 @@ async fn delete(app: App, msg: Msg) -> Result<Reply> {
         )));
     }
     // Deleted volumes and snapshots go with their storage (upstream cascades them).
+    tx.execute("DELETE FROM local_storage_host_ref WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())])
+        .await?;
     tx.execute("DELETE FROM local_storage_resource_ref WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())])
         .await?;
     tx.execute("DELETE FROM volume_snapshot WHERE primary_storage_uuid = $1", &[Val::from(uuid.as_str())]).await?;
@@ -381,6 +384,19 @@ async fn attach(app: App, msg: Msg) -> Result<Reply> {
         // Attached by a concurrent request since the check above.
         return Err(Error::operr(format!("primary storage[uuid:{p}] has been attached to cluster[uuid:{c}]")));
     }
+    // LocalStorage: a capacity row for each host of the cluster
+    let local = tx
+        .fetch_optional("SELECT 1 FROM primary_storage WHERE uuid = $1 AND type = 'LocalStorage'", &[Val::from(p)])
+        .await?
+        .is_some();
+    if local {
+        let hosts =
+            tx.fetch_all("SELECT uuid FROM host WHERE cluster_uuid = $1 ORDER BY uuid", &[Val::from(c)]).await?;
+        for h in hosts {
+            let h: String = h.try_get(0)?;
+            add_host_ref(&mut tx, p, &url, &h).await?;
+        }
+    }
     tx.commit().await?;
     reply(&app, p).await
 }
@@ -389,9 +405,30 @@ async fn detach(app: App, msg: Msg) -> Result<Reply> {
     let req: ClusterPs = msg.parse()?;
     let (c, p) = (req.cluster_uuid.as_str(), req.primary_storage_uuid.as_str());
     // A replayed job finds the link gone already (it went before the restart).
-    let not_attached = (!msg.replay)
-        .then(|| Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
-    super::detach_ref(&app, &PRIMARY_STORAGE, &CLUSTER_REFS, p, c, not_attached).await
+    let mut tx = app.db.begin_write().await?;
+    let n = tx
+        .execute(
+            "DELETE FROM primary_storage_cluster_ref WHERE primary_storage_uuid = $1 AND cluster_uuid = $2",
+            &[Val::from(p), Val::from(c)],
+        )
+        .await?;
+    if n == 0 && !msg.replay {
+        return Err(Error::argerr(format!("primary storage[uuid:{p}] has not been attached to cluster[uuid:{c}] yet")));
+    }
+    // LocalStorage: the cluster's hosts leave it, with their capacity rows
+    let hosts = tx
+        .fetch_all(
+            "SELECT l.host_uuid FROM local_storage_host_ref l JOIN host h ON h.uuid = l.host_uuid \
+             WHERE l.primary_storage_uuid = $1 AND h.cluster_uuid = $2 ORDER BY l.host_uuid",
+            &[Val::from(p), Val::from(c)],
+        )
+        .await?;
+    for h in hosts {
+        let h: String = h.try_get(0)?;
+        remove_host_ref(&mut tx, p, &h).await?;
+    }
+    tx.commit().await?;
+    reply(&app, p).await
 }
 
 const ADD_PARAMS_COMMON: [Param; 4] = [
@@ -433,6 +470,12 @@ pub static APIS: &[ApiDef] = &[
         "/primary-storage/local-storage/resource-refs",
         &LOCAL_STORAGE_RESOURCE_REF,
     ),
+    ApiDef::get("GetLocalStorageHostDiskCapacity", "/primary-storage/local-storage/{primaryStorageUuid}/capacities")
+        .params(&[
+            Param::str("hostUuid").resource(&HOST),
+            Param::str("primaryStorageUuid").required().resource(&PRIMARY_STORAGE),
+        ])
+        .handler(|a, m| boxed(get_host_disk_capacity(a, m))),
     ApiDef::action("UpdatePrimaryStorage", "/primary-storage/{uuid}/actions")
         .params(&[
             Param::str("uuid").required().resource(&PRIMARY_STORAGE),
@@ -466,3 +509,326 @@ pub static APIS: &[ApiDef] = &[
         ])
         .handler(|a, m| boxed(detach(a, m))),
 ];
+
+// ---------------------------------------------------------------------------------------
+// LocalStorage capacity per host (upstream LocalStorageHostRefVO)
+//
+// Each host in a cluster a LocalStorage is attached to has a row with its disk's figures (the
+// file system holding the storage's url, read as the storage's own figures are read when it is
+// added). As upstream, the storage's figures are the sum of its hosts' once it has hosts (the
+// first host's row replaces the figures read when the storage was added; later hosts add
+// theirs, and a host that leaves takes its share away, except the last one). Every allocation
+// on the storage takes from the row of the host holding the file with one conditional UPDATE,
+// in the transaction that takes from the storage; giving back returns it to both.
+
+/// The figures of a host's disk on LocalStorage, as upstream's HostDiskCapacity answers them.
+pub static LOCAL_STORAGE_HOST_DISK_CAPACITY_CLASS: &str =
+    "org.zstack.storage.primary.local.APIGetLocalStorageHostDiskCapacityReply$HostDiskCapacity";
+
+/// Rows for `host` on every LocalStorage attached to its cluster (a host joining a cluster).
+pub(crate) async fn local_storage_host_joined(tx: &mut WriteTx, host: &str) -> Result<()> {
+    let rows = tx
+        .fetch_all(
+            "SELECT p.uuid, p.url FROM host h JOIN primary_storage_cluster_ref r ON r.cluster_uuid = h.cluster_uuid \
+             JOIN primary_storage p ON p.uuid = r.primary_storage_uuid WHERE h.uuid = $1 AND p.type = 'LocalStorage' \
+             ORDER BY p.uuid",
+            &[Val::from(host)],
+        )
+        .await?;
+    for r in rows {
+        let ps: String = r.try_get(0)?;
+        let url: String = r.try_get(1)?;
+        add_host_ref(tx, &ps, &url, host).await?;
+    }
+    Ok(())
+}
+
+/// The row of `host` on LocalStorage `ps` (none when it exists already), and the storage's
+/// figures with it.
+async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Result<()> {
+    let (total, avail) = match fs_capacity(url) {
+        Ok(c) => c,
+        Err(_) => {
+            let r = tx
+                .fetch_optional(
+                    "SELECT total_physical_capacity, available_physical_capacity FROM primary_storage WHERE uuid = $1",
+                    &[Val::from(ps)],
+                )
+                .await?;
+            match r {
+                Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?),
+                None => return Ok(()),
+            }
+        }
+    };
+    let now = now_ms();
+    // what the volumes already on this disk hold (a storage attached again to a cluster whose
+    // hosts kept their files)
+    let used = "COALESCE((SELECT SUM(r.size) FROM local_storage_resource_ref r WHERE r.host_uuid = $1 \
+                AND r.primary_storage_uuid = $2 AND r.resource_type = 'VolumeVO'), 0)";
+    let n = tx
+        .execute(
+            &format!(
+                "INSERT INTO local_storage_host_ref (host_uuid, primary_storage_uuid, total_capacity, available_capacity, \
+                 total_physical_capacity, available_physical_capacity, system_used_capacity, create_date, last_op_date) \
+                 VALUES ($1, $2, $3, $4 - {used}, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (host_uuid, primary_storage_uuid) DO NOTHING"
+            ),
+            &[Val::from(host), Val::from(ps), Val::I(total), Val::I(avail), Val::I((total - avail).max(0)), Val::I(now)],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(());
+    }
+    let others = tx
+        .fetch_optional(
+            "SELECT COUNT(*) FROM local_storage_host_ref WHERE primary_storage_uuid = $1 AND host_uuid <> $2",
+            &[Val::from(ps), Val::from(host)],
+        )
+        .await?
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .unwrap_or(0);
+    let sql = if others == 0 {
+        // the first host: its disk is the storage's (what is used elsewhere on the storage stays used)
+        format!(
+            "UPDATE primary_storage SET total_capacity = $3, \
+             available_capacity = $4 - (available_physical_capacity - available_capacity), \
+             total_physical_capacity = $3, available_physical_capacity = $4, system_used_capacity = $5, \
+             last_op_date = $6 WHERE uuid = $2"
+        )
+    } else {
+        format!(
+            "UPDATE primary_storage SET total_capacity = total_capacity + $3, \
+             available_capacity = available_capacity + ($4 - {used}), \
+             total_physical_capacity = total_physical_capacity + $3, \
+             available_physical_capacity = available_physical_capacity + $4, \
+             system_used_capacity = system_used_capacity + $5, last_op_date = $6 WHERE uuid = $2"
+        )
+    };
+    tx.execute(
+        &sql,
+        &[Val::from(host), Val::from(ps), Val::I(total), Val::I(avail), Val::I((total - avail).max(0)), Val::I(now)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The row of `host` on `ps` goes; the storage loses the host's share unless it was its last host.
+async fn remove_host_ref(tx: &mut WriteTx, ps: &str, host: &str) -> Result<()> {
+    let Some(r) = tx
+        .fetch_optional(
+            "DELETE FROM local_storage_host_ref WHERE host_uuid = $1 AND primary_storage_uuid = $2 \
+             RETURNING total_capacity, available_capacity, total_physical_capacity, available_physical_capacity, \
+             system_used_capacity",
+            &[Val::from(host), Val::from(ps)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let figures: Vec<i64> = (0..5).map(|i| r.try_get::<i64, _>(i)).collect::<std::result::Result<_, _>>()?;
+    let left = tx
+        .fetch_optional("SELECT 1 FROM local_storage_host_ref WHERE primary_storage_uuid = $1", &[Val::from(ps)])
+        .await?
+        .is_some();
+    if left {
+        tx.execute(
+            "UPDATE primary_storage SET total_capacity = total_capacity - $1, available_capacity = available_capacity - $2, \
+             total_physical_capacity = total_physical_capacity - $3, \
+             available_physical_capacity = available_physical_capacity - $4, \
+             system_used_capacity = system_used_capacity - $5, last_op_date = $6 WHERE uuid = $7",
+            &[
+                Val::I(figures[0]),
+                Val::I(figures[1]),
+                Val::I(figures[2]),
+                Val::I(figures[3]),
+                Val::I(figures[4]),
+                Val::I(now_ms()),
+                Val::from(ps),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A host is deleted: its rows go, each storage losing its share (called by the host deletion,
+/// after its files' rows went).
+pub(crate) async fn local_storage_host_left(tx: &mut WriteTx, host: &str) -> Result<()> {
+    let rows = tx
+        .fetch_all(
+            "SELECT primary_storage_uuid FROM local_storage_host_ref WHERE host_uuid = $1 ORDER BY primary_storage_uuid",
+            &[Val::from(host)],
+        )
+        .await?;
+    for r in rows {
+        let ps: String = r.try_get(0)?;
+        remove_host_ref(tx, &ps, host).await?;
+    }
+    Ok(())
+}
+
+/// Take `size` bytes on `host`'s disk of LocalStorage `ps`: one conditional UPDATE; false when
+/// the host has no row there or less than `size` available.
+pub(crate) async fn take_host_capacity(tx: &mut WriteTx, ps: &str, host: &str, size: i64) -> Result<bool> {
+    let n = tx
+        .execute(
+            "UPDATE local_storage_host_ref SET available_capacity = available_capacity - $1, last_op_date = $2 \
+             WHERE host_uuid = $3 AND primary_storage_uuid = $4 AND available_capacity >= $1",
+            &[Val::I(size), Val::I(now_ms()), Val::from(host), Val::from(ps)],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Give `size` bytes back to `host`'s disk of `ps` (never above its total); nothing when the
+/// host has no row there (the storage is not LocalStorage, or the host left).
+pub(crate) async fn return_host_capacity(tx: &mut WriteTx, ps: &str, host: &str, size: i64) -> Result<()> {
+    if size <= 0 {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE local_storage_host_ref SET available_capacity = CASE WHEN available_capacity + $1 > total_capacity \
+         THEN total_capacity ELSE available_capacity + $1 END, last_op_date = $2 \
+         WHERE host_uuid = $3 AND primary_storage_uuid = $4",
+        &[Val::I(size), Val::I(now_ms()), Val::from(host), Val::from(ps)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Take `size` bytes for a new file on `host`'s disk of LocalStorage `ps`, or upstream's
+/// refusal (LocalStorageUtils.reserveCapacityOnHost).
+pub(crate) async fn reserve_on_host(tx: &mut WriteTx, ps: &str, host: &str, size: i64) -> Result<()> {
+    if take_host_capacity(tx, ps, host, size).await? {
+        return Ok(());
+    }
+    let current = tx
+        .fetch_optional(
+            "SELECT available_capacity FROM local_storage_host_ref WHERE host_uuid = $1 AND primary_storage_uuid = $2",
+            &[Val::from(host), Val::from(ps)],
+        )
+        .await?;
+    match current {
+        Some(r) => {
+            let current: i64 = r.try_get(0)?;
+            Err(Error::operr(format!(
+                "host[uuid: {host}] of local primary storage[uuid: {ps}] doesn't have enough capacity\
+                 [current: {current} bytes, needed: {size}]"
+            )))
+        }
+        None => Err(Error::operr(format!("cannot find host[uuid: {host}] of local primary storage[uuid: {ps}]"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetHostDiskCapacity {
+    host_uuid: Option<String>,
+    primary_storage_uuid: String,
+}
+
+fn host_disk_capacity(host: &str, figures: [i64; 4]) -> serde_json::Value {
+    serde_json::json!({
+        "hostUuid": host,
+        "totalCapacity": figures[0],
+        "availableCapacity": figures[1],
+        "totalPhysicalCapacity": figures[2],
+        "availablePhysicalCapacity": figures[3],
+    })
+}
+
+/// GetLocalStorageHostDiskCapacity (upstream LocalStorageBase): the figures of one host's disk
+/// (zeros for a host that is not Connected and has no row; a Connected one without a row is
+/// not the storage's), or of every host of the storage.
+async fn get_host_disk_capacity(app: App, msg: Msg) -> Result<Reply> {
+    let req: GetHostDiskCapacity = msg.parse()?;
+    let ps = req.primary_storage_uuid.as_str();
+    let ty = app
+        .db
+        .fetch_optional("SELECT type FROM primary_storage WHERE uuid = $1", &[Val::from(ps)])
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?;
+    if ty.as_deref() != Some(LOCAL_STORAGE) {
+        // only LocalStorage handles the message (upstream PrimaryStorageBase: unknown message)
+        return Err(Error::code(
+            rzstack_api::codes::SYS_1008,
+            "No service deals with message: org.zstack.storage.primary.local.APIGetLocalStorageHostDiskCapacityMsg",
+        ));
+    }
+    let cols = "host_uuid, total_capacity, available_capacity, total_physical_capacity, available_physical_capacity";
+    let mut list = Vec::new();
+    match &req.host_uuid {
+        Some(h) => {
+            let row = app
+                .db
+                .fetch_optional(
+                    &format!(
+                        "SELECT {cols} FROM local_storage_host_ref WHERE primary_storage_uuid = $1 AND host_uuid = $2"
+                    ),
+                    &[Val::from(ps), Val::from(h.as_str())],
+                )
+                .await?;
+            let figures = match row {
+                Some(r) => [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?],
+                None => {
+                    let connected = app
+                        .db
+                        .fetch_optional(
+                            "SELECT 1 FROM host WHERE uuid = $1 AND status = 'Connected'",
+                            &[Val::from(h.as_str())],
+                        )
+                        .await?
+                        .is_some();
+                    if connected {
+                        return Err(Error::code(
+                            rzstack_api::codes::SYS_1003,
+                            format!("local primary storage[uuid:{ps}] doesn't have the host[uuid:{h}]"),
+                        ));
+                    }
+                    [0, 0, 0, 0]
+                }
+            };
+            list.push(host_disk_capacity(h, figures));
+        }
+        None => {
+            let rows = app
+                .db
+                .fetch_all(
+                    &format!(
+                        "SELECT {cols} FROM local_storage_host_ref WHERE primary_storage_uuid = $1 \
+                         ORDER BY create_date, host_uuid"
+                    ),
+                    &[Val::from(ps)],
+                )
+                .await?;
+            for r in rows {
+                let h: String = r.try_get(0)?;
+                list.push(host_disk_capacity(&h, [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?]));
+            }
+        }
+    }
+    let mut reply = Reply::fields([("inventories", serde_json::Value::Array(Vec::new()))]);
+    for i in 0..list.len() {
+        reply.schema.insert(format!("inventories[{i}]"), LOCAL_STORAGE_HOST_DISK_CAPACITY_CLASS.into());
+    }
+    reply.body.insert("inventories".into(), serde_json::Value::Array(list));
+    Ok(reply)
+}
+
+/// The host-allocation condition (SQL on `host h`) that a storage passing `ps_filter` (SQL on
+/// `primary_storage p`) has room for the VM's disks on that host: one of another type attached
+/// to the host's cluster, or a LocalStorage whose row for the host has `$disk` bytes available
+/// (rows exist only for the hosts of attached clusters). Both subqueries are uncorrelated.
+pub(crate) fn host_has_room_filter(ps_filter: &str, disk: usize) -> String {
+    format!(
+        " AND (h.cluster_uuid IN (SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN primary_storage p \
+         ON p.uuid = r.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' \
+         AND p.type <> 'LocalStorage' AND {ps_filter}) \
+         OR h.uuid IN (SELECT l.host_uuid FROM local_storage_host_ref l JOIN primary_storage p \
+         ON p.uuid = l.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter} \
+         AND l.available_capacity >= ${disk}))"
+    )
+}

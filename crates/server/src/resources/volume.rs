@@ -163,6 +163,18 @@ async fn delete_files(app: &App, vm: Option<&str>, ps: Option<&str>, paths: &[St
 /// `local_storage_resource_ref` rows), in the transaction that deletes their rows: before the
 /// snapshot rows go.
 pub(crate) async fn forget_local_files(tx: &mut WriteTx, volume: &str) -> Result<()> {
+    // the volume's file gives its size back to its host's disk
+    let gone = tx
+        .fetch_optional(
+            "DELETE FROM local_storage_resource_ref WHERE resource_uuid = $1 AND resource_type = 'VolumeVO' \
+             RETURNING primary_storage_uuid, host_uuid, size",
+            &[Val::from(volume)],
+        )
+        .await?;
+    if let Some(r) = gone {
+        let (ps, host, size): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        super::primary_storage::return_host_capacity(tx, &ps, &host, size).await?;
+    }
     tx.execute(
         "DELETE FROM local_storage_resource_ref WHERE resource_uuid = $1 \
          OR resource_uuid IN (SELECT uuid FROM volume_snapshot WHERE volume_uuid = $1)",
@@ -232,6 +244,9 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
             Some(ps) => local_host_for_new_volume(&mut tx, ps, &msg.system_tags()).await?,
             None => None,
         };
+        if let (Some(host), Some(ps)) = (&local_host, &req.primary_storage_uuid) {
+            super::primary_storage::reserve_on_host(&mut tx, ps, host, size).await?;
+        }
         let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
         tx.execute(
             "INSERT INTO volume (uuid, name, description, primary_storage_uuid, disk_offering_uuid, type, format, size, actual_size, \
@@ -1017,6 +1032,7 @@ async fn attach_rows(
             )));
         }
         if let Some(h) = local_host {
+            super::primary_storage::reserve_on_host(&mut tx, ps, h, c.vol_size).await?;
             tx.execute(
                 "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
                  resource_type, create_date, last_op_date) VALUES ($1, $2, $3, $4, 'VolumeVO', $5, $5)",

@@ -556,13 +556,26 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN primary_storage p \
              ON p.uuid = r.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' AND {ps_filter})"
         );
+        // LocalStorage: the host's own disk must have room (upstream LocalStorageAllocatorFactory)
+        stages.push((
+            base.clone(),
+            vals.len(),
+            format!("cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"),
+        ));
+        base += &crate::resources::primary_storage::host_has_room_filter(
+            &ps_filter,
+            vals.len() - c.primary_storage_for_root.is_some() as usize,
+        );
+        stages.push((
+            base.clone(),
+            vals.len(),
+            format!(
+                "the local primary storage has no hosts with enough disk capacity[{disk} bytes] required by the vm[uuid:{}]",
+                c.vm_uuid
+            ),
+        ));
         if let Some(lh) = &c.local_host {
             // the local-storage filter runs after the others (upstream LocalStorageAllocatorFactory)
-            stages.push((
-                base.clone(),
-                vals.len(),
-                format!("cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"),
-            ));
             vals.push(Val::from(lh.as_str()));
             base += &format!(" AND h.uuid = ${}", vals.len());
             stages.push((
@@ -736,8 +749,14 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
             )
             .await?;
         let now = now_ms();
+        let host = c.host.clone().unwrap_or_default();
         for row in rows {
             let p: String = row.try_get(0)?;
+            // LocalStorage: the files go on the chosen host's disk, which must have room
+            let local = row.try_get::<String, _>(2)? == crate::resources::primary_storage::LOCAL_STORAGE;
+            if local && !crate::resources::primary_storage::take_host_capacity(tx, &p, &host, size).await? {
+                continue;
+            }
             let n = tx
                 .execute(
                     "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
@@ -745,6 +764,9 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                     &[Val::I(size), Val::I(now), Val::from(p.as_str())],
                 )
                 .await?;
+            if n != 1 && local {
+                crate::resources::primary_storage::return_host_capacity(tx, &p, &host, size).await?;
+            }
             if n == 1 {
                 tx.execute(
                     "UPDATE vm_instance SET reserved_ps_uuid = $1, reserved_ps_size = $2 WHERE uuid = $3",
@@ -793,6 +815,16 @@ pub(super) async fn release_ps(tx: &mut WriteTx, vm_uuid: &str) -> Result<()> {
             &[Val::I(size), Val::I(now_ms()), Val::from(p.as_str())],
         )
         .await?;
+        // LocalStorage: back to the disk of the host it was taken on (the VM's, still set)
+        let host: Option<String> = tx
+            .fetch_optional("SELECT host_uuid FROM vm_instance WHERE uuid = $1", &[Val::from(vm_uuid)])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten();
+        if let Some(h) = host {
+            crate::resources::primary_storage::return_host_capacity(tx, &p, &h, size).await?;
+        }
     }
     Ok(())
 }
