@@ -294,3 +294,65 @@ async fn a_host_without_room_is_skipped() {
     expunge_volume(&srv, &fills[1]).await;
     assert_sums(&srv, &t.ps).await;
 }
+
+/// Growing a volume on LocalStorage takes the growth from its host's disk (more than the disk
+/// has is refused with upstream's text, nothing changed); a NotInstantiated volume attached to
+/// a VM is made on the disk of the VM's host and takes its size from there; expunged, both give
+/// everything back.
+#[tokio::test]
+async fn resize_and_attach_take_from_the_hosts_disk() {
+    let srv = Server::start().await;
+    let t = local_topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let (h0, h1) = (t.hosts[0].clone(), t.hosts[1].clone());
+    let vm = s(&srv
+        .ok("POST", "/vm-instances", Some(create(&t, json!({"name": "a", "hostUuid": h1, "l3NetworkUuids": [l3]}))))
+        .await["inventory"]["uuid"]);
+    let start = disks(&srv, &t.ps).await;
+
+    // resize a data volume on h0
+    let d = s(&srv.ok("POST", "/volumes/data", Some(on_host("d", &t.ps, &h0, GB))).await["inventory"]["uuid"]);
+    let h0_free = available(&srv, &t.ps, &h0).await;
+    srv.ok("PUT", &format!("/volumes/data/resize/{d}/actions"), Some(json!({"resizeDataVolume": {"size": 3 * GB}})))
+        .await;
+    assert_eq!(available(&srv, &t.ps, &h0).await, h0_free - 2 * GB);
+    assert_eq!(disks(&srv, &t.ps).await[&h1], start[&h1]);
+    assert_sums(&srv, &t.ps).await;
+    // growing by more than h0's disk has (the storage as a whole has it): refused
+    let before = (disks(&srv, &t.ps).await, storage(&srv, &t.ps).await, srv.query(&format!("/volumes/{d}")).await);
+    let grow = h0_free - 2 * GB + MB;
+    assert!(before.1["availableCapacity"].as_i64().unwrap() >= grow);
+    let e = srv
+        .fails(
+            "PUT",
+            &format!("/volumes/data/resize/{d}/actions"),
+            Some(json!({"resizeDataVolume": {"size": 3 * GB + grow}})),
+        )
+        .await;
+    assert_error(
+        &e,
+        "SYS.1006",
+        &format!("host[uuid: {h0}] of local primary storage[uuid: {}] doesn't have enough capacity", t.ps),
+    );
+    assert_eq!(
+        (disks(&srv, &t.ps).await, storage(&srv, &t.ps).await, srv.query(&format!("/volumes/{d}")).await),
+        before
+    );
+
+    // a NotInstantiated volume attached to the VM: on h1's disk
+    let n = s(&srv.ok("POST", "/volumes/data", Some(json!({"params": {"name": "n", "diskSize": 2 * GB}}))).await
+        ["inventory"]["uuid"]);
+    let h1_free = available(&srv, &t.ps, &h1).await;
+    let v = srv.ok("POST", &format!("/volumes/{n}/vm-instances/{vm}"), Some(json!({"params": {}}))).await;
+    assert_eq!(v["inventory"]["status"], "Ready", "{v}");
+    assert_eq!(available(&srv, &t.ps, &h1).await, h1_free - 2 * GB);
+    assert_sums(&srv, &t.ps).await;
+
+    // everything back
+    srv.ok("DELETE", &format!("/volumes/{n}/vm-instances"), None).await;
+    for v in [&d, &n] {
+        expunge_volume(&srv, v).await;
+    }
+    assert_eq!(disks(&srv, &t.ps).await, start);
+    assert_sums(&srv, &t.ps).await;
+}

@@ -832,3 +832,35 @@ pub(crate) fn host_has_room_filter(ps_filter: &str, disk: usize) -> String {
          AND l.available_capacity >= ${disk}))"
     )
 }
+
+/// The (storage, host) of a volume's file on LocalStorage (its resource ref), if any.
+async fn volume_host(tx: &mut WriteTx, volume: &str) -> Result<Option<(String, String)>> {
+    let r = tx
+        .fetch_optional(
+            "SELECT primary_storage_uuid, host_uuid FROM local_storage_resource_ref WHERE resource_uuid = $1 \
+             AND resource_type = 'VolumeVO'",
+            &[Val::from(volume)],
+        )
+        .await?;
+    Ok(match r {
+        Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+        None => None,
+    })
+}
+
+/// A volume on LocalStorage grows by `size`: taken from the disk of the host holding it (the
+/// caller took it from the storage in the same transaction); nothing for other volumes.
+pub(crate) async fn reserve_for_volume(tx: &mut WriteTx, volume: &str, size: i64) -> Result<()> {
+    match volume_host(tx, volume).await? {
+        Some((ps, host)) if size > 0 => reserve_on_host(tx, &ps, &host, size).await,
+        _ => Ok(()),
+    }
+}
+
+/// A volume on LocalStorage shrinks by `size`: back to the disk of the host holding it.
+pub(crate) async fn return_for_volume(tx: &mut WriteTx, volume: &str, size: i64) -> Result<()> {
+    match volume_host(tx, volume).await? {
+        Some((ps, host)) => return_host_capacity(tx, &ps, &host, size).await,
+        None => Ok(()),
+    }
+}

@@ -207,6 +207,7 @@ async fn revert_volume_from_snapshot(app: App, msg: Msg) -> Result<Reply> {
                 &[Val::I(back), Val::I(now), Val::from(ps.as_str())],
             )
             .await?;
+            super::primary_storage::return_for_volume(&mut tx, &volume, back).await?;
             tx.execute(
                 "UPDATE local_storage_resource_ref SET size = size - $1, last_op_date = $2 WHERE resource_uuid = $3",
                 &[Val::I(back), Val::I(now), Val::from(volume.as_str())],
@@ -359,6 +360,7 @@ async fn resize(app: &App, uuid: &str, size: i64, want: &str) -> Result<Reply> {
         if n == 0 {
             return Err(short(ps));
         }
+        super::primary_storage::reserve_for_volume(&mut tx, uuid, grow).await?;
     }
     let n = tx
         .execute(
