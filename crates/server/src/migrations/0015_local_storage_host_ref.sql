@@ -25,3 +25,12 @@ SELECT h.uuid, p.uuid, p.total_physical_capacity,
     p.total_physical_capacity, p.available_physical_capacity, p.system_used_capacity, p.create_date, p.create_date
 FROM host h JOIN primary_storage_cluster_ref c ON c.cluster_uuid = h.cluster_uuid
 JOIN primary_storage p ON p.uuid = c.primary_storage_uuid WHERE p.type = 'LocalStorage'
+;
+-- a storage with hosts: its figures are the sum of its hosts'
+UPDATE primary_storage SET
+    total_capacity = (SELECT SUM(l.total_capacity) FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid),
+    available_capacity = (SELECT SUM(l.available_capacity) FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid),
+    total_physical_capacity = (SELECT SUM(l.total_physical_capacity) FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid),
+    available_physical_capacity = (SELECT SUM(l.available_physical_capacity) FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid),
+    system_used_capacity = (SELECT SUM(l.system_used_capacity) FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid)
+WHERE type = 'LocalStorage' AND EXISTS (SELECT 1 FROM local_storage_host_ref l WHERE l.primary_storage_uuid = primary_storage.uuid)
