@@ -215,10 +215,9 @@ async fn allocations_take_from_the_hosts_disk_and_come_back() {
         &e,
         "SYS.1006",
         &format!(
-            "host[uuid: {h1}] of local primary storage[uuid: {}] doesn't have enough capacity[current: {} bytes, \
-             needed: {too_big}]",
-            t.ps,
-            h1_free - 2 * GB
+            "the required host[uuid:{h1}] cannot satisfy conditions[state: Enabled, status: Connected, size > \
+             {too_big} bytes], or doesn't belong to a local primary storage satisfying conditions[state: Enabled, \
+             status: Connected], or its cluster doesn't attach to any local primary storage"
         ),
     );
     assert_eq!((disks(&srv, &t.ps).await, storage(&srv, &t.ps).await, srv.query("/volumes").await), before);
@@ -347,6 +346,19 @@ async fn resize_and_attach_take_from_the_hosts_disk() {
     assert_eq!(v["inventory"]["status"], "Ready", "{v}");
     assert_eq!(available(&srv, &t.ps, &h1).await, h1_free - 2 * GB);
     assert_sums(&srv, &t.ps).await;
+
+    // one larger than h1's disk has room for (the storage as a whole has it): refused, nothing changed
+    let big = available(&srv, &t.ps, &h1).await + MB;
+    let b = s(&srv.ok("POST", "/volumes/data", Some(json!({"params": {"name": "b", "diskSize": big}}))).await
+        ["inventory"]["uuid"]);
+    let before = (disks(&srv, &t.ps).await, storage(&srv, &t.ps).await, srv.query(&format!("/volumes/{b}")).await);
+    assert!(before.1["availableCapacity"].as_i64().unwrap() >= big);
+    let e = srv.fails("POST", &format!("/volumes/{b}/vm-instances/{vm}"), Some(json!({"params": {}}))).await;
+    assert_error(&e, "SYS.1006", &format!("the required host[uuid:{h1}] cannot satisfy conditions"));
+    assert_eq!(
+        (disks(&srv, &t.ps).await, storage(&srv, &t.ps).await, srv.query(&format!("/volumes/{b}")).await),
+        before
+    );
 
     // everything back
     srv.ok("DELETE", &format!("/volumes/{n}/vm-instances"), None).await;

@@ -864,3 +864,17 @@ pub(crate) async fn return_for_volume(tx: &mut WriteTx, volume: &str, size: i64)
         None => Ok(()),
     }
 }
+
+/// Take `size` bytes for a new volume on the disk of the host it must go to (a
+/// `localStorage::hostUuid::` tag, the VM's host), or the refusal of upstream's
+/// LocalStorageMainAllocatorFlow for a required host.
+pub(crate) async fn allocate_on_required_host(tx: &mut WriteTx, ps: &str, host: &str, size: i64) -> Result<()> {
+    if take_host_capacity(tx, ps, host, size).await? {
+        return Ok(());
+    }
+    Err(Error::operr(format!(
+        "the required host[uuid:{host}] cannot satisfy conditions[state: Enabled, status: Connected, size > {size} \
+         bytes], or doesn't belong to a local primary storage satisfying conditions[state: Enabled, status: \
+         Connected], or its cluster doesn't attach to any local primary storage"
+    )))
+}

@@ -245,7 +245,7 @@ async fn create_data_volume(app: App, msg: Msg) -> Result<Reply> {
             None => None,
         };
         if let (Some(host), Some(ps)) = (&local_host, &req.primary_storage_uuid) {
-            super::primary_storage::reserve_on_host(&mut tx, ps, host, size).await?;
+            super::primary_storage::allocate_on_required_host(&mut tx, ps, host, size).await?;
         }
         let reserved = if req.primary_storage_uuid.is_some() { size } else { 0 };
         tx.execute(
@@ -1032,7 +1032,7 @@ async fn attach_rows(
             )));
         }
         if let Some(h) = local_host {
-            super::primary_storage::reserve_on_host(&mut tx, ps, h, c.vol_size).await?;
+            super::primary_storage::allocate_on_required_host(&mut tx, ps, h, c.vol_size).await?;
             tx.execute(
                 "INSERT INTO local_storage_resource_ref (resource_uuid, primary_storage_uuid, host_uuid, size, \
                  resource_type, create_date, last_op_date) VALUES ($1, $2, $3, $4, 'VolumeVO', $5, $5)",
