@@ -598,6 +598,12 @@ impl Vms {
         let mac = cmd.nic.mac.to_ascii_lowercase();
         let pos = rec.cmd.nics.iter().position(|x| x.mac.eq_ignore_ascii_case(&mac));
         if self.live_pid(uuid, &rec).is_some() {
+            if !rec.cmd.virtio && pos.is_some() {
+                // e1000 NICs (QEMU lists no rx-filter for them) sit on the root bus
+                return Err(format!(
+                    "VM {uuid}: the NIC {mac} is an e1000 device (the VM has no virtio devices) on the PCI root bus, which cannot be hot-unplugged; stop the VM first"
+                ));
+            }
             let mut q = self.qmp(uuid).await?;
             let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
             let filters = q.execute("query-rx-filter", None).await.map_err(e)?;
@@ -609,17 +615,11 @@ impl Vms {
                 .and_then(|f| f["name"].as_str())
                 .map(String::from);
             if let Some(id) = id {
-                // a NIC of the start sits on a root port of its own only in a virtio VM started
-                // by this agent version; elsewhere it is on the root bus, which takes no unplug
-                let on_root_bus = id.starts_with("nic") && (!rec.cmd.virtio || rec.ports == 0);
-                if on_root_bus {
-                    let why = if rec.cmd.virtio {
-                        "a virtio-net device QEMU was started with by an older agent"
-                    } else {
-                        "an e1000 device (the VM has no virtio devices)"
-                    };
+                // a NIC of the start sits on a root port of its own only when this agent
+                // version started the VM; an older one put it on the root bus (no unplug there)
+                if id.starts_with("nic") && rec.ports == 0 {
                     return Err(format!(
-                        "VM {uuid}: the NIC {mac} is {why} on the PCI root bus, which cannot be hot-unplugged; stop the VM first"
+                        "VM {uuid}: the NIC {mac} was started by an older agent on the PCI root bus, which cannot be hot-unplugged; stop the VM first"
                     ));
                 }
                 // the backend: `net<i>` for a NIC `nic<i>` of the start, `hnet<d>` for `hnic<d>`
