@@ -579,13 +579,33 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
-    let cleanup = agent_cleanup(&mut tx, &uuid).await?;
+    let cleanups = HostCleanups(agent_cleanup(&mut tx, &uuid).await?.into_iter().collect());
     delete_one(&mut tx, &uuid).await?;
     tx.commit().await?;
-    if let Some(c) = cleanup {
-        c.run().await;
-    }
+    cleanups.run().await;
     Ok(Reply::empty())
+}
+
+/// The agent work a deletion of KVM hosts leaves to do once its transaction is committed
+/// (see [`delete_host`]; [`delete_for_cluster`] itself changes only rows).
+#[derive(Default)]
+pub struct HostCleanups(Vec<AgentCleanup>);
+
+impl HostCleanups {
+    /// Read in the deleting transaction, before [`delete_for_cluster`] changes any row.
+    pub async fn for_cluster(tx: &mut WriteTx, cluster_uuid: &str) -> Result<HostCleanups> {
+        let mut all = Vec::new();
+        for r in tx.fetch_all("SELECT uuid FROM host WHERE cluster_uuid = $1", &[Val::from(cluster_uuid)]).await? {
+            all.extend(agent_cleanup(tx, &r.try_get::<String, _>(0)?).await?);
+        }
+        Ok(HostCleanups(all))
+    }
+
+    /// Best effort, after the commit: each host's agent at the same time (a dead one costs
+    /// at most one call limit).
+    pub async fn run(self) {
+        futures::future::join_all(self.0.into_iter().map(AgentCleanup::run)).await;
+    }
 }
 
 /// How long one agent call of a host deletion may take (the deletion is already committed).
