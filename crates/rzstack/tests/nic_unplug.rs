@@ -251,6 +251,15 @@ async fn emulated_nics_are_refused() {
         assert_eq!(inv["defaultL3NetworkUuid"], c.l3.as_str());
         assert_eq!(used(srv, &c.l3).await, 1);
         assert!(common::kvm::sh(&["ip", "link", "show", &tap]), "the tap {tap} is kept");
+        if platform == "Other" {
+            // upstream's platform rule holds for a Stopped VM as well
+            srv.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"stopVmInstance": {"type": "cold"}})))
+                .await;
+            let e = srv.fails("DELETE", &format!("/vm-instances/nics/{}", s(&nic["uuid"])), None).await;
+            assert_error(&e, "SYS.1006", "because platform of vm");
+            let inv = vm_inv(srv, &vu).await;
+            assert_eq!((inv["state"].clone(), inv["vmNics"].clone()), (json!("Stopped"), vm["vmNics"].clone()));
+        }
         srv.ok("DELETE", &format!("/vm-instances/{vu}"), None).await;
         if !srv.query(&format!("/vm-instances/{vu}")).await.is_empty() {
             srv.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"expungeVmInstance": {}}))).await;
