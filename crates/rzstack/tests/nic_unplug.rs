@@ -169,6 +169,23 @@ async fn nics_of_the_start_are_unplugged() {
     assert_eq!(c.agent.vm_status(&vu).await["state"], "Running");
     assert_eq!(vm_inv(srv, &vu).await["state"], "Running");
 
+    // a reboot (a new QEMU from the VM's NICs now): the remaining NIC on hp6, eth0, its address
+    let serial = c.serial_log(&vu).await;
+    let r = srv.ok("PUT", &format!("/vm-instances/{vu}/actions"), Some(json!({"rebootVmInstance": {}}))).await;
+    assert_eq!(r["inventory"]["state"], "Running", "{r}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let boot = loop {
+        let t = std::fs::read_to_string(&serial).unwrap_or_default();
+        if t.matches("RZSTACK-GUEST-UP").count() >= 2 {
+            break t.rsplit("RZSTACK-GUEST-BOOTED").next().unwrap_or_default().to_string();
+        }
+        assert!(Instant::now() < deadline, "the guest did not come up again:\n{t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(boot.contains(&format!("RZSTACK-GUEST-NIC eth0 mac={mac_a} ip={}", s(&a["ip"]))), "{boot}");
+    assert!(!boot.contains(&mac_b) && !boot.contains("eth1"), "{boot}");
+    assert_eq!(port_of(&sock, "nic0"), "hp6");
+
     // the last NIC, the default L3's: detached as well (upstream has no rule against it)
     let r = srv.ok("DELETE", &format!("/vm-instances/nics/{}", s(&a["uuid"])), None).await;
     let inv = &r["inventory"];
