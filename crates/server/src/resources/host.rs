@@ -579,7 +579,7 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
-    let cleanups = HostCleanups(agent_cleanup(&mut tx, &uuid).await?.into_iter().collect());
+    let cleanups = HostCleanups::for_hosts(&mut tx, "SELECT uuid FROM host WHERE uuid = $1", &uuid).await?;
     delete_one(&mut tx, &uuid).await?;
     tx.commit().await?;
     cleanups.run().await;
@@ -594,8 +594,18 @@ pub struct HostCleanups(Vec<AgentCleanup>);
 impl HostCleanups {
     /// Read in the deleting transaction, before [`delete_for_cluster`] changes any row.
     pub async fn for_cluster(tx: &mut WriteTx, cluster_uuid: &str) -> Result<HostCleanups> {
+        Self::for_hosts(tx, "SELECT uuid FROM host WHERE cluster_uuid = $1 ORDER BY uuid", cluster_uuid).await
+    }
+
+    /// The same for every host of a zone (the zone deletion cascade).
+    pub async fn for_zone(tx: &mut WriteTx, zone_uuid: &str) -> Result<HostCleanups> {
+        Self::for_hosts(tx, "SELECT uuid FROM host WHERE zone_uuid = $1 ORDER BY uuid", zone_uuid).await
+    }
+
+    /// The hosts `sql` selects with `key` as `$1`.
+    async fn for_hosts(tx: &mut WriteTx, sql: &str, key: &str) -> Result<HostCleanups> {
         let mut all = Vec::new();
-        for r in tx.fetch_all("SELECT uuid FROM host WHERE cluster_uuid = $1", &[Val::from(cluster_uuid)]).await? {
+        for r in tx.fetch_all(sql, &[Val::from(key)]).await? {
             all.extend(agent_cleanup(tx, &r.try_get::<String, _>(0)?).await?);
         }
         Ok(HostCleanups(all))
