@@ -368,3 +368,46 @@ async fn resize_and_attach_take_from_the_hosts_disk() {
     assert_eq!(disks(&srv, &t.ps).await, start);
     assert_sums(&srv, &t.ps).await;
 }
+
+/// Concurrent creates never over-commit a host's disk: with room for three root volumes on
+/// each disk, eight creates at once make exactly six VMs, three on each host; the others are
+/// refused (the allocator's error, or the primary-storage step's when another create took the
+/// room in between) and leave nothing; the disks keep exactly what is left.
+#[tokio::test]
+async fn concurrent_creates_never_overcommit_a_hosts_disk() {
+    let srv = std::sync::Arc::new(Server::start().await);
+    let t = local_topology(&srv, 2).await;
+    let l3 = network(&srv, &t, "n", 10, 60).await;
+    let root = srv.query(&format!("/images/{}", t.image)).await[0]["size"].as_i64().unwrap();
+    assert!(root > 0);
+    for h in &t.hosts {
+        let size = available(&srv, &t.ps, h).await - (3 * root + root / 2);
+        srv.ok("POST", "/volumes/data", Some(on_host("f", &t.ps, h, size))).await;
+    }
+    let refs_before = srv.query("/primary-storage/local-storage/resource-refs").await.len();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let srv = srv.clone();
+        let body = create(&t, json!({"name": format!("v{i}"), "l3NetworkUuids": [l3]}));
+        tasks.push(tokio::spawn(async move { srv.job("POST", "/vm-instances", Some(body)).await }));
+    }
+    let mut made = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            made.push(s(&r.body["inventory"]["hostUuid"]));
+        } else {
+            assert_eq!(r.body["error"]["code"], "SYS.1006", "{}", r.text);
+            let cause = r.body["error"]["cause"]["code"].as_str().unwrap_or_default().to_string();
+            assert!(cause == "HOST_ALLOCATION.1000" || cause == "PS.1000", "{}", r.text);
+        }
+    }
+    assert_eq!(made.len(), 6, "{made:?}");
+    for h in &t.hosts {
+        assert_eq!(made.iter().filter(|m| *m == h).count(), 3, "{made:?}");
+        assert_eq!(available(&srv, &t.ps, h).await, root / 2);
+    }
+    assert_eq!(srv.query("/vm-instances").await.len(), 6);
+    assert_eq!(srv.query("/primary-storage/local-storage/resource-refs").await.len(), refs_before + 6);
+    assert_sums(&srv, &t.ps).await;
+}

@@ -546,6 +546,7 @@ pub(crate) async fn local_storage_host_joined(tx: &mut WriteTx, host: &str) -> R
 /// The row of `host` on LocalStorage `ps` (none when it exists already), and the storage's
 /// figures with it.
 async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Result<()> {
+    lock_storage(tx, ps).await?;
     let (total, avail) = match fs_capacity(url) {
         Ok(c) => c,
         Err(_) => {
@@ -615,7 +616,18 @@ async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Resu
 }
 
 /// The row of `host` on `ps` goes; the storage loses the host's share unless it was its last host.
+/// The storage's row held by this transaction (PostgreSQL: a concurrent change of its hosts
+/// waits, then sees this one's rows), so that "its first / last host" is read right. Every
+/// transaction that changes a host's row holds the storage's row first (PostgreSQL: one lock
+/// order, no deadlock between allocations, returns and hosts coming and going).
+pub(crate) async fn lock_storage(tx: &mut WriteTx, ps: &str) -> Result<()> {
+    tx.execute("UPDATE primary_storage SET last_op_date = $1 WHERE uuid = $2", &[Val::I(now_ms()), Val::from(ps)])
+        .await?;
+    Ok(())
+}
+
 async fn remove_host_ref(tx: &mut WriteTx, ps: &str, host: &str) -> Result<()> {
+    lock_storage(tx, ps).await?;
     let Some(r) = tx
         .fetch_optional(
             "DELETE FROM local_storage_host_ref WHERE host_uuid = $1 AND primary_storage_uuid = $2 \

@@ -173,6 +173,7 @@ pub(crate) async fn forget_local_files(tx: &mut WriteTx, volume: &str) -> Result
         .await?;
     if let Some(r) = gone {
         let (ps, host, size): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        super::primary_storage::lock_storage(tx, &ps).await?;
         super::primary_storage::return_host_capacity(tx, &ps, &host, size).await?;
     }
     tx.execute(

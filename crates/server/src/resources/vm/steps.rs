@@ -752,11 +752,6 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
         let host = c.host.clone().unwrap_or_default();
         for row in rows {
             let p: String = row.try_get(0)?;
-            // LocalStorage: the files go on the chosen host's disk, which must have room
-            let local = row.try_get::<String, _>(2)? == crate::resources::primary_storage::LOCAL_STORAGE;
-            if local && !crate::resources::primary_storage::take_host_capacity(tx, &p, &host, size).await? {
-                continue;
-            }
             let n = tx
                 .execute(
                     "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
@@ -764,8 +759,16 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                     &[Val::I(size), Val::I(now), Val::from(p.as_str())],
                 )
                 .await?;
-            if n != 1 && local {
-                crate::resources::primary_storage::return_host_capacity(tx, &p, &host, size).await?;
+            // LocalStorage: the files go on the chosen host's disk, which must have room (the
+            // storage's row first, as every change of a host's row)
+            let local = row.try_get::<String, _>(2)? == crate::resources::primary_storage::LOCAL_STORAGE;
+            if n == 1 && local && !crate::resources::primary_storage::take_host_capacity(tx, &p, &host, size).await? {
+                tx.execute(
+                    "UPDATE primary_storage SET available_capacity = available_capacity + $1 WHERE uuid = $2",
+                    &[Val::I(size), Val::from(p.as_str())],
+                )
+                .await?;
+                continue;
             }
             if n == 1 {
                 tx.execute(
