@@ -126,3 +126,25 @@ async fn deleting_a_kvm_host_whose_agent_does_not_answer() {
     assert!(!qemu_pids(&vu).is_empty(), "QEMU of {vu} still runs");
     drop(silent);
 }
+
+/// The cascades through the host deletion: deleting the cluster, or the zone, of a KVM host
+/// ends the QEMU of its guests and releases their taps, as DeleteHost does.
+#[tokio::test]
+async fn deleting_the_cluster_or_zone_of_a_kvm_host_ends_its_guests() {
+    for (prefix, what) in [("hc", "cluster"), ("hz", "zone")] {
+        let Some(c) = KvmCloud::setup("host_delete_kvm", prefix).await else { return };
+        let vm = c.create_vm("g", json!({})).await;
+        let vu = uuid(&vm);
+        assert!(!qemu_pids(&vu).is_empty(), "QEMU of {vu} runs");
+        assert!(link_exists(&tap_of(&vu)), "the tap of {vu} exists");
+        let path = match what {
+            "cluster" => format!("/clusters/{}", c.cluster),
+            _ => format!("/zones/{}", c.zone),
+        };
+        assert_eq!(c.s.ok("DELETE", &path, None).await, json!({}), "{what}");
+        wait_no_qemu(&vu).await;
+        assert!(!link_exists(&tap_of(&vu)), "the tap of {vu} is gone after the {what} deletion");
+        assert!(c.s.query(&format!("/hosts/{}", c.host)).await.is_empty(), "{what}");
+        assert!(c.s.query(&format!("/vm-instances/{vu}")).await.is_empty(), "{what}");
+    }
+}

@@ -130,6 +130,18 @@ async fn change_cluster_state(app: App, msg: Msg) -> Result<Reply> {
     reply(&app, &req.uuid).await
 }
 
+/// DeleteCluster: the rows in one transaction, then the KVM hosts' agents end what the
+/// deletion of their hosts leaves running (see [`super::host::HostCleanups`]).
+async fn delete_cluster(app: App, msg: Msg) -> Result<Reply> {
+    let uuid = msg.str("uuid").unwrap_or_default().to_string();
+    let mut tx = app.db.begin_write().await?;
+    let cleanups = super::host::HostCleanups::for_cluster(&mut tx, &uuid).await?;
+    delete_one(&mut tx, &uuid).await?;
+    tx.commit().await?;
+    cleanups.run().await;
+    Ok(Reply::empty())
+}
+
 /// Delete one cluster and everything that hangs off it, inside `tx`.
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
     super::host::delete_for_cluster(tx, uuid).await?;
@@ -184,5 +196,5 @@ pub static APIS: &[ApiDef] = &[
             Param::str("uuid").required().resource(&CLUSTER).success_if_missing(),
             Param::str("deleteMode").values(&["Permissive", "Enforcing"]),
         ])
-        .handler(|a, m| boxed(super::delete_in_tx(a, m, |tx, uuid| Box::pin(delete_one(tx, uuid))))),
+        .handler(|a, m| boxed(delete_cluster(a, m))),
 ];

@@ -633,11 +633,6 @@ struct AgentCleanup {
     files: Vec<String>,
 }
 
-/// The tap of NIC `device` of `vm` (the agent protocol's naming, as the VM code uses it).
-fn tap_of(vm: &str, device: i64) -> String {
-    format!("tap{}{}", vm.get(..8).unwrap_or(vm), device)
-}
-
 /// Read, in the deletion's transaction and before any row changes, what [`AgentCleanup`] must
 /// do for host `uuid`. None for simulator hosts and unknown uuids.
 async fn agent_cleanup(tx: &mut WriteTx, uuid: &str) -> Result<Option<AgentCleanup>> {
@@ -690,7 +685,7 @@ async fn agent_cleanup(tx: &mut WriteTx, uuid: &str) -> Result<Option<AgentClean
         let mac: Option<String> = r.try_get(2)?;
         let l3: Option<String> = r.try_get(3)?;
         if let Some(device) = device {
-            network.taps.push(tap_of(&vm, device));
+            network.taps.push(super::vm::tap_name(&vm, device));
         }
         if let (Some(mac), Some(l3)) = (mac, l3) {
             match network.leases.iter_mut().find(|l| l.l3_uuid == l3) {

@@ -110,10 +110,13 @@ async fn update_zone(app: App, msg: Msg) -> Result<Reply> {
 async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
+    // what the KVM hosts' agents must end once the rows are gone (their guests, taps, files)
+    let cleanups = super::host::HostCleanups::for_zone(&mut tx, &uuid).await?;
     delete_children(&mut tx, &uuid).await?;
     tx.execute("DELETE FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
+    cleanups.run().await;
     Ok(Reply::empty())
 }
 

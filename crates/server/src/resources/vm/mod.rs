@@ -41,6 +41,7 @@ pub mod sync;
 
 use checks::*;
 use create::*;
+pub use kvm::tap_name;
 pub use lifecycle::start_expunge_task;
 use lifecycle::*;
 use nics::*;
