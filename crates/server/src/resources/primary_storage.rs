@@ -592,12 +592,11 @@ async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Resu
         .unwrap_or(0);
     let sql = if others == 0 {
         // the first host: its disk is the storage's (what is used elsewhere on the storage stays used)
-        format!(
-            "UPDATE primary_storage SET total_capacity = $3, \
-             available_capacity = $4 - (available_physical_capacity - available_capacity), \
-             total_physical_capacity = $3, available_physical_capacity = $4, system_used_capacity = $5, \
-             last_op_date = $6 WHERE uuid = $2"
-        )
+        "UPDATE primary_storage SET total_capacity = $3, \
+         available_capacity = $4 - (available_physical_capacity - available_capacity), \
+         total_physical_capacity = $3, available_physical_capacity = $4, system_used_capacity = $5, \
+         last_op_date = $6 WHERE uuid = $2"
+            .to_string()
     } else {
         format!(
             "UPDATE primary_storage SET total_capacity = total_capacity + $3, \
@@ -615,7 +614,6 @@ async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Resu
     Ok(())
 }
 
-/// The row of `host` on `ps` goes; the storage loses the host's share unless it was its last host.
 /// The storage's row held by this transaction (PostgreSQL: a concurrent change of its hosts
 /// waits, then sees this one's rows), so that "its first / last host" is read right. Every
 /// transaction that changes a host's row holds the storage's row first (PostgreSQL: one lock
@@ -626,6 +624,7 @@ pub(crate) async fn lock_storage(tx: &mut WriteTx, ps: &str) -> Result<()> {
     Ok(())
 }
 
+/// The row of `host` on `ps` goes; the storage loses the host's share unless it was its last host.
 async fn remove_host_ref(tx: &mut WriteTx, ps: &str, host: &str) -> Result<()> {
     lock_storage(tx, ps).await?;
     let Some(r) = tx

@@ -547,7 +547,8 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
         ));
         let disk = c.disk_total();
         vals.push(Val::I(disk));
-        let mut ps_filter = format!("p.available_capacity >= ${}", vals.len());
+        let disk_param = vals.len();
+        let mut ps_filter = format!("p.available_capacity >= ${disk_param}");
         if let Some(p) = &c.primary_storage_for_root {
             vals.push(Val::from(p.as_str()));
             ps_filter += &format!(" AND p.uuid = ${}", vals.len());
@@ -562,10 +563,7 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             vals.len(),
             format!("cannot find available primary storage[state: Enabled, status: Connected, available capacity {disk} bytes]"),
         ));
-        base += &crate::resources::primary_storage::host_has_room_filter(
-            &ps_filter,
-            vals.len() - c.primary_storage_for_root.is_some() as usize,
-        );
+        base += &crate::resources::primary_storage::host_has_room_filter(&ps_filter, disk_param);
         stages.push((
             base.clone(),
             vals.len(),
