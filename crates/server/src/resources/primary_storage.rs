@@ -550,9 +550,12 @@ async fn add_host_ref(tx: &mut WriteTx, ps: &str, url: &str, host: &str) -> Resu
     let (total, avail) = match fs_capacity(url) {
         Ok(c) => c,
         Err(_) => {
+            // the directory cannot be read here: another host's disk figures, else the storage's
             let r = tx
                 .fetch_optional(
-                    "SELECT total_physical_capacity, available_physical_capacity FROM primary_storage WHERE uuid = $1",
+                    "SELECT total_physical_capacity, available_physical_capacity FROM local_storage_host_ref \
+                     WHERE primary_storage_uuid = $1 UNION ALL \
+                     SELECT total_physical_capacity, available_physical_capacity FROM primary_storage WHERE uuid = $1",
                     &[Val::from(ps)],
                 )
                 .await?;
