@@ -21,6 +21,12 @@ async fn ps_available(srv: &Server, ps: &str) -> i64 {
     srv.query(&format!("/primary-storage/{ps}")).await[0]["availableCapacity"].as_i64().unwrap()
 }
 
+/// The room left on `host`'s disk of LocalStorage `ps` (GetLocalStorageHostDiskCapacity).
+async fn host_available(srv: &Server, ps: &str, host: &str) -> i64 {
+    let r = srv.query(&format!("/primary-storage/local-storage/{ps}/capacities?hostUuid={host}")).await;
+    r[0]["availableCapacity"].as_i64().unwrap()
+}
+
 fn data_volume(name: &str, ps: Option<&str>, tags: &[String], resource_uuid: Option<&str>) -> Value {
     let mut p = json!({"name": name, "diskSize": GB});
     if let Some(ps) = ps {
@@ -226,7 +232,7 @@ async fn deleting_a_host_drops_what_its_disk_held() {
         srv.query("/volumes").await,
         srv.query("/volume-snapshots").await,
         local_refs(&srv, &t.ps).await,
-        ps_available(&srv, &t.ps).await,
+        host_available(&srv, &t.ps, &h0).await,
         used_ips(&srv).await,
     );
 
@@ -274,16 +280,18 @@ async fn deleting_a_host_drops_what_its_disk_held() {
         assert!(srv.query(&format!("/volume-snapshots?q=volumeUuid={v}")).await.is_empty());
     }
     assert!(srv.query(&format!("/primary-storage/local-storage/resource-refs?q=hostUuid={h1}")).await.is_empty());
-    // h0's things as they were, the capacity and addresses back
+    // h0's things as they were, the addresses back; the storage is now h0's disk alone (its
+    // figures are the sum of its hosts': h1's share left with h1, as upstream)
     let after = (
         srv.query("/vm-instances").await,
         srv.query("/volumes").await,
         srv.query("/volume-snapshots").await,
         local_refs(&srv, &t.ps).await,
-        ps_available(&srv, &t.ps).await,
+        host_available(&srv, &t.ps, &h0).await,
         used_ips(&srv).await,
     );
     assert_eq!(after, keep);
+    assert_eq!(ps_available(&srv, &t.ps).await, keep.4);
     assert_eq!(s(&b["hostUuid"]), h0);
     // h0 still serves: a VM is made there
     let again =

@@ -789,8 +789,9 @@ async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {
 /// whose root volume is there goes (upstream destroys it, then deletes its rows), every volume
 /// there goes with its snapshots (data volumes: upstream DeleteVolumeMsg with the DBOnly policy;
 /// the files are not touched), and so does every snapshot there. Rows only, in `tx`; the
-/// capacity the volumes held goes back to their primary storage (rzstack does not account
-/// LocalStorage capacity per host, upstream takes the host's share out of the storage instead).
+/// capacity the volumes held goes back to the host's row, whose whole share then leaves the
+/// storage with the host ([`super::primary_storage::local_storage_host_left`], as upstream);
+/// the files themselves are deleted by the host's agent after the commit ([`HostCleanups`]).
 async fn drop_local_storage_files(tx: &mut WriteTx, host: &str) -> Result<()> {
     let h = Val::from(host);
     let vms = tx
