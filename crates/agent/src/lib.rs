@@ -271,6 +271,8 @@ handler!(vm_volume_attach, rzstack_api::agent::VmVolumeCmd, |st, c| st.vms.attac
 handler!(vm_volume_detach, rzstack_api::agent::VmVolumeCmd, |st, c| st.vms.detach_volume(c));
 handler!(vm_nic_attach, rzstack_api::agent::VmNicCmd, |st, c| st.vms.attach_nic(c));
 handler!(vm_nic_detach, rzstack_api::agent::VmNicCmd, |st, c| st.vms.detach_nic(c));
+handler!(vm_cdrom_change, rzstack_api::agent::VmCdromCmd, |st, c| st.vms.change_cdrom(c));
+handler!(vm_console, rzstack_api::agent::VmConsoleCmd, |st, c| st.vms.console(c));
 handler!(network_prepare, rzstack_api::agent::NetworkPrepareCmd, |st, c| st.network.prepare(c));
 handler!(network_release, rzstack_api::agent::NetworkReleaseCmd, |st, c| st.network.release(c));
 
@@ -295,6 +297,8 @@ fn router(state: Arc<AgentState>) -> Router {
         .route(rzstack_api::agent::PATH_VM_VOLUME_DETACH, post(vm_volume_detach))
         .route(rzstack_api::agent::PATH_VM_NIC_ATTACH, post(vm_nic_attach))
         .route(rzstack_api::agent::PATH_VM_NIC_DETACH, post(vm_nic_detach))
+        .route(rzstack_api::agent::PATH_VM_CDROM_CHANGE, post(vm_cdrom_change))
+        .route(rzstack_api::agent::PATH_VM_CONSOLE, post(vm_console))
         .route(PATH_NETWORK_PREPARE, post(network_prepare))
         .route(PATH_NETWORK_RELEASE, post(network_release))
         .with_state(state)

@@ -11,8 +11,8 @@
 use crate::qmp::Qmp;
 use crate::sys::{self, KeyLocks};
 use rzstack_api::agent::{
-    VmDestroyCmd, VmDisk, VmStartCmd, VmState, VmStatusCmd, VmStatusList, VmStopCmd, VmVolumeCmd, VolumeInfo,
-    ACCEL_KVM, VM_PAUSED, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
+    VmCdromCmd, VmConsole, VmConsoleCmd, VmDestroyCmd, VmDisk, VmStartCmd, VmState, VmStatusCmd, VmStatusList,
+    VmStopCmd, VmVolumeCmd, VolumeInfo, ACCEL_KVM, VM_PAUSED, VM_RUNNING, VM_STOPPED, VM_UNKNOWN,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -30,6 +30,11 @@ const HOTPLUG_PORTS: usize = 6;
 fn nic_port(i: usize) -> usize {
     HOTPLUG_PORTS + i
 }
+/// The VNC display: on every address of the host (as upstream's agent has libvirt do), the
+/// first free display from :0 (port 5900) up to this one; `query-vnc` tells which QEMU took.
+const VNC_LAST_DISPLAY: u32 = 1000;
+/// The qdev id of a VM's CD-ROM drive.
+const CDROM_ID: &str = "cdrom0";
 /// How long the guest may take to release a hot-unplugged disk.
 const UNPLUG_WAIT: Duration = Duration::from_secs(60);
 
@@ -167,6 +172,8 @@ impl Vms {
             "-no-user-config".into(),
             "-display".into(),
             "none".into(),
+            "-vnc".into(),
+            format!("0.0.0.0:0,to={VNC_LAST_DISPLAY}"),
             "-rtc".into(),
             "base=utc".into(),
             "-chardev".into(),
@@ -217,7 +224,11 @@ impl Vms {
                 .to_string(),
             );
             a.push("-device".into());
-            a.push(format!("ide-cd,drive=cd0,bus=ide.{ahci_port},id=cdrom0,bootindex={cd_boot}"));
+            a.push(format!("ide-cd,drive=cd0,bus=ide.{ahci_port},id={CDROM_ID},bootindex={cd_boot}"));
+        } else if cmd.cdrom_drive {
+            // an empty drive: its medium is changed over QMP while the VM runs
+            a.push("-device".into());
+            a.push(format!("ide-cd,bus=ide.{ahci_port},id={CDROM_ID},bootindex={cd_boot}"));
         }
         let mut nics: Vec<_> = cmd.nics.iter().collect();
         nics.sort_by_key(|n| n.device_id);
@@ -252,6 +263,9 @@ impl Vms {
                 "tpm-crb,tpmdev=tpm0".into(),
             ]);
         }
+        // the console's display adapter, last: the root-bus slots of the devices before it (and
+        // so the guest's names for its NICs) stay as they were
+        a.extend(["-device".into(), "VGA,id=video0".into()]);
         a
     }
 
@@ -642,6 +656,78 @@ impl Vms {
         Ok(self.state_of(uuid).await)
     }
 
+    /// Change the medium of a running VM's CD-ROM drive: the tray forced open (a guest may
+    /// have locked it), the old medium removed, the ISO inserted read-only
+    /// (`blockdev-change-medium`, which also closes the tray) or, to eject, the tray closed
+    /// again empty. The recorded start command follows (a reboot keeps the medium). The same
+    /// medium again: success.
+    pub async fn change_cdrom(&self, cmd: &VmCdromCmd) -> Result<VmState, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let mut rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        if self.live_pid(uuid, &rec).is_none() {
+            return Err(format!("VM {uuid} is not running on this host"));
+        }
+        if !rec.cmd.cdrom_drive && rec.cmd.cdrom.is_none() {
+            return Err(format!("VM {uuid} has no CD-ROM drive (it was started without one)"));
+        }
+        if rec.cmd.cdrom == cmd.iso {
+            return Ok(self.state_of(uuid).await);
+        }
+        if let Some(iso) = &cmd.iso {
+            if !Path::new(iso).is_file() {
+                return Err(format!("the ISO {iso} does not exist on this host"));
+            }
+        }
+        let mut q = self.qmp(uuid).await?;
+        let e = |e: crate::qmp::QmpError| format!("VM {uuid}: {e}");
+        q.execute("blockdev-open-tray", Some(json!({"id": CDROM_ID, "force": true}))).await.map_err(e)?;
+        q.execute("blockdev-remove-medium", Some(json!({"id": CDROM_ID}))).await.map_err(e)?;
+        // the node of an ISO QEMU started with is the monitor's: it goes once out of the drive
+        if rec.cmd.cdrom.is_some() {
+            let _ = q.execute("blockdev-del", Some(json!({"node-name": "cd0"}))).await;
+        }
+        match &cmd.iso {
+            Some(iso) => {
+                let args = json!({"id": CDROM_ID, "filename": iso, "format": "raw", "read-only-mode": "read-only"});
+                q.execute("blockdev-change-medium", Some(args)).await.map_err(e)?;
+            }
+            None => {
+                q.execute("blockdev-close-tray", Some(json!({"id": CDROM_ID}))).await.map_err(e)?;
+            }
+        }
+        drop(q);
+        rec.cmd.cdrom_drive = true;
+        rec.cmd.cdrom = cmd.iso.clone();
+        if rec.cmd.cdrom.is_none() {
+            rec.cmd.boot_order.retain(|b| b != "CdRom");
+        }
+        self.save(uuid, &rec)?;
+        Ok(self.state_of(uuid).await)
+    }
+
+    /// The VNC port QEMU bound for a running VM (`query-vnc`).
+    pub async fn console(&self, cmd: &VmConsoleCmd) -> Result<VmConsole, String> {
+        cmd.validate()?;
+        let uuid = cmd.vm_uuid.as_str();
+        let _g = self.locks.lock(uuid).await;
+        let rec = self.load(uuid).ok_or_else(|| format!("VM {uuid} is not known on this host"))?;
+        if self.live_pid(uuid, &rec).is_none() {
+            return Err(format!("VM {uuid} is not running on this host"));
+        }
+        let mut q = self.qmp(uuid).await?;
+        let vnc = q.execute("query-vnc", None).await.map_err(|e| format!("VM {uuid}: {e}"))?;
+        if vnc["enabled"] != true {
+            return Err(format!("VM {uuid} has no VNC display (it was started without one)"));
+        }
+        let port = vnc["service"]
+            .as_str()
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| format!("VM {uuid}: QEMU reports no VNC port: {vnc}"))?;
+        Ok(VmConsole { vm_uuid: uuid.to_string(), protocol: "vnc".into(), port })
+    }
+
     /// Grow a disk of a running VM through QEMU (`block_resize` of its node `disk<deviceId>`):
     /// the guest sees the new size. `Ok(false)` when the VM is not running (the caller resizes
     /// the file itself).
@@ -810,6 +896,7 @@ mod tests {
             root_volume: VmDisk { volume_uuid: "r".into(), install_path: "/r.qcow2".into(), device_id: 0 },
             data_volumes: vec![VmDisk { volume_uuid: "d".into(), install_path: "/d.qcow2".into(), device_id: 1 }],
             cdrom: None,
+            cdrom_drive: false,
             // out of device-id order on purpose: the command line orders them
             nics: vec![nic(1, "FA:00:00:00:00:02"), nic(0, "fa:00:00:00:00:01")],
             boot_order: vec![],
@@ -836,6 +923,7 @@ mod tests {
             "virtio-net-pci,netdev=net0,mac=fa:00:00:00:00:01,id=nic0,bus=hp6".into(),
             "pcie-root-port,id=hp7,bus=pcie.0,chassis=8".into(),
             "virtio-net-pci,netdev=net1,mac=fa:00:00:00:00:02,id=nic1,bus=hp7".into(),
+            "VGA,id=video0".into(),
         ]);
         assert_eq!(devices(&a), want);
         let netdevs: Vec<&String> = a.windows(2).filter(|w| w[0] == "-netdev").map(|w| &w[1]).collect();
@@ -865,8 +953,28 @@ mod tests {
             d[2..],
             [
                 "e1000,netdev=net0,mac=fa:00:00:00:00:01,id=nic0".to_string(),
-                "e1000,netdev=net1,mac=fa:00:00:00:00:02,id=nic1".into()
+                "e1000,netdev=net1,mac=fa:00:00:00:00:02,id=nic1".into(),
+                "VGA,id=video0".into()
             ]
         );
+    }
+
+    /// A VNC display on every address from :0 up; an empty CD-ROM drive (on the AHCI port after
+    /// the disks) unless the VM has none; with an ISO the drive holds it.
+    #[test]
+    fn vnc_display_and_cdrom_drive() {
+        let vms = Vms::new(Path::new("/tmp/rz"), "tcg");
+        let mut c = cmd(false);
+        let a = vms.qemu_args(&c, Path::new("/tmp/rz/vms/x"));
+        let vnc: Vec<&String> = a.windows(2).filter(|w| w[0] == "-vnc").map(|w| &w[1]).collect();
+        assert_eq!(vnc, [&format!("0.0.0.0:0,to={VNC_LAST_DISPLAY}")]);
+        assert!(!devices(&a).iter().any(|d| d.starts_with("ide-cd")), "{a:?}");
+        c.cdrom_drive = true;
+        let d = devices(&vms.qemu_args(&c, Path::new("/tmp/rz/vms/x")));
+        assert!(d.contains(&"ide-cd,bus=ide.2,id=cdrom0,bootindex=2".to_string()), "{d:?}");
+        c.cdrom = Some("/i.iso".into());
+        let d = devices(&vms.qemu_args(&c, Path::new("/tmp/rz/vms/x")));
+        assert!(d.contains(&"ide-cd,drive=cd0,bus=ide.2,id=cdrom0,bootindex=2".to_string()), "{d:?}");
+        assert_eq!(d.iter().filter(|x| x.starts_with("ide-cd")).count(), 1);
     }
 }

@@ -140,6 +140,11 @@ pub const PATH_VM_VOLUME_DETACH: &str = "/v1/vm/volume/detach";
 pub const PATH_VM_NIC_ATTACH: &str = "/v1/vm/nic/attach";
 /// [`VmNicCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: hot-unplug a NIC (found by its MAC) from a running VM.
 pub const PATH_VM_NIC_DETACH: &str = "/v1/vm/nic/detach";
+/// [`VmCdromCmd`] → [`AgentRsp`]`<`[`VmState`]`>`: insert an ISO into (or eject the medium of)
+/// the CD-ROM drive of a running VM.
+pub const PATH_VM_CDROM_CHANGE: &str = "/v1/vm/cdrom/change";
+/// [`VmConsoleCmd`] → [`AgentRsp`]`<`[`VmConsole`]`>`: the VNC address of a running VM.
+pub const PATH_VM_CONSOLE: &str = "/v1/vm/console";
 
 /// The answer to every command after connect/ping: `result` is set when `success` is true,
 /// `error` (the reason) when it is false.
@@ -484,6 +489,10 @@ pub struct VmStartCmd {
     /// An ISO file attached as a CD-ROM.
     #[serde(default)]
     pub cdrom: Option<String>,
+    /// A CD-ROM drive (`cdrom0`, empty unless `cdrom` is given) whose medium can be changed
+    /// while the VM runs; false = no drive unless `cdrom` is given (upstream `createWithoutCdRom`).
+    #[serde(default = "yes")]
+    pub cdrom_drive: bool,
     #[serde(default)]
     pub nics: Vec<VmNicSpec>,
     /// `CdRom` and/or `HardDisk`, first boots first; empty = HardDisk (then CdRom).
@@ -673,6 +682,52 @@ impl VmVolumeCmd {
         }
         Ok(())
     }
+}
+
+/// Change the medium of a running VM's CD-ROM drive: `iso` (a file on this host) inserted,
+/// read-only, in place of any medium; `None` = ejected. The VM's recorded start command
+/// follows. A VM started without a CD-ROM drive is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmCdromCmd {
+    pub version: u32,
+    pub vm_uuid: String,
+    #[serde(default)]
+    pub iso: Option<String>,
+}
+
+impl VmCdromCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_uuid("vmUuid", &self.vm_uuid)?;
+        if let Some(i) = &self.iso {
+            check_abs_path("iso", i)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ask for the console of a running VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmConsoleCmd {
+    pub version: u32,
+    pub vm_uuid: String,
+}
+
+impl VmConsoleCmd {
+    pub fn validate(&self) -> Result<(), String> {
+        check_uuid("vmUuid", &self.vm_uuid)
+    }
+}
+
+/// A running VM's console: `protocol` `vnc`, the TCP port QEMU listens on (on every address
+/// of the host).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmConsole {
+    pub vm_uuid: String,
+    pub protocol: String,
+    pub port: u16,
 }
 
 pub const VM_RUNNING: &str = "Running";

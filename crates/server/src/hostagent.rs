@@ -509,6 +509,19 @@ impl KvmAgentClient {
     pub async fn detach_nic(&self, cmd: &rzstack_api::agent::VmNicCmd) -> Result<VmState, AgentError> {
         self.command(rzstack_api::agent::PATH_VM_NIC_DETACH, cmd, REQUEST_TIMEOUT + Duration::from_secs(60)).await
     }
+
+    /// Insert an ISO (a file on the host) into, or eject the medium of, a running VM's CD-ROM.
+    pub async fn change_cdrom(&self, cmd: &rzstack_api::agent::VmCdromCmd) -> Result<VmState, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_CDROM_CHANGE, cmd, REQUEST_TIMEOUT).await
+    }
+
+    /// The VNC port of a running VM.
+    pub async fn vm_console(
+        &self,
+        cmd: &rzstack_api::agent::VmConsoleCmd,
+    ) -> Result<rzstack_api::agent::VmConsole, AgentError> {
+        self.command(rzstack_api::agent::PATH_VM_CONSOLE, cmd, REQUEST_TIMEOUT).await
+    }
 }
 
 /// `e` and its sources, joined (reqwest's top-level text alone hides "connection refused").

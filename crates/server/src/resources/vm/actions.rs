@@ -7,8 +7,9 @@
 //! sits on a PCIe root port of its own and is unplugged like a hot-plugged one; an e1000 NIC of
 //! a VM without virtio sits on the root bus: the agent refuses, nothing changes; upstream
 //! refuses any detach on a KVM VM whose platform is not paravirtualized), a static IP change
-//! updates the host's DHCP lease; an ISO change (no CD-ROM medium change yet) and the console (QEMU runs without a
-//! display) are refused with a clear error. Stopped VMs and simulator VMs are served fully.
+//! updates the host's DHCP lease; an ISO change is a medium change in the VM's CD-ROM drive over
+//! QMP (the ISO cached on the host first) and the console is QEMU's VNC display, whose port the
+//! agent reports. Stopped VMs and simulator VMs are served fully (a simulator VM has no console).
 
 use super::*;
 use crate::hostagent::KvmAgentClient;
@@ -795,8 +796,9 @@ struct AttachIso {
 }
 
 /// Upstream: the ISO goes into the VM's first empty CD-ROM. A Stopped VM (and a simulator VM)
-/// only records it (a KVM VM boots with it at its next start); a Running KVM VM would need a
-/// medium change over QMP, which this node does not do yet: refused clearly.
+/// only records it (a KVM VM boots with it at its next start); on a Running or Paused KVM VM the
+/// record is committed, then the ISO is cached on the VM's host and inserted into its CD-ROM
+/// drive over QMP; a failure there takes the record back.
 pub(super) async fn attach_iso(app: App, msg: Msg) -> Result<Reply> {
     let uuid = vm_uuid(&msg);
     let _turn = queue::turn(&uuid).await;
@@ -862,9 +864,7 @@ pub(super) async fn attach_iso(app: App, msg: Msg) -> Result<Reply> {
     let Some(cdrom) = empty else {
         return Err(Error::operr(format!("All vm[uuid:{uuid}] CD-ROMs have mounted ISO")));
     };
-    if state != "Stopped" && hv.as_deref() == Some("KVM") {
-        return Err(kvm_running_refused(&uuid, "attach an ISO"));
-    }
+    let live_kvm = state != "Stopped" && hv.as_deref() == Some("KVM");
     // compare-and-set: the CD-ROM must still be empty
     let n = tx
         .execute(
@@ -876,7 +876,69 @@ pub(super) async fn attach_iso(app: App, msg: Msg) -> Result<Reply> {
         return Err(Error::operr(format!("All vm[uuid:{uuid}] CD-ROMs have mounted ISO")));
     }
     tx.commit().await?;
+    if live_kvm {
+        if let Err(e) = insert_iso(&app, &uuid, Some(iso)).await {
+            let mut tx = app.db.begin_write().await?;
+            tx.execute(
+                "UPDATE vm_cdrom SET iso_uuid = NULL, iso_install_path = NULL, last_op_date = $1 \
+                 WHERE uuid = $2 AND iso_uuid = $3",
+                &[Val::I(now_ms()), Val::from(cdrom.as_str()), Val::from(iso)],
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(e);
+        }
+    }
     reply(&app, &uuid).await
+}
+
+/// Put `iso` (an image uuid) into the CD-ROM drive of the running KVM VM `vm`, or eject its
+/// medium (`None`): the ISO is cached on the VM's host first (as for a start with it), then
+/// the agent changes the medium over QMP.
+async fn insert_iso(app: &App, vm: &str, iso: Option<&str>) -> Result<()> {
+    use crate::hostagent::HostAgent;
+    let Some(agent) = super::kvm::agent_of_vm(&app.db, vm).await? else {
+        return Err(kvm_running_refused(vm, "change the ISO"));
+    };
+    let failed = |what: &str, e: crate::hostagent::AgentError| {
+        Error::operr(format!("failed to {what} of vm[uuid:{vm}] on its KVM host: {e}"))
+    };
+    let path = match iso {
+        None => None,
+        Some(iso) => {
+            let r = app
+                .db
+                .fetch_optional(
+                    "SELECT r.install_path, (SELECT p.url FROM vm_instance v JOIN volume vol ON vol.uuid = v.root_volume_uuid \
+                     JOIN primary_storage p ON p.uuid = vol.primary_storage_uuid WHERE v.uuid = $2) \
+                     FROM image_backup_storage_ref r WHERE r.image_uuid = $1 AND r.status = 'Ready' \
+                     AND r.install_path IS NOT NULL ORDER BY r.create_date LIMIT 1",
+                    &[Val::from(iso), Val::from(vm)],
+                )
+                .await?
+                .ok_or_else(|| Error::operr(format!("the ISO[uuid:{iso}] is on no backup storage")))?;
+            let source: String = r.try_get(0)?;
+            let root: Option<String> = r.try_get(1)?;
+            let cached = agent
+                .cache_image(&rzstack_api::agent::ImageCacheCmd {
+                    version: crate::hostagent::PROTOCOL_VERSION,
+                    image_uuid: iso.to_string(),
+                    source_path: source,
+                    format: Some("iso".into()),
+                    cache_root: root.filter(|u| u.starts_with('/')),
+                })
+                .await
+                .map_err(|e| failed("cache the ISO for the CD-ROM", e))?;
+            Some(cached.install_path)
+        }
+    };
+    let cmd = rzstack_api::agent::VmCdromCmd {
+        version: crate::hostagent::PROTOCOL_VERSION,
+        vm_uuid: vm.to_string(),
+        iso: path,
+    };
+    agent.change_cdrom(&cmd).await.map_err(|e| failed("change the CD-ROM medium", e))?;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -920,7 +982,10 @@ pub(super) async fn detach_iso(app: App, msg: Msg) -> Result<Reply> {
     }
     if let Some(iso) = iso.filter(|i| isos.contains(i)) {
         if state != "Stopped" && hv.as_deref() == Some("KVM") {
-            return Err(kvm_running_refused(&uuid, "detach an ISO"));
+            // the medium leaves the drive first: a failure changes nothing
+            tx.commit().await?;
+            insert_iso(&app, &uuid, None).await?;
+            tx = app.db.begin_write().await?;
         }
         tx.execute(
             "UPDATE vm_cdrom SET iso_uuid = NULL, iso_install_path = NULL, last_op_date = $1 \
@@ -938,10 +1003,11 @@ pub(super) async fn detach_iso(app: App, msg: Msg) -> Result<Reply> {
 
 const CONSOLE_STATES: &[&str] = &["Running", "Crashed"];
 
-/// Upstream asks the VM's host for its VNC/SPICE port. No host here has one to give: this
-/// node's KVM agent starts QEMU without a display, and a simulator host runs no guest (upstream's
-/// simulator does not answer the request either). Refused clearly after upstream's checks,
-/// never a made-up address.
+/// Upstream asks the VM's host for its VNC/SPICE port. A KVM host's agent answers the port its
+/// QEMU's VNC display listens on (every address of the host): the reply is the host's management
+/// IP, that port, protocol `vnc` and `vdiPortInfo.vncPort`. A simulator host runs no guest
+/// (upstream's simulator does not answer the request either): refused clearly after upstream's
+/// checks, never a made-up address.
 pub(super) async fn console_address(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
@@ -963,10 +1029,26 @@ pub(super) async fn console_address(app: App, msg: Msg) -> Result<Reply> {
     if ip.is_none() {
         return Err(Error::operr(format!("the vm[uuid:{uuid}] is not on any host")));
     }
-    let why = if hv.as_deref() == Some("KVM") {
-        "the host agent runs its QEMU without a display (no VNC or SPICE)"
-    } else {
-        "a simulator host runs no guest"
-    };
-    Err(Error::operr(format!("operation error, because:the vm[uuid:{uuid}] has no console: {why}")))
+    if hv.as_deref() == Some("KVM") {
+        let Some(agent) = super::kvm::agent_of_vm(&app.db, &uuid).await? else {
+            return Err(Error::operr(format!("the vm[uuid:{uuid}] is not on any host")));
+        };
+        let cmd =
+            rzstack_api::agent::VmConsoleCmd { version: crate::hostagent::PROTOCOL_VERSION, vm_uuid: uuid.clone() };
+        let c = agent.vm_console(&cmd).await.map_err(|e| {
+            Error::code(
+                rzstack_api::codes::VM_1017,
+                format!("unable to get the console address of vm[uuid:{uuid}] from its KVM host: {e}"),
+            )
+        })?;
+        return Ok(Reply::fields([
+            ("hostIp", Value::from(ip.unwrap_or_default())),
+            ("port", Value::from(c.port)),
+            ("protocol", Value::from(c.protocol)),
+            ("vdiPortInfo", serde_json::json!({ "vncPort": c.port })),
+        ]));
+    }
+    Err(Error::operr(format!(
+        "operation error, because:the vm[uuid:{uuid}] has no console: a simulator host runs no guest"
+    )))
 }

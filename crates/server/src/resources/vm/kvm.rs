@@ -78,6 +78,9 @@ pub struct Plan {
     /// (image uuid, file on the backup storage, format); an `iso` is attached as the CD-ROM
     /// (booted first) and the root volume is made blank
     pub image: Option<(String, String, String)>,
+    /// The VM has no CD-ROM (created with `createWithoutCdRom::true`): QEMU gets no drive.
+    #[serde(default)]
+    pub without_cdrom: bool,
     /// The guest's user data (the VM's `userdata::<base64>` system tag, decoded).
     #[serde(default)]
     pub user_data: Option<String>,
@@ -221,6 +224,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         virtio,
         tpm: c.tpm.is_some(),
         image,
+        without_cdrom: without_cdrom(tx, &c.vm_uuid).await?,
         user_data,
         cache_root,
         thick,
@@ -629,6 +633,7 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
             root_volume: VmDisk { device_id: 0, ..disk(root) },
             data_volumes: p.vols.iter().filter(|v| !v.root).map(disk).collect(),
             cdrom: iso_of(p, cached.as_deref()),
+            cdrom_drive: !p.without_cdrom,
             nics: p
                 .nics
                 .iter()
@@ -783,6 +788,7 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         virtio: row.try_get::<i64, _>(6)? != 0,
         tpm,
         image: iso.as_ref().map(|i| i.0.clone()),
+        without_cdrom: without_cdrom(tx, vm).await?,
         user_data: user_data_of(tx, vm).await?,
         cache_root: iso.and_then(|i| i.1),
         thick,
@@ -792,6 +798,11 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         start: true,
     };
     Ok(Some(plan))
+}
+
+/// A VM without CD-ROM records has no drive.
+async fn without_cdrom(tx: &mut WriteTx, vm: &str) -> Result<bool> {
+    Ok(tx.fetch_optional("SELECT 1 FROM vm_cdrom WHERE vm_instance_uuid = $1", &[Val::from(vm)]).await?.is_none())
 }
 
 /// The ISO in a VM's CD-ROM (its image, file on a backup storage, format) and the directory
