@@ -123,7 +123,8 @@ async fn console_of_a_running_kvm_vm() {
         "current vm instance state[Stopped] doesn't allow to proceed message[org.zstack.header.vm.APIGetVmConsoleAddressMsg]",
     );
     assert_eq!(r.body["error"]["cause"]["code"], "VM.1010", "{}", r.text);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_err(), "the stopped VM's VNC port is closed");
+    // its QEMU (and so its VNC server) is gone; the port may serve another VM by now
+    assert!(common::kvm::qemu_pids(&vu).is_empty(), "the stopped VM's QEMU is gone");
     assert_eq!(vm_inv(&c, &vu).await["state"], "Stopped");
     // the other VM's console is untouched
     assert_eq!(greeting(port2 as u16), "RFB 003.008\n");
@@ -186,6 +187,23 @@ async fn iso_on_a_running_kvm_vm() {
     assert!(cdrom(&sock).expect("drive").get("inserted").is_none());
 
     // the first ISO goes in again
+    let r = c.s.ok("POST", &format!("/vm-instances/{vu}/iso/{iso_u}"), Some(json!({"params": {}}))).await;
+    assert_eq!(r["inventory"]["vmCdRoms"][0]["isoUuid"], iso_u.as_str());
+    assert_eq!(s(&cdrom(&sock).expect("drive")["inserted"]["file"]), file);
+
+    // the record holds: stopped and started again, QEMU starts with the ISO in the drive; it
+    // is ejected from a drive QEMU started with (its node goes too) and inserted again
+    let act = format!("/vm-instances/{vu}/actions");
+    c.s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert_eq!(c.s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
+    let cd = cdrom(&sock).expect("drive");
+    assert_eq!(s(&cd["inserted"]["file"]), file, "{cd}");
+    assert_eq!(cd["inserted"]["node-name"], "cd0", "{cd}");
+    let r = c.s.ok("DELETE", &format!("/vm-instances/{vu}/iso"), None).await;
+    assert!(r["inventory"]["vmCdRoms"][0].get("isoUuid").is_none(), "{r}");
+    assert!(cdrom(&sock).expect("drive").get("inserted").is_none());
+    let nodes = qmp(&sock, "query-named-block-nodes", json!({})).expect("nodes");
+    assert!(!nodes.as_array().expect("nodes").iter().any(|n| n["node-name"] == "cd0"), "{nodes}");
     let r = c.s.ok("POST", &format!("/vm-instances/{vu}/iso/{iso_u}"), Some(json!({"params": {}}))).await;
     assert_eq!(r["inventory"]["vmCdRoms"][0]["isoUuid"], iso_u.as_str());
     assert_eq!(s(&cdrom(&sock).expect("drive")["inserted"]["file"]), file);
