@@ -301,6 +301,7 @@ pub(super) const VM_TAGS: &[&str] = &[
     "ipv4Netmask::{l3NetworkUuid}::{netmask}",
     "ipv4Gateway::{l3NetworkUuid}::{gateway}",
     "customMac::{l3NetworkUuid}::{mac}",
+    "primaryStorageUuidForDataVolume::{uuid}",
     "userdata::{userdata}",
     "hostname::{hostname}",
     "sshkey::{sshkey}",
@@ -1244,6 +1245,8 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
             ..DataVol::default()
         });
     }
+    // 14. primaryStorageUuidForDataVolume
+    let data_ps = data_volume_ps(app, msg, req, &mut data_volumes).await?;
     // 15. non-boot diskAOs: exactly one of size / templateUuid / diskOfferingUuid / sourceUuid
     let keys = java_hash_set_order(&["size", "templateUuid", "diskOfferingUuid", "sourceUuid"]);
     for ao in req.disk_aos.iter().filter(|d| !d.boot) {
@@ -1348,6 +1351,8 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     // or the VM is virtio; else e1000 (upstream VmNicManagerImpl.setNicDriverType).
     let virtio = req.virtio.unwrap_or(image_virtio);
     let mut system_tags = tags.kept;
+    // upstream keeps the tag on the VM
+    system_tags.extend(data_ps.as_ref().map(|(_, t)| t.clone()));
     if virtio {
         system_tags.push("driver::virtio".to_string());
     }
@@ -1422,5 +1427,47 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
         internal_id: None,
         host_hypervisor: None,
         ps_url: None,
+        data_ps: data_ps.map(|(p, _)| p),
+        data_ps_url: None,
+        data_ps_type: None,
+        data_ps_held: 0,
     })
+}
+
+/// The `primaryStorageUuidForDataVolume::{uuid}` tag of a create (upstream
+/// VmInstanceApiInterceptor `validatePsWhetherSameCluster`, VmInstanceUtils): with
+/// primaryStorageUuidForRootVolume both storages must be attached to one cluster (SYS.1006);
+/// the storage then takes the data volumes of dataDiskOfferingUuids and dataDiskSizes (the first
+/// ones of `data_volumes`), and only those. Anything else about the storage (missing, not
+/// attached, disabled, full) fails the allocation, as upstream. Returns (uuid, tag).
+pub(super) async fn data_volume_ps(
+    app: &App,
+    msg: &Msg,
+    req: &CreateVm,
+    data_volumes: &mut [DataVol],
+) -> Result<Option<(String, String)>> {
+    const PREFIX: &str = "primaryStorageUuidForDataVolume::";
+    let Some(tag) = msg.system_tags().into_iter().find(|t| t.starts_with(PREFIX)) else { return Ok(None) };
+    let ps = tag[PREFIX.len()..].to_string();
+    if let Some(root) = &req.primary_storage_uuid_for_root_volume {
+        let shared = app
+            .db
+            .fetch_optional(
+                "SELECT 1 FROM primary_storage_cluster_ref a JOIN primary_storage_cluster_ref b \
+                 ON b.cluster_uuid = a.cluster_uuid WHERE a.primary_storage_uuid = $1 AND b.primary_storage_uuid = $2",
+                &[Val::from(root.as_str()), Val::from(ps.as_str())],
+            )
+            .await?;
+        if shared.is_none() {
+            return Err(Error::operr(format!(
+                "the primary storage[{root}] of the root volume and the primary storage[{ps}] of the data volume are not \
+                 in the same cluster"
+            )));
+        }
+    }
+    let n = req.data_disk_offering_uuids.len() + req.data_disk_sizes.len();
+    for d in data_volumes.iter_mut().take(n) {
+        d.on_data_ps = true;
+    }
+    Ok(Some((ps, tag)))
 }

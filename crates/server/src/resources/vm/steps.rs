@@ -25,6 +25,10 @@ pub struct DataVol {
     /// an existing volume (diskAOs sourceUuid) attached as it is: nothing created or reserved
     #[serde(default)]
     pub(super) adopt: bool,
+    /// goes on the VM's `primaryStorageUuidForDataVolume::` storage ([`Ctx::data_ps`]): the
+    /// volumes of dataDiskOfferingUuids and dataDiskSizes, as upstream
+    #[serde(default)]
+    pub(super) on_data_ps: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -137,6 +141,19 @@ pub struct Ctx {
     pub(super) host_hypervisor: Option<String>,
     #[serde(default)]
     pub(super) ps_url: Option<String>,
+    /// the `primaryStorageUuidForDataVolume::` storage: the data volumes marked `on_data_ps` go
+    /// there, the rest where the root volume goes
+    #[serde(default)]
+    pub(super) data_ps: Option<String>,
+    /// its URL and type (set by allocate-primary-storage)
+    #[serde(default)]
+    pub(super) data_ps_url: Option<String>,
+    #[serde(default)]
+    pub(super) data_ps_type: Option<String>,
+    /// what allocate-primary-storage took of `data_ps` and no volume row holds yet (create-volumes
+    /// hands it to the volumes, its undo takes it back; the primary-storage undo gives it back)
+    #[serde(default)]
+    pub(super) data_ps_held: i64,
 }
 
 /// The instantiation plan: read from the database in a transaction (plan-on-host), carried
@@ -150,6 +167,21 @@ pub enum OnHost {
 impl Ctx {
     pub(super) fn disk_total(&self) -> i64 {
         self.root_size + self.data_volumes.iter().map(|d| d.size).sum::<i64>()
+    }
+
+    /// The data volumes that go on `data_ps` (none without it).
+    pub(super) fn data_ps_volumes(&self) -> impl Iterator<Item = &DataVol> {
+        self.data_volumes.iter().filter(move |d| self.data_ps.is_some() && d.on_data_ps && !d.adopt)
+    }
+
+    /// What the data volumes on `data_ps` take.
+    pub(super) fn data_ps_size(&self) -> i64 {
+        self.data_ps_volumes().map(|d| d.size).sum()
+    }
+
+    /// What the storage of the root volume takes: everything but the volumes on `data_ps`.
+    pub(super) fn main_ps_size(&self) -> i64 {
+        self.disk_total() - self.data_ps_size()
     }
 }
 
@@ -545,8 +577,10 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
             vals.len(),
             format!("no host having cpu[{}], memory[{} bytes] found", c.cpu_num, c.memory_size),
         ));
+        // upstream names the VM's whole disk size; the root volume's storage takes what does
+        // not go on the data volumes' one
         let disk = c.disk_total();
-        vals.push(Val::I(disk));
+        vals.push(Val::I(c.main_ps_size()));
         let disk_param = vals.len();
         let mut ps_filter = format!("p.available_capacity >= ${disk_param}");
         if let Some(p) = &c.primary_storage_for_root {
@@ -572,6 +606,7 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
                 c.vm_uuid
             ),
         ));
+        data_ps_host_filter(c, &mut base, &mut vals, &mut stages);
         if let Some(lh) = &c.local_host {
             // the local-storage filter runs after the others (upstream LocalStorageAllocatorFactory)
             vals.push(Val::from(lh.as_str()));
@@ -659,6 +694,42 @@ pub(super) fn host_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> 
     })
 }
 
+/// `primaryStorageUuidForDataVolume::`: only hosts whose cluster has that storage attached,
+/// Enabled, Connected and with room for the data volumes (on LocalStorage, on the host's own
+/// disk) (upstream VmAllocateHostFlow makes it a required storage of HostPrimaryStorageAllocatorFlow).
+fn data_ps_host_filter(c: &Ctx, base: &mut String, vals: &mut Vec<Val>, stages: &mut Vec<(String, usize, String)>) {
+    let Some(dp) = &c.data_ps else { return };
+    let size = c.data_ps_size();
+    if !c.data_ps_volumes().any(|_| true) {
+        return;
+    }
+    vals.push(Val::I(size));
+    let size_param = vals.len();
+    vals.push(Val::from(dp.as_str()));
+    let filter = format!("p.available_capacity >= ${size_param} AND p.uuid = ${}", vals.len());
+    *base += &format!(
+        " AND h.cluster_uuid IN (SELECT r.cluster_uuid FROM primary_storage_cluster_ref r JOIN primary_storage p \
+         ON p.uuid = r.primary_storage_uuid WHERE p.state = 'Enabled' AND p.status = 'Connected' AND {filter})"
+    );
+    stages.push((
+        base.clone(),
+        vals.len(),
+        format!(
+            "cannot find available primary storage[state: Enabled, status: Connected, available capacity {} bytes]",
+            c.disk_total()
+        ),
+    ));
+    *base += &crate::resources::primary_storage::host_has_room_filter(&filter, size_param);
+    stages.push((
+        base.clone(),
+        vals.len(),
+        format!(
+            "the local primary storage has no hosts with enough disk capacity[{size} bytes] required by the vm[uuid:{}]",
+            c.vm_uuid
+        ),
+    ));
+}
+
 /// The zones the connected backup storages holding an image are attached to, as a Java list
 /// prints them (upstream ImageBackupStorageAllocatorFlow's error names them).
 async fn image_zones(db: &crate::db::Db, image: &str) -> Result<String> {
@@ -729,7 +800,7 @@ pub(super) fn host_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) 
 pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let cluster = c.cluster_uuid.clone().unwrap_or_default();
-        let size = c.disk_total();
+        let size = c.main_ps_size();
         let mut vals = vec![Val::from(cluster.as_str()), Val::I(size)];
         let mut filter = String::new();
         if let Some(p) = &c.primary_storage_for_root {
@@ -777,6 +848,7 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                 c.ps = Some(p);
                 c.ps_url = Some(row.try_get::<Option<String>, _>(1)?.unwrap_or_default());
                 c.ps_type = Some(row.try_get::<String, _>(2)?);
+                take_data_ps(tx, c, &cluster, &host).await?;
                 return Ok(());
             }
         }
@@ -788,6 +860,81 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
             ),
         )))
     })
+}
+
+/// `primaryStorageUuidForDataVolume::`: each data volume's room on that storage, one atomic
+/// UPDATE per volume as upstream allocates one per disk (and on LocalStorage on the VM's host's
+/// disk); a failure fails the step, whose transaction then takes nothing.
+async fn take_data_ps(tx: &mut WriteTx, c: &mut Ctx, cluster: &str, host: &str) -> Result<()> {
+    let Some(dp) = c.data_ps.clone() else { return Ok(()) };
+    let sizes: Vec<i64> = c.data_ps_volumes().map(|d| d.size).collect();
+    if sizes.is_empty() {
+        return Ok(());
+    }
+    let row =
+        tx.fetch_optional("SELECT url, type FROM primary_storage WHERE uuid = $1", &[Val::from(dp.as_str())]).await?;
+    let (url, ty): (Option<String>, Option<String>) = match &row {
+        Some(r) => (r.try_get(0)?, Some(r.try_get(1)?)),
+        None => (None, None),
+    };
+    let local = ty.as_deref() == Some(crate::resources::primary_storage::LOCAL_STORAGE);
+    if local {
+        // upstream LocalStorageDefaultAllocateCapacityFlow: with another, non-local storage for
+        // the host, the data volumes cannot be sent to a LocalStorage
+        let other = tx
+            .fetch_optional(
+                "SELECT 1 FROM primary_storage_cluster_ref r JOIN primary_storage p ON p.uuid = r.primary_storage_uuid                  WHERE r.cluster_uuid = $1 AND p.type <> 'LocalStorage' AND p.state = 'Enabled' AND p.status = 'Connected'",
+                &[Val::from(cluster)],
+            )
+            .await?;
+        if other.is_some() {
+            return Err(Error::operr(format!(
+                "The cluster mounts multiple primary storage[{dp}(LocalStorage), other non-LocalStorage primary storage], \
+                 primaryStorageUuidForDataVolume cannot be specified LocalStorage"
+            )));
+        }
+    }
+    let now = now_ms();
+    for size in sizes {
+        let n = tx
+            .execute(
+                "UPDATE primary_storage SET available_capacity = available_capacity - $1, last_op_date = $2 \
+                 WHERE uuid = $3 AND available_capacity >= $1 AND state = 'Enabled' AND status = 'Connected' \
+                 AND uuid IN (SELECT primary_storage_uuid FROM primary_storage_cluster_ref WHERE cluster_uuid = $4)",
+                &[Val::I(size), Val::I(now), Val::from(dp.as_str()), Val::from(cluster)],
+            )
+            .await?;
+        if n != 1 || (local && !crate::resources::primary_storage::take_host_capacity(tx, &dp, host, size).await?) {
+            // upstream PrimaryStorageMainAllocatorFlow's text (its bracket left open)
+            return Err(Error::operr(format!(
+                "cannot find primary storage satisfying conditions[connected to host:{host}, state:Enabled, status: Connected, \
+                 available capacity > {size}"
+            )));
+        }
+        c.data_ps_held += size;
+    }
+    c.data_ps_url = Some(url.unwrap_or_default());
+    c.data_ps_type = ty;
+    Ok(())
+}
+
+/// Give back what allocate-primary-storage took of the data volumes' storage and no volume
+/// holds (on LocalStorage, to the VM's host's disk too).
+async fn release_data_ps(tx: &mut WriteTx, c: &mut Ctx) -> Result<()> {
+    let held = std::mem::take(&mut c.data_ps_held);
+    if let (Some(dp), true) = (&c.data_ps, held > 0) {
+        tx.execute(
+            "UPDATE primary_storage SET available_capacity = available_capacity + $1, last_op_date = $2 WHERE uuid = $3",
+            &[Val::I(held), Val::I(now_ms()), Val::from(dp.as_str())],
+        )
+        .await?;
+        if let Some(h) = &c.host {
+            crate::resources::primary_storage::return_host_capacity(tx, dp, h, held).await?;
+        }
+    }
+    c.data_ps_url = None;
+    c.data_ps_type = None;
+    Ok(())
 }
 
 /// Give back the primary-storage capacity still held on the VM row (compare-and-set).
@@ -833,6 +980,7 @@ pub(super) async fn release_ps(tx: &mut WriteTx, vm_uuid: &str) -> Result<()> {
 pub(super) fn ps_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         release_ps(tx, &c.vm_uuid).await?;
+        release_data_ps(tx, c).await?;
         c.ps = None;
         c.ps_url = None;
         c.ps_type = None;
@@ -864,6 +1012,7 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
             c.root_disk_offering.clone(),
             c.image_uuid.clone(),
             0i64,
+            false,
         )];
         let mut adopted = Vec::new();
         if c.root_from_volume {
@@ -884,6 +1033,7 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
                 d.offering.clone(),
                 d.image.clone(),
                 i as i64 + 1,
+                d.on_data_ps && c.data_ps.is_some(),
             ));
         }
         // existing volumes (diskAOs sourceUuid) are attached as they are, if still free
@@ -910,8 +1060,12 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
         // what the new volumes take of the VM's hold, given back with the root volume's uuid in
         // one statement after the loop
         let mut taken = 0i64;
-        for (uuid, name, ty, size, actual, offering, image, device) in vols {
+        // the data volumes' own storage (primaryStorageUuidForDataVolume), if any
+        let data_ps = c.data_ps.clone().unwrap_or_default();
+        let data_url = c.data_ps_url.clone().unwrap_or_default().trim_end_matches('/').to_string();
+        for (uuid, name, ty, size, actual, offering, image, device, on_data) in vols {
             let dir = if ty == "Root" { "rootVolumes" } else { "dataVolumes" };
+            let (ps, url) = if on_data { (&data_ps, &data_url) } else { (&ps, &url) };
             let path = format!("{url}/{dir}/acct-{}/vol-{uuid}/{uuid}.qcow2", c.account_uuid);
             tx.execute(
                 "INSERT INTO volume (uuid, name, primary_storage_uuid, vm_instance_uuid, disk_offering_uuid, root_image_uuid, \
@@ -942,7 +1096,11 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
                 vtags.extend(d.tags.iter().cloned());
             }
             crate::resources::tag::attach_create_tags(tx, &uuid, VOLUME.vo, &vtags, &[]).await?;
-            taken += size;
+            if on_data {
+                c.data_ps_held -= size;
+            } else {
+                taken += size;
+            }
         }
         tx.execute(
             "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size - $1, root_volume_uuid = $2 WHERE uuid = $3",
@@ -953,6 +1111,7 @@ pub(super) fn volumes_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx)
         // has none yet (the new ones; an existing volume no VM used before)
         let host = c.host.clone().unwrap_or_default();
         let maybe_local = c.ps_type.as_deref().is_none_or(|t| t == "LocalStorage")
+            || c.data_ps_type.as_deref() == Some("LocalStorage")
             || c.root_from_volume
             || c.data_volumes.iter().any(|d| d.adopt);
         c.local_refs = if !maybe_local {
@@ -1007,7 +1166,11 @@ pub(super) fn volumes_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ct
             };
             let size: i64 = row.try_get(0)?;
             let n = tx.execute("DELETE FROM volume WHERE uuid = $1", &[Val::from(u.as_str())]).await?;
-            if n == 1 {
+            let on_data = c.data_ps.is_some() && c.data_volumes.iter().any(|d| d.uuid == u && d.on_data_ps);
+            if n == 1 && on_data {
+                // back to what the saga holds of the data volumes' storage
+                c.data_ps_held += size;
+            } else if n == 1 {
                 // back to the VM's hold; the primary-storage undo returns it to the storage
                 tx.execute(
                     "UPDATE vm_instance SET reserved_ps_size = reserved_ps_size + $1 WHERE uuid = $2",
