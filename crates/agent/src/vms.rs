@@ -33,6 +33,37 @@ fn nic_port(i: usize) -> usize {
 /// The VNC display: on every address of the host (as upstream's agent has libvirt do), the
 /// first free display from :0 (port 5900) up to this one; `query-vnc` tells which QEMU took.
 const VNC_LAST_DISPLAY: u32 = 1000;
+/// The file (in the VM's directory, mode 0600) holding its VNC password, and the id of the
+/// QEMU secret object reading it.
+const VNC_SECRET_FILE: &str = "vncpw";
+const VNC_SECRET_ID: &str = "vncpw0";
+
+/// The `-vnc` options of a VM's console password: VNC authentication with the password's secret,
+/// or, for an empty password, VNC authentication with no password set (QEMU lets nobody in).
+fn vnc_auth(cmd: &VmStartCmd) -> String {
+    match cmd.console_password.as_deref() {
+        None => String::new(),
+        Some("") => ",password=on".into(),
+        Some(_) => format!(",password-secret={VNC_SECRET_ID}"),
+    }
+}
+
+/// Write `data` to `path` readable by the owner only (replaced atomically).
+fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(data).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// The qdev id of a VM's CD-ROM drive.
 const CDROM_ID: &str = "cdrom0";
 /// How long the guest may take to release a hot-unplugged disk.
@@ -173,7 +204,7 @@ impl Vms {
             "-display".into(),
             "none".into(),
             "-vnc".into(),
-            format!("0.0.0.0:0,to={VNC_LAST_DISPLAY}"),
+            format!("0.0.0.0:0,to={VNC_LAST_DISPLAY}{}", vnc_auth(cmd)),
             "-rtc".into(),
             "base=utc".into(),
             "-chardev".into(),
@@ -249,6 +280,9 @@ impl Vms {
                 // no virtio: an e1000 on the root bus (not hot-unpluggable)
                 a.push(format!("e1000,netdev=net{i},mac={mac},id=nic{i}"));
             }
+        }
+        if cmd.console_password.as_ref().is_some_and(|pw| !pw.is_empty()) {
+            a.extend(["-object".into(), format!("secret,id={VNC_SECRET_ID},file={},format=raw", p(VNC_SECRET_FILE))]);
         }
         if cmd.user_data.is_some() {
             a.extend(["-fw_cfg".into(), format!("name=opt/rzstack/userdata,file={}", p("userdata"))]);
@@ -350,6 +384,12 @@ impl Vms {
             Some(u) => sys::write_atomic(&dir.join("userdata"), u.as_bytes())?,
             None => {
                 let _ = std::fs::remove_file(dir.join("userdata"));
+            }
+        }
+        match cmd.console_password.as_deref().filter(|pw| !pw.is_empty()) {
+            Some(pw) => write_private(&dir.join(VNC_SECRET_FILE), pw.as_bytes())?,
+            None => {
+                let _ = std::fs::remove_file(dir.join(VNC_SECRET_FILE));
             }
         }
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
@@ -902,6 +942,7 @@ mod tests {
             boot_order: vec![],
             tpm: false,
             user_data: None,
+            console_password: None,
         }
     }
 
@@ -957,6 +998,25 @@ mod tests {
                 "VGA,id=video0".into()
             ]
         );
+    }
+
+    /// A console password: VNC authentication with the password's secret object; an empty one:
+    /// VNC authentication without a password.
+    #[test]
+    fn vnc_console_password() {
+        let vms = Vms::new(Path::new("/tmp/rz"), "tcg");
+        let mut c = cmd(false);
+        let vnc = |a: &[String]| a.windows(2).filter(|w| w[0] == "-vnc").map(|w| w[1].clone()).collect::<Vec<_>>();
+        let objects =
+            |a: &[String]| a.windows(2).filter(|w| w[0] == "-object").map(|w| w[1].clone()).collect::<Vec<_>>();
+        c.console_password = Some("s3cret".into());
+        let a = vms.qemu_args(&c, Path::new("/tmp/rz/vms/x"));
+        assert_eq!(vnc(&a), [format!("0.0.0.0:0,to={VNC_LAST_DISPLAY},password-secret=vncpw0")]);
+        assert_eq!(objects(&a), ["secret,id=vncpw0,file=/tmp/rz/vms/x/vncpw,format=raw"]);
+        c.console_password = Some(String::new());
+        let a = vms.qemu_args(&c, Path::new("/tmp/rz/vms/x"));
+        assert_eq!(vnc(&a), [format!("0.0.0.0:0,to={VNC_LAST_DISPLAY},password=on")]);
+        assert!(objects(&a).is_empty(), "{a:?}");
     }
 
     /// A VNC display on every address from :0 up; an empty CD-ROM drive (on the AHCI port after

@@ -506,7 +506,15 @@ pub struct VmStartCmd {
     /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/rzstack/userdata/raw` on Linux).
     #[serde(default)]
     pub user_data: Option<String>,
+    /// The VNC console's password (upstream `consolePassword`): VNC authentication (RFB
+    /// security type 2) instead of none. RFB uses at most its first 8 characters; an empty
+    /// one lets no VNC client in.
+    #[serde(default)]
+    pub console_password: Option<String>,
 }
+
+/// The longest console password a VM takes (bytes); RFB's VNC authentication uses the first 8.
+pub const MAX_CONSOLE_PASSWORD: usize = 1024;
 
 /// The most user data a VM takes (bytes).
 pub const MAX_USER_DATA: usize = 64 * 1024;
@@ -555,6 +563,11 @@ impl VmStartCmd {
         for b in &self.boot_order {
             if b != "CdRom" && b != "HardDisk" {
                 return Err(format!("unknown boot device {b:?}: use CdRom or HardDisk"));
+            }
+        }
+        if let Some(pw) = &self.console_password {
+            if pw.len() > MAX_CONSOLE_PASSWORD || pw.contains('\0') {
+                return Err(format!("consolePassword must be at most {MAX_CONSOLE_PASSWORD} bytes without NUL"));
             }
         }
         if self.user_data.as_ref().is_some_and(|u| u.len() > MAX_USER_DATA) {

@@ -307,12 +307,23 @@ pub(super) const VM_TAGS: &[&str] = &[
     "sshkey::{sshkey}",
     "rootPassword::{rootPassword}",
     "createWithoutCdRom::{createWithoutCdRom}",
+    "consolePassword::{consolePassword}",
+    "bootOrder::{bootOrder}",
 ];
 
 /// VM system tags kept on the VM as they are (upstream `VmSystemTags`): the guest's hostname
 /// (checked by [`check_hostname`]), an SSH public key and a root password for the guest's
 /// cloud-init, and `createWithoutCdRom::true` (no empty CD-ROM drive, create-cdrom step).
-const KEPT_AS_IS: &[&str] = &["userdata::", "hostname::", "sshkey::", "rootPassword::", "createWithoutCdRom::"];
+const KEPT_AS_IS: &[&str] = &[
+    "userdata::",
+    "hostname::",
+    "sshkey::",
+    "rootPassword::",
+    "createWithoutCdRom::",
+    // the VNC password and the boot order a KVM VM starts with (kvm.rs `console_and_boot`)
+    "consolePassword::",
+    "bootOrder::",
+];
 
 /// The VM system tags of a create message, by kind, as (l3 uuid, value).
 #[derive(Default)]
@@ -366,6 +377,22 @@ pub(super) fn check_userdata(tags: &[String]) -> Result<()> {
         seen = true;
         if let Some(why) = java_base64_error(value) {
             return Err(Error::code(rzstack_api::codes::SYS_1000, why));
+        }
+    }
+    Ok(())
+}
+
+/// The boot devices upstream knows (`VmBootDevice`).
+pub(super) const BOOT_DEVICES: &[&str] = &["HardDisk", "CdRom", "Network"];
+
+/// The `bootOrder::` tags of a create: each comma-separated device must be one of
+/// [`BOOT_DEVICES`] (SYS.1007, the text of upstream's boot-order tag validator; upstream's KVM
+/// host would otherwise fail the start on an unknown device).
+pub(super) fn check_boot_order_tags(tags: &[String]) -> Result<()> {
+    for t in tags {
+        let Some(order) = t.strip_prefix("bootOrder::") else { continue };
+        if let Some(bad) = order.split(',').find(|o| !BOOT_DEVICES.contains(o)) {
+            return Err(Error::argerr(format!("invalid boot device[{bad}] in boot order[{order}]")));
         }
     }
     Ok(())
@@ -1337,6 +1364,7 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     // system-tag validators (upstream TagManager, after the interceptor's checks)
     check_hostname(&msg.system_tags())?;
     check_userdata(&msg.system_tags())?;
+    check_boot_order_tags(&msg.system_tags())?;
     // LocalStorage: the VM runs where the files of its existing disks are
     let root_volume_uuid = root_from_volume.clone().unwrap_or_else(new_uuid);
     let local_host = local_host_of_sources(app, req, &root_volume_uuid, &msg.resource_uuid(), &data_volumes).await?;

@@ -84,6 +84,12 @@ pub struct Plan {
     /// The guest's user data (the VM's `userdata::<base64>` system tag, decoded).
     #[serde(default)]
     pub user_data: Option<String>,
+    /// The VM's `consolePassword::` system tag: QEMU's VNC display asks for it.
+    #[serde(default)]
+    pub console_password: Option<String>,
+    /// The VM's `bootOrder::` system tag, split at its commas (see [`boot_order`]).
+    #[serde(default)]
+    pub boot_order: Option<Vec<String>>,
     pub cache_root: Option<String>,
     pub thick: bool,
     pub vols: Vec<Vol>,
@@ -213,6 +219,7 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         .await?;
     }
     let user_data = user_data_of(tx, &c.vm_uuid).await?;
+    let (console_password, boot_order) = console_and_boot(tx, &c.vm_uuid).await?;
     Ok(Plan {
         host: host.to_string(),
         ip,
@@ -226,6 +233,8 @@ pub async fn plan(tx: &mut WriteTx, c: &Ctx, host: &str) -> Result<Plan> {
         image,
         without_cdrom: without_cdrom(tx, &c.vm_uuid).await?,
         user_data,
+        console_password,
+        boot_order,
         cache_root,
         thick,
         vols,
@@ -639,13 +648,10 @@ pub async fn instantiate(p: &Plan) -> Result<()> {
                 .iter()
                 .map(|n| VmNicSpec { mac: n.mac.clone(), tap_name: n.tap.clone(), device_id: n.device })
                 .collect(),
-            boot_order: if iso_of(p, cached.as_deref()).is_some() {
-                vec!["CdRom".into(), "HardDisk".into()]
-            } else {
-                vec![]
-            },
+            boot_order: boot_order(p, iso_of(p, cached.as_deref()).is_some()),
             tpm: p.tpm,
             user_data: p.user_data.clone(),
+            console_password: p.console_password.clone(),
         })
         .await
         .map_err(|e| p.err("start the vm", e))?;
@@ -777,6 +783,7 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
     let (vols, thick, nics) = vols_and_nics(tx, vm, &root).await?;
     let tpm = tx.fetch_optional("SELECT 1 FROM tpm WHERE vm_instance_uuid = $1", &[Val::from(vm)]).await?.is_some();
     let iso = attached_iso(tx, vm).await?;
+    let (console_password, boot_order) = console_and_boot(tx, vm).await?;
     let plan = Plan {
         host: host.to_string(),
         ip: row.try_get(0)?,
@@ -790,6 +797,8 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         image: iso.as_ref().map(|i| i.0.clone()),
         without_cdrom: without_cdrom(tx, vm).await?,
         user_data: user_data_of(tx, vm).await?,
+        console_password,
+        boot_order,
         cache_root: iso.and_then(|i| i.1),
         thick,
         vols,
@@ -798,6 +807,57 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
         start: true,
     };
     Ok(Some(plan))
+}
+
+/// The VM's console password and boot order (its `consolePassword::` and `bootOrder::` system
+/// tags, the oldest of each, as upstream reads one token). A boot order naming a device upstream
+/// does not know (a tag put through CreateSystemTag, whose validator upstream never runs) fails
+/// the start, as upstream's KVM host does.
+async fn console_and_boot(tx: &mut WriteTx, vm: &str) -> Result<(Option<String>, Option<Vec<String>>)> {
+    let rows = tx
+        .fetch_all(
+            "SELECT tag FROM system_tag WHERE resource_uuid = $1 \
+             AND (tag LIKE 'consolePassword::%' OR tag LIKE 'bootOrder::%') ORDER BY create_date, uuid",
+            &[Val::from(vm)],
+        )
+        .await?;
+    let (mut password, mut order) = (None, None);
+    for r in rows {
+        let tag: String = r.try_get(0)?;
+        if let Some(v) = tag.strip_prefix("consolePassword::") {
+            password = password.or_else(|| Some(v.to_string()));
+        } else if let Some(v) = tag.strip_prefix("bootOrder::") {
+            if order.is_none() {
+                if let Some(bad) = v.split(',').find(|d| !super::checks::BOOT_DEVICES.contains(d)) {
+                    return Err(Error::code(rzstack_api::codes::SYS_1000, format!("unknown boot device[{bad}]")));
+                }
+                order = Some(v.split(',').map(str::to_string).collect());
+            }
+        }
+    }
+    Ok((password, order))
+}
+
+/// The boot order of a start command. Creating from an ISO boots the CD-ROM first (upstream
+/// boots a new VM from its ISO image); otherwise the VM's `bootOrder::` tag, minus a CD-ROM
+/// when no ISO is in the drive (an empty drive boots nothing; the agent refuses it) and minus
+/// Network (this agent has no network boot); without the tag an ISO first, then the disk (as
+/// before these tags were read).
+fn boot_order(p: &Plan, has_iso: bool) -> Vec<String> {
+    match &p.boot_order {
+        Some(order) if !(p.create_volumes && has_iso) => {
+            let mut out: Vec<String> = Vec::new();
+            for d in order {
+                let usable = d == "HardDisk" || (d == "CdRom" && has_iso);
+                if usable && !out.contains(d) {
+                    out.push(d.clone());
+                }
+            }
+            out
+        }
+        _ if has_iso => vec!["CdRom".into(), "HardDisk".into()],
+        _ => vec![],
+    }
 }
 
 /// A VM without CD-ROM records has no drive.

@@ -32,6 +32,7 @@ use super::zone::ZONE;
 
 mod actions;
 mod checks;
+mod console;
 mod create;
 mod kvm;
 mod lifecycle;
@@ -363,4 +364,19 @@ pub static APIS: &[ApiDef] = &[
     ApiDef::get("GetVmConsoleAddress", "/vm-instances/{uuid}/console-addresses")
         .params(&[Param::str("uuid").required().resource(&VM)])
         .handler(|a, m| boxed(actions::console_address(a, m))),
+    ApiDef::action("SetVmConsolePassword", "/vm-instances/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&VM), Param::str("consolePassword").required()])
+        .handler(|a, m| boxed(console::set_console_password(a, m))),
+    ApiDef::delete("DeleteVmConsolePassword", "/vm-instances/{uuid}/console-password")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(console::delete_console_password(a, m))),
+    ApiDef::get("GetVmConsolePassword", "/vm-instances/{uuid}/console-passwords")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(console::get_console_password(a, m))),
+    ApiDef::action("SetVmBootOrder", "/vm-instances/{uuid}/actions")
+        .params(&[Param::str("uuid").required().resource(&VM), Param::list("bootOrder")])
+        .handler(|a, m| boxed(console::set_boot_order(a, m))),
+    ApiDef::get("GetVmBootOrder", "/vm-instances/{uuid}/boot-orders")
+        .params(&[Param::str("uuid").required().resource(&VM)])
+        .handler(|a, m| boxed(console::get_boot_order(a, m))),
 ];
