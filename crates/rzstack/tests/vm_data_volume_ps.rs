@@ -197,7 +197,8 @@ async fn refusals_leave_nothing_behind() {
             loose.as_str(),
             "SYS.1006",
             format!(
-                "cannot find available primary storage[state: Enabled, status: Connected, available capacity {} bytes]",
+                "cannot find available primary storage[state: Enabled, status: Connected, available capacity {} bytes]. \
+                 Check the state/status of primary storage and make sure they have been attached to clusters",
                 image_size + GB
             ),
         ),

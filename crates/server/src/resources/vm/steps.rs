@@ -714,8 +714,10 @@ fn data_ps_host_filter(c: &Ctx, base: &mut String, vals: &mut Vec<Val>, stages: 
     stages.push((
         base.clone(),
         vals.len(),
+        // upstream HostPrimaryStorageAllocatorFlow's whole text
         format!(
-            "cannot find available primary storage[state: Enabled, status: Connected, available capacity {} bytes]",
+            "cannot find available primary storage[state: Enabled, status: Connected, available capacity {} bytes]. \
+             Check the state/status of primary storage and make sure they have been attached to clusters",
             c.disk_total()
         ),
     ));
