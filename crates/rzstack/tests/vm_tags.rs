@@ -156,3 +156,89 @@ async fn set_get_boot_order() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert_error(&r.body["error"], "SYS.1003", missing);
 }
+
+/// The VNC port of a Running KVM VM (GetVmConsoleAddress).
+async fn console_port(srv: &Server, vm: &str) -> u16 {
+    let r = srv.get(&format!("/vm-instances/{vm}/console-addresses")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["port"].as_u64().unwrap_or_else(|| panic!("port: {}", r.text)) as u16
+}
+
+/// The security types QEMU's VNC server offers on `port` (RFB 3.8: after the version
+/// exchange, a count and the types; 1 = None, 2 = VNC authentication).
+fn rfb_security_types(port: u16) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut version = [0u8; 12];
+    c.read_exact(&mut version).expect("RFB version");
+    assert_eq!(&version, b"RFB 003.008\n");
+    c.write_all(b"RFB 003.008\n").expect("RFB version reply");
+    let mut n = [0u8; 1];
+    c.read_exact(&mut n).expect("security type count");
+    assert!(n[0] > 0, "the server refused the connection");
+    let mut types = vec![0u8; n[0] as usize];
+    c.read_exact(&mut types).expect("security types");
+    types
+}
+
+/// The `bootindex` of the CD-ROM drive on the VM's QEMU command line.
+fn cdrom_bootindex(vm: &str) -> String {
+    let pids = common::kvm::qemu_pids(vm);
+    assert_eq!(pids.len(), 1, "one QEMU for {vm}: {pids:?}");
+    let cmd = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
+    let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let cd = args.iter().find(|a| a.starts_with("ide-cd,")).unwrap_or_else(|| panic!("no CD-ROM: {args:?}"));
+    cd.split(',').find_map(|o| o.strip_prefix("bootindex=")).unwrap_or_else(|| panic!("no bootindex: {cd}")).to_string()
+}
+
+/// On a real KVM guest: created with `consolePassword::`, the VM's VNC console offers only VNC
+/// authentication; with `bootOrder::HardDisk,CdRom` and an ISO inserted, the next start boots
+/// the disk before the CD-ROM (without the tag the ISO goes first); after
+/// DeleteVmConsolePassword and SetVmBootOrder [CdRom] the next start offers no authentication
+/// and boots the CD-ROM first.
+#[tokio::test]
+async fn kvm_console_password_and_boot_order() {
+    use common::kvm::{uuid, KvmCloud};
+    let Some(c) = KvmCloud::setup("vm_tags", "vt").await else { return };
+    let vm = c.create_vm("tags", json!({"systemTags": ["consolePassword::s3cret", "bootOrder::HardDisk,CdRom"]})).await;
+    let vu = uuid(&vm);
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert_eq!(rfb_security_types(console_port(&c.s, &vu).await), [2]);
+    // the password QEMU's secret reads, the owner's only
+    let secret = c.serial_log(&vu).await.parent().expect("vm dir").join("vncpw");
+    assert_eq!(std::fs::read_to_string(&secret).expect("secret file"), "s3cret");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&secret).expect("secret").permissions().mode() & 0o777, 0o600);
+    }
+
+    // an ISO in the drive, then a restart: the tag's order, the disk first
+    let src = tempfile::Builder::new().prefix("rziso").tempdir().expect("tempdir");
+    let raw = src.path().join("boot.iso");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).expect("iso file");
+    let iso = uuid(
+        &c.s.ok(
+            "POST",
+            "/images",
+            Some(json!({"params": {"name": "boot", "url": format!("file://{}", raw.display()), "mediaType": "ISO",
+                "format": "iso", "backupStorageUuids": [c.bs], "platform": "Linux", "architecture": "x86_64"}})),
+        )
+        .await["inventory"],
+    );
+    c.s.ok("POST", &format!("/vm-instances/{vu}/iso/{iso}"), Some(json!({"params": {}}))).await;
+    let act = format!("/vm-instances/{vu}/actions");
+    c.s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert_eq!(c.s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
+    assert_eq!(cdrom_bootindex(&vu), "2");
+    assert_eq!(rfb_security_types(console_port(&c.s, &vu).await), [2]);
+
+    // no password, the CD-ROM first: taken at the next start
+    c.s.ok("DELETE", &format!("/vm-instances/{vu}/console-password"), None).await;
+    c.s.ok("PUT", &act, Some(json!({"setVmBootOrder": {"bootOrder": ["CdRom"]}}))).await;
+    c.s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert_eq!(c.s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
+    assert_eq!(cdrom_bootindex(&vu), "1");
+    assert_eq!(rfb_security_types(console_port(&c.s, &vu).await), [1]);
+    assert!(!secret.exists(), "the secret file is gone");
+}
