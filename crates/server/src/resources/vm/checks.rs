@@ -385,12 +385,16 @@ pub(super) fn check_userdata(tags: &[String]) -> Result<()> {
 /// The boot devices upstream knows (`VmBootDevice`).
 pub(super) const BOOT_DEVICES: &[&str] = &["HardDisk", "CdRom", "Network"];
 
-/// The `bootOrder::` tags of a create: each comma-separated device must be one of
-/// [`BOOT_DEVICES`] (SYS.1007, the text of upstream's boot-order tag validator; upstream's KVM
-/// host would otherwise fail the start on an unknown device).
-pub(super) fn check_boot_order_tags(tags: &[String]) -> Result<()> {
+/// The `bootOrder::` tags of a create: an admin-only tag upstream (`@AdminOnlyTag`: SYS.1006
+/// for another account); each comma-separated device must be one of [`BOOT_DEVICES`]
+/// (SYS.1007, the text of upstream's boot-order tag validator; upstream's KVM host would
+/// otherwise fail the start on an unknown device).
+pub(super) fn check_boot_order_tags(tags: &[String], account: &str) -> Result<()> {
     for t in tags {
         let Some(order) = t.strip_prefix("bootOrder::") else { continue };
+        if account != crate::identity::ADMIN_UUID {
+            return Err(Error::operr(format!("tag[{t}] is only for admin")));
+        }
         if let Some(bad) = order.split(',').find(|o| !BOOT_DEVICES.contains(o)) {
             return Err(Error::argerr(format!("invalid boot device[{bad}] in boot order[{order}]")));
         }
@@ -1364,7 +1368,7 @@ pub(super) async fn check_and_plan(app: &App, msg: &Msg, req: &mut CreateVm) -> 
     // system-tag validators (upstream TagManager, after the interceptor's checks)
     check_hostname(&msg.system_tags())?;
     check_userdata(&msg.system_tags())?;
-    check_boot_order_tags(&msg.system_tags())?;
+    check_boot_order_tags(&msg.system_tags(), msg.account_uuid())?;
     // LocalStorage: the VM runs where the files of its existing disks are
     let root_volume_uuid = root_from_volume.clone().unwrap_or_else(new_uuid);
     let local_host = local_host_of_sources(app, req, &root_volume_uuid, &msg.resource_uuid(), &data_volumes).await?;
