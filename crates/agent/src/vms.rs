@@ -26,6 +26,48 @@ const QUIT_WAIT: Duration = Duration::from_secs(10);
 const MAX_SOCKET_PATH: usize = 107;
 /// Empty PCIe root ports a VM with virtio devices gets for hot-plugged data volumes.
 const HOTPLUG_PORTS: usize = 6;
+
+/// The `bootindex` of each bootable device, from a start command's boot order: the devices
+/// in the order's order (Network: each start-time NIC, by device id; QEMU's iPXE option ROM
+/// boots it); the root disk and the CD-ROM after them when the order does not name them (as
+/// fallbacks, as before boot orders were honoured); NICs only when the order names Network.
+struct BootIndices {
+    disk: usize,
+    cdrom: usize,
+    /// the index of the first NIC, when the order names Network
+    nics: Option<usize>,
+}
+
+impl BootIndices {
+    fn of(order: &[String], nics: usize) -> BootIndices {
+        let (mut disk, mut cdrom, mut first_nic) = (None, None, None);
+        let mut next = 1;
+        for d in order {
+            match d.as_str() {
+                "HardDisk" if disk.is_none() => disk = Some(next),
+                "CdRom" if cdrom.is_none() => cdrom = Some(next),
+                "Network" if first_nic.is_none() && nics > 0 => {
+                    first_nic = Some(next);
+                    next += nics - 1;
+                }
+                _ => continue,
+            }
+            next += 1;
+        }
+        let disk = disk.unwrap_or_else(|| {
+            next += 1;
+            next - 1
+        });
+        let cdrom = cdrom.unwrap_or(next);
+        BootIndices { disk, cdrom, nics: first_nic }
+    }
+
+    /// `,bootindex=N` for the NIC at position `i` (by device id), or nothing.
+    fn nic(&self, i: usize) -> String {
+        self.nics.map(|n| format!(",bootindex={}", n + i)).unwrap_or_default()
+    }
+}
+
 /// The root port of the `i`-th NIC (by device id) QEMU starts with: `hp<HOTPLUG_PORTS + i>`.
 fn nic_port(i: usize) -> usize {
     HOTPLUG_PORTS + i
@@ -217,8 +259,8 @@ impl Vms {
             p("qemu.pid"),
             "-daemonize".into(),
         ]);
-        let cd_first = cmd.boot_order.first().map(String::as_str) == Some("CdRom");
-        let (disk_boot, cd_boot) = if cd_first { (2, 1) } else { (1, 2) };
+        let boot = BootIndices::of(&cmd.boot_order, cmd.nics.len());
+        let (disk_boot, cd_boot) = (boot.disk, boot.cdrom);
         let mut ahci_port = 0;
         let mut disks: Vec<_> = std::iter::once(&cmd.root_volume).chain(&cmd.data_volumes).collect();
         disks.sort_by_key(|d| d.device_id);
@@ -275,10 +317,10 @@ impl Vms {
                 let port = nic_port(i);
                 a.push(format!("pcie-root-port,id=hp{port},bus=pcie.0,chassis={}", port + 1));
                 a.push("-device".into());
-                a.push(format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i},bus=hp{port}"));
+                a.push(format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i},bus=hp{port}{}", boot.nic(i)));
             } else {
                 // no virtio: an e1000 on the root bus (not hot-unpluggable)
-                a.push(format!("e1000,netdev=net{i},mac={mac},id=nic{i}"));
+                a.push(format!("e1000,netdev=net{i},mac={mac},id=nic{i}{}", boot.nic(i)));
             }
         }
         if cmd.console_password.as_ref().is_some_and(|pw| !pw.is_empty()) {
@@ -998,6 +1040,41 @@ mod tests {
                 "VGA,id=video0".into()
             ]
         );
+    }
+
+    /// Boot orders: the named devices first, in their order (Network: every start-time NIC by
+    /// device id); the disk and the CD-ROM after them when not named; NICs only when named.
+    #[test]
+    fn boot_orders_give_boot_indices() {
+        let vms = Vms::new(Path::new("/tmp/rz"), "tcg");
+        let boot = |order: &[&str]| {
+            let mut c = cmd(true);
+            c.cdrom_drive = true;
+            c.boot_order = order.iter().map(|s| s.to_string()).collect();
+            let d = devices(&vms.qemu_args(&c, Path::new("/tmp/rz/vms/x")));
+            let index = |prefix: &str| {
+                let dev = d.iter().find(|x| x.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {d:?}"));
+                dev.split(",bootindex=").nth(1).map(|n| n.parse::<u32>().unwrap())
+            };
+            [
+                index("virtio-blk-pci,drive=disk0"),
+                index("ide-cd"),
+                index("virtio-net-pci,netdev=net0"),
+                index("virtio-net-pci,netdev=net1"),
+            ]
+        };
+        assert_eq!(boot(&[]), [Some(1), Some(2), None, None]);
+        assert_eq!(boot(&["HardDisk", "CdRom"]), [Some(1), Some(2), None, None]);
+        assert_eq!(boot(&["CdRom"]), [Some(2), Some(1), None, None]);
+        assert_eq!(boot(&["HardDisk", "Network"]), [Some(1), Some(4), Some(2), Some(3)]);
+        assert_eq!(boot(&["Network", "CdRom", "HardDisk"]), [Some(4), Some(3), Some(1), Some(2)]);
+        let c = {
+            let mut c = cmd(false);
+            c.boot_order = vec!["Network".into()];
+            devices(&vms.qemu_args(&c, Path::new("/tmp/rz/vms/x")))
+        };
+        assert!(c.contains(&"e1000,netdev=net0,mac=fa:00:00:00:00:01,id=nic0,bootindex=1".to_string()), "{c:?}");
+        assert!(c.iter().any(|x| x.starts_with("ide-hd,drive=disk0") && x.ends_with("bootindex=3")), "{c:?}");
     }
 
     /// A console password: VNC authentication with the password's secret object; an empty one:

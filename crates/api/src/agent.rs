@@ -495,7 +495,8 @@ pub struct VmStartCmd {
     pub cdrom_drive: bool,
     #[serde(default)]
     pub nics: Vec<VmNicSpec>,
-    /// `CdRom` and/or `HardDisk`, first boots first; empty = HardDisk (then CdRom).
+    /// `CdRom`, `HardDisk` and/or `Network` (the start-time NICs), first boots first; empty =
+    /// HardDisk (then CdRom); the disk and the CD-ROM boot after the named devices when not named.
     #[serde(default)]
     pub boot_order: Vec<String>,
     /// A TPM 2.0 through swtpm (`devices.tpm.enable`).
@@ -561,8 +562,8 @@ impl VmStartCmd {
             }
         }
         for b in &self.boot_order {
-            if b != "CdRom" && b != "HardDisk" {
-                return Err(format!("unknown boot device {b:?}: use CdRom or HardDisk"));
+            if b != "CdRom" && b != "HardDisk" && b != "Network" {
+                return Err(format!("unknown boot device {b:?}: use CdRom, HardDisk or Network"));
             }
         }
         if let Some(pw) = &self.console_password {

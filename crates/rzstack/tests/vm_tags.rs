@@ -182,14 +182,19 @@ fn rfb_security_types(port: u16) -> Vec<u8> {
     types
 }
 
-/// The `bootindex` of the CD-ROM drive on the VM's QEMU command line.
-fn cdrom_bootindex(vm: &str) -> String {
+/// The `bootindex` of the first device starting with `prefix` on the VM's QEMU command line.
+fn bootindex(vm: &str, prefix: &str) -> Option<String> {
     let pids = common::kvm::qemu_pids(vm);
     assert_eq!(pids.len(), 1, "one QEMU for {vm}: {pids:?}");
     let cmd = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
     let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let cd = args.iter().find(|a| a.starts_with("ide-cd,")).unwrap_or_else(|| panic!("no CD-ROM: {args:?}"));
-    cd.split(',').find_map(|o| o.strip_prefix("bootindex=")).unwrap_or_else(|| panic!("no bootindex: {cd}")).to_string()
+    let dev = args.iter().find(|a| a.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {args:?}"));
+    dev.split(',').find_map(|o| o.strip_prefix("bootindex=")).map(str::to_string)
+}
+
+/// The `bootindex` of the CD-ROM drive on the VM's QEMU command line.
+fn cdrom_bootindex(vm: &str) -> String {
+    bootindex(vm, "ide-cd,").unwrap_or_else(|| panic!("no bootindex on the CD-ROM of {vm}"))
 }
 
 /// On a real KVM guest: created with `consolePassword::`, the VM's VNC console offers only VNC
@@ -241,4 +246,13 @@ async fn kvm_console_password_and_boot_order() {
     assert_eq!(cdrom_bootindex(&vu), "1");
     assert_eq!(rfb_security_types(console_port(&c.s, &vu).await), [1]);
     assert!(!secret.exists(), "the secret file is gone");
+
+    // the network after the disk: the NIC gets its place (QEMU's iPXE ROM boots it); the guest
+    // still comes up from its disk
+    c.s.ok("PUT", &act, Some(json!({"setVmBootOrder": {"bootOrder": ["HardDisk", "Network"]}}))).await;
+    c.s.ok("PUT", &act, Some(json!({"stopVmInstance": {"type": "cold"}}))).await;
+    assert_eq!(c.s.ok("PUT", &act, Some(json!({"startVmInstance": {}}))).await["inventory"]["state"], "Running");
+    assert_eq!(bootindex(&vu, "virtio-blk-pci,drive=disk0").as_deref(), Some("1"));
+    assert_eq!(bootindex(&vu, "virtio-net-pci,").as_deref(), Some("2"));
+    assert_eq!(cdrom_bootindex(&vu), "3");
 }

@@ -840,15 +840,15 @@ async fn console_and_boot(tx: &mut WriteTx, vm: &str) -> Result<(Option<String>,
 
 /// The boot order of a start command. Creating from an ISO boots the CD-ROM first (upstream
 /// boots a new VM from its ISO image); otherwise the VM's `bootOrder::` tag, minus a CD-ROM
-/// when no ISO is in the drive (an empty drive boots nothing; the agent refuses it) and minus
-/// Network (this agent has no network boot); without the tag an ISO first, then the disk (as
-/// before these tags were read).
+/// when no ISO is in the drive (an empty drive boots nothing; the agent refuses it); Network
+/// boots the VM's NICs (the agent gives them their place in the order); without the tag an ISO
+/// first, then the disk (as before these tags were read).
 fn boot_order(p: &Plan, has_iso: bool) -> Vec<String> {
     match &p.boot_order {
         Some(order) if !(p.create_volumes && has_iso) => {
             let mut out: Vec<String> = Vec::new();
             for d in order {
-                let usable = d == "HardDisk" || (d == "CdRom" && has_iso);
+                let usable = d == "HardDisk" || d == "Network" || (d == "CdRom" && has_iso);
                 if usable && !out.contains(d) {
                     out.push(d.clone());
                 }
