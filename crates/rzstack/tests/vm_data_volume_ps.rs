@@ -415,3 +415,40 @@ async fn local_storage_data_volumes_on_the_vm_host() {
     );
     assert_eq!(after, before);
 }
+
+/// Creates naming two storages in opposite roles at the same time (root on one and data on the
+/// other, and the reverse) all succeed: the storage rows are taken in one order (on PostgreSQL
+/// opposite orders would deadlock and abort one of them), and every byte is accounted for.
+#[tokio::test]
+async fn opposite_roles_at_once() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 4).await;
+    let l3 = network(&srv, &t, "a", 10, 60).await;
+    let ps2 = sim_ps(&srv, &t, "ps2", 1000 * GB).await;
+    srv.ok("POST", &format!("/clusters/{}/primary-storage/{ps2}", t.cluster), None).await;
+    let (a0, b0) = (available(&srv, &t.ps).await, available(&srv, &ps2).await);
+    let body = |i: usize| {
+        let (root, data) = if i % 2 == 0 { (&t.ps, &ps2) } else { (&ps2, &t.ps) };
+        tagged(
+            &t,
+            json!({"name": format!("o{i}"), "l3NetworkUuids": [l3], "primaryStorageUuidForRootVolume": root,
+                "dataDiskSizes": [GB]}),
+            data,
+        )
+    };
+    let all = futures::future::join_all((0..16).map(|i| srv.job("POST", "/vm-instances", Some(body(i))))).await;
+    for r in &all {
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let vms = srv.query("/vm-instances").await;
+    assert_eq!(vms.len(), 16);
+    let held = |ps: &str| -> i64 {
+        vms.iter()
+            .flat_map(|v| v["allVolumes"].as_array().unwrap().clone())
+            .filter(|v| v["primaryStorageUuid"] == ps)
+            .map(|v| v["size"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(available(&srv, &t.ps).await, a0 - held(&t.ps));
+    assert_eq!(available(&srv, &ps2).await, b0 - held(&ps2));
+}

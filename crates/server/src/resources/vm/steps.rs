@@ -799,7 +799,7 @@ pub(super) fn host_undo<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) 
 
 /// Primary storage for the volumes (facts 6.2): Enabled + Connected, attached to the host's
 /// cluster, enough capacity, most available first; the reservation is one UPDATE.
-pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
+pub(super) fn ps_do<'a>(app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let cluster = c.cluster_uuid.clone().unwrap_or_default();
         let size = c.main_ps_size();
@@ -819,6 +819,24 @@ pub(super) fn ps_do<'a>(_app: &'a App, tx: &'a mut WriteTx, c: &'a mut Ctx) -> B
                 &vals,
             )
             .await?;
+        // With data volumes on a storage of their own, two creates naming two storages in
+        // opposite roles would take the rows' locks in opposite orders: on PostgreSQL every row
+        // this step may change is locked first, in uuid order (SQLite has one writer at a time).
+        if let (Some(dp), crate::db::DbKind::Postgres) = (&c.data_ps, app.db.kind) {
+            let mut uuids = vec![Val::from(dp.as_str())];
+            for r in &rows {
+                uuids.push(Val::S(r.try_get(0)?));
+            }
+            let marks: Vec<String> = (1..=uuids.len()).map(|i| format!("${i}")).collect();
+            tx.fetch_all(
+                &format!(
+                    "SELECT uuid FROM primary_storage WHERE uuid IN ({}) ORDER BY uuid FOR UPDATE",
+                    marks.join(", ")
+                ),
+                &uuids,
+            )
+            .await?;
+        }
         let now = now_ms();
         let host = c.host.clone().unwrap_or_default();
         for row in rows {
@@ -885,7 +903,8 @@ async fn take_data_ps(tx: &mut WriteTx, c: &mut Ctx, cluster: &str, host: &str) 
         // the host, the data volumes cannot be sent to a LocalStorage
         let other = tx
             .fetch_optional(
-                "SELECT 1 FROM primary_storage_cluster_ref r JOIN primary_storage p ON p.uuid = r.primary_storage_uuid                  WHERE r.cluster_uuid = $1 AND p.type <> 'LocalStorage' AND p.state = 'Enabled' AND p.status = 'Connected'",
+                "SELECT 1 FROM primary_storage_cluster_ref r JOIN primary_storage p ON p.uuid = r.primary_storage_uuid \
+                 WHERE r.cluster_uuid = $1 AND p.type <> 'LocalStorage' AND p.state = 'Enabled' AND p.status = 'Connected'",
                 &[Val::from(cluster)],
             )
             .await?;
