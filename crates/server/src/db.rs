@@ -177,6 +177,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/0013_scale_indexes.sql")),
     (14, include_str!("migrations/0014_local_storage_ref.sql")),
     (15, include_str!("migrations/0015_local_storage_host_ref.sql")),
+    (16, include_str!("migrations/0016_host_cleanup.sql")),
 ];
 
 /// The schema of the API job database (see [`Db::open_jobs`]) when it is a SQLite file of its

@@ -164,6 +164,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     mn::join(&app).await?;
     saga::recover(&app).await?;
     let resumed = jobs::recover(&app).await?;
+    resources::host::recover_cleanups(&app).await?;
     background(app.clone());
     resources::host::start_tracker(app.clone());
     resources::vm::start_expunge_task(app.clone());

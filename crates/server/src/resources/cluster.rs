@@ -138,7 +138,7 @@ async fn delete_cluster(app: App, msg: Msg) -> Result<Reply> {
     let cleanups = super::host::HostCleanups::for_cluster(&mut tx, &uuid).await?;
     delete_one(&mut tx, &uuid).await?;
     tx.commit().await?;
-    cleanups.run().await;
+    cleanups.run(&app).await;
     Ok(Reply::empty())
 }
 

@@ -23,7 +23,7 @@ use crate::App;
 use rzstack_api::agent::DhcpRelease;
 use rzstack_api::codes::{self, Code};
 use rzstack_api::ErrorCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -575,19 +575,24 @@ async fn change_host_state(app: App, msg: Msg) -> Result<Reply> {
 /// VM stopped or deleted with the host, their taps and DHCP leases, the volume and snapshot
 /// files whose rows went with the host's LocalStorage (upstream: the host's VMs get a
 /// StopVmInstanceMsg whose failure does not stop the deletion). An agent that does not answer
-/// only costs a warning: the rows are already committed.
+/// does not fail the deletion: the rows are already committed, and the work, recorded in the
+/// same transaction (`host_cleanup`), is retried later ([`recover_cleanups`]).
 async fn delete_host(app: App, msg: Msg) -> Result<Reply> {
     let uuid = msg.str("uuid").unwrap_or_default().to_string();
     let mut tx = app.db.begin_write().await?;
     let cleanups = HostCleanups::for_hosts(&mut tx, "SELECT uuid FROM host WHERE uuid = $1", &uuid).await?;
     delete_one(&mut tx, &uuid).await?;
     tx.commit().await?;
-    cleanups.run().await;
+    cleanups.run(&app).await;
     Ok(Reply::empty())
 }
 
 /// The agent work a deletion of KVM hosts leaves to do once its transaction is committed
-/// (see [`delete_host`]; [`delete_for_cluster`] itself changes only rows).
+/// (see [`delete_host`]; [`delete_for_cluster`] itself changes only rows). Each host's work is
+/// also written, in the deleting transaction, as a `host_cleanup` row (migration 16), deleted
+/// once its agent has done it: a crash of the node between the commit and the agent calls
+/// leaves the row, run again at the next start or by the periodic retry of any node sharing
+/// the database ([`recover_cleanups`]).
 #[derive(Default)]
 pub struct HostCleanups(Vec<AgentCleanup>);
 
@@ -602,35 +607,56 @@ impl HostCleanups {
         Self::for_hosts(tx, "SELECT uuid FROM host WHERE zone_uuid = $1 ORDER BY uuid", zone_uuid).await
     }
 
-    /// The hosts `sql` selects with `key` as `$1`.
+    /// The hosts `sql` selects with `key` as `$1`; each one's work recorded in `tx`.
     async fn for_hosts(tx: &mut WriteTx, sql: &str, key: &str) -> Result<HostCleanups> {
         let mut all = Vec::new();
         for r in tx.fetch_all(sql, &[Val::from(key)]).await? {
-            all.extend(agent_cleanup(tx, &r.try_get::<String, _>(0)?).await?);
+            if let Some(c) = agent_cleanup(tx, &r.try_get::<String, _>(0)?).await? {
+                c.record(tx).await?;
+                all.push(c);
+            }
         }
         Ok(HostCleanups(all))
     }
 
-    /// Best effort, after the commit: each host's agent at the same time (a dead one costs
-    /// at most one call limit).
-    pub async fn run(self) {
-        futures::future::join_all(self.0.into_iter().map(AgentCleanup::run)).await;
+    /// After the commit: each host's agent at the same time (a dead one costs at most one
+    /// call limit); the rows of the work done are deleted, the others stay for a retry.
+    pub async fn run(self, app: &App) {
+        futures::future::join_all(self.0.into_iter().map(|c| c.run_claimed(app))).await;
     }
 }
 
 /// How long one agent call of a host deletion may take (the deletion is already committed).
 const CLEANUP_CALL_LIMIT: Duration = Duration::from_secs(10);
+/// How often every node retries the pending `host_cleanup` rows.
+const CLEANUP_RETRY_EVERY: Duration = Duration::from_secs(30);
+/// A claim older than this is taken over by another node (its node died while running the
+/// row; a run takes at most one call limit per VM, file and the network release).
+const CLEANUP_CLAIM_STALE_MS: i64 = 10 * 60 * 1000;
+/// Our choice: a row still pending a day after the deletion is dropped with a warning (the
+/// host is taken as gone for good; about 2880 attempts at the retry interval).
+const CLEANUP_MAX_AGE_MS: i64 = 24 * 3600 * 1000;
 
-/// What a deleted KVM host's agent is asked to do once the rows are gone.
-struct AgentCleanup {
-    host: String,
-    agent: KvmAgentClient,
+/// What a deleted host's agent must do, as kept in `host_cleanup.work` (JSON).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CleanupWork {
     /// VMs whose QEMU may still run there.
     vms: Vec<String>,
     /// Taps and DHCP leases of the VMs that ran there (stopped ones keep theirs for the next start).
     network: NetworkReleaseCmd,
     /// Volume and snapshot files on the host's LocalStorage whose rows are deleted.
     files: Vec<String>,
+}
+
+/// What a deleted KVM host's agent is asked to do once the rows are gone (one `host_cleanup` row).
+struct AgentCleanup {
+    /// The `host_cleanup` row.
+    id: String,
+    host: String,
+    ip: String,
+    token: String,
+    work: CleanupWork,
 }
 
 /// Read, in the deletion's transaction and before any row changes, what [`AgentCleanup`] must
@@ -715,52 +741,191 @@ async fn agent_cleanup(tx: &mut WriteTx, uuid: &str) -> Result<Option<AgentClean
     }
     files.sort();
     Ok(Some(AgentCleanup {
+        id: crate::util::new_uuid(),
         host: uuid.to_string(),
-        agent: KvmAgentClient::new(&ip, token.as_deref().unwrap_or_default()),
-        vms,
-        network,
-        files,
+        ip,
+        token: token.unwrap_or_default(),
+        work: CleanupWork { vms, network, files },
     }))
 }
 
 impl AgentCleanup {
-    /// One call within [`CLEANUP_CALL_LIMIT`]; false when the agent cannot be reached (the
-    /// rest is skipped: a gone host answers nothing).
+    /// Write the row, in the deletion's transaction.
+    async fn record(&self, tx: &mut WriteTx) -> Result<()> {
+        let work = serde_json::to_string(&self.work).map_err(|e| Error::Internal(e.to_string()))?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO host_cleanup (uuid, host_uuid, management_ip, token, work, create_date, attempts, \
+             last_error, last_op_date, claimed_by, claimed_at) VALUES ($1, $2, $3, $4, $5, $6, 0, NULL, $6, NULL, NULL)",
+            &[
+                Val::from(self.id.as_str()),
+                Val::from(self.host.as_str()),
+                Val::from(self.ip.as_str()),
+                Val::from(self.token.as_str()),
+                Val::from(work),
+                Val::I(now),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Claim the row (one statement: free, or claimed long ago by a node that died), run it,
+    /// then delete it when done or release it with one more attempt and the error. Nothing
+    /// when another node holds it.
+    async fn run_claimed(self, app: &App) {
+        let now = now_ms();
+        let me = app.mn_uuid.as_str();
+        let claimed = app
+            .db
+            .execute(
+                "UPDATE host_cleanup SET claimed_by = $1, claimed_at = $2 WHERE uuid = $3 \
+                 AND (claimed_by IS NULL OR claimed_at < $4)",
+                &[Val::from(me), Val::I(now), Val::from(self.id.as_str()), Val::I(now - CLEANUP_CLAIM_STALE_MS)],
+            )
+            .await;
+        match claimed {
+            Ok(1) => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(host = %self.host, error = %e, "deleted host's cleanup: cannot claim its row");
+                return;
+            }
+        }
+        let (id, host) = (self.id.clone(), self.host.clone());
+        let done = match self.run().await {
+            Ok(()) => app.db.execute("DELETE FROM host_cleanup WHERE uuid = $1", &[Val::from(id.as_str())]).await,
+            Err(error) => {
+                app.db
+                    .execute(
+                        "UPDATE host_cleanup SET attempts = attempts + 1, last_error = $1, last_op_date = $2, \
+                         claimed_by = NULL, claimed_at = NULL WHERE uuid = $3 AND claimed_by = $4",
+                        &[Val::from(error), Val::I(now_ms()), Val::from(id.as_str()), Val::from(me)],
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(host = %host, error = %e, "deleted host's cleanup: cannot update its row");
+        }
+    }
+
+    /// One call within [`CLEANUP_CALL_LIMIT`]; an error when the agent cannot be reached (the
+    /// rest is skipped: the row is retried). An agent's refusal only costs a warning.
     async fn call<T>(
         &self,
+        agent: &KvmAgentClient,
         what: &str,
         f: impl std::future::Future<Output = std::result::Result<T, AgentError>>,
-    ) -> bool {
+    ) -> std::result::Result<(), String> {
         let e = match tokio::time::timeout(CLEANUP_CALL_LIMIT, f).await {
-            Ok(Ok(_)) => return true,
+            Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => AgentError::Unreachable(format!("no answer within {} s", CLEANUP_CALL_LIMIT.as_secs())),
         };
-        tracing::warn!(host = %self.host, agent = %self.agent.url(), error = %e, "deleting the host: {what} failed");
-        !matches!(e, AgentError::Unreachable(_))
+        tracing::warn!(host = %self.host, agent = %agent.url(), error = %e, "deleting the host: {what} failed");
+        match e {
+            AgentError::Unreachable(_) => Err(format!("{what}: {e}")),
+            _ => Ok(()),
+        }
     }
 
-    /// Best effort, in order: end the QEMU processes, release the network, delete the files.
-    async fn run(self) {
-        for vm in &self.vms {
+    /// In order: end the QEMU processes, release the network, delete the files. Ok when the
+    /// agent answered every call.
+    async fn run(self) -> std::result::Result<(), String> {
+        let agent = KvmAgentClient::new(&self.ip, &self.token);
+        for vm in &self.work.vms {
             let cmd = VmDestroyCmd { version: PROTOCOL_VERSION, vm_uuid: vm.clone() };
-            if !self.call(&format!("destroying vm[uuid:{vm}]"), self.agent.destroy_vm(&cmd)).await {
-                return;
-            }
+            self.call(&agent, &format!("destroying vm[uuid:{vm}]"), agent.destroy_vm(&cmd)).await?;
         }
-        if !self.network.taps.is_empty() || !self.network.leases.is_empty() {
+        let network = &self.work.network;
+        if !network.taps.is_empty() || !network.leases.is_empty() {
             let what = "releasing the taps and DHCP leases of its VMs";
-            if !self.call(what, self.agent.release_network(&self.network)).await {
-                return;
-            }
+            self.call(&agent, what, agent.release_network(network)).await?;
         }
-        for f in &self.files {
+        for f in &self.work.files {
             let cmd = VolumeDeleteCmd { version: PROTOCOL_VERSION, install_path: f.clone() };
-            if !self.call(&format!("deleting {f}"), self.agent.delete_volume(&cmd)).await {
-                return;
-            }
+            self.call(&agent, &format!("deleting {f}"), agent.delete_volume(&cmd)).await?;
         }
+        Ok(())
     }
+}
+
+/// Run the pending `host_cleanup` rows nobody holds. Rows older than [`CLEANUP_MAX_AGE_MS`]
+/// are dropped with a warning. Returns how many rows were found.
+async fn run_pending_cleanups(app: &App) -> Result<usize> {
+    let now = now_ms();
+    let rows = app
+        .db
+        .fetch_all(
+            "SELECT uuid, host_uuid, management_ip, token, work, create_date, attempts, last_error FROM host_cleanup \
+             WHERE claimed_by IS NULL OR claimed_at < $1 ORDER BY create_date, uuid",
+            &[Val::I(now - CLEANUP_CLAIM_STALE_MS)],
+        )
+        .await?;
+    let n = rows.len();
+    let mut due = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let host: String = r.try_get(1)?;
+        let created: i64 = r.try_get(5)?;
+        if created < now - CLEANUP_MAX_AGE_MS {
+            let attempts: i64 = r.try_get(6)?;
+            let error: Option<String> = r.try_get(7)?;
+            tracing::warn!(host = %host, attempts, error = ?error,
+                "deleted host's cleanup dropped: its agent did not answer for a day (guests or files may remain there)");
+            app.db
+                .execute(
+                    "DELETE FROM host_cleanup WHERE uuid = $1 AND (claimed_by IS NULL OR claimed_at < $2)",
+                    &[Val::from(id.as_str()), Val::I(now - CLEANUP_CLAIM_STALE_MS)],
+                )
+                .await?;
+            continue;
+        }
+        let work: String = r.try_get(4)?;
+        let work = match serde_json::from_str::<CleanupWork>(&work) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(host = %host, error = %e, "deleted host's cleanup dropped: unreadable work");
+                app.db.execute("DELETE FROM host_cleanup WHERE uuid = $1", &[Val::from(id.as_str())]).await?;
+                continue;
+            }
+        };
+        let ip: String = r.try_get(2)?;
+        let token: Option<String> = r.try_get(3)?;
+        due.push(AgentCleanup { id, host, ip, token: token.unwrap_or_default(), work });
+    }
+    futures::future::join_all(due.into_iter().map(|c| c.run_claimed(app))).await;
+    Ok(n)
+}
+
+/// At start, before the node serves: the rows this node held when it stopped (a crash
+/// between a deletion's commit and the end of its agent calls) are released; then a task runs
+/// the pending rows at once in the background (the node answers meanwhile), and again every
+/// [`CLEANUP_RETRY_EVERY`] (on every node; each row is claimed by one node at a time).
+pub async fn recover_cleanups(app: &App) -> Result<()> {
+    let released = app
+        .db
+        .execute(
+            "UPDATE host_cleanup SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = $1",
+            &[Val::from(app.mn_uuid.as_str())],
+        )
+        .await?;
+    if released > 0 {
+        tracing::info!(rows = released, "deleted hosts' cleanups interrupted by the last stop are pending again");
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            match run_pending_cleanups(&app).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pending = n, "ran the pending cleanups of deleted hosts"),
+                Err(e) => tracing::warn!(error = %e, "cleanup round of deleted hosts failed"),
+            }
+            tokio::time::sleep(CLEANUP_RETRY_EVERY).await;
+        }
+    });
+    Ok(())
 }
 
 async fn delete_one(tx: &mut WriteTx, uuid: &str) -> Result<()> {

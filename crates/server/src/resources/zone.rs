@@ -116,7 +116,7 @@ async fn delete_zone(app: App, msg: Msg) -> Result<Reply> {
     tx.execute("DELETE FROM zone WHERE uuid = $1", &[Val::from(uuid.as_str())]).await?;
     super::disown(&mut tx, &uuid).await?;
     tx.commit().await?;
-    cleanups.run().await;
+    cleanups.run(&app).await;
     Ok(Reply::empty())
 }
 
