@@ -529,8 +529,16 @@ impl Vms {
     pub async fn reboot(&self, cmd: &VmStopCmd) -> Result<VmState, String> {
         cmd.validate()?;
         let _g = self.locks.lock(&cmd.vm_uuid).await;
-        let rec =
+        let mut rec =
             self.load(&cmd.vm_uuid).ok_or_else(|| format!("VM {} was never started on this host", cmd.vm_uuid))?;
+        if let Some(order) = &cmd.boot_order {
+            // the order as it is now; an empty drive boots nothing (a start refuses CdRom then)
+            rec.cmd.boot_order = order.clone();
+            if rec.cmd.cdrom.is_none() {
+                rec.cmd.boot_order.retain(|b| b != "CdRom");
+            }
+            rec.cmd.validate()?;
+        }
         self.stop_locked(&cmd.vm_uuid, Duration::from_secs(cmd.grace_secs())).await?;
         self.start_locked(&rec.cmd).await
     }

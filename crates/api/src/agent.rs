@@ -603,6 +603,10 @@ pub struct VmStopCmd {
     /// The grace period; `None` = [`DEFAULT_STOP_TIMEOUT_SECS`].
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// A reboot's boot order for the new start (as [`VmStartCmd::boot_order`]; a `CdRom` is
+    /// dropped when no ISO is in the drive); `None`: the order of the recorded start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_order: Option<Vec<String>>,
 }
 
 pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 60;

@@ -255,4 +255,12 @@ async fn kvm_console_password_and_boot_order() {
     assert_eq!(bootindex(&vu, "virtio-blk-pci,drive=disk0").as_deref(), Some("1"));
     assert_eq!(bootindex(&vu, "virtio-net-pci,").as_deref(), Some("2"));
     assert_eq!(cdrom_bootindex(&vu), "3");
+
+    // a reboot takes the boot order as it is now (upstream's reboot sends it); the guest is
+    // let come up first, so that it powers off on the reboot's ACPI request
+    c.wait_serial(&vu, "RZSTACK-GUEST-BOOTED").await;
+    c.s.ok("PUT", &act, Some(json!({"setVmBootOrder": {"bootOrder": ["Network", "HardDisk"]}}))).await;
+    assert_eq!(c.s.ok("PUT", &act, Some(json!({"rebootVmInstance": {}}))).await["inventory"]["state"], "Running");
+    assert_eq!(bootindex(&vu, "virtio-net-pci,").as_deref(), Some("1"));
+    assert_eq!(bootindex(&vu, "virtio-blk-pci,drive=disk0").as_deref(), Some("2"));
 }

@@ -42,7 +42,8 @@ async fn simulator_validates_and_accounts() {
     }))
     .unwrap();
     assert_eq!(a.start_vm(&start).await.unwrap().state, VM_RUNNING);
-    let stop = VmStopCmd { version: 1, vm_uuid: vm.clone(), mode: StopMode::Grace, timeout_secs: None };
+    let stop =
+        VmStopCmd { version: 1, vm_uuid: vm.clone(), mode: StopMode::Grace, timeout_secs: None, boot_order: None };
     let st = a.stop_vm(&stop).await.unwrap();
     assert_eq!((st.state.as_str(), st.stopped_by.as_deref()), (VM_STOPPED, Some("graceful")));
     let status = a.vm_status(&VmStatusCmd { version: 1, vm_uuids: vec![vm.clone()] }).await.unwrap();

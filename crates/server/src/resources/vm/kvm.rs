@@ -722,6 +722,7 @@ pub async fn stop_on_host(db: &crate::db::Db, vm: &str, cold: bool) -> Result<()
                 version: PROTOCOL_VERSION,
                 vm_uuid: vm.to_string(),
                 mode: if cold { StopMode::Cold } else { StopMode::Grace },
+                boot_order: None,
                 timeout_secs: None,
             })
             .await
@@ -814,13 +815,15 @@ pub async fn start_plan(tx: &mut WriteTx, vm: &str, host: &str) -> Result<Option
 /// does not know (a tag put through CreateSystemTag, whose validator upstream never runs) fails
 /// the start, as upstream's KVM host does.
 async fn console_and_boot(tx: &mut WriteTx, vm: &str) -> Result<(Option<String>, Option<Vec<String>>)> {
-    let rows = tx
-        .fetch_all(
-            "SELECT tag FROM system_tag WHERE resource_uuid = $1 \
-             AND (tag LIKE 'consolePassword::%' OR tag LIKE 'bootOrder::%') ORDER BY create_date, uuid",
-            &[Val::from(vm)],
-        )
-        .await?;
+    console_and_boot_of(&tx.fetch_all(CONSOLE_AND_BOOT_TAGS, &[Val::from(vm)]).await?)
+}
+
+/// A VM's `consolePassword::` and `bootOrder::` tags (`$1`: the VM), oldest first.
+const CONSOLE_AND_BOOT_TAGS: &str = "SELECT tag FROM system_tag WHERE resource_uuid = $1 \
+     AND (tag LIKE 'consolePassword::%' OR tag LIKE 'bootOrder::%') ORDER BY create_date, uuid";
+
+/// The console password and boot order of the rows of [`CONSOLE_AND_BOOT_TAGS`].
+fn console_and_boot_of(rows: &[sqlx::any::AnyRow]) -> Result<(Option<String>, Option<Vec<String>>)> {
     let (mut password, mut order) = (None, None);
     for r in rows {
         let tag: String = r.try_get(0)?;
@@ -920,15 +923,19 @@ pub async fn delete_file(agent: &KvmAgentClient, path: &str) {
     }
 }
 
-/// Reboot a VM's QEMU on its KVM host (grace: ACPI power-down, then a fresh start).
+/// Reboot a VM's QEMU on its KVM host (grace: ACPI power-down, then a fresh start), with the
+/// boot order of the VM's `bootOrder::` tag as it is now (upstream's reboot sends it; without
+/// the tag the recorded start's order stays).
 pub async fn reboot_on_host(db: &crate::db::Db, vm: &str) -> Result<()> {
     if let Some(agent) = agent_of_vm(db, vm).await? {
+        let (_, order) = console_and_boot_of(&db.fetch_all(CONSOLE_AND_BOOT_TAGS, &[Val::from(vm)]).await?)?;
         agent
             .reboot_vm(&VmStopCmd {
                 version: PROTOCOL_VERSION,
                 vm_uuid: vm.to_string(),
                 mode: StopMode::Grace,
                 timeout_secs: None,
+                boot_order: order,
             })
             .await
             .map_err(|e| agent_err(vm, "reboot", e))?;

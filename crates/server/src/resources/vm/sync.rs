@@ -40,8 +40,13 @@ pub async fn sync_host(app: &App, host: &str) -> Result<Vec<String>> {
         let vm = st.vm_uuid.as_str();
         // In the VM's queue, after any API action on it that is in progress.
         let _turn = queue::turn(vm).await;
-        let cmd =
-            VmStopCmd { version: PROTOCOL_VERSION, vm_uuid: vm.to_string(), mode: StopMode::Cold, timeout_secs: None };
+        let cmd = VmStopCmd {
+            version: PROTOCOL_VERSION,
+            vm_uuid: vm.to_string(),
+            mode: StopMode::Cold,
+            timeout_secs: None,
+            boot_order: None,
+        };
         if let Err(e) = agent.stop_vm(&cmd).await {
             tracing::warn!(vm, host, error = %e, "cleaning up after a died guest failed; marking it Stopped anyway");
         }
