@@ -54,6 +54,27 @@ async fn create_keeps_console_password_and_boot_order() {
     assert_eq!(order, json!({"orders": ["HardDisk", "Network"]}));
 }
 
+/// CreateSystemTag on a VM: the tags this node reads at start are kept; a tag upstream acts on
+/// and this node does not is refused (SYS.1007), never stored without effect.
+#[tokio::test]
+async fn create_system_tag_refuses_tags_without_effect() {
+    let srv = Server::start().await;
+    let t = topology(&srv, 1).await;
+    let l3 = network(&srv, &t, "a", 10, 20).await;
+    let u = s(&new_vm(&srv, &t, &l3, "vm", json!([])).await["uuid"]);
+    let tag = |tag: &str| json!({"params": {"resourceType": "VmInstanceVO", "resourceUuid": u, "tag": tag}});
+    srv.ok("POST", "/system-tags", Some(tag("bootOrder::HardDisk,Network"))).await;
+    for bad in ["usbRedirect::true", "soundType::ich6", "maxInstancePerHost::2", "bootMode::UEFI", "vmPriority::High"] {
+        let e = srv.fails("POST", "/system-tags", Some(tag(bad))).await;
+        assert_error(
+            &e,
+            "SYS.1007",
+            &format!("system tag[{bad}] is not supported by this management node: it would be kept without any effect"),
+        );
+    }
+    assert_eq!(vm_tags(&srv, &u).await, ["bootOrder::HardDisk,Network", "driver::virtio"]);
+}
+
 /// A boot device upstream does not know is refused at CreateVmInstance (SYS.1007, upstream's
 /// text) and nothing is created.
 #[tokio::test]

@@ -170,6 +170,31 @@ pub fn pattern_matches(pattern: &str, tag: &str) -> bool {
     p.len() == t.len() && p.iter().zip(&t).all(|(ps, ts)| (ps.starts_with('{') && ps.ends_with('}')) || ps == ts)
 }
 
+/// VM system tags upstream registers (and acts on: at start, in the allocator, ...) that this
+/// node does not act on. CreateSystemTag and UpdateSystemTag refuse them rather than store a
+/// tag that would change nothing.
+const NOT_HONOURED: &[&str] = &[
+    "bootMode::",
+    "usbRedirect::",
+    "cleanTraffic::",
+    "syncHostname::",
+    "vmPriority::",
+    "instanceOfferingOnlinechange::",
+    "resourceBindings::",
+    "maxInstancePerHost::",
+    "soundType::",
+];
+
+/// The refusal of a registered system tag this node does not act on (see [`NOT_HONOURED`]).
+fn check_honoured(vo: &str, tag: &str) -> Result<()> {
+    if vo == "VmInstanceVO" && NOT_HONOURED.iter().any(|p| tag.starts_with(p)) {
+        return Err(Error::argerr(format!(
+            "system tag[{tag}] is not supported by this management node: it would be kept without any effect"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `tag` is a system tag registered for resources of type `vo`.
 pub fn is_valid_system_tag(vo: &str, tag: &str) -> bool {
     SYSTEM_TAG_PATTERNS.iter().filter(|(t, _)| *t == vo).flat_map(|(_, ps)| ps.iter()).any(|p| pattern_matches(p, tag))
@@ -367,6 +392,7 @@ async fn create_system_tag(app: App, msg: Msg) -> Result<Reply> {
             req.tag, req.resource_type
         )));
     }
+    check_honoured(&req.resource_type, &req.tag)?;
     if !resource_is_of_type(&app, def, &req.resource_uuid).await? {
         return Err(Error::argerr("The argument :'resourceType' doesn't match uuid"));
     }
@@ -431,6 +457,7 @@ async fn update_system_tag(app: App, msg: Msg) -> Result<Reply> {
     if !is_valid_system_tag(&resource_type, &req.tag) {
         return Err(Error::argerr(format!("no system tag matches[{}] for resourceType[{resource_type}]", req.tag)));
     }
+    check_honoured(&resource_type, &req.tag)?;
     app.db
         .execute(
             "UPDATE system_tag SET tag = $1, last_op_date = $2 WHERE uuid = $3 AND tag != $1",
