@@ -58,6 +58,26 @@ async fn pending(s: &Server) -> Vec<Pending> {
     rows
 }
 
+/// Run one statement on the node's database, as another management node sharing it would.
+async fn exec(s: &Server, sql: &str) {
+    use sqlx::Connection;
+    match &s.database {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect to postgres");
+            sqlx::query(sql).execute(&mut c).await.expect(sql);
+        }
+        None => {
+            let url = format!("sqlite://{}", s.data_dir.path().join("rzstack.db").display());
+            let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open sqlite");
+            sqlx::query(sql).execute(&mut c).await.expect(sql);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
 fn link_exists(name: &str) -> bool {
     sh(&["ip", "link", "show", name])
 }
@@ -160,4 +180,66 @@ async fn a_done_cleanup_leaves_no_row() {
     assert_eq!(c.s.ok("DELETE", &format!("/clusters/{}", c.cluster), None).await, json!({}));
     assert!(pending(&c.s).await.is_empty(), "{:?}", pending(&c.s).await);
     wait_cleaned(&c.s, &vu).await;
+}
+
+/// Several nodes share the database: a row another (live) node claimed is not run, while a
+/// free one is (at start) and one older than a day is dropped; once that claim is stale (its
+/// node died), the periodic retry of this node takes the row over and runs it, without a restart.
+#[tokio::test]
+async fn a_claim_of_another_node_is_respected_until_stale() {
+    let Some(mut c) = KvmCloud::setup("host_cleanup_crash", "cc").await else { return };
+    let vm = c.create_vm("c", json!({})).await;
+    let vu = uuid(&vm);
+    assert!(!qemu_pids(&vu).is_empty(), "QEMU of {vu} runs");
+    c.agent.stop();
+    let silent = std::net::TcpListener::bind(("127.0.0.1", c.agent.port)).expect("bind the agent's port");
+    assert_eq!(c.s.ok("DELETE", &format!("/hosts/{}", c.host), None).await, json!({}));
+    assert_eq!(pending(&c.s).await.len(), 1);
+    drop(silent);
+    let _back = Agent::start(&c.agent.data_dir, c.agent.port).await;
+
+    // another node holds the real row; a free row with nothing to do is there too
+    let now = now_ms();
+    exec(&c.s, &format!("UPDATE host_cleanup SET claimed_by = 'other-node', claimed_at = {now}")).await;
+    exec(
+        &c.s,
+        &format!(
+            "INSERT INTO host_cleanup (uuid, host_uuid, management_ip, token, work, create_date, attempts, \
+             last_error, last_op_date, claimed_by, claimed_at) VALUES ('probe', 'probe-host', '127.0.0.1', '', \
+             '{{\"vms\":[],\"network\":{{\"version\":1}},\"files\":[]}}', {now}, 0, NULL, {now}, NULL, NULL)"
+        ),
+    )
+    .await;
+    // and a row a day old whose agent does not answer (nothing listens on 127.0.0.2): dropped
+    let old = now - 25 * 3600 * 1000;
+    exec(
+        &c.s,
+        &format!(
+            "INSERT INTO host_cleanup (uuid, host_uuid, management_ip, token, work, create_date, attempts, \
+             last_error, last_op_date, claimed_by, claimed_at) VALUES ('old', 'old-host', '127.0.0.2', '', \
+             '{{\"vms\":[\"{vu}\"],\"network\":{{\"version\":1}},\"files\":[]}}', {old}, 2000, 'x', {old}, \
+             NULL, NULL)"
+        ),
+    )
+    .await;
+    c.s.restart().await;
+    // the start round ran the free row and dropped the old one...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending(&c.s).await.iter().any(|r| r.host == "probe-host") {
+        assert!(Instant::now() < deadline, "the free row was not run at start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pending(&c.s).await.iter().any(|r| r.host == "old-host"), "the day-old row was dropped");
+    // ...and left the held one alone
+    let rows = pending(&c.s).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].host, c.host);
+    assert_eq!(rows[0].claimed_by.as_deref(), Some("other-node"), "{rows:?}");
+    assert_eq!(rows[0].attempts, 1, "{rows:?}");
+    assert!(!qemu_pids(&vu).is_empty(), "QEMU of {vu} still runs: the other node holds its clean-up");
+
+    // the other node's claim goes stale (11 minutes old): the periodic retry takes it over
+    exec(&c.s, &format!("UPDATE host_cleanup SET claimed_at = {}", now - 11 * 60 * 1000)).await;
+    wait_cleaned(&c.s, &vu).await;
+    assert!(!link_exists(&tap_of(&vu)), "the tap of {vu} is gone");
 }
