@@ -247,7 +247,11 @@ async fn emulated_nics_are_refused() {
         let pid = qemu_pids(&vu)[0];
         let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline"))
             .replace('\0', " ");
-        assert!(cmdline.contains(&format!("e1000,netdev=net0,mac={},id=nic0 ", s(&nic["mac"]))), "{cmdline}");
+        // (second in upstream's default boot order, after the disk)
+        assert!(
+            cmdline.contains(&format!("e1000,netdev=net0,mac={},id=nic0,bootindex=2 ", s(&nic["mac"]))),
+            "{cmdline}"
+        );
         assert!(!cmdline.contains("pcie-root-port"), "{cmdline}");
         let tap = format!("tap{}0", &vu[..8]);
         let e = srv.fails("DELETE", &format!("/vm-instances/nics/{}", s(&nic["uuid"])), None).await;

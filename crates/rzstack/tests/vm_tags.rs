@@ -239,6 +239,15 @@ async fn kvm_console_password_and_boot_order() {
         assert_eq!(std::fs::metadata(&secret).expect("secret").permissions().mode() & 0o777, 0o600);
     }
 
+    // a VM without the tag: upstream's default order (GetVmBootOrder's), the disk, then the NIC
+    let plain = uuid(&c.create_vm("plain", json!({})).await);
+    assert_eq!(bootindex(&plain, "virtio-blk-pci,drive=disk0").as_deref(), Some("1"));
+    assert_eq!(bootindex(&plain, "virtio-net-pci,").as_deref(), Some("2"));
+    assert_eq!(
+        get_ok(&c.s, &format!("/vm-instances/{plain}/boot-orders")).await,
+        json!({"orders": ["HardDisk", "Network"]})
+    );
+
     // an ISO in the drive, then a restart: the tag's order, the disk first
     let src = tempfile::Builder::new().prefix("rziso").tempdir().expect("tempdir");
     let raw = src.path().join("boot.iso");

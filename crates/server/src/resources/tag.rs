@@ -288,7 +288,7 @@ async fn has_tag(tx: &mut WriteTx, table: &str, resource_uuid: &str, resource_ty
 /// (the existence check is the INSERT's own condition, a search of the (resource_uuid,
 /// resource_type) index).
 #[allow(clippy::too_many_arguments)]
-async fn insert_system_tag(
+pub(crate) async fn insert_system_tag(
     tx: &mut WriteTx,
     uuid: &str,
     resource_uuid: &str,

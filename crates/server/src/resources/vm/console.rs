@@ -32,27 +32,22 @@ async fn replace_tag(tx: &mut WriteTx, vm: &str, prefix: &str, tag: Option<&str>
     )
     .await?;
     if let Some(tag) = tag {
-        tx.execute(
-            "INSERT INTO system_tag (uuid, resource_uuid, resource_type, tag, type, inherent, create_date, last_op_date) \
-             VALUES ($1, $2, 'VmInstanceVO', $3, 'System', $4, $5, $5)",
-            &[Val::S(new_uuid()), Val::from(vm), Val::from(tag), Val::from(false), Val::I(now_ms())],
-        )
-        .await?;
+        crate::resources::tag::insert_system_tag(tx, &new_uuid(), vm, "VmInstanceVO", tag, false, now_ms(), false)
+            .await?;
     }
     Ok(())
 }
 
 /// The value of the VM's oldest tag starting with `prefix`.
 async fn tag_value(app: &App, vm: &str, prefix: &str) -> Result<Option<String>> {
-    let mut tx = app.db.begin_write().await?;
-    let r = tx
+    let r = app
+        .db
         .fetch_optional(
             "SELECT tag FROM system_tag WHERE resource_uuid = $1 AND resource_type = 'VmInstanceVO' \
              AND tag LIKE $2 ORDER BY create_date, uuid LIMIT 1",
             &[Val::from(vm), Val::S(format!("{prefix}%"))],
         )
         .await?;
-    tx.commit().await?;
     let Some(r) = r else { return Ok(None) };
     let tag: String = r.try_get(0)?;
     Ok(tag.strip_prefix(prefix).map(str::to_string))
@@ -139,15 +134,14 @@ pub(super) async fn get_boot_order(app: App, msg: Msg) -> Result<Reply> {
     let orders: Vec<String> = match tag_value(&app, &uuid, BOOT_ORDER).await? {
         Some(order) => order.split(',').map(str::to_string).collect(),
         None => {
-            let mut tx = app.db.begin_write().await?;
-            let iso = tx
+            let iso = app
+                .db
                 .fetch_optional(
                     "SELECT 1 FROM vm_cdrom WHERE vm_instance_uuid = $1 AND iso_uuid IS NOT NULL",
                     &[Val::from(uuid.as_str())],
                 )
                 .await?
                 .is_some();
-            tx.commit().await?;
             let devices: &[&str] = if iso { &["HardDisk", "CdRom", "Network"] } else { &["HardDisk", "Network"] };
             devices.iter().map(|d| d.to_string()).collect()
         }

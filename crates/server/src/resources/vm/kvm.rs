@@ -845,7 +845,7 @@ fn console_and_boot_of(rows: &[sqlx::any::AnyRow]) -> Result<(Option<String>, Op
 /// boots a new VM from its ISO image); otherwise the VM's `bootOrder::` tag, minus a CD-ROM
 /// when no ISO is in the drive (an empty drive boots nothing; the agent refuses it); Network
 /// boots the VM's NICs (the agent gives them their place in the order); without the tag an ISO
-/// first, then the disk (as before these tags were read).
+/// first, then the disk (as before these tags were read), then the network.
 fn boot_order(p: &Plan, has_iso: bool) -> Vec<String> {
     match &p.boot_order {
         Some(order) if !(p.create_volumes && has_iso) => {
@@ -858,8 +858,9 @@ fn boot_order(p: &Plan, has_iso: bool) -> Vec<String> {
             }
             out
         }
-        _ if has_iso => vec!["CdRom".into(), "HardDisk".into()],
-        _ => vec![],
+        _ if has_iso => vec!["CdRom".into(), "HardDisk".into(), "Network".into()],
+        // upstream's default (GetVmBootOrder answers it): the disk, then the network
+        _ => vec!["HardDisk".into(), "Network".into()],
     }
 }
 
