@@ -428,7 +428,7 @@ async fn opposite_roles_at_once() {
     srv.ok("POST", &format!("/clusters/{}/primary-storage/{ps2}", t.cluster), None).await;
     let (a0, b0) = (available(&srv, &t.ps).await, available(&srv, &ps2).await);
     let body = |i: usize| {
-        let (root, data) = if i % 2 == 0 { (&t.ps, &ps2) } else { (&ps2, &t.ps) };
+        let (root, data) = if i.is_multiple_of(2) { (&t.ps, &ps2) } else { (&ps2, &t.ps) };
         tagged(
             &t,
             json!({"name": format!("o{i}"), "l3NetworkUuids": [l3], "primaryStorageUuidForRootVolume": root,
