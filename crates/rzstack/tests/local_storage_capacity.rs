@@ -370,9 +370,12 @@ async fn resize_and_attach_take_from_the_hosts_disk() {
 }
 
 /// Concurrent creates never over-commit a host's disk: with room for three root volumes on
-/// each disk, eight creates at once make exactly six VMs, three on each host; the others are
-/// refused (the allocator's error, or the primary-storage step's when another create took the
-/// room in between) and leave nothing; the disks keep exactly what is left.
+/// each disk, eight creates at once make at most three VMs on each host; the others are refused
+/// (the allocator's error, or the primary-storage step's when another create took the room of
+/// the host it had chosen in between: on PostgreSQL, whose transactions run side by side, that
+/// create fails rather than trying another host) and leave nothing; each disk keeps exactly
+/// what its VMs left. On SQLite (one writer at a time) the allocator's view is never stale:
+/// exactly six.
 #[tokio::test]
 async fn concurrent_creates_never_overcommit_a_hosts_disk() {
     let srv = std::sync::Arc::new(Server::start().await);
@@ -402,12 +405,16 @@ async fn concurrent_creates_never_overcommit_a_hosts_disk() {
             assert!(cause == "HOST_ALLOCATION.1000" || cause == "PS.1000", "{}", r.text);
         }
     }
-    assert_eq!(made.len(), 6, "{made:?}");
-    for h in &t.hosts {
-        assert_eq!(made.iter().filter(|m| *m == h).count(), 3, "{made:?}");
-        assert_eq!(available(&srv, &t.ps, h).await, root / 2);
+    if std::env::var_os("RZSTACK_TEST_DATABASE_URL").is_none() {
+        assert_eq!(made.len(), 6, "{made:?}");
     }
-    assert_eq!(srv.query("/vm-instances").await.len(), 6);
-    assert_eq!(srv.query("/primary-storage/local-storage/resource-refs").await.len(), refs_before + 6);
+    assert!(made.len() >= 2, "{made:?}");
+    for h in &t.hosts {
+        let on = made.iter().filter(|m| *m == h).count() as i64;
+        assert!(on <= 3, "{made:?}");
+        assert_eq!(available(&srv, &t.ps, h).await, root / 2 + (3 - on) * root, "{made:?}");
+    }
+    assert_eq!(srv.query("/vm-instances").await.len(), made.len());
+    assert_eq!(srv.query("/primary-storage/local-storage/resource-refs").await.len(), refs_before + made.len());
     assert_sums(&srv, &t.ps).await;
 }
