@@ -4,6 +4,8 @@
 //! the VM keeps running, and the free hot-plug ports stay free for later attaches.
 mod common;
 
+use common::kvm::qmp;
+
 use common::kvm::{qemu_pids, uuid, KvmCloud};
 use common::{assert_error, Server};
 use serde_json::{json, Value};
@@ -11,32 +13,6 @@ use std::time::{Duration, Instant};
 
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_string()
-}
-
-/// One QMP command on the VM's socket (the agent opens it per operation only); its `return`.
-fn qmp(sock: &std::path::Path, command: &str, args: Value) -> Result<Value, Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
-    w.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut r = BufReader::new(w.try_clone().expect("clone"));
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).expect("QMP greeting");
-    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
-        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
-        loop {
-            let mut line = String::new();
-            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
-            let v: Value = serde_json::from_str(&line).expect("QMP json");
-            if let Some(ret) = v.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(e.clone());
-            }
-        }
-    };
-    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
-    answer(&mut w, json!({"execute": command, "arguments": args}))
 }
 
 /// The ids of QEMU's user-created devices.

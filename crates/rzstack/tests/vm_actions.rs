@@ -2,6 +2,8 @@
 //! ChangeInstanceOffering, AttachL3NetworkToVm, DetachL3NetworkFromVm, GetVmAttachableL3Network.
 mod common;
 
+use common::kvm::qmp;
+
 use common::sim::*;
 use common::{assert_error, Server};
 use serde_json::{json, Value};
@@ -481,32 +483,6 @@ async fn concurrent_attach_distinct() {
     assert_eq!(rows(&srv).await, before);
     assert_eq!(used_ips(&srv).await, 6);
     assert!(vm_inv(&srv, &vm3).await.get("defaultL3NetworkUuid").is_none());
-}
-
-/// One QMP command on the VM's socket (the agent opens it per operation only); its `return`.
-fn qmp(sock: &std::path::Path, command: &str, args: Value) -> Result<Value, Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
-    w.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
-    let mut r = BufReader::new(w.try_clone().expect("clone"));
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).expect("QMP greeting");
-    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
-        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
-        loop {
-            let mut line = String::new();
-            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
-            let v: Value = serde_json::from_str(&line).expect("QMP json");
-            if let Some(ret) = v.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(e.clone());
-            }
-        }
-    };
-    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
-    answer(&mut w, json!({"execute": command, "arguments": args}))
 }
 
 /// A KVM host (QEMU under TCG here): attaching an L3 to the running guest hot-plugs a

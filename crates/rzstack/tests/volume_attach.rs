@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::kvm::qmp;
+
 use common::sim::{create, local_topology, network, new_volume, s, topology, usage, GB};
 use common::{assert_error, Server};
 use serde_json::{json, Value};
@@ -207,32 +209,6 @@ async fn local_storage_hosts() {
     let refs = srv.query(&format!("/primary-storage/local-storage/resource-refs?q=resourceUuid={d}")).await;
     assert_eq!(refs.len(), 1, "{refs:?}");
     assert_eq!(refs[0]["hostUuid"], h1.as_str());
-}
-
-/// One QMP command on the VM's socket (the agent opens it per operation only); its `return`.
-fn qmp(sock: &std::path::Path, command: &str, args: Value) -> Result<Value, Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
-    w.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
-    let mut r = BufReader::new(w.try_clone().expect("clone"));
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).expect("QMP greeting");
-    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
-        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
-        loop {
-            let mut line = String::new();
-            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
-            let v: Value = serde_json::from_str(&line).expect("QMP json");
-            if let Some(ret) = v.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(e.clone());
-            }
-        }
-    };
-    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
-    answer(&mut w, json!({"execute": command, "arguments": args}))
 }
 
 /// A KVM host (QEMU under TCG here): attaching a data volume to the running guest hot-plugs

@@ -293,3 +293,30 @@ impl KvmCloud {
         }
     }
 }
+
+/// One QMP command on a VM's socket (the agent opens it per operation only): its `return`, or
+/// QEMU's `error`.
+pub fn qmp(sock: &Path, command: &str, args: Value) -> Result<Value, Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut w = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
+    w.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut r = BufReader::new(w.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).expect("QMP greeting");
+    let mut answer = |w: &mut std::os::unix::net::UnixStream, msg: Value| -> Result<Value, Value> {
+        w.write_all(format!("{msg}\n").as_bytes()).expect("QMP write");
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).expect("QMP read") > 0, "QMP closed");
+            let v: Value = serde_json::from_str(&line).expect("QMP json");
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e.clone());
+            }
+        }
+    };
+    answer(&mut w, json!({"execute": "qmp_capabilities"})).expect("qmp_capabilities");
+    answer(&mut w, json!({"execute": command, "arguments": args}))
+}
