@@ -68,36 +68,8 @@ async fn driver_ok(sock: &std::path::Path, id: &str) {
 async fn nics_of_the_start_are_unplugged() {
     let Some(c) = KvmCloud::setup("nic_unplug", "nu").await else { return };
     let srv = &c.s;
-    // a second network: a NoVlan L2 on another veth pair, with Flat DHCP
-    let pid = std::process::id() % 1000;
-    let (up, peer) = (format!("rzu2{pid}u"), format!("rzu2{pid}p"));
-    let _links = common::kvm::Links(vec![up.clone(), peer.clone(), format!("br_{up}")]);
-    assert!(common::kvm::sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair {up}");
-    let l2 = s(&srv
-        .ok(
-            "POST",
-            "/l2-networks/no-vlan",
-            Some(json!({"params": {"name": "b", "zoneUuid": c.zone, "physicalInterface": up}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", c.cluster), None).await;
-    let l3b = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": "b", "l2NetworkUuid": l2}}))).await
-        ["inventory"]["uuid"]);
-    let n = std::process::id() % 200 + 20;
-    srv.ok(
-        "POST",
-        &format!("/l3-networks/{l3b}/ip-ranges"),
-        Some(json!({"params": {"name": "r", "startIp": format!("10.236.{n}.10"), "endIp": format!("10.236.{n}.20"),
-            "netmask": "255.255.255.0", "gateway": format!("10.236.{n}.1")}})),
-    )
-    .await;
-    let flat = uuid(&srv.query("/network-services/providers?q=type=Flat").await[0]);
-    srv.ok(
-        "POST",
-        &format!("/l3-networks/{l3b}/network-services"),
-        Some(json!({"params": {"networkServices": {flat: ["DHCP", "DNS"]}}})),
-    )
-    .await;
+    // a second network, with Flat DHCP
+    let (l3b, _, _links) = c.second_l3("u2", 236, true).await;
 
     let vm = c.create_vm("two", json!({"l3NetworkUuids": [c.l3, l3b], "defaultL3NetworkUuid": c.l3})).await;
     let vu = uuid(&vm);

@@ -493,29 +493,8 @@ async fn nic_hot_plug_on_a_kvm_host() {
     use common::kvm::{qemu_pids, uuid, KvmCloud};
     let Some(c) = KvmCloud::setup("vm_actions", "na").await else { return };
     let srv = &c.s;
-    // a second network: a NoVlan L2 on another veth pair (its own bridge and DHCP)
-    let pid = std::process::id() % 1000;
-    let (up, peer) = (format!("rzn2{pid}u"), format!("rzn2{pid}p"));
-    let _links = common::kvm::Links(vec![up.clone(), peer.clone(), format!("br_{up}")]);
-    assert!(common::kvm::sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair {up}");
-    let l2 = s(&srv
-        .ok(
-            "POST",
-            "/l2-networks/no-vlan",
-            Some(json!({"params": {"name": "v", "zoneUuid": c.zone, "physicalInterface": up}})),
-        )
-        .await["inventory"]["uuid"]);
-    srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", c.cluster), None).await;
-    let l3 = s(&srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": "v", "l2NetworkUuid": l2}}))).await
-        ["inventory"]["uuid"]);
-    let n = std::process::id() % 200 + 20;
-    srv.ok(
-        "POST",
-        &format!("/l3-networks/{l3}/ip-ranges"),
-        Some(json!({"params": {"name": "r", "startIp": format!("10.237.{n}.10"), "endIp": format!("10.237.{n}.20"),
-            "netmask": "255.255.255.0", "gateway": format!("10.237.{n}.1")}})),
-    )
-    .await;
+    // a second network (its own bridge)
+    let (l3, net, _links) = c.second_l3("n2", 237, false).await;
 
     let vm = c.create_vm("hn", json!({})).await;
     let vu = uuid(&vm);
@@ -530,7 +509,7 @@ async fn nic_hot_plug_on_a_kvm_host() {
     let r = srv.ok("POST", &format!("/vm-instances/{vu}/l3-networks/{l3}"), Some(json!({"params": {}}))).await;
     let nic = nic_on(&r["inventory"], &l3).expect("nic on the vlan").clone();
     assert_eq!(nic["deviceId"], 1);
-    assert!(s(&nic["ip"]).starts_with(&format!("10.237.{n}.")), "{nic}");
+    assert!(s(&nic["ip"]).starts_with(&format!("{net}.")), "{nic}");
     let tap = format!("tap{}1", &vu[..8]);
     assert!(common::kvm::sh(&["ip", "link", "show", &tap]), "the tap {tap} exists");
     let filters = qmp(&sock, "query-rx-filter", json!({})).expect("rx filters");
@@ -552,7 +531,7 @@ async fn nic_hot_plug_on_a_kvm_host() {
     let mac = s(&nic["mac"]);
     let old_ip = s(&nic["ip"]);
     assert!(std::fs::read_to_string(&hosts).unwrap().contains(&format!("{mac},{old_ip}")));
-    let new_ip = (10..=20).map(|i| format!("10.237.{n}.{i}")).find(|i| *i != old_ip).unwrap();
+    let new_ip = (10..=20).map(|i| format!("{net}.{i}")).find(|i| *i != old_ip).unwrap();
     action(srv, &vu, json!({"setVmStaticIp": {"l3NetworkUuid": l3, "ip": new_ip}})).await;
     let leases = std::fs::read_to_string(&hosts).unwrap();
     assert!(leases.contains(&format!("{mac},{new_ip}")), "{leases}");

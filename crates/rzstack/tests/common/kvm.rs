@@ -123,6 +123,50 @@ pub struct KvmCloud {
 }
 
 impl KvmCloud {
+    /// A second network for the tests' VMs: a NoVlan L2 on a veth pair of its own (`rz<tag>..`;
+    /// its bridge made by the agent), attached to the cluster, an L3 with the range
+    /// `10.<octet>.<n>.10`–`.20` (`n` from the process id, so parallel runs do not collide)
+    /// and, with `dhcp`, Flat DHCP/DNS. Returns the L3, the range's first three octets and the
+    /// links, removed when dropped.
+    pub async fn second_l3(&self, tag: &str, octet: u8, dhcp: bool) -> (String, String, Links) {
+        let srv = &self.s;
+        let pid = std::process::id() % 1000;
+        let (up, peer) = (format!("rz{tag}{pid}u"), format!("rz{tag}{pid}p"));
+        let links = Links(vec![up.clone(), peer.clone(), format!("br_{up}")]);
+        assert!(sh(&["ip", "link", "add", &up, "type", "veth", "peer", "name", &peer]), "veth pair {up}");
+        let l2 = uuid(
+            &srv.ok(
+                "POST",
+                "/l2-networks/no-vlan",
+                Some(json!({"params": {"name": tag, "zoneUuid": self.zone, "physicalInterface": up}})),
+            )
+            .await["inventory"],
+        );
+        srv.ok("POST", &format!("/l2-networks/{l2}/clusters/{}", self.cluster), None).await;
+        let l3 = uuid(
+            &srv.ok("POST", "/l3-networks", Some(json!({"params": {"name": tag, "l2NetworkUuid": l2}}))).await
+                ["inventory"],
+        );
+        let net = format!("10.{octet}.{}", std::process::id() % 200 + 20);
+        srv.ok(
+            "POST",
+            &format!("/l3-networks/{l3}/ip-ranges"),
+            Some(json!({"params": {"name": "r", "startIp": format!("{net}.10"), "endIp": format!("{net}.20"),
+                "netmask": "255.255.255.0", "gateway": format!("{net}.1")}})),
+        )
+        .await;
+        if dhcp {
+            let flat = uuid(&srv.query("/network-services/providers?q=type=Flat").await[0]);
+            srv.ok(
+                "POST",
+                &format!("/l3-networks/{l3}/network-services"),
+                Some(json!({"params": {"networkServices": {flat: ["DHCP", "DNS"]}}})),
+            )
+            .await;
+        }
+        (l3, net, links)
+    }
+
     /// Build the cloud; `tag` (1–2 characters, unique per test) keeps the interface names and
     /// subnets of concurrent tests apart. `None` where KVM guest tests cannot run (the reason is printed).
     pub async fn setup(test: &str, tag: &str) -> Option<KvmCloud> {
